@@ -1,0 +1,537 @@
+//! `MeshInstall.spec`: what the platform team asks for.
+//!
+//! Every optional field is an override on top of the profile (see `docs/profiles.md`); a field left
+//! out means "whatever the profile says". Validation that a schema can express lives here, as
+//! OpenAPI constraints and CEL rules, so `kubectl apply` refuses a bad MeshInstall at once.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::status::MeshInstallStatus;
+
+/// The namespace the control plane runs in when `spec.namespace` is not set.
+pub const DEFAULT_NAMESPACE: &str = "istio-system";
+/// The image registry used when `spec.hub` is not set.
+pub const DEFAULT_HUB: &str = "docker.io/istio";
+
+/// A DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS-1123 label or the empty string (for `revision`, where empty means "the default revision").
+pub const OPTIONAL_DNS_LABEL_PATTERN: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$";
+/// An Istio release: `MAJOR.MINOR.PATCH`, optionally with a pre-release suffix such as `-beta.1`.
+pub const VERSION_PATTERN: &str = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$";
+/// An image registry/repository prefix such as `docker.io/istio` or `registry.local:5000/mesh`.
+pub const HUB_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*$";
+/// A DNS-1123 subdomain, used for the SPIFFE trust domain.
+pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// Installs an Istio service mesh from one install profile plus overrides.
+///
+/// meshop renders the profile, applies exactly the components it needs, keeps them converged, and
+/// reports kstatus-compatible status (`observedGeneration`, conditions Ready / Reconciling / Stalled).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "meshop.dev",
+    version = "v1alpha1",
+    kind = "MeshInstall",
+    plural = "meshinstalls",
+    singular = "meshinstall",
+    shortname = "mi",
+    category = "meshop",
+    status = "MeshInstallStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "MeshInstall installs and runs an Istio service mesh from one install profile plus overrides.",
+    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profile", description = "The install profile"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version", description = "The Istio version running"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".spec.revision", description = "The control-plane revision", priority = 1),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether every component is ready"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the mesh is or is not ready", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("self.updateStrategy != 'RevisionBased' || self.revision != ''")
+        .message("updateStrategy RevisionBased needs a non-empty revision"),
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshInstallSpec {
+    /// The install profile: demo (everything, small, for trying Istio out), production (HA istiod and
+    /// ingress gateway, STRICT mTLS), performance (production with more resources and tuned proxies),
+    /// minimal (istiod only) or empty (nothing but what spec.components enables).
+    pub profile: Profile,
+
+    /// The Istio version to run, such as 1.28.2. Images are <hub>/pilot:<version> and
+    /// <hub>/proxyv2:<version>. Left out, meshop runs its default version; a version meshop does not
+    /// support is reported in status (Stalled) and nothing is changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = VERSION_PATTERN), length(max = 64))]
+    pub version: Option<String>,
+
+    /// The image registry and repository prefix for Istio images, such as docker.io/istio.
+    #[serde(default = "default_hub")]
+    #[schemars(regex(pattern = HUB_PATTERN), length(min = 1, max = 253))]
+    pub hub: String,
+
+    /// The namespace the control plane and gateways run in. Immutable: to move a mesh, create a new
+    /// MeshInstall.
+    #[serde(default = "default_namespace")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable; create a new MeshInstall to move the mesh"))]
+    pub namespace: String,
+
+    /// The control-plane revision, a DNS label such as 1-28-2 or canary. Empty means the default
+    /// revision: istiod is named istiod and namespaces select it with istio-injection=enabled. With a
+    /// revision, istiod is named istiod-<revision> and namespaces select it with istio.io/rev=<revision>.
+    #[serde(default)]
+    #[schemars(regex(pattern = OPTIONAL_DNS_LABEL_PATTERN), length(max = 63))]
+    pub revision: String,
+
+    /// How a version change is rolled out: InPlace updates the running control plane; RevisionBased
+    /// runs the new version beside the old one under its own revision (canary upgrade).
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+
+    /// Per-component overrides on top of the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Components>,
+
+    /// Mesh-wide settings on top of the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_config: Option<MeshConfig>,
+
+    /// Sidecar injection settings on top of the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<Injection>,
+}
+
+fn default_hub() -> String {
+    DEFAULT_HUB.to_string()
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+/// The install profiles meshop ships (see docs/profiles.md).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// istiod, both gateways and the Prometheus, Grafana, Kiali and Jaeger addons, sized small.
+    #[default]
+    Demo,
+    /// istiod and the ingress gateway, highly available, STRICT mTLS.
+    Production,
+    /// production with more resources and tuned proxies; tracing and access logs off.
+    Performance,
+    /// istiod only.
+    Minimal,
+    /// nothing but what spec.components switches on.
+    Empty,
+}
+
+impl Profile {
+    /// Every profile, in the order the docs list them.
+    pub const ALL: [Profile; 5] =
+        [Profile::Demo, Profile::Production, Profile::Performance, Profile::Minimal, Profile::Empty];
+
+    /// The name used in `spec.profile` and in `profiles/<name>.yaml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Demo => "demo",
+            Profile::Production => "production",
+            Profile::Performance => "performance",
+            Profile::Minimal => "minimal",
+            Profile::Empty => "empty",
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Profile::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Profile::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown profile {s:?}; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+/// How a change of version is rolled out.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum UpdateStrategy {
+    /// Update the running control plane in place (rolling update of istiod and gateways).
+    #[default]
+    InPlace,
+    /// Run the new version beside the old one under its own revision; workloads move by relabelling.
+    RevisionBased,
+}
+
+/// Per-component overrides. Only these keys exist; an unknown key is refused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Components {
+    /// The control plane (Deployment istiod, or istiod-<revision>).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istiod: Option<Component>,
+    /// The ingress gateway (Deployment istio-ingressgateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_gateway: Option<GatewayComponent>,
+    /// The egress gateway (Deployment istio-egressgateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_gateway: Option<GatewayComponent>,
+    /// The Istio CNI node agent (DaemonSet istio-cni-node), needed for injection.trafficCapture cni.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!has(self.replicas) && !has(self.autoscale) && !has(self.podDisruptionBudget)")
+        .message("cni runs one pod per node as a DaemonSet: replicas, autoscale and podDisruptionBudget do not apply"))]
+    pub cni: Option<Component>,
+    /// Observability addons for trying the mesh out (not for production use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addons: Option<Addons>,
+}
+
+/// The observability addons. Only these keys exist; an unknown key is refused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Addons {
+    /// Prometheus, scraping the mesh's metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<Component>,
+    /// Grafana with Istio dashboards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grafana: Option<Component>,
+    /// Kiali, the mesh console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kiali: Option<Component>,
+    /// Jaeger all-in-one, collecting traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jaeger: Option<Component>,
+}
+
+/// Declares a component override struct: the fields every component shares, plus any extra ones.
+/// A macro rather than `#[serde(flatten)]` because flatten defeats both `deny_unknown_fields` and
+/// the structural schema the API server needs.
+macro_rules! component_struct {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        pub struct $name {
+            /// Whether the component is deployed. false switches it off even where the profile
+            /// switches it on.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub enabled: Option<bool>,
+            /// A fixed replica count, used when autoscaling is off.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 0, max = 1000))]
+            pub replicas: Option<i32>,
+            /// CPU and memory requests and limits of the component's main container.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub resources: Option<ResourceRequirements>,
+            /// Horizontal pod autoscaling (a HorizontalPodAutoscaler on CPU).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub autoscale: Option<Autoscale>,
+            /// A PodDisruptionBudget protecting the component during node drains and upgrades.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub pod_disruption_budget: Option<PodDisruptionBudget>,
+            /// Node labels the component's pods must match.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub node_selector: Option<BTreeMap<String, String>>,
+            /// Taints the component's pods tolerate.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub tolerations: Option<Vec<Toleration>>,
+            /// Scheduling affinity of the component's pods; replaces the profile's (such as
+            /// production's pod anti-affinity) when set.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub affinity: Option<Affinity>,
+            /// Extra environment variables for the component's main container, after meshop's own.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub env: Option<Vec<EnvVar>>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+    };
+}
+
+component_struct! {
+    /// Overrides for one component. Every field is optional; a field left out keeps the profile's value.
+    Component {}
+}
+
+component_struct! {
+    /// Overrides for a gateway: the common component overrides plus its Service.
+    GatewayComponent {
+        /// The gateway's Service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<GatewayService>,
+    }
+}
+
+impl GatewayComponent {
+    /// The overrides every component shares, without the Service.
+    pub fn common(&self) -> Component {
+        Component {
+            enabled: self.enabled,
+            replicas: self.replicas,
+            resources: self.resources.clone(),
+            autoscale: self.autoscale.clone(),
+            pod_disruption_budget: self.pod_disruption_budget.clone(),
+            node_selector: self.node_selector.clone(),
+            tolerations: self.tolerations.clone(),
+            affinity: self.affinity.clone(),
+            env: self.env.clone(),
+        }
+    }
+}
+
+/// Horizontal pod autoscaling on CPU utilisation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas")
+    .message("autoscale.minReplicas must not exceed autoscale.maxReplicas"))]
+pub struct Autoscale {
+    /// Whether a HorizontalPodAutoscaler is created. false turns off the profile's autoscaling, so
+    /// that replicas applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The fewest replicas the autoscaler keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// The most replicas the autoscaler allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: Option<i32>,
+    /// The average CPU utilisation, in percent of requests, the autoscaler aims for.
+    #[serde(default, rename = "targetCPUUtilizationPercentage", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+/// A PodDisruptionBudget for the component. Set minAvailable or maxUnavailable, not both.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!(has(self.minAvailable) && has(self.maxUnavailable))")
+    .message("podDisruptionBudget takes minAvailable or maxUnavailable, not both"))]
+pub struct PodDisruptionBudget {
+    /// Whether a PodDisruptionBudget is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Pods that must stay available during a voluntary disruption: a number or a percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Pods that may be unavailable during a voluntary disruption: a number or a percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// The Service in front of a gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayService {
+    /// The Service type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+    /// Annotations for the Service, such as a cloud load balancer's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// The Service's ports; replaces the profile's list when set. Names must be unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("service port names must be unique"))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port))").message("service port numbers must be unique"))]
+    pub ports: Option<Vec<GatewayPort>>,
+}
+
+/// Service types a gateway may use.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    ClusterIP,
+    /// Also reachable on every node's port.
+    NodePort,
+    /// Also reachable through the cloud provider's load balancer.
+    LoadBalancer,
+}
+
+/// One port of a gateway Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayPort {
+    /// The port's name, a DNS label such as http2 or https; Istio infers the protocol from its prefix.
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 15))]
+    pub name: String,
+    /// The port the Service exposes.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The container port traffic goes to; defaults to port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub target_port: Option<i32>,
+    /// The node port for NodePort and LoadBalancer Services; allocated when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub node_port: Option<i32>,
+    /// The transport protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<PortProtocol>,
+}
+
+/// Transport protocols a Service port may carry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PortProtocol {
+    TCP,
+    UDP,
+    SCTP,
+}
+
+/// Mesh-wide settings (the mesh ConfigMap and the mesh-wide PeerAuthentication).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Mutual TLS between workloads: STRICT accepts only mTLS; PERMISSIVE also accepts plain text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls_mode: Option<MtlsMode>,
+    /// Whether proxies write an access log line per request to standard output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_logging: Option<bool>,
+    /// The percentage of requests traced, from 0 to 100; fractions such as 0.5 are allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub trace_sampling: Option<f64>,
+    /// The SPIFFE trust domain of workload identities, such as cluster.local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub trust_domain: Option<String>,
+    /// Traffic to destinations outside the mesh registry: ALLOW_ANY lets it through; REGISTRY_ONLY
+    /// blocks it unless a ServiceEntry names the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// Mutual TLS modes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MtlsMode {
+    /// Workloads accept only mutual TLS.
+    STRICT,
+    /// Workloads accept mutual TLS and plain text (for migrations).
+    PERMISSIVE,
+}
+
+/// What proxies do with traffic to unknown destinations.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[allow(non_camel_case_types)]
+pub enum OutboundTrafficPolicy {
+    /// Pass traffic to unknown destinations through.
+    ALLOW_ANY,
+    /// Block traffic to destinations not in the mesh registry.
+    REGISTRY_ONLY,
+}
+
+/// Sidecar injection settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Injection {
+    /// Whether meshop registers its sidecar injection webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// native runs the proxy as a Kubernetes native sidecar (an init container with restartPolicy
+    /// Always, started before and stopped after the app); classic runs it as an ordinary container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_mode: Option<SidecarMode>,
+    /// How traffic is redirected to the proxy: iptables adds the istio-init container (needs
+    /// NET_ADMIN and NET_RAW); cni leaves that to the Istio CNI node agent (components.cni).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_capture: Option<TrafficCapture>,
+    /// What the API server does when the webhook cannot be reached: Fail refuses the pod; Ignore
+    /// admits it without a sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+    /// Settings of the injected proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySettings>,
+}
+
+/// How the sidecar proxy runs in the pod.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarMode {
+    /// A native sidecar: an init container with restartPolicy Always.
+    Native,
+    /// An ordinary container next to the application.
+    Classic,
+}
+
+/// How traffic is captured into the proxy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficCapture {
+    /// An istio-init container programs iptables in the pod.
+    Iptables,
+    /// The Istio CNI node agent programs the pod's network.
+    Cni,
+}
+
+/// Admission webhook failure policies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FailurePolicy {
+    /// Refuse the pod when the webhook cannot be reached.
+    Fail,
+    /// Admit the pod without a sidecar when the webhook cannot be reached.
+    Ignore,
+}
+
+/// Settings of the injected istio-proxy container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxySettings {
+    /// CPU and memory requests and limits of the istio-proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Envoy worker threads; 0 means one per CPU the proxy may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 256))]
+    pub concurrency: Option<i32>,
+    /// The proxy's log level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<ProxyLogLevel>,
+    /// Whether application containers start only once the proxy is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_application_until_proxy_starts: Option<bool>,
+}
+
+/// Envoy log levels.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyLogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+    Off,
+}
+
+impl ProxyLogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyLogLevel::Trace => "trace",
+            ProxyLogLevel::Debug => "debug",
+            ProxyLogLevel::Info => "info",
+            ProxyLogLevel::Warning => "warning",
+            ProxyLogLevel::Error => "error",
+            ProxyLogLevel::Critical => "critical",
+            ProxyLogLevel::Off => "off",
+        }
+    }
+}

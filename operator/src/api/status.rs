@@ -1,0 +1,113 @@
+//! `MeshInstall.status`: what meshop observed, written so that kubectl, kstatus, Argo CD and Flux
+//! can judge health from it alone.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition types meshop sets (kstatus conventions).
+pub mod condition {
+    /// True when every enabled component is ready at the observed generation.
+    pub const READY: &str = "Ready";
+    /// True while meshop is still moving the cluster towards the spec (kstatus: InProgress).
+    pub const RECONCILING: &str = "Reconciling";
+    /// True when meshop cannot make progress without a change from the user (kstatus: Failed).
+    pub const STALLED: &str = "Stalled";
+}
+
+/// The observed state of a MeshInstall.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInstallStatus {
+    /// The metadata.generation this status describes. When it is lower than metadata.generation,
+    /// meshop has not yet acted on the latest spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The latest observations: Ready, Reconciling and Stalled, each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The profile last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+
+    /// The Istio version last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// The control-plane revision last applied (empty for the default revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+
+    /// One entry per component of the effective profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub components: Vec<ComponentStatus>,
+
+    /// The sidecar injection webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStatus>,
+}
+
+/// The state of one component.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// The component's name, as in spec.components (istiod, ingressGateway, prometheus, ...).
+    pub name: String,
+    /// The component's state.
+    pub state: ComponentState,
+    /// Replicas the component should run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Replicas that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// What is happening, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The state of one component.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ComponentState {
+    /// Not applied yet: waiting for the components it depends on.
+    #[default]
+    Pending,
+    /// Applied; waiting for its pods to become ready.
+    Progressing,
+    /// Applied and ready.
+    Ready,
+    /// Applied once, but something is wrong (pods failing, an apply error).
+    Degraded,
+}
+
+/// The state of the sidecar injection webhook.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// The webhook's state.
+    pub state: WebhookState,
+    /// When the webhook's serving certificate expires; meshop rotates it before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expiry: Option<Time>,
+    /// What is happening, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The state of the injection webhook.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum WebhookState {
+    /// Injection is switched off in the spec.
+    #[default]
+    Disabled,
+    /// Waiting for istiod to become ready before registering the webhook.
+    Pending,
+    /// Registered and serving.
+    Active,
+    /// Registered, but something is wrong (see message).
+    Degraded,
+}

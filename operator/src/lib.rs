@@ -1,0 +1,5 @@
+//! meshop: a Kubernetes operator that installs and runs an Istio service mesh from one
+//! `MeshInstall` resource.
+
+pub mod api;
+pub mod versions;

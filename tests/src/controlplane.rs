@@ -1,0 +1,309 @@
+//! A real Kubernetes control plane on loopback: etcd and kube-apiserver, and in controllers mode
+//! also kube-controller-manager, kube-scheduler, kwok and fake nodes, so Deployments roll out.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::binaries::Binaries;
+use crate::certs::{self, Pki};
+use crate::process::Process;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Also start kube-controller-manager, kube-scheduler and kwok, and create fake nodes.
+    pub controllers: bool,
+    /// How many fake nodes kwok runs (controllers mode only).
+    pub nodes: usize,
+    /// Install meshop's CRDs once the API server is ready.
+    pub install_crds: bool,
+    /// Where logs, certificates, the kubeconfig and etcd's data go.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { controllers: false, nodes: 3, install_crds: true, dir: None }
+    }
+}
+
+/// A running control plane. Dropping it stops every process.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    pub binaries: Binaries,
+    pub options: Options,
+    // Stopped in reverse start order on drop: controllers first, etcd last.
+    processes: Vec<Process>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl ControlPlane {
+    /// Starts a control plane and waits until it serves requests (and, in controllers mode, until
+    /// the fake nodes are Ready).
+    pub fn start(options: Options) -> Result<ControlPlane> {
+        let started = Instant::now();
+        let binaries = Binaries::locate()?;
+        let dir = match &options.dir {
+            Some(d) => d.clone(),
+            None => crate::run_dir()?,
+        };
+        std::fs::create_dir_all(&dir)?;
+        let pki = certs::mint(&dir)?;
+        let mut cp = ControlPlane {
+            kubeconfig: dir.join("kubeconfig"),
+            server: String::new(),
+            dir,
+            binaries,
+            options,
+            processes: Vec::new(),
+        };
+        cp.start_etcd_and_apiserver(&pki)?;
+        if cp.options.controllers {
+            cp.start_controllers(&pki)?;
+        }
+        crate::block_on(cp.settle())?;
+        eprintln!(
+            "testenv: control plane ready in {:.1}s at {} (logs and kubeconfig in {})",
+            started.elapsed().as_secs_f64(),
+            cp.server,
+            cp.dir.display()
+        );
+        Ok(cp)
+    }
+
+    fn start_etcd_and_apiserver(&mut self, pki: &Pki) -> Result<()> {
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let data = self.dir.join("etcd-data");
+        let _ = std::fs::remove_dir_all(&data);
+        let etcd_args = vec![
+            "--name=testenv".to_string(),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=testenv={peer_url}"),
+            "--unsafe-no-fsync=true".to_string(),
+            "--log-level=warn".to_string(),
+        ];
+        self.spawn("etcd", &self.binaries.etcd.clone(), etcd_args)?;
+
+        let port = free_port()?;
+        self.server = format!("https://127.0.0.1:{port}");
+        let args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".to_string(),
+            "--advertise-address=127.0.0.1".to_string(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", self.dir.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", pki.serving_cert.display()),
+            format!("--tls-private-key-file={}", pki.serving_key.display()),
+            format!("--client-ca-file={}", pki.ca_cert.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
+            format!("--service-account-key-file={}", pki.service_account_pub.display()),
+            format!("--service-account-signing-key-file={}", pki.service_account_key.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            "--authorization-mode=RBAC".to_string(),
+            "--allow-privileged=true".to_string(),
+            "--endpoint-reconciler-type=none".to_string(),
+            "--v=1".to_string(),
+        ];
+        self.spawn("kube-apiserver", &self.binaries.kube_apiserver.clone(), args)?;
+        self.write_kubeconfig(pki)?;
+        Ok(())
+    }
+
+    fn start_controllers(&mut self, pki: &Pki) -> Result<()> {
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig.display());
+        let kcm = vec![
+            kubeconfig.clone(),
+            "--leader-elect=false".to_string(),
+            "--secure-port=0".to_string(),
+            format!("--root-ca-file={}", pki.ca_cert.display()),
+            format!("--service-account-private-key-file={}", pki.service_account_key.display()),
+            format!("--cluster-signing-cert-file={}", pki.ca_cert.display()),
+            format!("--cluster-signing-key-file={}", pki.ca_key.display()),
+            "--use-service-account-credentials=true".to_string(),
+            // Faster feedback than the production defaults; fake nodes never go away on their own.
+            "--concurrent-deployment-syncs=10".to_string(),
+            "--concurrent-replicaset-syncs=10".to_string(),
+            "--v=1".to_string(),
+        ];
+        self.spawn("kube-controller-manager", &self.binaries.kube_controller_manager.clone(), kcm)?;
+        let scheduler = vec![kubeconfig.clone(), "--leader-elect=false".to_string(), "--secure-port=0".to_string()];
+        self.spawn("kube-scheduler", &self.binaries.kube_scheduler.clone(), scheduler)?;
+        let mut kwok = vec![
+            kubeconfig,
+            "--manage-all-nodes=true".to_string(),
+            // Pod IPs must not overlap the service range.
+            "--cidr=10.244.0.0/16".to_string(),
+            "--node-ip=127.0.0.1".to_string(),
+        ];
+        for stage in self.binaries.kwok_stages()? {
+            kwok.push(format!("--config={}", stage.display()));
+        }
+        self.spawn("kwok", &self.binaries.kwok.clone(), kwok)?;
+        Ok(())
+    }
+
+    fn spawn(&mut self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
+        let log = self.dir.join(format!("{name}.log"));
+        let process = Process::spawn(name, program, &args, &log)?;
+        self.processes.push(process);
+        Ok(())
+    }
+
+    fn write_kubeconfig(&self, pki: &Pki) -> Result<()> {
+        use base64::Engine as _;
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n\
+             contexts:\n- name: testenv\n  context:\n    cluster: testenv\n    user: admin\ncurrent-context: testenv\n",
+            server = self.server,
+            ca = b64(pki.ca_cert_pem.as_bytes()),
+            cert = b64(pki.admin_cert_pem.as_bytes()),
+            key = b64(pki.admin_key_pem.as_bytes()),
+        );
+        std::fs::write(&self.kubeconfig, text)?;
+        Ok(())
+    }
+
+    /// A client for the admin user. Create one per test: a client is bound to the tokio runtime it
+    /// was first used on, and each `#[tokio::test]` has its own runtime.
+    pub async fn client(&self) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Fails if any component has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        for p in self.processes.iter_mut() {
+            p.check_running()?;
+        }
+        Ok(())
+    }
+
+    /// The log file of every component, for failure messages.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        self.processes.iter().map(|p| p.log.clone()).collect()
+    }
+
+    async fn settle(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // The API server answers /readyz only once its post-start hooks (RBAC bootstrap, ...) ran.
+        let client = loop {
+            self.check_running()?;
+            if let Ok(client) = self.client().await {
+                let ready = client
+                    .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                    .await
+                    .map(|body| body.trim() == "ok")
+                    .unwrap_or(false);
+                let has_default = ready && Api::<Namespace>::all(client.clone()).get_opt("default").await.ok().flatten().is_some();
+                if has_default {
+                    break client;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("kube-apiserver not ready after 120s; see {}", self.dir.join("kube-apiserver.log").display());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        if self.options.install_crds {
+            crate::install_crds(&client).await?;
+        }
+        if self.options.controllers {
+            self.create_nodes(&client).await?;
+            self.wait_for_service_account(&client, deadline).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_nodes(&mut self, client: &Client) -> Result<()> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        for i in 0..self.options.nodes {
+            let name = format!("kwok-node-{i}");
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "topology.kubernetes.io/zone": format!("zone-{}", i % 3),
+                        "type": "kwok"
+                    },
+                    "annotations": { "node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake" }
+                },
+                "status": {
+                    "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+                    "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" }
+                }
+            }))?;
+            nodes.create(&PostParams::default(), &node).await.with_context(|| format!("create node {name}"))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_running()?;
+            let list = nodes.list(&Default::default()).await?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|n| {
+                    n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                        cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+            if ready >= self.options.nodes {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{ready}/{} kwok nodes Ready after 60s; see {}", self.options.nodes, self.dir.join("kwok.log").display());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Pods can only be created once the controller manager made the namespace's default
+    /// ServiceAccount; wait for it in `default` so the first test does not race it.
+    async fn wait_for_service_account(&mut self, client: &Client, deadline: Instant) -> Result<()> {
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "default");
+        loop {
+            self.check_running()?;
+            if sa.get_opt("default").await?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("kube-controller-manager made no default ServiceAccount; see {}", self.dir.join("kube-controller-manager.log").display());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        while let Some(mut p) = self.processes.pop() {
+            p.kill();
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! meshop's test environment: a real Kubernetes control plane built from upstream sources and
+//! started on loopback (see `../shared/testing.md` and `docs/testing.md`).
+//!
+//! ```no_run
+//! # async fn t() -> anyhow::Result<()> {
+//! let cp = meshop_testenv::shared();           // one per test binary
+//! let client = cp.client().await?;             // one per test
+//! let ns = meshop_testenv::namespace(&client, "my-test").await?; // each test in its own namespace
+//! # Ok(()) }
+//! ```
+
+pub mod binaries;
+pub mod certs;
+pub mod controlplane;
+pub mod process;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+
+pub use controlplane::{ControlPlane, Options};
+
+/// The field manager the harness applies with.
+pub const FIELD_MANAGER: &str = "meshop-testenv";
+
+/// The control plane shared by every test of this test binary, started on first use. Controllers
+/// mode is chosen by the first caller: a test binary uses either [`shared`] or
+/// [`shared_with_controllers`], not both.
+pub fn shared() -> &'static ControlPlane {
+    shared_with(Options::default())
+}
+
+/// Like [`shared`], with kube-controller-manager, kube-scheduler, kwok and three fake nodes.
+pub fn shared_with_controllers() -> &'static ControlPlane {
+    shared_with(Options { controllers: true, ..Options::default() })
+}
+
+fn shared_with(options: Options) -> &'static ControlPlane {
+    static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+    let cp = SHARED.get_or_init(|| match ControlPlane::start(options.clone()) {
+        Ok(cp) => cp,
+        Err(e) => panic!("testenv: could not start the control plane: {e:#}"),
+    });
+    assert_eq!(cp.options.controllers, options.controllers, "one test binary, one control-plane mode");
+    cp
+}
+
+/// Runs a future to completion on a private runtime, on its own thread, so that it works both
+/// from synchronous code and from inside a test's tokio runtime.
+pub fn block_on<F, T>(future: F) -> T
+where
+    F: std::future::Future<Output = T> + Send,
+    T: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
+        })
+        .join()
+        .expect("testenv thread panicked")
+    })
+}
+
+/// A fresh directory for one control plane under `target/testenv/`, named after the process.
+/// Data of earlier runs whose process is gone is removed; their logs are kept until the next
+/// `cargo clean`.
+pub fn run_dir() -> Result<PathBuf> {
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/testenv");
+    std::fs::create_dir_all(&base)?;
+    for entry in std::fs::read_dir(&base)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path().join("etcd-data"));
+            }
+        }
+    }
+    let exe = std::env::current_exe().ok().and_then(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()));
+    let exe = exe.unwrap_or_else(|| "testenv".into());
+    // Test binaries are named like `crd-0123abcd`; drop the hash.
+    let exe = exe.split('-').filter(|part| !(part.len() == 16 && part.chars().all(|c| c.is_ascii_hexdigit()))).collect::<Vec<_>>().join("-");
+    let dir = base.join(format!("{exe}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir.canonicalize()?)
+}
+
+/// Installs (server-side applies) meshop's CRDs and waits until they are Established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in meshop_crds() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("apply CRD {name}"))?;
+        wait_established(&crds, &name).await?;
+    }
+    Ok(())
+}
+
+/// Every CRD meshop installs itself. Later issues add Istio's API CRDs here.
+pub fn meshop_crds() -> Vec<CustomResourceDefinition> {
+    vec![meshop::api::crd()]
+}
+
+/// Waits until a CRD reports Established=True.
+pub async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let crd = crds.get(name).await?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("CRD {name} not Established after 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A namespace of a test's own, `<prefix>-<random>`. When the test panics, dropping this prints
+/// where every component's log is.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_logs_hint(&self.name);
+        }
+    }
+}
+
+/// Prints where the shared control plane's logs are, for a failed test.
+pub fn print_logs_hint(context: &str) {
+    eprintln!("testenv: test in namespace {context} failed; component logs:");
+    if let Some(dir) = run_dir_of_this_process() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                eprintln!("  {}", entry.path().display());
+            }
+        }
+        eprintln!("  kubeconfig: {}", dir.join("kubeconfig").display());
+    }
+}
+
+fn run_dir_of_this_process() -> Option<PathBuf> {
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/testenv");
+    let suffix = format!("-{}", std::process::id());
+    std::fs::read_dir(base).ok()?.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(&suffix))
+}
+
+/// Creates a namespace `<prefix>-<random>` for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> Result<TestNamespace> {
+    let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
+    let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Ok(TestNamespace { name })
+}
