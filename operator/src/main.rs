@@ -24,7 +24,11 @@ fn main() -> std::process::ExitCode {
         Command::Crd => print!("{}", meshop::api::crd_yaml()),
         Command::Version => {
             println!("meshop {}", env!("CARGO_PKG_VERSION"));
-            println!("istio versions: {} (default {})", meshop::versions::SUPPORTED.join(", "), meshop::versions::DEFAULT);
+            println!(
+                "istio versions: {} (default {})",
+                meshop::versions::SUPPORTED.join(", "),
+                meshop::versions::DEFAULT
+            );
         }
     }
     std::process::ExitCode::SUCCESS

@@ -53,7 +53,12 @@ impl Binaries {
     pub fn kwok_stages(&self) -> Result<Vec<PathBuf>> {
         let dir = self.dir.join("kwok-stages");
         let mut stages: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("read {} (controllers mode needs kwok's stages)", dir.display()))?
+            .with_context(|| {
+                format!(
+                    "read {} (controllers mode needs kwok's stages)",
+                    dir.display()
+                )
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
             .collect();

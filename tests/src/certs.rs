@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// PEM files written for one control plane.
@@ -37,7 +37,11 @@ pub fn mint(dir: &Path) -> Result<Pki> {
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = name("meshop-testenv-ca", None);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
@@ -49,8 +53,12 @@ pub fn mint(dir: &Path) -> Result<Pki> {
         "kubernetes.default.svc".to_string(),
         "kubernetes.default.svc.cluster.local".to_string(),
     ])?;
-    serving.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse()?));
-    serving.subject_alt_names.push(SanType::IpAddress("10.0.0.1".parse()?));
+    serving
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse()?));
+    serving
+        .subject_alt_names
+        .push(SanType::IpAddress("10.0.0.1".parse()?));
     serving.distinguished_name = name("kube-apiserver", None);
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let serving_cert = serving.signed_by(&serving_key, &issuer)?;

@@ -30,7 +30,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { controllers: false, nodes: 3, install_crds: true, dir: None }
+        Options {
+            controllers: false,
+            nodes: 3,
+            install_crds: true,
+            dir: None,
+        }
     }
 }
 
@@ -114,15 +119,25 @@ impl ControlPlane {
             format!("--tls-private-key-file={}", pki.serving_key.display()),
             format!("--client-ca-file={}", pki.ca_cert.display()),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
-            format!("--service-account-key-file={}", pki.service_account_pub.display()),
-            format!("--service-account-signing-key-file={}", pki.service_account_key.display()),
+            format!(
+                "--service-account-key-file={}",
+                pki.service_account_pub.display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.service_account_key.display()
+            ),
             "--service-cluster-ip-range=10.0.0.0/24".to_string(),
             "--authorization-mode=RBAC".to_string(),
             "--allow-privileged=true".to_string(),
             "--endpoint-reconciler-type=none".to_string(),
             "--v=1".to_string(),
         ];
-        self.spawn("kube-apiserver", &self.binaries.kube_apiserver.clone(), args)?;
+        self.spawn(
+            "kube-apiserver",
+            &self.binaries.kube_apiserver.clone(),
+            args,
+        )?;
         self.write_kubeconfig(pki)?;
         Ok(())
     }
@@ -134,7 +149,10 @@ impl ControlPlane {
             "--leader-elect=false".to_string(),
             "--secure-port=0".to_string(),
             format!("--root-ca-file={}", pki.ca_cert.display()),
-            format!("--service-account-private-key-file={}", pki.service_account_key.display()),
+            format!(
+                "--service-account-private-key-file={}",
+                pki.service_account_key.display()
+            ),
             format!("--cluster-signing-cert-file={}", pki.ca_cert.display()),
             format!("--cluster-signing-key-file={}", pki.ca_key.display()),
             "--use-service-account-credentials=true".to_string(),
@@ -143,9 +161,21 @@ impl ControlPlane {
             "--concurrent-replicaset-syncs=10".to_string(),
             "--v=1".to_string(),
         ];
-        self.spawn("kube-controller-manager", &self.binaries.kube_controller_manager.clone(), kcm)?;
-        let scheduler = vec![kubeconfig.clone(), "--leader-elect=false".to_string(), "--secure-port=0".to_string()];
-        self.spawn("kube-scheduler", &self.binaries.kube_scheduler.clone(), scheduler)?;
+        self.spawn(
+            "kube-controller-manager",
+            &self.binaries.kube_controller_manager.clone(),
+            kcm,
+        )?;
+        let scheduler = vec![
+            kubeconfig.clone(),
+            "--leader-elect=false".to_string(),
+            "--secure-port=0".to_string(),
+        ];
+        self.spawn(
+            "kube-scheduler",
+            &self.binaries.kube_scheduler.clone(),
+            scheduler,
+        )?;
         let mut kwok = vec![
             kubeconfig,
             "--manage-all-nodes=true".to_string(),
@@ -187,7 +217,8 @@ impl ControlPlane {
     /// was first used on, and each `#[tokio::test]` has its own runtime.
     pub async fn client(&self) -> Result<Client> {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         Ok(Client::try_from(config)?)
     }
 
@@ -215,13 +246,22 @@ impl ControlPlane {
                     .await
                     .map(|body| body.trim() == "ok")
                     .unwrap_or(false);
-                let has_default = ready && Api::<Namespace>::all(client.clone()).get_opt("default").await.ok().flatten().is_some();
+                let has_default = ready
+                    && Api::<Namespace>::all(client.clone())
+                        .get_opt("default")
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some();
                 if has_default {
                     break client;
                 }
             }
             if Instant::now() > deadline {
-                bail!("kube-apiserver not ready after 120s; see {}", self.dir.join("kube-apiserver.log").display());
+                bail!(
+                    "kube-apiserver not ready after 120s; see {}",
+                    self.dir.join("kube-apiserver.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
@@ -258,7 +298,10 @@ impl ControlPlane {
                     "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" }
                 }
             }))?;
-            nodes.create(&PostParams::default(), &node).await.with_context(|| format!("create node {name}"))?;
+            nodes
+                .create(&PostParams::default(), &node)
+                .await
+                .with_context(|| format!("create node {name}"))?;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -268,16 +311,23 @@ impl ControlPlane {
                 .items
                 .iter()
                 .filter(|n| {
-                    n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                        cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
+                    n.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
                 })
                 .count();
             if ready >= self.options.nodes {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{ready}/{} kwok nodes Ready after 60s; see {}", self.options.nodes, self.dir.join("kwok.log").display());
+                bail!(
+                    "{ready}/{} kwok nodes Ready after 60s; see {}",
+                    self.options.nodes,
+                    self.dir.join("kwok.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -286,14 +336,18 @@ impl ControlPlane {
     /// Pods can only be created once the controller manager made the namespace's default
     /// ServiceAccount; wait for it in `default` so the first test does not race it.
     async fn wait_for_service_account(&mut self, client: &Client, deadline: Instant) -> Result<()> {
-        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), "default");
         loop {
             self.check_running()?;
             if sa.get_opt("default").await?.is_some() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("kube-controller-manager made no default ServiceAccount; see {}", self.dir.join("kube-controller-manager.log").display());
+                bail!(
+                    "kube-controller-manager made no default ServiceAccount; see {}",
+                    self.dir.join("kube-controller-manager.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

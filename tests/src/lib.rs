@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 pub use controlplane::{ControlPlane, Options};
 
@@ -38,7 +38,10 @@ pub fn shared() -> &'static ControlPlane {
 
 /// Like [`shared`], with kube-controller-manager, kube-scheduler, kwok and three fake nodes.
 pub fn shared_with_controllers() -> &'static ControlPlane {
-    shared_with(Options { controllers: true, ..Options::default() })
+    shared_with(Options {
+        controllers: true,
+        ..Options::default()
+    })
 }
 
 fn shared_with(options: Options) -> &'static ControlPlane {
@@ -47,7 +50,10 @@ fn shared_with(options: Options) -> &'static ControlPlane {
         Ok(cp) => cp,
         Err(e) => panic!("testenv: could not start the control plane: {e:#}"),
     });
-    assert_eq!(cp.options.controllers, options.controllers, "one test binary, one control-plane mode");
+    assert_eq!(
+        cp.options.controllers, options.controllers,
+        "one test binary, one control-plane mode"
+    );
     cp
 }
 
@@ -60,7 +66,11 @@ where
 {
     std::thread::scope(|s| {
         s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(future)
         })
         .join()
         .expect("testenv thread panicked")
@@ -75,16 +85,22 @@ pub fn run_dir() -> Result<PathBuf> {
     std::fs::create_dir_all(&base)?;
     for entry in std::fs::read_dir(&base)?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) {
-            if !PathBuf::from(format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(entry.path().join("etcd-data"));
-            }
+        if let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok())
+            && !PathBuf::from(format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path().join("etcd-data"));
         }
     }
-    let exe = std::env::current_exe().ok().and_then(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()));
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()));
     let exe = exe.unwrap_or_else(|| "testenv".into());
     // Test binaries are named like `crd-0123abcd`; drop the hash.
-    let exe = exe.split('-').filter(|part| !(part.len() == 16 && part.chars().all(|c| c.is_ascii_hexdigit()))).collect::<Vec<_>>().join("-");
+    let exe = exe
+        .split('-')
+        .filter(|part| !(part.len() == 16 && part.chars().all(|c| c.is_ascii_hexdigit())))
+        .collect::<Vec<_>>()
+        .join("-");
     let dir = base.join(format!("{exe}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir.canonicalize()?)
@@ -95,9 +111,13 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in meshop_crds() {
         let name = crd.metadata.name.clone().context("CRD without a name")?;
-        crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("apply CRD {name}"))?;
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("apply CRD {name}"))?;
         wait_established(&crds, &name).await?;
     }
     Ok(())
@@ -159,13 +179,25 @@ pub fn print_logs_hint(context: &str) {
 fn run_dir_of_this_process() -> Option<PathBuf> {
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/testenv");
     let suffix = format!("-{}", std::process::id());
-    std::fs::read_dir(base).ok()?.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(&suffix))
+    std::fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&suffix))
 }
 
 /// Creates a namespace `<prefix>-<random>` for one test.
 pub async fn namespace(client: &Client, prefix: &str) -> Result<TestNamespace> {
     let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
-    let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
     Ok(TestNamespace { name })
 }

@@ -66,18 +66,31 @@ impl Process {
             });
         }
         let (tx, rx) = mpsc::channel();
-        supervisor().lock().unwrap().send((cmd, tx)).context("supervisor thread gone")?;
+        supervisor()
+            .lock()
+            .unwrap()
+            .send((cmd, tx))
+            .context("supervisor thread gone")?;
         let child = rx
             .recv()
             .context("supervisor thread gone")?
             .with_context(|| format!("start {} ({})", name, program.display()))?;
-        Ok(Process { name: name.to_string(), log: log.to_path_buf(), child })
+        Ok(Process {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            child,
+        })
     }
 
     /// Fails when the process has exited, quoting the end of its log.
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            anyhow::bail!("{} exited with {status}; last lines of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30));
+            anyhow::bail!(
+                "{} exited with {status}; last lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log, 30)
+            );
         }
         Ok(())
     }

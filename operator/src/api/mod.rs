@@ -21,7 +21,11 @@ const EMBEDDED_CORE_TYPES: &[&str] = &["affinity", "tolerations", "env", "resour
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = MeshInstall::crd();
     for version in crd.spec.versions.iter_mut() {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             drop_embedded_descriptions(schema);
         }
     }
@@ -88,5 +92,49 @@ mod tests {
         let yaml = crd_yaml();
         assert!(yaml.contains("Scheduling affinity of the component's pods"));
         assert!(yaml.contains("The install profile: demo"));
+    }
+}
+
+#[cfg(test)]
+mod generated_files {
+    use super::*;
+
+    /// `crds/` must hold exactly what `meshop crd` prints; `make crds` regenerates it.
+    #[test]
+    fn crd_file_is_current() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/meshinstalls.meshop.dev.yaml"
+        );
+        let on_disk =
+            std::fs::read_to_string(path).expect("crds/meshinstalls.meshop.dev.yaml exists");
+        assert!(
+            on_disk == crd_yaml(),
+            "{path} is stale: run `make crds` and commit the result"
+        );
+    }
+
+    /// Every documented example reads as a MeshInstall (unknown fields are errors here too).
+    #[test]
+    fn examples_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mi: MeshInstall =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(mi.metadata.name.is_some(), "{}", path.display());
+            n += 1;
+        }
+        assert!(n >= 5);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_when_parsing() {
+        let err =
+            serde_yaml::from_str::<MeshInstallSpec>("profile: demo\ncomponents:\n  pilot: {}\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field `pilot`"), "{err}");
     }
 }

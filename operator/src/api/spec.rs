@@ -4,6 +4,9 @@
 //! out means "whatever the profile says". Validation that a schema can express lives here, as
 //! OpenAPI constraints and CEL rules, so `kubectl apply` refuses a bad MeshInstall at once.
 
+// The printcolumn(...) entries of #[kube] repeat `type_ = "string"` by design.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
@@ -26,9 +29,11 @@ pub const OPTIONAL_DNS_LABEL_PATTERN: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$
 /// An Istio release: `MAJOR.MINOR.PATCH`, optionally with a pre-release suffix such as `-beta.1`.
 pub const VERSION_PATTERN: &str = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$";
 /// An image registry/repository prefix such as `docker.io/istio` or `registry.local:5000/mesh`.
-pub const HUB_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*$";
+pub const HUB_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*$";
 /// A DNS-1123 subdomain, used for the SPIFFE trust domain.
-pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// Installs an Istio service mesh from one install profile plus overrides.
 ///
@@ -47,12 +52,43 @@ pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0
     derive = "PartialEq",
     derive = "Default",
     doc = "MeshInstall installs and runs an Istio service mesh from one install profile plus overrides.",
-    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profile", description = "The install profile"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".status.version", description = "The Istio version running"),
-    printcolumn(name = "Revision", type_ = "string", json_path = ".spec.revision", description = "The control-plane revision", priority = 1),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether every component is ready"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the mesh is or is not ready", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Profile",
+        type_ = "string",
+        json_path = ".spec.profile",
+        description = "The install profile"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.version",
+        description = "The Istio version running"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".spec.revision",
+        description = "The control-plane revision",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether every component is ready"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the mesh is or is not ready",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("self.updateStrategy != 'RevisionBased' || self.revision != ''")
@@ -118,7 +154,20 @@ fn default_namespace() -> String {
 }
 
 /// The install profiles meshop ships (see docs/profiles.md).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema, Default)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+    Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// istiod, both gateways and the Prometheus, Grafana, Kiali and Jaeger addons, sized small.
@@ -136,8 +185,13 @@ pub enum Profile {
 
 impl Profile {
     /// Every profile, in the order the docs list them.
-    pub const ALL: [Profile; 5] =
-        [Profile::Demo, Profile::Production, Profile::Performance, Profile::Minimal, Profile::Empty];
+    pub const ALL: [Profile; 5] = [
+        Profile::Demo,
+        Profile::Production,
+        Profile::Performance,
+        Profile::Minimal,
+        Profile::Empty,
+    ];
 
     /// The name used in `spec.profile` and in `profiles/<name>.yaml`.
     pub fn name(self) -> &'static str {
@@ -160,10 +214,16 @@ impl std::fmt::Display for Profile {
 impl std::str::FromStr for Profile {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Profile::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Profile::ALL.iter().map(|p| p.name()).collect();
-            format!("unknown profile {s:?}; expected one of {}", names.join(", "))
-        })
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Profile::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "unknown profile {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -312,7 +372,11 @@ pub struct Autoscale {
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: Option<i32>,
     /// The average CPU utilisation, in percent of requests, the autoscaler aims for.
-    #[serde(default, rename = "targetCPUUtilizationPercentage", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: Option<i32>,
 }

@@ -1,0 +1,43 @@
+# meshop — run `make help` for the targets.
+SHELL := /usr/bin/env bash
+CARGO ?= cargo
+CRD_FILE := crds/meshinstalls.meshop.dev.yaml
+
+.PHONY: help demo cluster test unit integration testenv build crds lint fmt clean-testenv tools
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+tools: ## Check that the toolchains the build needs (cargo, go) are installed.
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+	@command -v go >/dev/null || { echo "go not found: the test control plane is built from Go sources"; exit 1; }
+
+demo: cluster ## The main job (for now the local control plane; the reconciler turns this into a full demo).
+
+cluster: tools testenv ## Start a local control plane (controllers mode, CRDs installed) until Ctrl-C.
+	$(CARGO) run -q -p meshop-testenv --bin meshop-cluster
+
+test: tools testenv ## Unit and integration tests against a real kube-apiserver (builds it when not cached).
+	$(CARGO) test --workspace --locked --no-fail-fast
+
+unit: ## Unit tests only (no control plane).
+	$(CARGO) test --workspace --locked --lib --bins
+
+testenv: tools ## Build (or reuse) etcd, kube-apiserver, controllers, kubectl and kwok in ~/.cache/meshop.
+	@bash tests/testenv/build.sh >/dev/null
+
+build: ## Build the meshop binary (target/release/meshop).
+	$(CARGO) build --release -p meshop
+
+crds: ## Regenerate the CRD YAML under crds/ from the Rust API types.
+	$(CARGO) run -q -p meshop -- crd > $(CRD_FILE)
+
+lint: ## rustfmt and clippy, warnings as errors.
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## Format the code.
+	$(CARGO) fmt --all
+
+clean-testenv: ## Remove the logs and data of earlier test control planes.
+	rm -rf target/testenv

@@ -1,0 +1,43 @@
+//! Controllers mode: with kube-controller-manager, kube-scheduler and kwok, workloads really roll out.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_deployment_becomes_available() {
+    let cp = meshop_testenv::shared_with_controllers();
+    let client = cp.client().await.unwrap();
+    let ns = meshop_testenv::namespace(&client, "rollout").await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 3,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "web", "image": "registry.invalid/web:1",
+                    "readinessProbe": { "httpGet": { "path": "/", "port": 8080 } } }] }
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let available = await_condition(
+        deployments.clone(),
+        "web",
+        conditions::is_deployment_completed(),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(90), available)
+        .await
+        .expect("Deployment web not Available within 90s")
+        .unwrap();
+    let status = deployments.get("web").await.unwrap().status.unwrap();
+    assert_eq!(status.ready_replicas, Some(3));
+    assert_eq!(status.available_replicas, Some(3));
+}
