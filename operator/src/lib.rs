@@ -2,4 +2,8 @@
 //! `MeshInstall` resource.
 
 pub mod api;
+pub mod cli;
+pub mod effective;
+pub mod profiles;
+pub mod render;
 pub mod versions;

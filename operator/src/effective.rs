@@ -1,0 +1,351 @@
+//! The effective installation: the layered spec (base <- profile <- overrides) with every value
+//! resolved, so rendering never has to guess a default.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{
+    Component, FailurePolicy, GatewayComponent, GatewayPort, MeshInstall, MeshInstallSpec,
+    MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel, ServiceType,
+    SidecarMode, TrafficCapture, UpdateStrategy,
+};
+use crate::profiles::{self, ProfileError};
+use crate::versions;
+
+/// Why a MeshInstall cannot be turned into an installation. Each of these is the user's to fix,
+/// so the reconciler reports it as Stalled instead of retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("Istio version {version} is not supported; supported versions: {}", versions::SUPPORTED.join(", "))]
+    UnsupportedVersion { version: String },
+    #[error(
+        "injection.trafficCapture is cni but components.cni is not enabled; enable components.cni or use iptables"
+    )]
+    CniCaptureWithoutCni,
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
+/// Which MeshInstall the objects belong to (for labels and owner references).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    /// Unknown when rendering offline (`meshop render`); then no owner references are written.
+    pub uid: Option<String>,
+}
+
+/// Everything needed to render one installation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Installation {
+    pub owner: Owner,
+    pub profile: Profile,
+    pub version: String,
+    pub hub: String,
+    pub namespace: String,
+    pub revision: String,
+    pub update_strategy: UpdateStrategy,
+    pub istiod: Settings,
+    pub ingress_gateway: Settings,
+    pub egress_gateway: Settings,
+    pub cni: Settings,
+    pub prometheus: Settings,
+    pub grafana: Settings,
+    pub kiali: Settings,
+    pub jaeger: Settings,
+    pub mesh: Mesh,
+    pub injection: Injection,
+}
+
+/// Resolved settings of one component.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Settings {
+    pub enabled: bool,
+    pub replicas: i32,
+    pub resources: ResourceRequirements,
+    /// `Some` when a HorizontalPodAutoscaler is created.
+    pub autoscale: Option<Autoscale>,
+    /// `Some` when a PodDisruptionBudget is created.
+    pub pdb: Option<Pdb>,
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub tolerations: Option<Vec<Toleration>>,
+    pub affinity: Option<Affinity>,
+    pub env: Vec<EnvVar>,
+    /// Gateways only.
+    pub service: Option<Service>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Autoscale {
+    pub min: i32,
+    pub max: i32,
+    pub target_cpu: i32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pdb {
+    MinAvailable(IntOrString),
+    MaxUnavailable(IntOrString),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub type_: ServiceType,
+    pub annotations: BTreeMap<String, String>,
+    pub ports: Vec<GatewayPort>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mesh {
+    pub mtls: MtlsMode,
+    pub access_logging: bool,
+    pub trace_sampling: f64,
+    pub trust_domain: String,
+    pub outbound: OutboundTrafficPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Injection {
+    pub enabled: bool,
+    pub sidecar_mode: SidecarMode,
+    pub traffic_capture: TrafficCapture,
+    pub failure_policy: FailurePolicy,
+    pub proxy_resources: ResourceRequirements,
+    pub concurrency: Option<i32>,
+    pub log_level: ProxyLogLevel,
+    pub hold_application_until_proxy_starts: bool,
+}
+
+impl Installation {
+    /// Resolves a MeshInstall from the cluster.
+    pub fn from_mesh(mi: &MeshInstall) -> Result<Installation, SpecError> {
+        let owner = Owner {
+            name: mi.metadata.name.clone().unwrap_or_default(),
+            uid: mi.metadata.uid.clone(),
+        };
+        Installation::resolve(owner, &mi.spec)
+    }
+
+    /// Resolves a spec: layers the profile under it and fills in every value.
+    pub fn resolve(owner: Owner, spec: &MeshInstallSpec) -> Result<Installation, SpecError> {
+        let version = versions::effective(spec.version.as_deref()).to_string();
+        if !versions::is_supported(&version) {
+            return Err(SpecError::UnsupportedVersion { version });
+        }
+        let layered = profiles::layered(spec)?;
+        let components = layered.components.clone().unwrap_or_default();
+        let addons = components.addons.clone().unwrap_or_default();
+        let mesh = layered.mesh_config.clone().unwrap_or_default();
+        let injection = layered.injection.clone().unwrap_or_default();
+        let proxy = injection.proxy.clone().unwrap_or_default();
+        let install = Installation {
+            owner,
+            profile: spec.profile,
+            version,
+            hub: layered.hub.clone(),
+            namespace: layered.namespace.clone(),
+            revision: layered.revision.clone(),
+            update_strategy: layered.update_strategy,
+            istiod: settings(components.istiod.as_ref(), None),
+            ingress_gateway: gateway(components.ingress_gateway.as_ref()),
+            egress_gateway: gateway(components.egress_gateway.as_ref()),
+            cni: settings(components.cni.as_ref(), None),
+            prometheus: settings(addons.prometheus.as_ref(), None),
+            grafana: settings(addons.grafana.as_ref(), None),
+            kiali: settings(addons.kiali.as_ref(), None),
+            jaeger: settings(addons.jaeger.as_ref(), None),
+            mesh: Mesh {
+                mtls: mesh.mtls_mode.unwrap_or(MtlsMode::PERMISSIVE),
+                access_logging: mesh.access_logging.unwrap_or(false),
+                trace_sampling: mesh.trace_sampling.unwrap_or(1.0),
+                trust_domain: mesh.trust_domain.unwrap_or_else(|| "cluster.local".into()),
+                outbound: mesh
+                    .outbound_traffic_policy
+                    .unwrap_or(OutboundTrafficPolicy::ALLOW_ANY),
+            },
+            injection: Injection {
+                enabled: injection.enabled.unwrap_or(true),
+                sidecar_mode: injection.sidecar_mode.unwrap_or(SidecarMode::Classic),
+                traffic_capture: injection
+                    .traffic_capture
+                    .unwrap_or(TrafficCapture::Iptables),
+                failure_policy: injection.failure_policy.unwrap_or(FailurePolicy::Fail),
+                proxy_resources: proxy.resources.unwrap_or_default(),
+                concurrency: proxy.concurrency,
+                log_level: proxy.log_level.unwrap_or(ProxyLogLevel::Warning),
+                hold_application_until_proxy_starts: proxy
+                    .hold_application_until_proxy_starts
+                    .unwrap_or(false),
+            },
+        };
+        if install.injection.traffic_capture == TrafficCapture::Cni && !install.cni.enabled {
+            return Err(SpecError::CniCaptureWithoutCni);
+        }
+        Ok(install)
+    }
+
+    /// The suffix Istio appends to revisioned names: `""` or `-<revision>`.
+    pub fn revision_suffix(&self) -> String {
+        if self.revision.is_empty() {
+            String::new()
+        } else {
+            format!("-{}", self.revision)
+        }
+    }
+
+    /// The revision as Istio labels it: `default` for the default revision.
+    pub fn revision_label(&self) -> &str {
+        if self.revision.is_empty() {
+            "default"
+        } else {
+            &self.revision
+        }
+    }
+
+    /// The name of istiod's Deployment and Service: `istiod` or `istiod-<revision>`.
+    pub fn istiod_name(&self) -> String {
+        format!("istiod{}", self.revision_suffix())
+    }
+
+    /// The address proxies reach istiod's xDS and CA on.
+    pub fn discovery_address(&self) -> String {
+        format!("{}.{}.svc:15012", self.istiod_name(), self.namespace)
+    }
+
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{}:{}", self.hub, name, self.version)
+    }
+}
+
+fn settings(c: Option<&Component>, service: Option<Service>) -> Settings {
+    let Some(c) = c else {
+        return Settings::default();
+    };
+    let autoscale = c
+        .autoscale
+        .as_ref()
+        .filter(|a| a.enabled.unwrap_or(true))
+        .map(|a| {
+            let min = a.min_replicas.unwrap_or(1);
+            Autoscale {
+                min,
+                max: a.max_replicas.unwrap_or(min.max(5)).max(min),
+                target_cpu: a.target_cpu_utilization_percentage.unwrap_or(80),
+            }
+        });
+    let pdb = c
+        .pod_disruption_budget
+        .as_ref()
+        .filter(|p| p.enabled.unwrap_or(true))
+        .map(|p| match (&p.min_available, &p.max_unavailable) {
+            (_, Some(max)) => Pdb::MaxUnavailable(max.clone()),
+            (Some(min), None) => Pdb::MinAvailable(min.clone()),
+            (None, None) => Pdb::MinAvailable(IntOrString::Int(1)),
+        });
+    Settings {
+        enabled: c.enabled.unwrap_or(false),
+        replicas: c.replicas.unwrap_or(1),
+        resources: c.resources.clone().unwrap_or_default(),
+        autoscale,
+        pdb,
+        node_selector: c.node_selector.clone(),
+        tolerations: c.tolerations.clone(),
+        affinity: c.affinity.clone(),
+        env: c.env.clone().unwrap_or_default(),
+        service,
+    }
+}
+
+fn gateway(g: Option<&GatewayComponent>) -> Settings {
+    let service = g.and_then(|g| g.service.as_ref()).map(|s| Service {
+        type_: s.type_.unwrap_or(ServiceType::ClusterIP),
+        annotations: s.annotations.clone().unwrap_or_default(),
+        ports: s.ports.clone().unwrap_or_default(),
+    });
+    settings(g.map(|g| g.common()).as_ref(), service)
+}
+
+impl GatewayPort {
+    /// The container port traffic goes to.
+    pub fn container_port(&self) -> i32 {
+        self.target_port.unwrap_or(self.port)
+    }
+
+    pub fn protocol_name(&self) -> &'static str {
+        match self.protocol.unwrap_or(PortProtocol::TCP) {
+            PortProtocol::TCP => "TCP",
+            PortProtocol::UDP => "UDP",
+            PortProtocol::SCTP => "SCTP",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(yaml: &str) -> Result<Installation, SpecError> {
+        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+        Installation::resolve(
+            Owner {
+                name: "t".into(),
+                uid: None,
+            },
+            &spec,
+        )
+    }
+
+    #[test]
+    fn production_is_highly_available() {
+        let i = resolve("profile: production").unwrap();
+        assert!(i.istiod.enabled && i.ingress_gateway.enabled && !i.egress_gateway.enabled);
+        assert_eq!(
+            i.istiod.autoscale,
+            Some(Autoscale {
+                min: 2,
+                max: 5,
+                target_cpu: 80
+            })
+        );
+        assert!(i.istiod.pdb.is_some() && i.istiod.affinity.is_some());
+        assert_eq!(i.mesh.mtls, MtlsMode::STRICT);
+        assert!(!i.prometheus.enabled);
+    }
+
+    #[test]
+    fn autoscale_can_be_switched_off() {
+        let i = resolve("profile: production\ncomponents:\n  istiod:\n    replicas: 3\n    autoscale: {enabled: false}\n").unwrap();
+        assert_eq!(i.istiod.autoscale, None);
+        assert_eq!(i.istiod.replicas, 3);
+    }
+
+    #[test]
+    fn unsupported_version_is_a_spec_error() {
+        let err = resolve("profile: demo\nversion: 1.2.3").unwrap_err();
+        assert!(err.to_string().contains("1.2.3 is not supported"), "{err}");
+    }
+
+    #[test]
+    fn cni_capture_needs_cni() {
+        assert!(matches!(
+            resolve("profile: minimal\ninjection: {trafficCapture: cni}"),
+            Err(SpecError::CniCaptureWithoutCni)
+        ));
+        assert!(resolve("profile: minimal\ninjection: {trafficCapture: cni}\ncomponents: {cni: {enabled: true}}").is_ok());
+    }
+
+    #[test]
+    fn revision_names() {
+        let i = resolve("profile: minimal\nrevision: canary").unwrap();
+        assert_eq!(i.istiod_name(), "istiod-canary");
+        assert_eq!(
+            i.discovery_address(),
+            "istiod-canary.istio-system.svc:15012"
+        );
+        assert_eq!(
+            resolve("profile: minimal").unwrap().revision_label(),
+            "default"
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! Rendering: an [`Installation`] in, every Kubernetes object it needs out, in apply order.
+//!
+//! Pure code: no client, no clock, no randomness, so `meshop render` is byte-for-byte
+//! deterministic and every object can be checked in unit tests. One module per component.
+
+mod addons;
+mod cni;
+mod common;
+mod gateway;
+mod istio_crds;
+mod istiod;
+mod mesh;
+
+use std::fmt;
+
+use kube::Resource;
+use kube::api::{ApiResource, DynamicObject};
+use serde::Serialize;
+
+use crate::effective::Installation;
+
+pub use common::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY};
+pub use istio_crds::istio_crds;
+
+/// Apply stages, in order. A stage is applied only once the one before it is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// The namespace and Istio's API CRDs.
+    Base,
+    /// istiod and the mesh-wide configuration.
+    ControlPlane,
+    /// Gateways and the CNI node agent.
+    DataPlane,
+    /// Observability addons.
+    Addons,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::Base,
+        Stage::ControlPlane,
+        Stage::DataPlane,
+        Stage::Addons,
+    ];
+}
+
+/// The components meshop installs; names match `spec.components` and `status.components`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ComponentId {
+    Base,
+    Istiod,
+    IngressGateway,
+    EgressGateway,
+    Cni,
+    Prometheus,
+    Grafana,
+    Kiali,
+    Jaeger,
+}
+
+impl ComponentId {
+    pub const ALL: [ComponentId; 9] = [
+        ComponentId::Base,
+        ComponentId::Istiod,
+        ComponentId::IngressGateway,
+        ComponentId::EgressGateway,
+        ComponentId::Cni,
+        ComponentId::Prometheus,
+        ComponentId::Grafana,
+        ComponentId::Kiali,
+        ComponentId::Jaeger,
+    ];
+
+    /// The name used in `spec.components`, `status.components` and `--component`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComponentId::Base => "base",
+            ComponentId::Istiod => "istiod",
+            ComponentId::IngressGateway => "ingressGateway",
+            ComponentId::EgressGateway => "egressGateway",
+            ComponentId::Cni => "cni",
+            ComponentId::Prometheus => "prometheus",
+            ComponentId::Grafana => "grafana",
+            ComponentId::Kiali => "kiali",
+            ComponentId::Jaeger => "jaeger",
+        }
+    }
+
+    /// The value of the `app.kubernetes.io/component` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ComponentId::Base => "base",
+            ComponentId::Istiod => "istiod",
+            ComponentId::IngressGateway => "ingress-gateway",
+            ComponentId::EgressGateway => "egress-gateway",
+            ComponentId::Cni => "cni",
+            ComponentId::Prometheus => "prometheus",
+            ComponentId::Grafana => "grafana",
+            ComponentId::Kiali => "kiali",
+            ComponentId::Jaeger => "jaeger",
+        }
+    }
+
+    pub fn stage(self) -> Stage {
+        match self {
+            ComponentId::Base => Stage::Base,
+            ComponentId::Istiod => Stage::ControlPlane,
+            ComponentId::IngressGateway | ComponentId::EgressGateway | ComponentId::Cni => {
+                Stage::DataPlane
+            }
+            ComponentId::Prometheus
+            | ComponentId::Grafana
+            | ComponentId::Kiali
+            | ComponentId::Jaeger => Stage::Addons,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ComponentId> {
+        ComponentId::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for ComponentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One rendered object.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub component: ComponentId,
+    pub resource: ApiResource,
+    pub namespaced: bool,
+    /// Shared between MeshInstalls (the namespace, Istio's CRDs): owned without `controller: true`.
+    pub shared: bool,
+    pub object: DynamicObject,
+}
+
+impl Rendered {
+    /// Wraps a typed object.
+    pub fn new<K>(component: ComponentId, object: &K) -> Rendered
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        let value = serde_json::to_value(object).expect("k8s-openapi objects always serialize");
+        Rendered {
+            component,
+            resource: ApiResource::erase::<K>(&()),
+            namespaced: object.meta().namespace.is_some(),
+            shared: false,
+            object: serde_json::from_value(value).expect("a serialized object is a DynamicObject"),
+        }
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.component.stage()
+    }
+
+    pub fn name(&self) -> &str {
+        self.object.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.object.metadata.namespace.as_deref()
+    }
+
+    /// `Kind/namespace/name`, for messages and duplicate checks.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.resource.kind,
+            self.namespace().unwrap_or(""),
+            self.name()
+        )
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.resource.kind
+    }
+}
+
+/// Every object of an installation, in apply order: by stage, then cluster-scoped and
+/// dependency-first kinds (CRDs, namespace, accounts, RBAC, config) before workloads, then by name.
+pub fn render(install: &Installation) -> Vec<Rendered> {
+    let mut objects = Vec::new();
+    objects.extend(mesh::namespace(install));
+    objects.extend(istio_crds(install));
+    if install.istiod.enabled {
+        objects.extend(istiod::render(install));
+        objects.extend(mesh::render(install));
+    }
+    if install.ingress_gateway.enabled {
+        objects.extend(gateway::render(install, gateway::Kind::Ingress));
+    }
+    if install.egress_gateway.enabled {
+        objects.extend(gateway::render(install, gateway::Kind::Egress));
+    }
+    if install.cni.enabled {
+        objects.extend(cni::render(install));
+    }
+    objects.extend(addons::render(install));
+    for object in objects.iter_mut() {
+        common::finish(install, object);
+    }
+    objects.sort_by(|a, b| {
+        (
+            a.stage(),
+            kind_order(a.kind()),
+            a.component,
+            a.namespace(),
+            a.name(),
+        )
+            .cmp(&(
+                b.stage(),
+                kind_order(b.kind()),
+                b.component,
+                b.namespace(),
+                b.name(),
+            ))
+    });
+    objects
+}
+
+/// Kinds that others depend on come first within a stage.
+fn kind_order(kind: &str) -> u8 {
+    match kind {
+        "CustomResourceDefinition" => 0,
+        "Namespace" => 1,
+        "ServiceAccount" => 2,
+        "ClusterRole" | "Role" => 3,
+        "ClusterRoleBinding" | "RoleBinding" => 4,
+        "ConfigMap" | "Secret" => 5,
+        "Service" => 6,
+        "Deployment" | "DaemonSet" | "StatefulSet" => 7,
+        "HorizontalPodAutoscaler" | "PodDisruptionBudget" => 8,
+        _ => 9,
+    }
+}
+
+/// Multi-document YAML of the objects, as `meshop render` prints it.
+pub fn to_yaml(objects: &[Rendered]) -> String {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&object.object).expect("objects always serialize"));
+    }
+    out
+}
