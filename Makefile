@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 CRD_FILE := crds/meshinstalls.meshop.dev.yaml
 
-.PHONY: help demo cluster test unit integration testenv build crds lint fmt clean-testenv tools
+.PHONY: help demo cluster test unit testenv build crds golden lint fmt clean-testenv tools
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ build: ## Build the meshop binary (target/release/meshop).
 
 crds: ## Regenerate the CRD YAML under crds/ from the Rust API types.
 	$(CARGO) run -q -p meshop -- crd > $(CRD_FILE)
+
+golden: ## Regenerate the rendering golden files and the generated table of docs/profiles.md.
+	UPDATE_GOLDEN=1 $(CARGO) test -q -p meshop --test render
 
 lint: ## rustfmt and clippy, warnings as errors.
 	$(CARGO) fmt --all -- --check

@@ -19,6 +19,9 @@ use super::common::{
 use super::{ComponentId, Rendered};
 use crate::effective::{Installation, Settings};
 
+/// (port name, service port, container port).
+type ServicePorts = Vec<(&'static str, i32, i32)>;
+
 /// What differs between the addons.
 struct Addon {
     component: ComponentId,
@@ -31,7 +34,7 @@ struct Addon {
     ports: Vec<(&'static str, i32)>,
     ready_path: &'static str,
     /// (service name, [(port name, service port, container port)]).
-    services: Vec<(&'static str, Vec<(&'static str, i32, i32)>)>,
+    services: Vec<(&'static str, ServicePorts)>,
     /// ConfigMap `<name>` mounted at the path, with these files.
     config: Option<(&'static str, BTreeMap<String, String>)>,
     /// Writable emptyDirs (the root filesystem is read-only).

@@ -247,3 +247,13 @@ pub fn to_yaml(objects: &[Rendered]) -> String {
     }
     out
 }
+
+impl Rendered {
+    /// The API handle for this object's kind and namespace.
+    pub fn api(&self, client: &kube::Client) -> kube::Api<DynamicObject> {
+        match self.namespace() {
+            Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &self.resource),
+            None => kube::Api::all_with(client.clone(), &self.resource),
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Rendering, checked without a cluster: golden files per profile, and invariants that must hold
+//! for every profile and every documented example.
+//!
+//! Regenerate the golden files with `make golden` (UPDATE_GOLDEN=1).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use meshop::api::{MeshInstall, Profile};
+use meshop::effective::{Installation, Owner};
+use meshop::render::{self, ComponentId, Rendered, Stage};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn profile_install(profile: Profile) -> Installation {
+    meshop::cli::installation(None, Some(profile)).unwrap()
+}
+
+/// Every installation the invariants are checked on: each profile, and each documented example.
+fn all_installs() -> Vec<(String, Installation)> {
+    let mut out: Vec<_> = Profile::ALL
+        .iter()
+        .map(|p| (format!("profile {p}"), profile_install(*p)))
+        .collect();
+    for entry in std::fs::read_dir(root().join("docs/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let mi: MeshInstall =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let install = Installation::resolve(
+            Owner {
+                name: "example".into(),
+                uid: Some("1234".into()),
+            },
+            &mi.spec,
+        )
+        .unwrap();
+        out.push((path.display().to_string(), install));
+    }
+    out
+}
+
+#[test]
+fn golden_files_match() {
+    let dir = root().join("operator/tests/golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut stale = Vec::new();
+    for profile in Profile::ALL {
+        let rendered = meshop::cli::render(None, Some(profile), None).unwrap();
+        let path = dir.join(format!("{profile}.yaml"));
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &rendered).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(rendered.as_str()) {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "golden files out of date (run `make golden` and review the diff): {stale:?}"
+    );
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    for profile in Profile::ALL {
+        let a = meshop::cli::render(None, Some(profile), None).unwrap();
+        let b = meshop::cli::render(None, Some(profile), None).unwrap();
+        assert_eq!(a, b);
+    }
+}
+
+fn components(objects: &[Rendered]) -> BTreeSet<ComponentId> {
+    objects.iter().map(|o| o.component).collect()
+}
+
+#[test]
+fn profiles_deploy_exactly_their_components() {
+    use ComponentId::*;
+    let expect = |profile, want: &[ComponentId]| {
+        let got = components(&render::render(&profile_install(profile)));
+        let want: BTreeSet<_> = want.iter().copied().collect();
+        assert_eq!(got, want, "{profile}");
+    };
+    expect(
+        Profile::Demo,
+        &[
+            Base,
+            Istiod,
+            IngressGateway,
+            EgressGateway,
+            Prometheus,
+            Grafana,
+            Kiali,
+            Jaeger,
+        ],
+    );
+    expect(Profile::Production, &[Base, Istiod, IngressGateway]);
+    expect(Profile::Performance, &[Base, Istiod, IngressGateway]);
+    expect(Profile::Minimal, &[Base, Istiod]);
+    expect(Profile::Empty, &[Base]);
+}
+
+fn typed<K: serde::de::DeserializeOwned>(o: &Rendered) -> K {
+    serde_json::from_value(serde_json::to_value(&o.object).unwrap()).unwrap()
+}
+
+#[test]
+fn production_and_performance_are_highly_available() {
+    for profile in [Profile::Production, Profile::Performance] {
+        let objects = render::render(&profile_install(profile));
+        for name in ["istiod", "istio-ingressgateway"] {
+            let hpa: HorizontalPodAutoscaler = typed(
+                objects
+                    .iter()
+                    .find(|o| o.kind() == "HorizontalPodAutoscaler" && o.name() == name)
+                    .unwrap(),
+            );
+            assert!(hpa.spec.min_replicas.unwrap() >= 2, "{profile} {name}");
+            assert!(
+                objects
+                    .iter()
+                    .any(|o| o.kind() == "PodDisruptionBudget" && o.name() == name),
+                "{profile} {name} PDB"
+            );
+            let d: Deployment = typed(
+                objects
+                    .iter()
+                    .find(|o| o.kind() == "Deployment" && o.name() == name)
+                    .unwrap(),
+            );
+            let spec = d.spec.unwrap();
+            assert_eq!(
+                spec.replicas, None,
+                "{profile} {name}: replicas belong to the HPA"
+            );
+            assert!(
+                spec.template
+                    .spec
+                    .unwrap()
+                    .affinity
+                    .unwrap()
+                    .pod_anti_affinity
+                    .is_some(),
+                "{profile} {name}"
+            );
+        }
+    }
+    let perf = render::render(&profile_install(Profile::Performance));
+    let hpa: HorizontalPodAutoscaler = typed(
+        perf.iter()
+            .find(|o| o.kind() == "HorizontalPodAutoscaler" && o.name() == "istio-ingressgateway")
+            .unwrap(),
+    );
+    assert_eq!(
+        (hpa.spec.min_replicas, hpa.spec.max_replicas),
+        (Some(3), 10)
+    );
+}
+
+#[test]
+fn overrides_reach_the_objects() {
+    let yaml = "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {name: m}\nspec:\n  profile: demo\n  revision: canary\n  components:\n    istiod:\n      replicas: 3\n      env: [{name: EXTRA, value: '1'}]\n      nodeSelector: {pool: mesh}\n    ingressGateway:\n      service: {type: NodePort, ports: [{name: http2, port: 80, targetPort: 8080, nodePort: 30080}]}\n    addons:\n      kiali: {enabled: false}\n";
+    let mi: MeshInstall = serde_yaml::from_str(yaml).unwrap();
+    let install = Installation::resolve(
+        Owner {
+            name: "m".into(),
+            uid: None,
+        },
+        &mi.spec,
+    )
+    .unwrap();
+    let objects = render::render(&install);
+    let d: Deployment = typed(
+        objects
+            .iter()
+            .find(|o| o.kind() == "Deployment" && o.name() == "istiod-canary")
+            .unwrap(),
+    );
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.node_selector.unwrap()["pool"], "mesh");
+    assert!(
+        pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "EXTRA")
+    );
+    let svc: Service = typed(
+        objects
+            .iter()
+            .find(|o| o.kind() == "Service" && o.name() == "istio-ingressgateway")
+            .unwrap(),
+    );
+    let svc = svc.spec.unwrap();
+    assert_eq!(svc.type_.as_deref(), Some("NodePort"));
+    assert_eq!(svc.ports.unwrap()[0].node_port, Some(30080));
+    assert!(!components(&objects).contains(&ComponentId::Kiali));
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.kind() == "ConfigMap" && o.name() == "istio-canary")
+    );
+}
+
+#[test]
+fn apply_order_respects_dependencies() {
+    for (what, install) in all_installs() {
+        let objects = render::render(&install);
+        let stages: Vec<Stage> = objects.iter().map(|o| o.stage()).collect();
+        assert!(
+            stages.windows(2).all(|w| w[0] <= w[1]),
+            "{what}: stages out of order"
+        );
+        assert_eq!(objects[0].kind(), "CustomResourceDefinition", "{what}");
+        let ns = objects
+            .iter()
+            .position(|o| o.kind() == "Namespace")
+            .unwrap();
+        if let Some(first_namespaced) = objects.iter().position(|o| o.namespaced) {
+            assert!(
+                ns < first_namespaced,
+                "{what}: namespace must come before namespaced objects"
+            );
+        }
+    }
+}
+
+const REQUIRED_LABELS: [&str; 4] = [
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/instance",
+];
+
+#[test]
+fn every_object_is_labelled_owned_and_unique() {
+    for (what, install) in all_installs() {
+        let objects = render::render(&install);
+        let mut keys = BTreeSet::new();
+        for o in &objects {
+            let labels = o.object.metadata.labels.clone().unwrap_or_default();
+            for l in REQUIRED_LABELS {
+                assert!(
+                    labels.contains_key(l),
+                    "{what}: {} lacks label {l}",
+                    o.key()
+                );
+            }
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "meshop");
+            assert!(keys.insert(o.key()), "{what}: {} rendered twice", o.key());
+            if install.owner.uid.is_some() {
+                let owners = o
+                    .object
+                    .metadata
+                    .owner_references
+                    .clone()
+                    .unwrap_or_default();
+                assert_eq!(owners.len(), 1, "{what}: {} owner", o.key());
+                assert_eq!(owners[0].kind, "MeshInstall");
+            }
+            if o.namespaced {
+                assert_eq!(
+                    o.namespace(),
+                    Some(install.namespace.as_str()),
+                    "{what}: {}",
+                    o.key()
+                );
+            }
+        }
+    }
+}
+
+/// (labels, container ports) of every workload's pod template, by workload name.
+fn pod_templates(objects: &[Rendered]) -> Vec<(String, BTreeMap<String, String>, PodTemplateSpec)> {
+    let mut out = Vec::new();
+    for o in objects {
+        let (selector, template) = match o.kind() {
+            "Deployment" => {
+                let s = typed::<Deployment>(o).spec.unwrap();
+                (s.selector, s.template)
+            }
+            "DaemonSet" => {
+                let s = typed::<DaemonSet>(o).spec.unwrap();
+                (s.selector, s.template)
+            }
+            _ => continue,
+        };
+        let labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        for (k, v) in selector.match_labels.unwrap() {
+            assert_eq!(
+                labels.get(&k),
+                Some(&v),
+                "{}: selector {k}={v} does not match its pod labels",
+                o.key()
+            );
+        }
+        out.push((o.name().to_string(), labels, template));
+    }
+    out
+}
+
+#[test]
+fn selectors_and_ports_line_up() {
+    for (what, install) in all_installs() {
+        let objects = render::render(&install);
+        let pods = pod_templates(&objects);
+        for o in objects.iter().filter(|o| o.kind() == "Service") {
+            let spec = typed::<Service>(o).spec.unwrap();
+            let selector = spec.selector.unwrap();
+            let matching: Vec<_> = pods
+                .iter()
+                .filter(|(_, labels, _)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                .collect();
+            assert!(
+                !matching.is_empty(),
+                "{what}: Service {} selects no pods",
+                o.name()
+            );
+            let container_ports: BTreeSet<i32> = matching
+                .iter()
+                .flat_map(|(_, _, t)| t.spec.as_ref().unwrap().containers.iter())
+                .flat_map(|c| c.ports.clone().unwrap_or_default())
+                .map(|p| p.container_port)
+                .collect();
+            for port in spec.ports.unwrap() {
+                let target = match port.target_port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => p,
+                    other => panic!(
+                        "{what}: Service {} uses a non-numeric target port {other:?}",
+                        o.name()
+                    ),
+                };
+                assert!(
+                    container_ports.contains(&target),
+                    "{what}: Service {} port {} targets {target}, which no container exposes",
+                    o.name(),
+                    port.port
+                );
+            }
+        }
+        for o in objects.iter().filter(|o| o.kind() == "PodDisruptionBudget") {
+            let selector = typed::<PodDisruptionBudget>(o)
+                .spec
+                .unwrap()
+                .selector
+                .unwrap()
+                .match_labels
+                .unwrap();
+            assert!(
+                pods.iter()
+                    .any(|(_, l, _)| selector.iter().all(|(k, v)| l.get(k) == Some(v))),
+                "{what}: PDB {} selects nothing",
+                o.name()
+            );
+        }
+        for o in objects
+            .iter()
+            .filter(|o| o.kind() == "HorizontalPodAutoscaler")
+        {
+            let spec = typed::<HorizontalPodAutoscaler>(o).spec;
+            assert!(
+                spec.min_replicas.unwrap_or(1) <= spec.max_replicas,
+                "{what}: HPA {}",
+                o.name()
+            );
+            assert!(
+                pods.iter()
+                    .any(|(n, _, _)| *n == spec.scale_target_ref.name),
+                "{what}: HPA {} targets nothing",
+                o.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_container_is_hardened_with_requests_and_probes() {
+    for (what, install) in all_installs() {
+        let objects = render::render(&install);
+        for (name, _, template) in pod_templates(&objects) {
+            let spec = template.spec.unwrap();
+            for c in &spec.containers {
+                let res = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+                assert!(
+                    res.is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")),
+                    "{what}: {name}/{} lacks requests",
+                    c.name
+                );
+                assert!(
+                    c.readiness_probe.is_some(),
+                    "{what}: {name}/{} lacks a readiness probe",
+                    c.name
+                );
+                let sc = c.security_context.clone().unwrap();
+                if name == "istio-cni-node" {
+                    // The documented exception (operator/src/render/cni.rs): privileged on the host.
+                    assert_eq!(sc.privileged, Some(true));
+                    continue;
+                }
+                assert_eq!(sc.run_as_non_root, Some(true), "{what}: {name}/{}", c.name);
+                assert_eq!(
+                    sc.read_only_root_filesystem,
+                    Some(true),
+                    "{what}: {name}/{}",
+                    c.name
+                );
+                assert_eq!(
+                    sc.allow_privilege_escalation,
+                    Some(false),
+                    "{what}: {name}/{}",
+                    c.name
+                );
+                assert_eq!(
+                    sc.capabilities.unwrap().drop,
+                    Some(vec!["ALL".to_string()]),
+                    "{what}: {name}/{}",
+                    c.name
+                );
+                assert_eq!(
+                    sc.seccomp_profile.unwrap().type_,
+                    "RuntimeDefault",
+                    "{what}: {name}/{}",
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mesh_settings_follow_the_profile() {
+    let demo = profile_install(Profile::Demo);
+    assert!(demo.mesh.access_logging);
+    assert_eq!(demo.mesh.trace_sampling, 100.0);
+    let perf = profile_install(Profile::Performance);
+    assert!(!perf.mesh.access_logging);
+    assert_eq!(perf.mesh.trace_sampling, 0.0);
+    assert!(perf.injection.concurrency.is_some());
+    let objects = render::render(&profile_install(Profile::Production));
+    let pa = objects
+        .iter()
+        .find(|o| o.kind() == "PeerAuthentication")
+        .unwrap();
+    assert_eq!(pa.object.data["spec"]["mtls"]["mode"], "STRICT");
+}
+
+#[test]
+fn component_filter_and_unknown_component() {
+    let only = meshop::cli::render(None, Some(Profile::Demo), Some("grafana")).unwrap();
+    assert!(only.contains("name: grafana") && !only.contains("name: istiod"));
+    let err = meshop::cli::render(None, Some(Profile::Demo), Some("pilot")).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown component \"pilot\""),
+        "{err}"
+    );
+}
+
+const TABLE_BEGIN: &str = "<!-- BEGIN GENERATED: profile table (make golden) -->\n";
+const TABLE_END: &str = "<!-- END GENERATED -->";
+
+/// docs/profiles.md shows what the profile data really yields.
+#[test]
+fn profiles_doc_matches_the_profile_data() {
+    let path = root().join("docs/profiles.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let start = doc
+        .find(TABLE_BEGIN)
+        .expect("docs/profiles.md has the generated-table markers")
+        + TABLE_BEGIN.len();
+    let end = doc.find(TABLE_END).unwrap();
+    let table = meshop::profiles::summary_table().unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, format!("{}{}{}", &doc[..start], table, &doc[end..])).unwrap();
+    } else {
+        assert_eq!(
+            &doc[start..end],
+            table,
+            "docs/profiles.md is stale: run `make golden`"
+        );
+    }
+}
