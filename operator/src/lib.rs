@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod effective;
 pub mod profiles;
 pub mod render;
+pub mod server;
 pub mod versions;

@@ -33,11 +33,35 @@ enum Command {
         #[arg(long)]
         component: Option<String>,
     },
+    /// Run the operator: reconcile MeshInstalls, serve health and metrics.
+    Run(RunArgs),
     /// List or show the install profiles.
     Profile {
         #[command(subcommand)]
         command: ProfileCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address of the /livez, /readyz and /metrics endpoints.
+    #[arg(long, env = "MESHOP_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    health_addr: std::net::SocketAddr,
+    /// Elect a leader with a Lease so that only one replica writes.
+    #[arg(long, env = "MESHOP_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (in a cluster: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshop-system")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (in a cluster: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease lasts without renewal before another replica may take over.
+    #[arg(long, default_value = "15", value_name = "SECONDS")]
+    lease_duration: u64,
+    /// Log format.
+    #[arg(long, env = "MESHOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,6 +75,7 @@ enum ProfileCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => return run(args),
         Command::Crd => Ok(meshop::api::crd_yaml()),
         Command::Version => Ok(format!(
             "meshop {}\nistio versions: {} (default {})\n",
@@ -77,6 +102,53 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshop run`. Logs go to stderr; the level comes from RUST_LOG (default info).
+fn run(args: RunArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let result = runtime.block_on(async {
+        // KUBECONFIG (or ~/.kube/config) out of a cluster, the service account inside one.
+        let client = kube::Client::try_default().await?;
+        let options = meshop::controller::RunOptions {
+            health_addr: args.health_addr,
+            leader_election: args.leader_elect,
+            lease_namespace: args.lease_namespace.clone(),
+            identity,
+            lease_duration: std::time::Duration::from_secs(args.lease_duration.max(3)),
+        };
+        meshop::controller::run(client, options).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }

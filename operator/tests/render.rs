@@ -257,7 +257,14 @@ fn every_object_is_labelled_owned_and_unique() {
             }
             assert_eq!(labels["app.kubernetes.io/managed-by"], "meshop");
             assert!(keys.insert(o.key()), "{what}: {} rendered twice", o.key());
-            if install.owner.uid.is_some() {
+            if o.shared {
+                assert_eq!(labels["app.kubernetes.io/instance"], "shared");
+                assert!(
+                    o.object.metadata.owner_references.is_none(),
+                    "{what}: shared {} has an owner",
+                    o.key()
+                );
+            } else if install.owner.uid.is_some() {
                 let owners = o
                     .object
                     .metadata

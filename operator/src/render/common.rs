@@ -52,6 +52,12 @@ pub fn cluster_meta(install: &Installation, component: ComponentId, name: &str) 
     }
 }
 
+/// The `app.kubernetes.io/instance` of objects every MeshInstall of the cluster shares (the
+/// namespace, Istio's CRDs). They carry no owner reference: two MeshInstalls applying different
+/// owner lists with the same field manager would take turns overwriting each other. The finalizer
+/// of the last MeshInstall that uses them deletes them.
+pub const SHARED_INSTANCE: &str = "shared";
+
 /// Adds the labels and owner reference every object must carry, whatever built it.
 pub fn finish(install: &Installation, object: &mut Rendered) {
     let meta = &mut object.object.metadata;
@@ -59,13 +65,17 @@ pub fn finish(install: &Installation, object: &mut Rendered) {
     for (k, v) in self::labels(install, object.component) {
         labels.entry(k).or_insert(v);
     }
+    if object.shared {
+        labels.insert(LABEL_INSTANCE.into(), SHARED_INSTANCE.into());
+        return;
+    }
     if let Some(uid) = &install.owner.uid {
         meta.owner_references = Some(vec![OwnerReference {
             api_version: "meshop.dev/v1alpha1".into(),
             kind: "MeshInstall".into(),
             name: install.owner.name.clone(),
             uid: uid.clone(),
-            controller: Some(!object.shared),
+            controller: Some(true),
             block_owner_deletion: Some(true),
         }]);
     }

@@ -19,7 +19,9 @@ use serde::Serialize;
 
 use crate::effective::Installation;
 
-pub use common::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY};
+pub use common::{
+    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY, SHARED_INSTANCE,
+};
 pub use istio_crds::istio_crds;
 
 /// Apply stages, in order. A stage is applied only once the one before it is ready.
@@ -132,7 +134,8 @@ pub struct Rendered {
     pub component: ComponentId,
     pub resource: ApiResource,
     pub namespaced: bool,
-    /// Shared between MeshInstalls (the namespace, Istio's CRDs): owned without `controller: true`.
+    /// Shared between MeshInstalls (the namespace, Istio's CRDs): no owner reference, instance
+    /// label `shared`; deleted by the finalizer of the last MeshInstall using them.
     pub shared: bool,
     pub object: DynamicObject,
 }

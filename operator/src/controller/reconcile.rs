@@ -1,0 +1,404 @@
+//! One reconcile pass of a MeshInstall: resolve -> render -> apply stage by stage, waiting for
+//! each stage to be ready -> prune -> status. Deletion runs the cleanup behind a finalizer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::apply;
+use super::status::{Outcome, next_status};
+use super::{Context, Error};
+use crate::api::{ComponentState, ComponentStatus, MeshInstall};
+use crate::effective::Installation;
+use crate::render::{self, ComponentId, Rendered, Stage};
+
+pub const FINALIZER: &str = "meshop.dev/cleanup";
+/// How soon to look again while something is rolling out (watch events usually come first).
+const PROGRESS_REQUEUE: Duration = Duration::from_secs(5);
+/// How often a converged MeshInstall is checked anyway, for drift in kinds meshop does not watch.
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, mi, |event| async {
+        match event {
+            Finalizer::Apply(mi) => apply_mesh(&mi, &ctx).await,
+            Finalizer::Cleanup(mi) => cleanup(&mi, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe(started.elapsed(), result.is_ok());
+    result
+}
+
+/// A stable identity of an applied object's content: a change means the object was recreated
+/// (uid) or its spec edited (generation), or, for kinds without a generation, any write.
+fn fingerprint(object: &kube::api::DynamicObject) -> String {
+    let uid = object.metadata.uid.clone().unwrap_or_default();
+    match object.metadata.generation {
+        Some(g) => format!("{uid}/g{g}"),
+        None => format!(
+            "{uid}/rv{}",
+            object.metadata.resource_version.clone().unwrap_or_default()
+        ),
+    }
+}
+
+async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
+    let name = mi.name_any();
+    let generation = mi.metadata.generation;
+    let uid = mi.metadata.uid.clone().unwrap_or_default();
+
+    // 1. Resolve. A spec meshop cannot install is the user's to fix: Stalled, no retry loop.
+    let install = match Installation::from_mesh(mi) {
+        Ok(install) => install,
+        Err(e) => {
+            let outcome = Outcome::Stalled {
+                reason: "InvalidSpec".into(),
+                message: e.to_string(),
+            };
+            ctx.event(mi, EventType::Warning, "InvalidSpec", &e.to_string())
+                .await;
+            write_status(ctx, mi, &outcome, None, None).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // 2. One MeshInstall owns a (namespace, revision): the oldest claim wins.
+    if let Some(owner) = conflicting_owner(ctx, mi, &install).await? {
+        let message = format!(
+            "revision {:?} in namespace {} is already installed by MeshInstall {owner}; choose another revision or namespace",
+            install.revision_label(),
+            install.namespace
+        );
+        ctx.event(mi, EventType::Warning, "RevisionConflict", &message)
+            .await;
+        write_status(
+            ctx,
+            mi,
+            &Outcome::Stalled {
+                reason: "RevisionConflict".into(),
+                message,
+            },
+            None,
+            None,
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+
+    // 3. Render and apply stage by stage.
+    let objects = render::render(&install);
+    let previous = ctx.fingerprints.lock().await.get(&uid).cloned();
+    let mut fingerprints = BTreeMap::new();
+    let mut drifted = Vec::new();
+    let mut components: BTreeMap<ComponentId, ComponentStatus> = BTreeMap::new();
+    let mut waiting: Option<(Stage, Vec<String>)> = None;
+    for stage in Stage::ALL {
+        let stage_objects: Vec<&Rendered> = objects.iter().filter(|o| o.stage() == stage).collect();
+        let mut not_ready = Vec::new();
+        for object in &stage_objects {
+            let applied = match apply::apply(&ctx.client, object).await {
+                Ok(applied) => applied,
+                Err(e) => {
+                    let message = format!("applying {} failed: {e}", object.key());
+                    ctx.event(mi, EventType::Warning, "ApplyFailed", &message)
+                        .await;
+                    let outcome = Outcome::Progressing {
+                        reason: "ApplyFailed".into(),
+                        message,
+                    };
+                    write_status(
+                        ctx,
+                        mi,
+                        &outcome,
+                        Some(&install),
+                        Some(component_list(&components, &objects)),
+                    )
+                    .await?;
+                    return Err(Error::Kube(e));
+                }
+            };
+            let print = fingerprint(&applied);
+            if let Some((prev_generation, prev)) = &previous
+                && *prev_generation == generation
+                && prev.get(&object.key()).is_some_and(|p| *p != print)
+            {
+                drifted.push(object.key());
+            }
+            fingerprints.insert(object.key(), print);
+            let (ready, replicas) = apply::readiness(&applied, object.kind());
+            let entry = components
+                .entry(object.component)
+                .or_insert_with(|| ComponentStatus {
+                    name: object.component.name().into(),
+                    state: ComponentState::Ready,
+                    ..Default::default()
+                });
+            if let Some((desired, ready_replicas)) = replicas {
+                entry.desired_replicas = Some(entry.desired_replicas.unwrap_or(0) + desired);
+                entry.ready_replicas = Some(entry.ready_replicas.unwrap_or(0) + ready_replicas);
+            }
+            if !ready {
+                entry.state = ComponentState::Progressing;
+                entry.message = Some(format!("waiting for {} to become ready", object.key()));
+                not_ready.push(object.key());
+            }
+        }
+        if !not_ready.is_empty() {
+            waiting = Some((stage, not_ready));
+            break;
+        }
+    }
+    ctx.fingerprints
+        .lock()
+        .await
+        .insert(uid.clone(), (generation, fingerprints));
+    if !drifted.is_empty() {
+        let message = format!(
+            "restored {} object(s) changed outside meshop: {}",
+            drifted.len(),
+            drifted.join(", ")
+        );
+        warn!(meshinstall = %name, %message, "drift corrected");
+        ctx.event(mi, EventType::Warning, "DriftCorrected", &message)
+            .await;
+    }
+
+    let status_components = component_list(&components, &objects);
+    if let Some((stage, keys)) = waiting {
+        let message = format!(
+            "waiting for stage {stage:?} to become ready: {}",
+            keys.join(", ")
+        );
+        let reason = if drifted.is_empty() {
+            "Progressing"
+        } else {
+            "DriftCorrected"
+        };
+        write_status(
+            ctx,
+            mi,
+            &Outcome::Progressing {
+                reason: reason.into(),
+                message,
+            },
+            Some(&install),
+            Some(status_components),
+        )
+        .await?;
+        return Ok(Action::requeue(PROGRESS_REQUEUE));
+    }
+
+    // 4. Prune what this pass did not render (profile switches, components switched off).
+    let keep: BTreeSet<String> = objects.iter().map(|o| o.key()).collect();
+    let pruned = apply::prune(&ctx.client, &name, &uid, &keep).await?;
+    if !pruned.is_empty() {
+        info!(meshinstall = %name, pruned = ?pruned, "pruned objects no longer rendered");
+        ctx.event(
+            mi,
+            EventType::Normal,
+            "Pruned",
+            &format!("deleted {}", pruned.join(", ")),
+        )
+        .await;
+    }
+
+    // 5. Status.
+    let was_ready = mi.status.as_ref().is_some_and(|s| {
+        s.observed_generation == generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    });
+    let mut message = format!(
+        "{} profile, Istio {}: {} component(s) ready",
+        install.profile,
+        install.version,
+        status_components
+            .iter()
+            .filter(|c| c.name != "base")
+            .count()
+    );
+    if !drifted.is_empty() {
+        message.push_str(&format!(
+            "; restored {} object(s) changed outside meshop",
+            drifted.len()
+        ));
+    }
+    write_status(
+        ctx,
+        mi,
+        &Outcome::Ready {
+            message: message.clone(),
+        },
+        Some(&install),
+        Some(status_components),
+    )
+    .await?;
+    if !was_ready {
+        ctx.event(mi, EventType::Normal, "Ready", &message).await;
+    }
+    ctx.metrics.set_managed_objects(&name, objects.len());
+    Ok(Action::requeue(RESYNC))
+}
+
+fn component_list(
+    found: &BTreeMap<ComponentId, ComponentStatus>,
+    objects: &[Rendered],
+) -> Vec<ComponentStatus> {
+    let rendered: BTreeSet<ComponentId> = objects.iter().map(|o| o.component).collect();
+    rendered
+        .into_iter()
+        .map(|c| {
+            found.get(&c).cloned().unwrap_or_else(|| ComponentStatus {
+                name: c.name().into(),
+                state: ComponentState::Pending,
+                message: Some(format!("waiting for stage {:?}", c.stage())),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The name of an older MeshInstall that already claims this one's namespace and revision.
+async fn conflicting_owner(
+    ctx: &Context,
+    mi: &MeshInstall,
+    install: &Installation,
+) -> Result<Option<String>, Error> {
+    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    let mine = (
+        mi.metadata.creation_timestamp.clone().map(|t| t.0),
+        mi.name_any(),
+    );
+    for other in api.list(&Default::default()).await? {
+        if other.metadata.uid == mi.metadata.uid || other.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if other.spec.namespace == install.namespace && other.spec.revision == install.revision {
+            let theirs = (
+                other.metadata.creation_timestamp.clone().map(|t| t.0),
+                other.name_any(),
+            );
+            if theirs < mine {
+                return Ok(Some(other.name_any()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn write_status(
+    ctx: &Context,
+    mi: &MeshInstall,
+    outcome: &Outcome,
+    install: Option<&Installation>,
+    components: Option<Vec<ComponentStatus>>,
+) -> Result<(), Error> {
+    let applied = install.map(|i| {
+        (
+            i.profile.name().to_string(),
+            i.version.clone(),
+            i.revision.clone(),
+        )
+    });
+    let status = next_status(
+        mi.status.as_ref(),
+        outcome,
+        mi.metadata.generation,
+        applied,
+        components,
+    );
+    if mi.status.as_ref() == Some(&status_without_times(&status, mi.status.as_ref())) {
+        return Ok(());
+    }
+    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &mi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The status as it would be if nothing but transition times changed; lets an unchanged pass skip
+/// the write (so a converged mesh does not churn resourceVersions).
+fn status_without_times(
+    new: &crate::api::MeshInstallStatus,
+    old: Option<&crate::api::MeshInstallStatus>,
+) -> crate::api::MeshInstallStatus {
+    let mut s = new.clone();
+    if let Some(old) = old {
+        for c in s.conditions.iter_mut() {
+            if let Some(o) = old.conditions.iter().find(|o| o.type_ == c.type_) {
+                c.last_transition_time = o.last_transition_time.clone();
+            }
+        }
+    }
+    s
+}
+
+/// Deletion: remove everything this MeshInstall created, then the shared objects if it was the
+/// last MeshInstall using them. The finalizer stays until the owned objects are gone.
+async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
+    let name = mi.name_any();
+    let uid = mi.metadata.uid.clone().unwrap_or_default();
+    ctx.event(
+        mi,
+        EventType::Normal,
+        "Deleting",
+        "removing every object this MeshInstall created",
+    )
+    .await;
+    let remaining = apply::cleanup(&ctx.client, &name, &uid).await?;
+    if remaining > 0 {
+        info!(meshinstall = %name, remaining, "waiting for owned objects to be deleted");
+        return Err(Error::CleanupPending(remaining));
+    }
+    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    let others: Vec<MeshInstall> = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|o| o.metadata.uid != mi.metadata.uid)
+        .collect();
+    let used: BTreeSet<String> = others.iter().map(|o| o.spec.namespace.clone()).collect();
+    let unused: BTreeSet<String> = [mi.spec.namespace.clone()]
+        .into_iter()
+        .filter(|n| !used.contains(n))
+        .collect();
+    apply::cleanup_shared(&ctx.client, &unused, others.is_empty()).await?;
+    ctx.fingerprints.lock().await.remove(&uid);
+    ctx.metrics.forget(&name);
+    info!(meshinstall = %name, "cleaned up");
+    Ok(Action::await_change())
+}
+
+impl Context {
+    /// Publishes an Event on the MeshInstall; a failure to publish is logged, never fatal.
+    pub async fn event(&self, mi: &MeshInstall, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &mi.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
