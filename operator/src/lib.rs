@@ -2,4 +2,5 @@
 //! `MeshInstall` resource.
 
 pub mod api;
+pub mod inject;
 pub mod versions;
