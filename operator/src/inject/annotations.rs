@@ -79,7 +79,7 @@ pub fn settings(annotations: &BTreeMap<String, String>, cfg: &InjectionConfig) -
         Some(v) => parse_bool(v).ok_or_else(|| InjectError::annotation(keys::REWRITE_PROBES, v, "expected true or false"))?,
     };
 
-    let (proxy_config, hold_application, concurrency) = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
+    let ProxyConfig { config: proxy_config, hold: hold_application, concurrency } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
 
     Ok(Settings {
         image,
@@ -138,10 +138,16 @@ fn resources(annotations: &BTreeMap<String, String>, cfg: &InjectionConfig) -> R
     })
 }
 
+/// The merged PROXY_CONFIG and the two settings of it that also shape the pod.
+struct ProxyConfig {
+    config: Map<String, Value>,
+    hold: bool,
+    concurrency: Option<i32>,
+}
+
 /// PROXY_CONFIG: the discovery address, then the mesh's hold / concurrency, then the pod's
-/// `proxy.istio.io/config` on top (YAML or JSON). Returns the merged map and the effective
-/// hold-application and concurrency settings.
-fn proxy_config(annotation: Option<&str>, cfg: &InjectionConfig) -> Result<(Map<String, Value>, bool, Option<i32>), InjectError> {
+/// `proxy.istio.io/config` on top (YAML or JSON).
+fn proxy_config(annotation: Option<&str>, cfg: &InjectionConfig) -> Result<ProxyConfig, InjectError> {
     let mut config = Map::new();
     config.insert("discoveryAddress".into(), Value::String(cfg.discovery_address()));
     let mut hold = cfg.hold_application_until_proxy_starts;
@@ -164,7 +170,7 @@ fn proxy_config(annotation: Option<&str>, cfg: &InjectionConfig) -> Result<(Map<
     if hold {
         config.insert("holdApplicationUntilProxyStarts".into(), Value::Bool(true));
     }
-    Ok((config, hold, concurrency))
+    Ok(ProxyConfig { config, hold, concurrency })
 }
 
 fn redirect(annotations: &BTreeMap<String, String>) -> Result<Redirect, InjectError> {
