@@ -290,6 +290,30 @@ mod tests {
         assert!(matches!(inject_document(bad_annotation, &cfg()), Err(InjectError::InvalidAnnotation { .. })));
     }
 
+    #[test]
+    fn odd_shapes_never_panic() {
+        let docs = [
+            json!(null),
+            json!("text"),
+            json!([1, 2]),
+            json!({"kind": 7}),
+            json!({"kind": "List", "items": "nope"}),
+            json!({"kind": "Deployment", "spec": {"template": null}}),
+            json!({"kind": "Deployment", "spec": {"template": "x"}}),
+            json!({"kind": "CronJob", "spec": {"jobTemplate": {}}}),
+            json!({"kind": "Pod"}),
+            json!({"kind": "Pod", "metadata": {"labels": null}, "spec": {"containers": [{"name": "c"}], "initContainers": null}}),
+        ];
+        for d in docs {
+            let _ = inject_document(d, &cfg());
+        }
+        for y in ["1: 2\n", "- a\n- b\n", "kind: Pod\nspec: {containers: [{name: c, ports: [{containerPort: x}]}]}\n", "!!binary aGk=\n"] {
+            let _ = inject_yaml_stream(y, &cfg());
+        }
+        let out = inject_yaml_stream("kind: Pod\nmetadata:\n  labels:\nspec:\n  containers: [{name: c}]\n", &cfg()).unwrap();
+        assert!(out.contains("service.istio.io/canonical-revision: latest"), "{out}");
+    }
+
     const STREAM: &str = "\
 ---
 apiVersion: v1
