@@ -6,7 +6,7 @@
 //! looked up in a hash map, so time and patch size are linear in the pod's size (Istio once took
 //! 15 s on a pod with 1,500 env vars).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
@@ -96,10 +96,10 @@ fn diff_named(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<Pat
     }
     // First pass: check that every old element survives, in order, and names stay unique.
     let mut next_old = 0;
-    let mut seen_new: HashMap<&str, ()> = HashMap::with_capacity(b.len());
+    let mut seen_new: HashSet<&str> = HashSet::with_capacity(b.len());
     for v in b {
         let Some(n) = name_of(v) else { return false };
-        if seen_new.insert(n, ()).is_some() {
+        if !seen_new.insert(n) {
             return false;
         }
         if let Some(&i) = index.get(n) {
