@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod effective;
+pub mod inject;
 pub mod profiles;
 pub mod render;
 pub mod server;

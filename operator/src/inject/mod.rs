@@ -1,0 +1,180 @@
+//! The sidecar injection engine: pure functions from a pod (or a workload document) and an
+//! [`InjectionConfig`] to the injected pod and the JSON patch the admission webhook returns.
+//!
+//! Nothing here does I/O or talks to the API server: the webhook answers from its watched cache,
+//! builds an [`InjectionConfig`] from the MeshInstall's effective spec and calls
+//! [`decide`] then [`inject`] and [`patch()`]; `meshop inject -f` goes through [`inject_yaml_stream`],
+//! which ends in the same [`inject`]. See `docs/injection.md` for the rules.
+
+mod annotations;
+mod containers;
+mod identity;
+mod patch;
+mod probes;
+mod quantity;
+mod selection;
+mod template;
+mod volumes;
+mod workload;
+
+#[cfg(test)]
+mod testutil;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
+use crate::api::{ProxyLogLevel, SidecarMode, TrafficCapture};
+
+pub use patch::patch;
+pub use selection::{Decision, SkipReason, decide, offline_decide};
+pub use template::inject;
+pub use workload::{inject_document, inject_yaml_stream};
+
+/// Names of the containers and volumes meshop adds; also recorded in `sidecar.istio.io/status`.
+pub mod names {
+    pub const PROXY: &str = "istio-proxy";
+    pub const INIT: &str = "istio-init";
+    pub const VALIDATION: &str = "istio-validation";
+}
+
+/// Pod labels and annotations the engine reads or writes.
+pub mod keys {
+    pub const INJECT: &str = "sidecar.istio.io/inject";
+    pub const STATUS: &str = "sidecar.istio.io/status";
+    pub const REV: &str = "istio.io/rev";
+    pub const NAMESPACE_INJECTION: &str = "istio-injection";
+    pub const PROXY_CPU: &str = "sidecar.istio.io/proxyCPU";
+    pub const PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";
+    pub const PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
+    pub const PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
+    pub const PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
+    pub const LOG_LEVEL: &str = "sidecar.istio.io/logLevel";
+    pub const AGENT_LOG_LEVEL: &str = "sidecar.istio.io/agentLogLevel";
+    pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
+    pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+    pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+    pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+    pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+    pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
+    pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+    pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+    pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    pub const TLS_MODE: &str = "security.istio.io/tlsMode";
+    pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+    pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+    pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+    pub const DEFAULT_LOGS_CONTAINER: &str = "kubectl.kubernetes.io/default-logs-container";
+    pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+    pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
+    pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+}
+
+/// Well-known proxy ports and the proxy's user id.
+pub mod ports {
+    /// Envoy's outbound capture port.
+    pub const OUTBOUND_CAPTURE: u16 = 15001;
+    /// Envoy's inbound capture port.
+    pub const INBOUND_CAPTURE: u16 = 15006;
+    /// pilot-agent's status port: app probes and merged Prometheus metrics.
+    pub const AGENT_STATUS: u16 = 15020;
+    /// Envoy's health port (`/healthz/ready`).
+    pub const HEALTH: u16 = 15021;
+    /// Envoy's own Prometheus endpoint.
+    pub const ENVOY_PROMETHEUS: u16 = 15090;
+    /// The istiod xDS / CA port.
+    pub const ISTIOD_XDS: u16 = 15012;
+    /// The uid and gid the proxy runs as; iptables exempts its traffic from capture.
+    pub const PROXY_UID: i64 = 1337;
+}
+
+/// Everything the engine needs to know about the mesh. The reconciler builds it from the
+/// MeshInstall's effective spec (profile plus overrides).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InjectionConfig {
+    /// Image registry and repository prefix, such as `docker.io/istio`.
+    pub hub: String,
+    /// Istio version; the proxy image is `<hub>/proxyv2:<version>`.
+    pub version: String,
+    /// Control-plane revision; empty means the default revision.
+    pub revision: String,
+    /// Namespace istiod runs in, such as `istio-system`.
+    pub control_plane_namespace: String,
+    /// SPIFFE trust domain, such as `cluster.local`.
+    pub trust_domain: String,
+    /// Native (init container with restartPolicy Always) or classic sidecar.
+    pub sidecar_mode: SidecarMode,
+    /// iptables init container or the Istio CNI node agent.
+    pub traffic_capture: TrafficCapture,
+    /// Default requests / limits of istio-proxy (pod annotations may replace them).
+    pub proxy_resources: ResourceRequirements,
+    /// Envoy worker threads; `None` leaves it to the proxy.
+    pub concurrency: Option<i32>,
+    /// Envoy's log level.
+    pub log_level: ProxyLogLevel,
+    /// Start application containers only once the proxy is ready.
+    pub hold_application_until_proxy_starts: bool,
+}
+
+impl InjectionConfig {
+    /// `<hub>/proxyv2:<version>`.
+    pub fn proxy_image(&self) -> String {
+        format!("{}/proxyv2:{}", self.hub.trim_end_matches('/'), self.version)
+    }
+
+    /// The istiod Service address proxies connect to for xDS and certificates.
+    pub fn discovery_address(&self) -> String {
+        if self.revision.is_empty() {
+            format!("istiod.{}.svc:{}", self.control_plane_namespace, ports::ISTIOD_XDS)
+        } else {
+            format!("istiod-{}.{}.svc:{}", self.revision, self.control_plane_namespace, ports::ISTIOD_XDS)
+        }
+    }
+
+    /// The revision's name as Istio records it: `default` for the default revision.
+    pub fn revision_name(&self) -> &str {
+        if self.revision.is_empty() { "default" } else { &self.revision }
+    }
+}
+
+impl Default for InjectionConfig {
+    /// The default revision of meshop's default version in `istio-system`, native sidecars with
+    /// iptables capture and no resource defaults. Handy for tests and the offline CLI.
+    fn default() -> Self {
+        InjectionConfig {
+            hub: crate::api::DEFAULT_HUB.to_string(),
+            version: crate::versions::DEFAULT.to_string(),
+            revision: String::new(),
+            control_plane_namespace: crate::api::DEFAULT_NAMESPACE.to_string(),
+            trust_domain: "cluster.local".to_string(),
+            sidecar_mode: SidecarMode::Native,
+            traffic_capture: TrafficCapture::Iptables,
+            proxy_resources: ResourceRequirements::default(),
+            concurrency: None,
+            log_level: ProxyLogLevel::Warning,
+            hold_application_until_proxy_starts: false,
+        }
+    }
+}
+
+/// Why a pod or document could not be injected. Every variant carries a message fit for an
+/// admission response or a CLI error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InjectError {
+    /// A per-pod annotation has a value meshop cannot use.
+    #[error("annotation {annotation}={value:?} is invalid: {reason}")]
+    InvalidAnnotation { annotation: String, value: String, reason: String },
+    /// The pod has no spec or no containers.
+    #[error("pod cannot be injected: {0}")]
+    InvalidPod(String),
+    /// The pod already has a container or volume with a name the sidecar needs.
+    #[error("pod already has a {kind} named {name:?}, which the sidecar needs; rename it or opt the pod out with sidecar.istio.io/inject=false")]
+    NameConflict { kind: &'static str, name: String },
+    /// A document given to the offline injector is not a valid object.
+    #[error("invalid document: {0}")]
+    InvalidDocument(String),
+}
+
+impl InjectError {
+    fn annotation(annotation: &str, value: &str, reason: impl Into<String>) -> Self {
+        InjectError::InvalidAnnotation { annotation: annotation.to_string(), value: value.to_string(), reason: reason.into() }
+    }
+}

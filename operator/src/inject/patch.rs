@@ -1,0 +1,255 @@
+//! The RFC 6902 JSON patch from the original pod to the injected one.
+//!
+//! A generic diff, with one twist for arrays of named objects (containers, env, volumes, ports):
+//! elements are matched by name, so inserting `istio-init` in front of the pod's init containers
+//! is one `add`, not a rewrite of every element after it. Each node is visited once and names are
+//! looked up in a hash map, so time and patch size are linear in the pod's size (Istio once took
+//! 15 s on a pod with 1,500 env vars).
+
+use std::collections::{HashMap, HashSet};
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Map, Value};
+
+/// The patch that turns `original` into `injected`.
+pub fn patch(original: &Pod, injected: &Pod) -> Patch {
+    // A Pod is plain data with string keys: serialising it cannot fail.
+    let from = serde_json::to_value(original).unwrap_or(Value::Null);
+    let to = serde_json::to_value(injected).unwrap_or(Value::Null);
+    diff_values(&from, &to)
+}
+
+/// The patch between two JSON documents.
+pub fn diff_values(from: &Value, to: &Value) -> Patch {
+    let mut ops = Vec::new();
+    let mut path = PointerBuf::new();
+    diff(from, to, &mut path, &mut ops);
+    Patch(ops)
+}
+
+fn diff(from: &Value, to: &Value, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
+    match (from, to) {
+        (Value::Object(a), Value::Object(b)) => diff_objects(a, b, path, ops),
+        (Value::Array(a), Value::Array(b)) => diff_arrays(a, b, path, ops),
+        _ if from == to => {}
+        _ => ops.push(PatchOperation::Replace(ReplaceOperation { path: path.clone(), value: to.clone() })),
+    }
+}
+
+fn diff_objects(a: &Map<String, Value>, b: &Map<String, Value>, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
+    for (key, old) in a {
+        path.push_back(key.as_str());
+        match b.get(key) {
+            Some(new) => diff(old, new, path, ops),
+            None => ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() })),
+        }
+        path.pop_back();
+    }
+    for (key, new) in b {
+        if !a.contains_key(key) {
+            path.push_back(key.as_str());
+            ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: new.clone() }));
+            path.pop_back();
+        }
+    }
+}
+
+/// The `name` of an array element, if it is an object with one.
+fn name_of(v: &Value) -> Option<&str> {
+    v.get("name")?.as_str()
+}
+
+fn diff_arrays(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
+    if !(a.is_empty() || b.is_empty()) && diff_named(a, b, path, ops) {
+        return;
+    }
+    // Positional: element by element, then add or remove the tail.
+    let common = a.len().min(b.len());
+    for (i, (old, new)) in a.iter().zip(b).enumerate() {
+        path.push_back(i);
+        diff(old, new, path, ops);
+        path.pop_back();
+    }
+    for new in &b[common..] {
+        path.push_back("-");
+        ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: new.clone() }));
+        path.pop_back();
+    }
+    for i in (common..a.len()).rev() {
+        path.push_back(i);
+        ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
+        path.pop_back();
+    }
+}
+
+/// Diffs arrays of uniquely named objects where `b` keeps `a`'s elements in order and only inserts
+/// new ones (what injection does). Returns false, emitting nothing, when that does not hold.
+fn diff_named(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) -> bool {
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(a.len());
+    for (i, v) in a.iter().enumerate() {
+        match name_of(v) {
+            Some(n) if index.insert(n, i).is_none() => {}
+            _ => return false,
+        }
+    }
+    // First pass: check that every old element survives, in order, and names stay unique.
+    let mut next_old = 0;
+    let mut seen_new: HashSet<&str> = HashSet::with_capacity(b.len());
+    for v in b {
+        let Some(n) = name_of(v) else { return false };
+        if !seen_new.insert(n) {
+            return false;
+        }
+        if let Some(&i) = index.get(n) {
+            if i != next_old {
+                return false;
+            }
+            next_old += 1;
+        }
+    }
+    if next_old != a.len() {
+        return false;
+    }
+    // Second pass: as the ops apply in order, position i of the patched array holds b[i] once
+    // every earlier insertion is done, so old elements are diffed and new ones added at i.
+    let mut old = 0;
+    for (i, v) in b.iter().enumerate() {
+        let is_old = old < a.len() && name_of(v) == name_of(&a[old]);
+        if is_old {
+            path.push_back(i);
+            diff(&a[old], v, path, ops);
+            path.pop_back();
+            old += 1;
+        } else {
+            if old == a.len() {
+                path.push_back("-");
+            } else {
+                path.push_back(i);
+            }
+            ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: v.clone() }));
+            path.pop_back();
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::testutil::{cfg, pod_with, typical_pod};
+    use crate::inject::{InjectionConfig, inject};
+    use crate::api::{SidecarMode, TrafficCapture};
+    use serde_json::json;
+
+    fn apply(from: &Value, p: &Patch) -> Value {
+        let mut doc = from.clone();
+        json_patch::patch(&mut doc, &p.0).expect("patch applies");
+        doc
+    }
+
+    fn roundtrip(pod: &Pod, c: &InjectionConfig) -> Patch {
+        let injected = inject(pod, c).unwrap();
+        let p = patch(pod, &injected);
+        assert_eq!(apply(&serde_json::to_value(pod).unwrap(), &p), serde_json::to_value(&injected).unwrap());
+        p
+    }
+
+    fn paths(p: &Patch) -> Vec<String> {
+        p.0.iter().map(|op| format!("{} {}", serde_json::to_value(op).unwrap()["op"].as_str().unwrap(), op.path())).collect()
+    }
+
+    #[test]
+    fn applying_the_patch_gives_the_injected_pod() {
+        let modes = [
+            cfg(),
+            InjectionConfig { sidecar_mode: SidecarMode::Classic, ..cfg() },
+            InjectionConfig { sidecar_mode: SidecarMode::Classic, hold_application_until_proxy_starts: true, ..cfg() },
+            InjectionConfig { traffic_capture: TrafficCapture::Cni, ..cfg() },
+        ];
+        for c in &modes {
+            roundtrip(&typical_pod(), c);
+            roundtrip(&pod_with(&[], &[]), c);
+        }
+    }
+
+    #[test]
+    fn the_patch_is_minimal() {
+        let p = roundtrip(&typical_pod(), &cfg());
+        let got = paths(&p);
+        let want = [
+            "add /metadata/annotations/istio.io~1rev",
+            "add /metadata/annotations/kubectl.kubernetes.io~1default-container",
+            "add /metadata/annotations/kubectl.kubernetes.io~1default-logs-container",
+            "add /metadata/annotations/prometheus.io~1path",
+            "add /metadata/annotations/prometheus.io~1port",
+            "add /metadata/annotations/prometheus.io~1scrape",
+            "add /metadata/annotations/sidecar.istio.io~1status",
+            "add /metadata/labels/security.istio.io~1tlsMode",
+            "add /metadata/labels/service.istio.io~1canonical-name",
+            "add /metadata/labels/service.istio.io~1canonical-revision",
+        ];
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "missing {w} in {got:#?}");
+        }
+        assert!(got.contains(&"add /spec/initContainers/0".to_string()), "{got:#?}");
+        assert!(got.contains(&"add /spec/initContainers/1".to_string()), "{got:#?}");
+        assert_eq!(got.iter().filter(|g| g.starts_with("add /spec/volumes/-")).count(), 8);
+        // Probes change in place; nothing else about the app container is touched.
+        assert!(got.iter().all(|g| !g.contains("/env") && !g.contains("/image")), "{got:#?}");
+        assert!(got.iter().any(|g| g.starts_with("remove /spec/containers/0/readinessProbe/tcpSocket")));
+        assert!(got.iter().any(|g| g.starts_with("add /spec/containers/0/readinessProbe/httpGet")));
+        assert!(got.iter().all(|g| !g.starts_with("remove /spec/volumes") && !g.starts_with("replace /spec/initContainers")));
+    }
+
+    #[test]
+    fn missing_maps_and_arrays_are_added_whole() {
+        let p = roundtrip(&pod_with(&[], &[]), &cfg());
+        let got = paths(&p);
+        assert!(got.contains(&"add /metadata/annotations".to_string()), "{got:#?}");
+        assert!(got.contains(&"add /metadata/labels".to_string()));
+        assert!(got.contains(&"add /spec/initContainers".to_string()));
+        assert!(got.contains(&"add /spec/volumes".to_string()));
+    }
+
+    #[test]
+    fn an_unchanged_pod_gives_an_empty_patch() {
+        let p = typical_pod();
+        assert!(patch(&p, &p).0.is_empty());
+        let injected = inject(&p, &cfg()).unwrap();
+        assert!(patch(&injected, &inject(&injected, &cfg()).unwrap()).0.is_empty());
+    }
+
+    #[test]
+    fn generic_diffs_apply() {
+        let cases = [
+            (json!({"a": [1, 2, 3], "b": {"c": 1}}), json!({"a": [1, 5], "b": {"d": 2}, "e/f~": true})),
+            (json!([{"name": "x"}, {"name": "y"}]), json!([{"name": "y"}, {"name": "x"}])),
+            (json!([{"name": "x", "v": 1}, {"name": "y"}]), json!([{"name": "w"}, {"name": "x", "v": 2}, {"name": "z"}, {"name": "y"}, {"name": "q"}])),
+            (json!([{"name": "x"}, {"name": "y"}]), json!([{"name": "y"}])),
+            (json!([{"name": "x"}, {"name": "x"}]), json!([{"name": "x"}, {"name": "x"}, {"name": "z"}])),
+            (json!({"a": 1}), json!([1])),
+            (json!([]), json!([{"name": "a"}])),
+        ];
+        for (from, to) in cases {
+            let p = diff_values(&from, &to);
+            assert_eq!(apply(&from, &p), to, "{from} -> {to}: {:?}", paths(&p));
+        }
+    }
+
+    #[test]
+    fn keys_with_slashes_and_tildes_are_escaped() {
+        let p = diff_values(&json!({}), &json!({"a/b~c": 1}));
+        assert_eq!(serde_json::to_value(&p).unwrap(), json!([{"op": "add", "path": "/a~1b~0c", "value": 1}]));
+    }
+
+    #[test]
+    fn a_big_env_is_not_rewritten() {
+        let mut pod = typical_pod();
+        let env = pod.spec.as_mut().unwrap().containers[0].env.get_or_insert_with(Vec::new);
+        env.extend((0..2000).map(|i| k8s_openapi::api::core::v1::EnvVar { name: format!("V{i}"), value: Some("x".into()), ..Default::default() }));
+        let p = roundtrip(&pod, &cfg());
+        assert!(p.0.len() < 40, "{} ops", p.0.len());
+    }
+}
