@@ -10,9 +10,18 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use meshop::inject::{InjectionConfig, inject, patch};
 
 fn config() -> InjectionConfig {
-    let q = |cpu: &str, mem: &str| BTreeMap::from([("cpu".to_string(), Quantity(cpu.into())), ("memory".to_string(), Quantity(mem.into()))]);
+    let q = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(mem.into())),
+        ])
+    };
     InjectionConfig {
-        proxy_resources: ResourceRequirements { requests: Some(q("100m", "128Mi")), limits: Some(q("2", "1Gi")), ..Default::default() },
+        proxy_resources: ResourceRequirements {
+            requests: Some(q("100m", "128Mi")),
+            limits: Some(q("2", "1Gi")),
+            ..Default::default()
+        },
         ..InjectionConfig::default()
     }
 }
@@ -51,7 +60,15 @@ fn typical_pod() -> Pod {
 fn env_heavy_pod(n: usize) -> Pod {
     let mut pod = typical_pod();
     if let Some(spec) = pod.spec.as_mut() {
-        spec.containers[0].env = Some((0..n).map(|i| EnvVar { name: format!("VAR_{i}"), value: Some(format!("value-{i}")), ..Default::default() }).collect());
+        spec.containers[0].env = Some(
+            (0..n)
+                .map(|i| EnvVar {
+                    name: format!("VAR_{i}"),
+                    value: Some(format!("value-{i}")),
+                    ..Default::default()
+                })
+                .collect(),
+        );
     }
     pod
 }

@@ -38,15 +38,24 @@ pub struct Redirect {
     pub exclude_outbound_ports: Option<String>,
 }
 
-const LOG_LEVELS: [&str; 8] = ["trace", "debug", "info", "warning", "warn", "error", "critical", "off"];
+const LOG_LEVELS: [&str; 8] = [
+    "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
+];
 
 /// Reads the pod's annotations on top of `cfg`.
-pub fn settings(annotations: &BTreeMap<String, String>, cfg: &InjectionConfig) -> Result<Settings, InjectError> {
+pub fn settings(
+    annotations: &BTreeMap<String, String>,
+    cfg: &InjectionConfig,
+) -> Result<Settings, InjectError> {
     let get = |key: &str| annotations.get(key).map(String::as_str);
 
     let image = match get(keys::PROXY_IMAGE) {
         Some(v) if v.trim().is_empty() || v.contains(char::is_whitespace) => {
-            return Err(InjectError::annotation(keys::PROXY_IMAGE, v, "an image reference cannot be empty or contain spaces"));
+            return Err(InjectError::annotation(
+                keys::PROXY_IMAGE,
+                v,
+                "an image reference cannot be empty or contain spaces",
+            ));
         }
         Some(v) => v.to_string(),
         None => cfg.proxy_image(),
@@ -54,7 +63,11 @@ pub fn settings(annotations: &BTreeMap<String, String>, cfg: &InjectionConfig) -
 
     let log_level = match get(keys::LOG_LEVEL) {
         Some(v) if !LOG_LEVELS.contains(&v) => {
-            return Err(InjectError::annotation(keys::LOG_LEVEL, v, format!("expected one of {}", LOG_LEVELS.join(", "))));
+            return Err(InjectError::annotation(
+                keys::LOG_LEVEL,
+                v,
+                format!("expected one of {}", LOG_LEVELS.join(", ")),
+            ));
         }
         Some(v) => v.to_string(),
         None => cfg.log_level.as_str().to_string(),
@@ -62,7 +75,11 @@ pub fn settings(annotations: &BTreeMap<String, String>, cfg: &InjectionConfig) -
 
     let agent_log_level = match get(keys::AGENT_LOG_LEVEL) {
         Some(v) if v.is_empty() || v.contains(char::is_whitespace) => {
-            return Err(InjectError::annotation(keys::AGENT_LOG_LEVEL, v, "expected scope:level pairs such as default:debug"));
+            return Err(InjectError::annotation(
+                keys::AGENT_LOG_LEVEL,
+                v,
+                "expected scope:level pairs such as default:debug",
+            ));
         }
         Some(v) => v.to_string(),
         None => "default:info".to_string(),
@@ -71,15 +88,25 @@ pub fn settings(annotations: &BTreeMap<String, String>, cfg: &InjectionConfig) -
     if let Some(v) = get(keys::INTERCEPTION_MODE)
         && v != "REDIRECT"
     {
-        return Err(InjectError::annotation(keys::INTERCEPTION_MODE, v, "meshop supports only REDIRECT"));
+        return Err(InjectError::annotation(
+            keys::INTERCEPTION_MODE,
+            v,
+            "meshop supports only REDIRECT",
+        ));
     }
 
     let rewrite_probes = match get(keys::REWRITE_PROBES) {
         None => true,
-        Some(v) => parse_bool(v).ok_or_else(|| InjectError::annotation(keys::REWRITE_PROBES, v, "expected true or false"))?,
+        Some(v) => parse_bool(v).ok_or_else(|| {
+            InjectError::annotation(keys::REWRITE_PROBES, v, "expected true or false")
+        })?,
     };
 
-    let ProxyConfig { config: proxy_config, hold: hold_application, concurrency } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
+    let ProxyConfig {
+        config: proxy_config,
+        hold: hold_application,
+        concurrency,
+    } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
 
     Ok(Settings {
         image,
@@ -104,31 +131,46 @@ fn parse_bool(v: &str) -> Option<bool> {
 
 /// Istio's rule: if any resource annotation is present, the proxy's resources come from the
 /// annotations alone (mixing them with the defaults could yield a request above a limit).
-fn resources(annotations: &BTreeMap<String, String>, cfg: &InjectionConfig) -> Result<ResourceRequirements, InjectError> {
+fn resources(
+    annotations: &BTreeMap<String, String>,
+    cfg: &InjectionConfig,
+) -> Result<ResourceRequirements, InjectError> {
     let specs = [
         (keys::PROXY_CPU, false, "cpu"),
         (keys::PROXY_MEMORY, false, "memory"),
         (keys::PROXY_CPU_LIMIT, true, "cpu"),
         (keys::PROXY_MEMORY_LIMIT, true, "memory"),
     ];
-    if !specs.iter().any(|(key, _, _)| annotations.contains_key(*key)) {
+    if !specs
+        .iter()
+        .any(|(key, _, _)| annotations.contains_key(*key))
+    {
         return Ok(cfg.proxy_resources.clone());
     }
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     let mut values = BTreeMap::new();
     for (key, is_limit, resource) in specs {
-        let Some(v) = annotations.get(key) else { continue };
-        let parsed = quantity::parse(v).map_err(|reason| InjectError::annotation(key, v, reason))?;
+        let Some(v) = annotations.get(key) else {
+            continue;
+        };
+        let parsed =
+            quantity::parse(v).map_err(|reason| InjectError::annotation(key, v, reason))?;
         values.insert((resource, is_limit), (key, v, parsed));
         let target = if is_limit { &mut limits } else { &mut requests };
         target.insert(resource.to_string(), Quantity(v.trim().to_string()));
     }
     for resource in ["cpu", "memory"] {
-        if let (Some((rk, rv, r)), Some((lk, lv, l))) = (values.get(&(resource, false)), values.get(&(resource, true)))
-            && r > l
+        if let (Some((rk, rv, r)), Some((lk, lv, l))) = (
+            values.get(&(resource, false)),
+            values.get(&(resource, true)),
+        ) && r > l
         {
-            return Err(InjectError::annotation(rk, rv, format!("the request is above the limit {lk}={lv:?}")));
+            return Err(InjectError::annotation(
+                rk,
+                rv,
+                format!("the request is above the limit {lk}={lv:?}"),
+            ));
         }
     }
     Ok(ResourceRequirements {
@@ -147,39 +189,65 @@ struct ProxyConfig {
 
 /// PROXY_CONFIG: the discovery address, then the mesh's hold / concurrency, then the pod's
 /// `proxy.istio.io/config` on top (YAML or JSON).
-fn proxy_config(annotation: Option<&str>, cfg: &InjectionConfig) -> Result<ProxyConfig, InjectError> {
+fn proxy_config(
+    annotation: Option<&str>,
+    cfg: &InjectionConfig,
+) -> Result<ProxyConfig, InjectError> {
     let mut config = Map::new();
-    config.insert("discoveryAddress".into(), Value::String(cfg.discovery_address()));
+    config.insert(
+        "discoveryAddress".into(),
+        Value::String(cfg.discovery_address()),
+    );
     let mut hold = cfg.hold_application_until_proxy_starts;
     let mut concurrency = cfg.concurrency;
     if let Some(text) = annotation {
         let bad = |reason: String| InjectError::annotation(keys::PROXY_CONFIG, text, reason);
-        let parsed: Value = serde_yaml::from_str(text).map_err(|e| bad(format!("not YAML or JSON: {e}")))?;
+        let parsed: Value =
+            serde_yaml::from_str(text).map_err(|e| bad(format!("not YAML or JSON: {e}")))?;
         let Value::Object(overrides) = parsed else {
             return Err(bad("expected a mapping of ProxyConfig fields".into()));
         };
         if let Some(v) = overrides.get("holdApplicationUntilProxyStarts") {
-            hold = v.as_bool().ok_or_else(|| bad("holdApplicationUntilProxyStarts must be true or false".into()))?;
+            hold = v.as_bool().ok_or_else(|| {
+                bad("holdApplicationUntilProxyStarts must be true or false".into())
+            })?;
         }
         if let Some(v) = overrides.get("concurrency") {
             let n = v.as_i64().filter(|n| (0..=i64::from(i32::MAX)).contains(n));
-            concurrency = Some(n.ok_or_else(|| bad("concurrency must be a non-negative integer".into()))? as i32);
+            concurrency = Some(
+                n.ok_or_else(|| bad("concurrency must be a non-negative integer".into()))? as i32,
+            );
         }
         config.extend(overrides);
     }
     if hold {
         config.insert("holdApplicationUntilProxyStarts".into(), Value::Bool(true));
     }
-    Ok(ProxyConfig { config, hold, concurrency })
+    Ok(ProxyConfig {
+        config,
+        hold,
+        concurrency,
+    })
 }
 
 fn redirect(annotations: &BTreeMap<String, String>) -> Result<Redirect, InjectError> {
     let get = |key: &str| annotations.get(key).map(String::as_str);
-    let own_ports = format!("{},{},{}", ports::ENVOY_PROMETHEUS, ports::HEALTH, ports::AGENT_STATUS);
-    let exclude_inbound_ports = match get(keys::EXCLUDE_INBOUND_PORTS).map(|v| port_list(keys::EXCLUDE_INBOUND_PORTS, v, false)) {
+    let own_ports = format!(
+        "{},{},{}",
+        ports::ENVOY_PROMETHEUS,
+        ports::HEALTH,
+        ports::AGENT_STATUS
+    );
+    let exclude_inbound_ports = match get(keys::EXCLUDE_INBOUND_PORTS)
+        .map(|v| port_list(keys::EXCLUDE_INBOUND_PORTS, v, false))
+    {
         Some(extra) => {
             let extra = extra?;
-            if extra.is_empty() { own_ports } else { format!("{own_ports},{extra}") }
+            if extra.is_empty() {
+                own_ports
+            } else {
+                format!("{own_ports},{extra}")
+            }
         }
         None => own_ports,
     };
@@ -197,8 +265,12 @@ fn redirect(annotations: &BTreeMap<String, String>) -> Result<Redirect, InjectEr
             .map(|v| cidr_list(keys::EXCLUDE_OUTBOUND_IP_RANGES, v, false))
             .transpose()?
             .unwrap_or_default(),
-        include_outbound_ports: get(keys::INCLUDE_OUTBOUND_PORTS).map(|v| port_list(keys::INCLUDE_OUTBOUND_PORTS, v, false)).transpose()?,
-        exclude_outbound_ports: get(keys::EXCLUDE_OUTBOUND_PORTS).map(|v| port_list(keys::EXCLUDE_OUTBOUND_PORTS, v, false)).transpose()?,
+        include_outbound_ports: get(keys::INCLUDE_OUTBOUND_PORTS)
+            .map(|v| port_list(keys::INCLUDE_OUTBOUND_PORTS, v, false))
+            .transpose()?,
+        exclude_outbound_ports: get(keys::EXCLUDE_OUTBOUND_PORTS)
+            .map(|v| port_list(keys::EXCLUDE_OUTBOUND_PORTS, v, false))
+            .transpose()?,
     })
 }
 
@@ -210,7 +282,11 @@ fn port_list(key: &str, value: &str, star_ok: bool) -> Result<String, InjectErro
     let items = split_list(value);
     for item in &items {
         if !matches!(item.parse::<u16>(), Ok(p) if p > 0) {
-            return Err(InjectError::annotation(key, value, format!("{item:?} is not a port number (1-65535)")));
+            return Err(InjectError::annotation(
+                key,
+                value,
+                format!("{item:?} is not a port number (1-65535)"),
+            ));
         }
     }
     Ok(items.join(","))
@@ -224,19 +300,31 @@ fn cidr_list(key: &str, value: &str, star_ok: bool) -> Result<String, InjectErro
     let items = split_list(value);
     for item in &items {
         if !valid_cidr(item) {
-            return Err(InjectError::annotation(key, value, format!("{item:?} is not a CIDR such as 10.0.0.0/8")));
+            return Err(InjectError::annotation(
+                key,
+                value,
+                format!("{item:?} is not a CIDR such as 10.0.0.0/8"),
+            ));
         }
     }
     Ok(items.join(","))
 }
 
 fn split_list(value: &str) -> Vec<&str> {
-    value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn valid_cidr(s: &str) -> bool {
-    let Some((addr, prefix)) = s.split_once('/') else { return false };
-    let (Ok(addr), Ok(prefix)) = (addr.parse::<IpAddr>(), prefix.parse::<u8>()) else { return false };
+    let Some((addr, prefix)) = s.split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(prefix)) = (addr.parse::<IpAddr>(), prefix.parse::<u8>()) else {
+        return false;
+    };
     prefix <= if addr.is_ipv4() { 32 } else { 128 }
 }
 
@@ -265,7 +353,10 @@ mod tests {
         assert_eq!(s.agent_log_level, "default:info");
         assert!(s.rewrite_probes);
         assert!(!s.hold_application);
-        assert_eq!(s.proxy_config.get("discoveryAddress"), Some(&Value::String("istiod.istio-system.svc:15012".into())));
+        assert_eq!(
+            s.proxy_config.get("discoveryAddress"),
+            Some(&Value::String("istiod.istio-system.svc:15012".into()))
+        );
         assert_eq!(s.redirect.include_inbound_ports, "*");
         assert_eq!(s.redirect.exclude_inbound_ports, "15090,15021,15020");
         assert_eq!(s.redirect.include_outbound_ranges, "*");
@@ -275,17 +366,39 @@ mod tests {
 
     #[test]
     fn resource_annotations_replace_the_defaults() {
-        let s = with(&[(keys::PROXY_CPU, "250m"), (keys::PROXY_MEMORY_LIMIT, "512Mi")]).unwrap();
-        assert_eq!(s.resources.requests, Some(BTreeMap::from([("cpu".into(), Quantity("250m".into()))])));
-        assert_eq!(s.resources.limits, Some(BTreeMap::from([("memory".into(), Quantity("512Mi".into()))])));
-        let s = with(&[(keys::PROXY_CPU_LIMIT, "1"), (keys::PROXY_MEMORY, "64Mi"), (keys::PROXY_CPU, "500m"), (keys::PROXY_MEMORY_LIMIT, "1Gi")]).unwrap();
+        let s = with(&[
+            (keys::PROXY_CPU, "250m"),
+            (keys::PROXY_MEMORY_LIMIT, "512Mi"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.resources.requests,
+            Some(BTreeMap::from([("cpu".into(), Quantity("250m".into()))]))
+        );
+        assert_eq!(
+            s.resources.limits,
+            Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("512Mi".into())
+            )]))
+        );
+        let s = with(&[
+            (keys::PROXY_CPU_LIMIT, "1"),
+            (keys::PROXY_MEMORY, "64Mi"),
+            (keys::PROXY_CPU, "500m"),
+            (keys::PROXY_MEMORY_LIMIT, "1Gi"),
+        ])
+        .unwrap();
         assert_eq!(s.resources.limits.unwrap()["cpu"], Quantity("1".into()));
     }
 
     #[test]
     fn bad_quantities_are_refused() {
         let e = err_of(&[(keys::PROXY_MEMORY, "lots")]);
-        assert!(e.contains("sidecar.istio.io/proxyMemory") && e.contains("lots"), "{e}");
+        assert!(
+            e.contains("sidecar.istio.io/proxyMemory") && e.contains("lots"),
+            "{e}"
+        );
         let e = err_of(&[(keys::PROXY_CPU, "2"), (keys::PROXY_CPU_LIMIT, "1")]);
         assert!(e.contains("above the limit"), "{e}");
         assert!(with(&[(keys::PROXY_CPU_LIMIT, "-1")]).is_err());
@@ -293,8 +406,24 @@ mod tests {
 
     #[test]
     fn image_and_log_levels() {
-        let s = with(&[(keys::PROXY_IMAGE, "registry.local/proxy:dev"), (keys::LOG_LEVEL, "debug"), (keys::AGENT_LOG_LEVEL, "default:debug,xds:info")]).unwrap();
-        assert_eq!((s.image.as_str(), s.log_level.as_str(), s.agent_log_level.as_str()), ("registry.local/proxy:dev", "debug", "default:debug,xds:info"));
+        let s = with(&[
+            (keys::PROXY_IMAGE, "registry.local/proxy:dev"),
+            (keys::LOG_LEVEL, "debug"),
+            (keys::AGENT_LOG_LEVEL, "default:debug,xds:info"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                s.image.as_str(),
+                s.log_level.as_str(),
+                s.agent_log_level.as_str()
+            ),
+            (
+                "registry.local/proxy:dev",
+                "debug",
+                "default:debug,xds:info"
+            )
+        );
         assert!(err_of(&[(keys::LOG_LEVEL, "loud")]).contains("expected one of"));
         assert!(with(&[(keys::PROXY_IMAGE, "")]).is_err());
         assert!(with(&[(keys::AGENT_LOG_LEVEL, "a b")]).is_err());
@@ -318,7 +447,13 @@ mod tests {
         assert_eq!(r.exclude_outbound_ranges, "169.254.169.254/32");
         assert_eq!(r.exclude_outbound_ports.as_deref(), Some("3306,5432"));
         assert_eq!(r.include_outbound_ports.as_deref(), Some("443"));
-        assert_eq!(with(&[(keys::INCLUDE_INBOUND_PORTS, "")]).unwrap().redirect.include_inbound_ports, "");
+        assert_eq!(
+            with(&[(keys::INCLUDE_INBOUND_PORTS, "")])
+                .unwrap()
+                .redirect
+                .include_inbound_ports,
+            ""
+        );
     }
 
     #[test]
@@ -339,23 +474,47 @@ mod tests {
 
     #[test]
     fn proxy_config_annotation_merges_and_controls_hold() {
-        let s = with(&[(keys::PROXY_CONFIG, "holdApplicationUntilProxyStarts: true\nconcurrency: 4\ntracing: {sampling: 10}")]).unwrap();
+        let s = with(&[(
+            keys::PROXY_CONFIG,
+            "holdApplicationUntilProxyStarts: true\nconcurrency: 4\ntracing: {sampling: 10}",
+        )])
+        .unwrap();
         assert!(s.hold_application);
         assert_eq!(s.concurrency, Some(4));
-        assert_eq!(s.proxy_config["holdApplicationUntilProxyStarts"], Value::Bool(true));
+        assert_eq!(
+            s.proxy_config["holdApplicationUntilProxyStarts"],
+            Value::Bool(true)
+        );
         assert_eq!(s.proxy_config["tracing"]["sampling"], 10);
         assert!(s.proxy_config.contains_key("discoveryAddress"));
-        let s = settings(&labels(&[(keys::PROXY_CONFIG, r#"{"holdApplicationUntilProxyStarts": false}"#)]), &InjectionConfig { hold_application_until_proxy_starts: true, ..cfg() }).unwrap();
+        let s = settings(
+            &labels(&[(
+                keys::PROXY_CONFIG,
+                r#"{"holdApplicationUntilProxyStarts": false}"#,
+            )]),
+            &InjectionConfig {
+                hold_application_until_proxy_starts: true,
+                ..cfg()
+            },
+        )
+        .unwrap();
         assert!(!s.hold_application);
         assert!(err_of(&[(keys::PROXY_CONFIG, "[1, 2]")]).contains("mapping"));
-        assert!(err_of(&[(keys::PROXY_CONFIG, "holdApplicationUntilProxyStarts: maybe")]).contains("true or false"));
+        assert!(
+            err_of(&[(keys::PROXY_CONFIG, "holdApplicationUntilProxyStarts: maybe")])
+                .contains("true or false")
+        );
         assert!(err_of(&[(keys::PROXY_CONFIG, "concurrency: -2")]).contains("non-negative"));
         assert!(with(&[(keys::PROXY_CONFIG, "{unclosed")]).is_err());
     }
 
     #[test]
     fn other_switches() {
-        assert!(!with(&[(keys::REWRITE_PROBES, "false")]).unwrap().rewrite_probes);
+        assert!(
+            !with(&[(keys::REWRITE_PROBES, "false")])
+                .unwrap()
+                .rewrite_probes
+        );
         assert!(with(&[(keys::REWRITE_PROBES, "perhaps")]).is_err());
         assert!(with(&[(keys::INTERCEPTION_MODE, "REDIRECT")]).is_ok());
         assert!(err_of(&[(keys::INTERCEPTION_MODE, "TPROXY")]).contains("only REDIRECT"));
@@ -363,8 +522,14 @@ mod tests {
 
     #[test]
     fn revision_changes_the_discovery_address() {
-        let c = InjectionConfig { revision: "canary".into(), ..cfg() };
+        let c = InjectionConfig {
+            revision: "canary".into(),
+            ..cfg()
+        };
         let s = settings(&BTreeMap::new(), &c).unwrap();
-        assert_eq!(s.proxy_config["discoveryAddress"], "istiod-canary.istio-system.svc:15012");
+        assert_eq!(
+            s.proxy_config["discoveryAddress"],
+            "istiod-canary.istio-system.svc:15012"
+        );
     }
 }

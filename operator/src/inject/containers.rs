@@ -2,8 +2,9 @@
 //! redirect) or `istio-validation` (checks the CNI agent's redirect, needs no privileges).
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Probe, ResourceFieldSelector, SecurityContext,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ResourceFieldSelector,
+    SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value};
@@ -23,14 +24,21 @@ pub struct PodFacts<'a> {
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 fn env_field(name: &str, field: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: field.into(), ..Default::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -41,7 +49,10 @@ fn env_resource(name: &str, resource: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            resource_field_ref: Some(ResourceFieldSelector { resource: resource.into(), ..Default::default() }),
+            resource_field_ref: Some(ResourceFieldSelector {
+                resource: resource.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -70,15 +81,30 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 /// The istio-proxy container.
 pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
-    let mut args: Vec<String> = ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"].map(String::from).into();
+    let mut args: Vec<String> = [
+        "proxy",
+        "sidecar",
+        "--domain",
+        "$(POD_NAMESPACE).svc.cluster.local",
+    ]
+    .map(String::from)
+    .into();
     args.push(format!("--proxyLogLevel={}", s.log_level));
     args.push(format!("--log_output_level={}", s.agent_log_level));
     if let Some(n) = s.concurrency {
         args.extend(["--concurrency".to_string(), n.to_string()]);
     }
 
-    let app_ports: Vec<&ContainerPort> = facts.app_containers.iter().flat_map(|c| c.ports.iter().flatten()).collect();
-    let app_names: Vec<&str> = facts.app_containers.iter().map(|c| c.name.as_str()).collect();
+    let app_ports: Vec<&ContainerPort> = facts
+        .app_containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .collect();
+    let app_names: Vec<&str> = facts
+        .app_containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     let mut env_vars = vec![
         env("JWT_POLICY", "third-party-jwt"),
         env("PILOT_CERT_PROVIDER", "istiod"),
@@ -98,7 +124,10 @@ pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container
         env_field("ISTIO_META_NODE_NAME", "spec.nodeName"),
         env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT"),
         env("ISTIO_META_WORKLOAD_NAME", facts.workload.name.as_str()),
-        env("ISTIO_META_OWNER", facts.workload.owner_uri(facts.namespace)),
+        env(
+            "ISTIO_META_OWNER",
+            facts.workload.owner_uri(facts.namespace),
+        ),
         env("ISTIO_META_MESH_ID", cfg.trust_domain.as_str()),
         env("TRUST_DOMAIN", cfg.trust_domain.as_str()),
     ];
@@ -111,7 +140,9 @@ pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container
     // until Envoy is ready, which is why the proxy then goes first.
     let lifecycle = (!native && s.hold_application).then(|| Lifecycle {
         post_start: Some(LifecycleHandler {
-            exec: Some(ExecAction { command: Some(vec!["pilot-agent".into(), "wait".into()]) }),
+            exec: Some(ExecAction {
+                command: Some(vec!["pilot-agent".into(), "wait".into()]),
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -135,7 +166,10 @@ pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container
         restart_policy: native.then(|| "Always".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_group: Some(ports::PROXY_UID),
@@ -174,7 +208,10 @@ pub fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
         // Only checks that the CNI agent's redirect is in place: no privileges at all.
         SecurityContext {
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_group: Some(ports::PROXY_UID),
@@ -186,7 +223,10 @@ pub fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
         // Programming the pod's netfilter tables needs root with NET_ADMIN and NET_RAW, nothing more.
         SecurityContext {
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]), drop: Some(vec!["ALL".into()]) }),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
             privileged: Some(false),
             read_only_root_filesystem: Some(false),
             run_as_group: Some(0),
@@ -220,27 +260,59 @@ mod tests {
         let s = settings(&crate::inject::testutil::labels(annotations), c).unwrap();
         let pod = typical_pod();
         let apps = pod.spec.unwrap().containers;
-        let w = Workload { name: "reviews-v1".into(), kind: "Deployment".into(), api_version: "apps/v1".into() };
+        let w = Workload {
+            name: "reviews-v1".into(),
+            kind: "Deployment".into(),
+            api_version: "apps/v1".into(),
+        };
         let probers = Map::new();
-        let facts = PodFacts { namespace: "bookinfo", workload: &w, app_containers: &apps, probers: &probers };
+        let facts = PodFacts {
+            namespace: "bookinfo",
+            workload: &w,
+            app_containers: &apps,
+            probers: &probers,
+        };
         (proxy(&s, c, &facts), init(&s, c))
     }
 
     fn env_map(c: &Container) -> BTreeMap<String, EnvVar> {
-        c.env.iter().flatten().map(|e| (e.name.clone(), e.clone())).collect()
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect()
     }
 
     #[test]
     fn proxy_image_args_and_port() {
-        let (p, _) = build(&InjectionConfig { concurrency: Some(2), log_level: crate::api::ProxyLogLevel::Debug, ..cfg() }, &[]);
+        let (p, _) = build(
+            &InjectionConfig {
+                concurrency: Some(2),
+                log_level: crate::api::ProxyLogLevel::Debug,
+                ..cfg()
+            },
+            &[],
+        );
         assert_eq!(p.name, "istio-proxy");
         assert_eq!(p.image.as_deref(), Some("docker.io/istio/proxyv2:1.28.2"));
         assert_eq!(
             p.args.unwrap(),
-            ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local", "--proxyLogLevel=debug", "--log_output_level=default:info", "--concurrency", "2"]
+            [
+                "proxy",
+                "sidecar",
+                "--domain",
+                "$(POD_NAMESPACE).svc.cluster.local",
+                "--proxyLogLevel=debug",
+                "--log_output_level=default:info",
+                "--concurrency",
+                "2"
+            ]
         );
         let port = &p.ports.unwrap()[0];
-        assert_eq!((port.container_port, port.name.as_deref()), (15090, Some("http-envoy-prom")));
+        assert_eq!(
+            (port.container_port, port.name.as_deref()),
+            (15090, Some("http-envoy-prom"))
+        );
     }
 
     #[test]
@@ -248,7 +320,17 @@ mod tests {
         let (p, _) = build(&cfg(), &[]);
         let env = env_map(&p);
         let value = |n: &str| env[n].value.clone().unwrap_or_default();
-        let field = |n: &str| env[n].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path.clone();
+        let field = |n: &str| {
+            env[n]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path
+                .clone()
+        };
         assert_eq!(value("CA_ADDR"), "istiod.istio-system.svc:15012");
         assert_eq!(value("PILOT_CERT_PROVIDER"), "istiod");
         assert_eq!(field("POD_NAME"), "metadata.name");
@@ -257,16 +339,35 @@ mod tests {
         assert_eq!(field("SERVICE_ACCOUNT"), "spec.serviceAccountName");
         assert_eq!(field("HOST_IP"), "status.hostIP");
         assert_eq!(field("ISTIO_META_NODE_NAME"), "spec.nodeName");
-        assert_eq!(env["ISTIO_CPU_LIMIT"].value_from.as_ref().unwrap().resource_field_ref.as_ref().unwrap().resource, "limits.cpu");
+        assert_eq!(
+            env["ISTIO_CPU_LIMIT"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .resource_field_ref
+                .as_ref()
+                .unwrap()
+                .resource,
+            "limits.cpu"
+        );
         let pc: Value = serde_json::from_str(&value("PROXY_CONFIG")).unwrap();
-        assert_eq!(pc, serde_json::json!({"discoveryAddress": "istiod.istio-system.svc:15012"}));
+        assert_eq!(
+            pc,
+            serde_json::json!({"discoveryAddress": "istiod.istio-system.svc:15012"})
+        );
         let pp: Value = serde_json::from_str(&value("ISTIO_META_POD_PORTS")).unwrap();
-        assert_eq!(pp, serde_json::json!([{"name": "http", "containerPort": 9080, "protocol": "TCP"}, {"name": "grpc", "containerPort": 9090}]));
+        assert_eq!(
+            pp,
+            serde_json::json!([{"name": "http", "containerPort": 9080, "protocol": "TCP"}, {"name": "grpc", "containerPort": 9090}])
+        );
         assert_eq!(value("ISTIO_META_APP_CONTAINERS"), "reviews,sidecar-logger");
         assert_eq!(value("ISTIO_META_CLUSTER_ID"), "Kubernetes");
         assert_eq!(value("ISTIO_META_INTERCEPTION_MODE"), "REDIRECT");
         assert_eq!(value("ISTIO_META_WORKLOAD_NAME"), "reviews-v1");
-        assert_eq!(value("ISTIO_META_OWNER"), "kubernetes://apis/apps/v1/namespaces/bookinfo/deployments/reviews-v1");
+        assert_eq!(
+            value("ISTIO_META_OWNER"),
+            "kubernetes://apis/apps/v1/namespaces/bookinfo/deployments/reviews-v1"
+        );
         assert_eq!(value("ISTIO_META_MESH_ID"), "cluster.local");
         assert_eq!(value("TRUST_DOMAIN"), "cluster.local");
         assert!(!env.contains_key("ISTIO_KUBE_APP_PROBERS"));
@@ -274,25 +375,52 @@ mod tests {
 
     #[test]
     fn revision_and_hold_show_in_the_proxy_config() {
-        let c = InjectionConfig { revision: "canary".into(), hold_application_until_proxy_starts: true, ..cfg() };
+        let c = InjectionConfig {
+            revision: "canary".into(),
+            hold_application_until_proxy_starts: true,
+            ..cfg()
+        };
         let (p, _) = build(&c, &[]);
         let env = env_map(&p);
-        assert_eq!(env["CA_ADDR"].value.as_deref(), Some("istiod-canary.istio-system.svc:15012"));
-        let pc: Value = serde_json::from_str(env["PROXY_CONFIG"].value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            env["CA_ADDR"].value.as_deref(),
+            Some("istiod-canary.istio-system.svc:15012")
+        );
+        let pc: Value =
+            serde_json::from_str(env["PROXY_CONFIG"].value.as_deref().unwrap()).unwrap();
         assert_eq!(pc["holdApplicationUntilProxyStarts"], true);
-        assert_eq!(pc["discoveryAddress"], "istiod-canary.istio-system.svc:15012");
+        assert_eq!(
+            pc["discoveryAddress"],
+            "istiod-canary.istio-system.svc:15012"
+        );
     }
 
     #[test]
     fn proxy_probes_security_and_resources() {
         let (p, _) = build(&cfg(), &[]);
-        for probe in [p.readiness_probe.as_ref().unwrap(), p.startup_probe.as_ref().unwrap()] {
+        for probe in [
+            p.readiness_probe.as_ref().unwrap(),
+            p.startup_probe.as_ref().unwrap(),
+        ] {
             let h = probe.http_get.as_ref().unwrap();
-            assert_eq!((h.path.as_deref(), &h.port), (Some("/healthz/ready"), &IntOrString::Int(15021)));
+            assert_eq!(
+                (h.path.as_deref(), &h.port),
+                (Some("/healthz/ready"), &IntOrString::Int(15021))
+            );
         }
         let sc = p.security_context.unwrap();
-        assert_eq!((sc.run_as_user, sc.run_as_group, sc.run_as_non_root), (Some(1337), Some(1337), Some(true)));
-        assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation, sc.privileged), (Some(true), Some(false), Some(false)));
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_group, sc.run_as_non_root),
+            (Some(1337), Some(1337), Some(true))
+        );
+        assert_eq!(
+            (
+                sc.read_only_root_filesystem,
+                sc.allow_privilege_escalation,
+                sc.privileged
+            ),
+            (Some(true), Some(false), Some(false))
+        );
         assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
         assert_eq!(p.resources, Some(cfg().proxy_resources));
         assert_eq!(p.volume_mounts.unwrap().len(), 8);
@@ -303,17 +431,40 @@ mod tests {
         let (p, _) = build(&cfg(), &[]);
         assert_eq!(p.restart_policy.as_deref(), Some("Always"));
         assert!(p.lifecycle.is_none());
-        let classic = InjectionConfig { sidecar_mode: SidecarMode::Classic, ..cfg() };
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
         let (p, _) = build(&classic, &[]);
         assert!(p.restart_policy.is_none() && p.lifecycle.is_none());
-        let (p, _) = build(&InjectionConfig { hold_application_until_proxy_starts: true, ..classic }, &[]);
-        let cmd = p.lifecycle.unwrap().post_start.unwrap().exec.unwrap().command.unwrap();
+        let (p, _) = build(
+            &InjectionConfig {
+                hold_application_until_proxy_starts: true,
+                ..classic
+            },
+            &[],
+        );
+        let cmd = p
+            .lifecycle
+            .unwrap()
+            .post_start
+            .unwrap()
+            .exec
+            .unwrap()
+            .command
+            .unwrap();
         assert_eq!(cmd, ["pilot-agent", "wait"]);
     }
 
     #[test]
     fn istio_init_for_iptables() {
-        let (_, i) = build(&cfg(), &[("traffic.sidecar.istio.io/excludeOutboundPorts", "3306"), ("traffic.sidecar.istio.io/excludeInboundPorts", "8081")]);
+        let (_, i) = build(
+            &cfg(),
+            &[
+                ("traffic.sidecar.istio.io/excludeOutboundPorts", "3306"),
+                ("traffic.sidecar.istio.io/excludeInboundPorts", "8081"),
+            ],
+        );
         assert_eq!(i.name, "istio-init");
         assert_eq!(i.image.as_deref(), Some("docker.io/istio/proxyv2:1.28.2"));
         assert_eq!(
@@ -322,27 +473,51 @@ mod tests {
         );
         let sc = i.security_context.unwrap();
         let caps = sc.capabilities.unwrap();
-        assert_eq!(caps.add, Some(vec!["NET_ADMIN".to_string(), "NET_RAW".to_string()]));
+        assert_eq!(
+            caps.add,
+            Some(vec!["NET_ADMIN".to_string(), "NET_RAW".to_string()])
+        );
         assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
-        assert_eq!((sc.run_as_user, sc.run_as_non_root, sc.privileged), (Some(0), Some(false), Some(false)));
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_non_root, sc.privileged),
+            (Some(0), Some(false), Some(false))
+        );
     }
 
     #[test]
     fn istio_validation_for_cni_has_no_privileges() {
-        let (p, i) = build(&InjectionConfig { traffic_capture: TrafficCapture::Cni, ..cfg() }, &[]);
+        let (p, i) = build(
+            &InjectionConfig {
+                traffic_capture: TrafficCapture::Cni,
+                ..cfg()
+            },
+            &[],
+        );
         assert_eq!(i.name, "istio-validation");
         let args = i.args.unwrap();
-        assert!(args.ends_with(&["--run-validation".to_string(), "--skip-rule-apply".to_string()]));
+        assert!(args.ends_with(&[
+            "--run-validation".to_string(),
+            "--skip-rule-apply".to_string()
+        ]));
         let sc = i.security_context.unwrap();
-        assert_eq!((sc.run_as_user, sc.run_as_non_root), (Some(1337), Some(true)));
-        for c in [sc.capabilities.unwrap(), p.security_context.unwrap().capabilities.unwrap()] {
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_non_root),
+            (Some(1337), Some(true))
+        );
+        for c in [
+            sc.capabilities.unwrap(),
+            p.security_context.unwrap().capabilities.unwrap(),
+        ] {
             assert_eq!(c.add, None);
         }
     }
 
     #[test]
     fn proxy_image_annotation_applies_to_both() {
-        let (p, i) = build(&cfg(), &[("sidecar.istio.io/proxyImage", "mirror.local/proxyv2:custom")]);
+        let (p, i) = build(
+            &cfg(),
+            &[("sidecar.istio.io/proxyImage", "mirror.local/proxyv2:custom")],
+        );
         assert_eq!(p.image, i.image);
         assert_eq!(p.image.as_deref(), Some("mirror.local/proxyv2:custom"));
     }

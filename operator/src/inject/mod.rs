@@ -117,21 +117,38 @@ pub struct InjectionConfig {
 impl InjectionConfig {
     /// `<hub>/proxyv2:<version>`.
     pub fn proxy_image(&self) -> String {
-        format!("{}/proxyv2:{}", self.hub.trim_end_matches('/'), self.version)
+        format!(
+            "{}/proxyv2:{}",
+            self.hub.trim_end_matches('/'),
+            self.version
+        )
     }
 
     /// The istiod Service address proxies connect to for xDS and certificates.
     pub fn discovery_address(&self) -> String {
         if self.revision.is_empty() {
-            format!("istiod.{}.svc:{}", self.control_plane_namespace, ports::ISTIOD_XDS)
+            format!(
+                "istiod.{}.svc:{}",
+                self.control_plane_namespace,
+                ports::ISTIOD_XDS
+            )
         } else {
-            format!("istiod-{}.{}.svc:{}", self.revision, self.control_plane_namespace, ports::ISTIOD_XDS)
+            format!(
+                "istiod-{}.{}.svc:{}",
+                self.revision,
+                self.control_plane_namespace,
+                ports::ISTIOD_XDS
+            )
         }
     }
 
     /// The revision's name as Istio records it: `default` for the default revision.
     pub fn revision_name(&self) -> &str {
-        if self.revision.is_empty() { "default" } else { &self.revision }
+        if self.revision.is_empty() {
+            "default"
+        } else {
+            &self.revision
+        }
     }
 }
 
@@ -161,12 +178,18 @@ impl Default for InjectionConfig {
 pub enum InjectError {
     /// A per-pod annotation has a value meshop cannot use.
     #[error("annotation {annotation}={value:?} is invalid: {reason}")]
-    InvalidAnnotation { annotation: String, value: String, reason: String },
+    InvalidAnnotation {
+        annotation: String,
+        value: String,
+        reason: String,
+    },
     /// The pod has no spec or no containers.
     #[error("pod cannot be injected: {0}")]
     InvalidPod(String),
     /// The pod already has a container or volume with a name the sidecar needs.
-    #[error("pod already has a {kind} named {name:?}, which the sidecar needs; rename it or opt the pod out with sidecar.istio.io/inject=false")]
+    #[error(
+        "pod already has a {kind} named {name:?}, which the sidecar needs; rename it or opt the pod out with sidecar.istio.io/inject=false"
+    )]
     NameConflict { kind: &'static str, name: String },
     /// A document given to the offline injector is not a valid object.
     #[error("invalid document: {0}")]
@@ -175,6 +198,10 @@ pub enum InjectError {
 
 impl InjectError {
     fn annotation(annotation: &str, value: &str, reason: impl Into<String>) -> Self {
-        InjectError::InvalidAnnotation { annotation: annotation.to_string(), value: value.to_string(), reason: reason.into() }
+        InjectError::InvalidAnnotation {
+            annotation: annotation.to_string(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 }

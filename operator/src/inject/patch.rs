@@ -34,23 +34,36 @@ fn diff(from: &Value, to: &Value, path: &mut PointerBuf, ops: &mut Vec<PatchOper
         (Value::Object(a), Value::Object(b)) => diff_objects(a, b, path, ops),
         (Value::Array(a), Value::Array(b)) => diff_arrays(a, b, path, ops),
         _ if from == to => {}
-        _ => ops.push(PatchOperation::Replace(ReplaceOperation { path: path.clone(), value: to.clone() })),
+        _ => ops.push(PatchOperation::Replace(ReplaceOperation {
+            path: path.clone(),
+            value: to.clone(),
+        })),
     }
 }
 
-fn diff_objects(a: &Map<String, Value>, b: &Map<String, Value>, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
+fn diff_objects(
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+    path: &mut PointerBuf,
+    ops: &mut Vec<PatchOperation>,
+) {
     for (key, old) in a {
         path.push_back(key.as_str());
         match b.get(key) {
             Some(new) => diff(old, new, path, ops),
-            None => ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() })),
+            None => ops.push(PatchOperation::Remove(RemoveOperation {
+                path: path.clone(),
+            })),
         }
         path.pop_back();
     }
     for (key, new) in b {
         if !a.contains_key(key) {
             path.push_back(key.as_str());
-            ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: new.clone() }));
+            ops.push(PatchOperation::Add(AddOperation {
+                path: path.clone(),
+                value: new.clone(),
+            }));
             path.pop_back();
         }
     }
@@ -74,19 +87,29 @@ fn diff_arrays(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<Pa
     }
     for new in &b[common..] {
         path.push_back("-");
-        ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: new.clone() }));
+        ops.push(PatchOperation::Add(AddOperation {
+            path: path.clone(),
+            value: new.clone(),
+        }));
         path.pop_back();
     }
     for i in (common..a.len()).rev() {
         path.push_back(i);
-        ops.push(PatchOperation::Remove(RemoveOperation { path: path.clone() }));
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: path.clone(),
+        }));
         path.pop_back();
     }
 }
 
 /// Diffs arrays of uniquely named objects where `b` keeps `a`'s elements in order and only inserts
 /// new ones (what injection does). Returns false, emitting nothing, when that does not hold.
-fn diff_named(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) -> bool {
+fn diff_named(
+    a: &[Value],
+    b: &[Value],
+    path: &mut PointerBuf,
+    ops: &mut Vec<PatchOperation>,
+) -> bool {
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(a.len());
     for (i, v) in a.iter().enumerate() {
         match name_of(v) {
@@ -128,7 +151,10 @@ fn diff_named(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<Pat
             } else {
                 path.push_back(i);
             }
-            ops.push(PatchOperation::Add(AddOperation { path: path.clone(), value: v.clone() }));
+            ops.push(PatchOperation::Add(AddOperation {
+                path: path.clone(),
+                value: v.clone(),
+            }));
             path.pop_back();
         }
     }
@@ -138,9 +164,9 @@ fn diff_named(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{SidecarMode, TrafficCapture};
     use crate::inject::testutil::{cfg, pod_with, typical_pod};
     use crate::inject::{InjectionConfig, inject};
-    use crate::api::{SidecarMode, TrafficCapture};
     use serde_json::json;
 
     fn apply(from: &Value, p: &Patch) -> Value {
@@ -152,21 +178,42 @@ mod tests {
     fn roundtrip(pod: &Pod, c: &InjectionConfig) -> Patch {
         let injected = inject(pod, c).unwrap();
         let p = patch(pod, &injected);
-        assert_eq!(apply(&serde_json::to_value(pod).unwrap(), &p), serde_json::to_value(&injected).unwrap());
+        assert_eq!(
+            apply(&serde_json::to_value(pod).unwrap(), &p),
+            serde_json::to_value(&injected).unwrap()
+        );
         p
     }
 
     fn paths(p: &Patch) -> Vec<String> {
-        p.0.iter().map(|op| format!("{} {}", serde_json::to_value(op).unwrap()["op"].as_str().unwrap(), op.path())).collect()
+        p.0.iter()
+            .map(|op| {
+                format!(
+                    "{} {}",
+                    serde_json::to_value(op).unwrap()["op"].as_str().unwrap(),
+                    op.path()
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn applying_the_patch_gives_the_injected_pod() {
         let modes = [
             cfg(),
-            InjectionConfig { sidecar_mode: SidecarMode::Classic, ..cfg() },
-            InjectionConfig { sidecar_mode: SidecarMode::Classic, hold_application_until_proxy_starts: true, ..cfg() },
-            InjectionConfig { traffic_capture: TrafficCapture::Cni, ..cfg() },
+            InjectionConfig {
+                sidecar_mode: SidecarMode::Classic,
+                ..cfg()
+            },
+            InjectionConfig {
+                sidecar_mode: SidecarMode::Classic,
+                hold_application_until_proxy_starts: true,
+                ..cfg()
+            },
+            InjectionConfig {
+                traffic_capture: TrafficCapture::Cni,
+                ..cfg()
+            },
         ];
         for c in &modes {
             roundtrip(&typical_pod(), c);
@@ -193,21 +240,46 @@ mod tests {
         for w in want {
             assert!(got.iter().any(|g| g == w), "missing {w} in {got:#?}");
         }
-        assert!(got.contains(&"add /spec/initContainers/0".to_string()), "{got:#?}");
-        assert!(got.contains(&"add /spec/initContainers/1".to_string()), "{got:#?}");
-        assert_eq!(got.iter().filter(|g| g.starts_with("add /spec/volumes/-")).count(), 8);
+        assert!(
+            got.contains(&"add /spec/initContainers/0".to_string()),
+            "{got:#?}"
+        );
+        assert!(
+            got.contains(&"add /spec/initContainers/1".to_string()),
+            "{got:#?}"
+        );
+        assert_eq!(
+            got.iter()
+                .filter(|g| g.starts_with("add /spec/volumes/-"))
+                .count(),
+            8
+        );
         // Probes change in place; nothing else about the app container is touched.
-        assert!(got.iter().all(|g| !g.contains("/env") && !g.contains("/image")), "{got:#?}");
-        assert!(got.iter().any(|g| g.starts_with("remove /spec/containers/0/readinessProbe/tcpSocket")));
-        assert!(got.iter().any(|g| g.starts_with("add /spec/containers/0/readinessProbe/httpGet")));
-        assert!(got.iter().all(|g| !g.starts_with("remove /spec/volumes") && !g.starts_with("replace /spec/initContainers")));
+        assert!(
+            got.iter()
+                .all(|g| !g.contains("/env") && !g.contains("/image")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("remove /spec/containers/0/readinessProbe/tcpSocket"))
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("add /spec/containers/0/readinessProbe/httpGet"))
+        );
+        assert!(got.iter().all(|g| !g.starts_with("remove /spec/volumes")
+            && !g.starts_with("replace /spec/initContainers")));
     }
 
     #[test]
     fn missing_maps_and_arrays_are_added_whole() {
         let p = roundtrip(&pod_with(&[], &[]), &cfg());
         let got = paths(&p);
-        assert!(got.contains(&"add /metadata/annotations".to_string()), "{got:#?}");
+        assert!(
+            got.contains(&"add /metadata/annotations".to_string()),
+            "{got:#?}"
+        );
         assert!(got.contains(&"add /metadata/labels".to_string()));
         assert!(got.contains(&"add /spec/initContainers".to_string()));
         assert!(got.contains(&"add /spec/volumes".to_string()));
@@ -218,17 +290,36 @@ mod tests {
         let p = typical_pod();
         assert!(patch(&p, &p).0.is_empty());
         let injected = inject(&p, &cfg()).unwrap();
-        assert!(patch(&injected, &inject(&injected, &cfg()).unwrap()).0.is_empty());
+        assert!(
+            patch(&injected, &inject(&injected, &cfg()).unwrap())
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
     fn generic_diffs_apply() {
         let cases = [
-            (json!({"a": [1, 2, 3], "b": {"c": 1}}), json!({"a": [1, 5], "b": {"d": 2}, "e/f~": true})),
-            (json!([{"name": "x"}, {"name": "y"}]), json!([{"name": "y"}, {"name": "x"}])),
-            (json!([{"name": "x", "v": 1}, {"name": "y"}]), json!([{"name": "w"}, {"name": "x", "v": 2}, {"name": "z"}, {"name": "y"}, {"name": "q"}])),
-            (json!([{"name": "x"}, {"name": "y"}]), json!([{"name": "y"}])),
-            (json!([{"name": "x"}, {"name": "x"}]), json!([{"name": "x"}, {"name": "x"}, {"name": "z"}])),
+            (
+                json!({"a": [1, 2, 3], "b": {"c": 1}}),
+                json!({"a": [1, 5], "b": {"d": 2}, "e/f~": true}),
+            ),
+            (
+                json!([{"name": "x"}, {"name": "y"}]),
+                json!([{"name": "y"}, {"name": "x"}]),
+            ),
+            (
+                json!([{"name": "x", "v": 1}, {"name": "y"}]),
+                json!([{"name": "w"}, {"name": "x", "v": 2}, {"name": "z"}, {"name": "y"}, {"name": "q"}]),
+            ),
+            (
+                json!([{"name": "x"}, {"name": "y"}]),
+                json!([{"name": "y"}]),
+            ),
+            (
+                json!([{"name": "x"}, {"name": "x"}]),
+                json!([{"name": "x"}, {"name": "x"}, {"name": "z"}]),
+            ),
             (json!({"a": 1}), json!([1])),
             (json!([]), json!([{"name": "a"}])),
         ];
@@ -241,14 +332,23 @@ mod tests {
     #[test]
     fn keys_with_slashes_and_tildes_are_escaped() {
         let p = diff_values(&json!({}), &json!({"a/b~c": 1}));
-        assert_eq!(serde_json::to_value(&p).unwrap(), json!([{"op": "add", "path": "/a~1b~0c", "value": 1}]));
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!([{"op": "add", "path": "/a~1b~0c", "value": 1}])
+        );
     }
 
     #[test]
     fn a_big_env_is_not_rewritten() {
         let mut pod = typical_pod();
-        let env = pod.spec.as_mut().unwrap().containers[0].env.get_or_insert_with(Vec::new);
-        env.extend((0..2000).map(|i| k8s_openapi::api::core::v1::EnvVar { name: format!("V{i}"), value: Some("x".into()), ..Default::default() }));
+        let env = pod.spec.as_mut().unwrap().containers[0]
+            .env
+            .get_or_insert_with(Vec::new);
+        env.extend((0..2000).map(|i| k8s_openapi::api::core::v1::EnvVar {
+            name: format!("V{i}"),
+            value: Some("x".into()),
+            ..Default::default()
+        }));
         let p = roundtrip(&pod, &cfg());
         assert!(p.0.len() < 40, "{} ops", p.0.len());
     }

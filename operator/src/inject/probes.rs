@@ -14,23 +14,46 @@ use super::ports;
 pub fn rewrite(containers: &mut [Container]) -> Map<String, Value> {
     let mut probers = Map::new();
     for c in containers.iter_mut() {
-        let Container { name, ports: c_ports, liveness_probe, readiness_probe, startup_probe, .. } = c;
+        let Container {
+            name,
+            ports: c_ports,
+            liveness_probe,
+            readiness_probe,
+            startup_probe,
+            ..
+        } = c;
         let resolve = |port: &IntOrString| -> Option<i32> {
             match port {
                 IntOrString::Int(n) => Some(*n),
                 IntOrString::String(s) => match s.parse::<i32>() {
                     Ok(n) => Some(n),
-                    Err(_) => c_ports.iter().flatten().find(|p| p.name.as_deref() == Some(s.as_str())).map(|p| p.container_port),
+                    Err(_) => c_ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(s.as_str()))
+                        .map(|p| p.container_port),
                 },
             }
         };
-        for (probe, kind) in [(liveness_probe, "livez"), (readiness_probe, "readyz"), (startup_probe, "startupz")] {
-            let Some(probe) = probe.as_mut() else { continue };
-            let Some(original) = original_action(probe, &resolve) else { continue };
+        for (probe, kind) in [
+            (liveness_probe, "livez"),
+            (readiness_probe, "readyz"),
+            (startup_probe, "startupz"),
+        ] {
+            let Some(probe) = probe.as_mut() else {
+                continue;
+            };
+            let Some(original) = original_action(probe, &resolve) else {
+                continue;
+            };
             let path = format!("/app-health/{name}/{kind}");
             probers.insert(path.clone(), original);
             *probe = Probe {
-                http_get: Some(HTTPGetAction { path: Some(path), port: IntOrString::Int(ports::AGENT_STATUS.into()), ..Default::default() }),
+                http_get: Some(HTTPGetAction {
+                    path: Some(path),
+                    port: IntOrString::Int(ports::AGENT_STATUS.into()),
+                    ..Default::default()
+                }),
                 tcp_socket: None,
                 grpc: None,
                 exec: None,
@@ -49,7 +72,10 @@ fn original_action(probe: &Probe, resolve: &impl Fn(&IntOrString) -> Option<i32>
         let mut action = Map::new();
         action.insert("path".into(), json!(h.path.as_deref().unwrap_or("/")));
         action.insert("port".into(), json!(resolve(&h.port)?));
-        action.insert("scheme".into(), json!(h.scheme.as_deref().unwrap_or("HTTP")));
+        action.insert(
+            "scheme".into(),
+            json!(h.scheme.as_deref().unwrap_or("HTTP")),
+        );
         if let Some(host) = &h.host {
             action.insert("host".into(), json!(host));
         }
@@ -92,10 +118,17 @@ mod tests {
     fn http_tcp_and_grpc_probes_go_through_the_agent() {
         let (containers, _) = rewritten();
         let c = &containers[0];
-        for (probe, kind) in [(&c.liveness_probe, "livez"), (&c.readiness_probe, "readyz"), (&c.startup_probe, "startupz")] {
+        for (probe, kind) in [
+            (&c.liveness_probe, "livez"),
+            (&c.readiness_probe, "readyz"),
+            (&c.startup_probe, "startupz"),
+        ] {
             let p = probe.as_ref().unwrap();
             let h = p.http_get.as_ref().unwrap();
-            assert_eq!(h.path.as_deref(), Some(format!("/app-health/reviews/{kind}").as_str()));
+            assert_eq!(
+                h.path.as_deref(),
+                Some(format!("/app-health/reviews/{kind}").as_str())
+            );
             assert_eq!(h.port, IntOrString::Int(15020));
             assert!(p.tcp_socket.is_none() && p.grpc.is_none());
         }
@@ -128,7 +161,14 @@ mod tests {
     #[test]
     fn unknown_named_port_is_left_alone() {
         let mut containers = typical_pod().spec.unwrap().containers;
-        containers[0].liveness_probe.as_mut().unwrap().http_get.as_mut().unwrap().port = IntOrString::String("nope".into());
+        containers[0]
+            .liveness_probe
+            .as_mut()
+            .unwrap()
+            .http_get
+            .as_mut()
+            .unwrap()
+            .port = IntOrString::String("nope".into());
         let before = containers[0].liveness_probe.clone();
         let probers = rewrite(&mut containers);
         assert_eq!(containers[0].liveness_probe, before);
@@ -149,7 +189,16 @@ mod tests {
             json!({"httpGet": {"path": "/ready", "port": 8443, "scheme": "HTTPS", "host": "localhost",
                 "httpHeaders": [{"name": "X-Probe", "value": "1"}]}, "timeoutSeconds": 1})
         );
-        let h = containers[0].readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
-        assert_eq!((h.scheme.as_ref(), h.host.as_ref(), h.http_headers.as_ref()), (None, None, None));
+        let h = containers[0]
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (h.scheme.as_ref(), h.host.as_ref(), h.http_headers.as_ref()),
+            (None, None, None)
+        );
     }
 }

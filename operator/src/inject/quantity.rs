@@ -8,17 +8,26 @@ pub fn parse(s: &str) -> Result<f64, String> {
     if s.is_empty() {
         return Err("empty quantity".into());
     }
-    let number_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
     let (number, suffix) = s.split_at(number_end);
     let digits = number.strip_prefix('+').unwrap_or(number);
     if digits.starts_with('-') {
         return Err("a resource quantity cannot be negative".into());
     }
     if !valid_decimal(digits) {
-        return Err(format!("{s:?} is not a quantity such as 100m, 0.5, 128Mi or 1G"));
+        return Err(format!(
+            "{s:?} is not a quantity such as 100m, 0.5, 128Mi or 1G"
+        ));
     }
-    let value: f64 = digits.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    Ok(value * multiplier(suffix).ok_or_else(|| format!("unknown unit {suffix:?} in {s:?}; use m, k, M, G, Ki, Mi, Gi, ..."))?)
+    let value: f64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    Ok(value
+        * multiplier(suffix).ok_or_else(|| {
+            format!("unknown unit {suffix:?} in {s:?}; use m, k, M, G, Ki, Mi, Gi, ...")
+        })?)
 }
 
 /// `123`, `1.5`, `.5` or `5.`, digits only.
@@ -68,16 +77,31 @@ mod tests {
 
     #[test]
     fn accepts_kubernetes_quantities() {
-        let cases = [("100m", 0.1), ("2", 2.0), ("0.5", 0.5), (".5", 0.5), ("128Mi", 128.0 * 1024.0 * 1024.0), ("1G", 1e9), ("1e3", 1000.0), ("+1k", 1000.0), ("2E-1", 0.2)];
+        let cases = [
+            ("100m", 0.1),
+            ("2", 2.0),
+            ("0.5", 0.5),
+            (".5", 0.5),
+            ("128Mi", 128.0 * 1024.0 * 1024.0),
+            ("1G", 1e9),
+            ("1e3", 1000.0),
+            ("+1k", 1000.0),
+            ("2E-1", 0.2),
+        ];
         for (s, want) in cases {
             let got = parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
-            assert!((got - want).abs() < 1e-9 * want.max(1.0), "{s}: {got} != {want}");
+            assert!(
+                (got - want).abs() < 1e-9 * want.max(1.0),
+                "{s}: {got} != {want}"
+            );
         }
     }
 
     #[test]
     fn refuses_garbage() {
-        for s in ["", "abc", "1.2.3", "-1", "10mb", "1 Gi", "Gi", "1e", "1ex", "."] {
+        for s in [
+            "", "abc", "1.2.3", "-1", "10mb", "1 Gi", "Gi", "1e", "1ex", ".",
+        ] {
             assert!(parse(s).is_err(), "{s:?} should be refused");
         }
         assert!(parse("-100m").unwrap_err().contains("negative"));

@@ -38,23 +38,36 @@ impl fmt::Display for SkipReason {
         match self {
             SkipReason::ProtectedNamespace(ns) => write!(f, "namespace {ns} never gets sidecars"),
             SkipReason::HostNetwork => f.write_str("pod uses hostNetwork"),
-            SkipReason::AlreadyInjected => f.write_str("pod is already injected (sidecar.istio.io/status is set)"),
+            SkipReason::AlreadyInjected => {
+                f.write_str("pod is already injected (sidecar.istio.io/status is set)")
+            }
             SkipReason::OptedOut => f.write_str("pod opted out with sidecar.istio.io/inject"),
-            SkipReason::NotSelected => f.write_str("neither the namespace nor the pod selects this revision"),
+            SkipReason::NotSelected => {
+                f.write_str("neither the namespace nor the pod selects this revision")
+            }
         }
     }
 }
 
 /// Decides whether the webhook injects `pod`, created in `namespace` whose labels are
 /// `namespace_labels`, for the control-plane revision in `cfg`.
-pub fn decide(namespace: &str, namespace_labels: &BTreeMap<String, String>, pod: &Pod, cfg: &InjectionConfig) -> Decision {
+pub fn decide(
+    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
+    pod: &Pod,
+    cfg: &InjectionConfig,
+) -> Decision {
     if SYSTEM_NAMESPACES.contains(&namespace) || namespace == cfg.control_plane_namespace {
         return Decision::Skip(SkipReason::ProtectedNamespace(namespace.to_string()));
     }
     if let Some(reason) = pod_veto(pod) {
         return Decision::Skip(reason);
     }
-    if selected(namespace_labels, pod, cfg) { Decision::Inject } else { Decision::Skip(SkipReason::NotSelected) }
+    if selected(namespace_labels, pod, cfg) {
+        Decision::Inject
+    } else {
+        Decision::Skip(SkipReason::NotSelected)
+    }
 }
 
 /// Selection for `meshop inject -f`, where the namespace's labels are unknown: the user asked for
@@ -69,10 +82,20 @@ pub fn offline_decide(pod: &Pod) -> Decision {
 
 /// Reasons found on the pod alone that always win over any selection.
 fn pod_veto(pod: &Pod) -> Option<SkipReason> {
-    if pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(keys::STATUS)) {
+    if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(keys::STATUS))
+    {
         return Some(SkipReason::AlreadyInjected);
     }
-    if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+    if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+    {
         return Some(SkipReason::HostNetwork);
     }
     if inject_switch(pod) == Some(false) {
@@ -85,8 +108,13 @@ fn pod_veto(pod: &Pod) -> Option<SkipReason> {
 /// the older annotation is still read when there is no label. Opting out accepts Istio's spellings
 /// of "no"; opting in needs exactly `true`, as Istio's object selector does.
 fn inject_switch(pod: &Pod) -> Option<bool> {
-    let value = label(pod, keys::INJECT)
-        .or_else(|| pod.metadata.annotations.as_ref().and_then(|a| a.get(keys::INJECT)).map(String::as_str))?;
+    let value = label(pod, keys::INJECT).or_else(|| {
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(keys::INJECT))
+            .map(String::as_str)
+    })?;
     match value.to_ascii_lowercase().as_str() {
         "false" | "no" | "n" | "off" => Some(false),
         _ if value == "true" => Some(true),
@@ -95,7 +123,11 @@ fn inject_switch(pod: &Pod) -> Option<bool> {
 }
 
 fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
 }
 
 /// Whether the namespace or the pod selects `cfg`'s revision (the pod has not vetoed).
@@ -131,58 +163,119 @@ mod tests {
     }
 
     fn canary() -> InjectionConfig {
-        InjectionConfig { revision: "canary".into(), ..cfg() }
+        InjectionConfig {
+            revision: "canary".into(),
+            ..cfg()
+        }
     }
 
-    fn run(ns_labels: &[(&str, &str)], pod_labels: &[(&str, &str)], c: &InjectionConfig) -> Decision {
+    fn run(
+        ns_labels: &[(&str, &str)],
+        pod_labels: &[(&str, &str)],
+        c: &InjectionConfig,
+    ) -> Decision {
         decide("apps", &ns(ns_labels), &pod_with(pod_labels, &[]), c)
     }
 
     #[test]
     fn namespace_label_enabled_selects_the_default_revision() {
-        assert_eq!(run(&[("istio-injection", "enabled")], &[], &cfg()), Decision::Inject);
-        assert_eq!(run(&[("istio-injection", "enabled")], &[], &canary()), Decision::Skip(SkipReason::NotSelected));
+        assert_eq!(
+            run(&[("istio-injection", "enabled")], &[], &cfg()),
+            Decision::Inject
+        );
+        assert_eq!(
+            run(&[("istio-injection", "enabled")], &[], &canary()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
     }
 
     #[test]
     fn namespace_injection_disabled_or_other_value_does_not_select() {
-        assert_eq!(run(&[("istio-injection", "disabled")], &[], &cfg()), Decision::Skip(SkipReason::NotSelected));
+        assert_eq!(
+            run(&[("istio-injection", "disabled")], &[], &cfg()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
         // Even a pod opting in cannot override a namespace that switched injection off.
         assert_eq!(
-            run(&[("istio-injection", "disabled")], &[("sidecar.istio.io/inject", "true")], &cfg()),
+            run(
+                &[("istio-injection", "disabled")],
+                &[("sidecar.istio.io/inject", "true")],
+                &cfg()
+            ),
             Decision::Skip(SkipReason::NotSelected)
         );
     }
 
     #[test]
     fn namespace_rev_label_selects_that_revision_only() {
-        assert_eq!(run(&[("istio.io/rev", "canary")], &[], &canary()), Decision::Inject);
-        assert_eq!(run(&[("istio.io/rev", "canary")], &[], &cfg()), Decision::Skip(SkipReason::NotSelected));
-        assert_eq!(run(&[("istio.io/rev", "stable")], &[], &canary()), Decision::Skip(SkipReason::NotSelected));
-        assert_eq!(run(&[("istio.io/rev", "default")], &[], &cfg()), Decision::Inject);
+        assert_eq!(
+            run(&[("istio.io/rev", "canary")], &[], &canary()),
+            Decision::Inject
+        );
+        assert_eq!(
+            run(&[("istio.io/rev", "canary")], &[], &cfg()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
+        assert_eq!(
+            run(&[("istio.io/rev", "stable")], &[], &canary()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
+        assert_eq!(
+            run(&[("istio.io/rev", "default")], &[], &cfg()),
+            Decision::Inject
+        );
     }
 
     #[test]
     fn istio_injection_label_wins_over_rev_label() {
         let both = [("istio-injection", "enabled"), ("istio.io/rev", "canary")];
-        assert_eq!(run(&both, &[], &canary()), Decision::Skip(SkipReason::NotSelected));
+        assert_eq!(
+            run(&both, &[], &canary()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
         assert_eq!(run(&both, &[], &cfg()), Decision::Inject);
     }
 
     #[test]
     fn pod_opt_in_in_unlabelled_namespace() {
-        assert_eq!(run(&[], &[], &cfg()), Decision::Skip(SkipReason::NotSelected));
-        assert_eq!(run(&[], &[("sidecar.istio.io/inject", "true")], &cfg()), Decision::Inject);
-        // A revision needs the pod to name it.
-        assert_eq!(run(&[], &[("sidecar.istio.io/inject", "true")], &canary()), Decision::Skip(SkipReason::NotSelected));
-        assert_eq!(run(&[], &[("istio.io/rev", "canary")], &canary()), Decision::Inject);
         assert_eq!(
-            run(&[], &[("istio.io/rev", "canary"), ("sidecar.istio.io/inject", "true")], &canary()),
+            run(&[], &[], &cfg()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
+        assert_eq!(
+            run(&[], &[("sidecar.istio.io/inject", "true")], &cfg()),
+            Decision::Inject
+        );
+        // A revision needs the pod to name it.
+        assert_eq!(
+            run(&[], &[("sidecar.istio.io/inject", "true")], &canary()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
+        assert_eq!(
+            run(&[], &[("istio.io/rev", "canary")], &canary()),
+            Decision::Inject
+        );
+        assert_eq!(
+            run(
+                &[],
+                &[
+                    ("istio.io/rev", "canary"),
+                    ("sidecar.istio.io/inject", "true")
+                ],
+                &canary()
+            ),
             Decision::Inject
         );
         // A pod naming another revision is not the default revision's.
         assert_eq!(
-            run(&[], &[("istio.io/rev", "canary"), ("sidecar.istio.io/inject", "true")], &cfg()),
+            run(
+                &[],
+                &[
+                    ("istio.io/rev", "canary"),
+                    ("sidecar.istio.io/inject", "true")
+                ],
+                &cfg()
+            ),
             Decision::Skip(SkipReason::NotSelected)
         );
     }
@@ -190,7 +283,11 @@ mod tests {
     #[test]
     fn pod_opt_in_does_not_override_a_namespace_selecting_another_revision() {
         assert_eq!(
-            run(&[("istio.io/rev", "stable")], &[("sidecar.istio.io/inject", "true")], &cfg()),
+            run(
+                &[("istio.io/rev", "stable")],
+                &[("sidecar.istio.io/inject", "true")],
+                &cfg()
+            ),
             Decision::Skip(SkipReason::NotSelected)
         );
     }
@@ -198,57 +295,107 @@ mod tests {
     #[test]
     fn pod_opt_out_always_wins() {
         for value in ["false", "False", "no", "off", "n"] {
-            let d = run(&[("istio-injection", "enabled")], &[("sidecar.istio.io/inject", value)], &cfg());
+            let d = run(
+                &[("istio-injection", "enabled")],
+                &[("sidecar.istio.io/inject", value)],
+                &cfg(),
+            );
             assert_eq!(d, Decision::Skip(SkipReason::OptedOut), "{value}");
         }
-        let d = run(&[("istio.io/rev", "canary")], &[("sidecar.istio.io/inject", "false"), ("istio.io/rev", "canary")], &canary());
+        let d = run(
+            &[("istio.io/rev", "canary")],
+            &[
+                ("sidecar.istio.io/inject", "false"),
+                ("istio.io/rev", "canary"),
+            ],
+            &canary(),
+        );
         assert_eq!(d, Decision::Skip(SkipReason::OptedOut));
         // The legacy annotation opts out too.
         let p = pod_with(&[], &[("sidecar.istio.io/inject", "false")]);
-        assert_eq!(decide("apps", &ns(&[("istio-injection", "enabled")]), &p, &cfg()), Decision::Skip(SkipReason::OptedOut));
+        assert_eq!(
+            decide("apps", &ns(&[("istio-injection", "enabled")]), &p, &cfg()),
+            Decision::Skip(SkipReason::OptedOut)
+        );
     }
 
     #[test]
     fn opt_in_needs_exactly_true() {
-        assert_eq!(run(&[], &[("sidecar.istio.io/inject", "yes")], &cfg()), Decision::Skip(SkipReason::NotSelected));
+        assert_eq!(
+            run(&[], &[("sidecar.istio.io/inject", "yes")], &cfg()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
     }
 
     #[test]
     fn protected_namespaces_are_never_injected() {
         let enabled = ns(&[("istio-injection", "enabled")]);
         let p = pod_with(&[("sidecar.istio.io/inject", "true")], &[]);
-        for n in ["kube-system", "kube-public", "kube-node-lease", "istio-system"] {
-            assert_eq!(decide(n, &enabled, &p, &cfg()), Decision::Skip(SkipReason::ProtectedNamespace(n.into())));
+        for n in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "istio-system",
+        ] {
+            assert_eq!(
+                decide(n, &enabled, &p, &cfg()),
+                Decision::Skip(SkipReason::ProtectedNamespace(n.into()))
+            );
         }
-        let custom = InjectionConfig { control_plane_namespace: "mesh".into(), ..cfg() };
-        assert!(matches!(decide("mesh", &enabled, &p, &custom), Decision::Skip(SkipReason::ProtectedNamespace(_))));
-        assert_eq!(decide("istio-system", &enabled, &p, &custom), Decision::Inject);
+        let custom = InjectionConfig {
+            control_plane_namespace: "mesh".into(),
+            ..cfg()
+        };
+        assert!(matches!(
+            decide("mesh", &enabled, &p, &custom),
+            Decision::Skip(SkipReason::ProtectedNamespace(_))
+        ));
+        assert_eq!(
+            decide("istio-system", &enabled, &p, &custom),
+            Decision::Inject
+        );
     }
 
     #[test]
     fn host_network_pods_are_never_injected() {
         let mut p = pod_with(&[], &[]);
         p.spec.as_mut().unwrap().host_network = Some(true);
-        assert_eq!(decide("apps", &ns(&[("istio-injection", "enabled")]), &p, &cfg()), Decision::Skip(SkipReason::HostNetwork));
+        assert_eq!(
+            decide("apps", &ns(&[("istio-injection", "enabled")]), &p, &cfg()),
+            Decision::Skip(SkipReason::HostNetwork)
+        );
         assert_eq!(offline_decide(&p), Decision::Skip(SkipReason::HostNetwork));
     }
 
     #[test]
     fn injected_pods_are_skipped() {
         let p = pod_with(&[], &[("sidecar.istio.io/status", "{}")]);
-        assert_eq!(decide("apps", &ns(&[("istio-injection", "enabled")]), &p, &cfg()), Decision::Skip(SkipReason::AlreadyInjected));
-        assert_eq!(offline_decide(&p), Decision::Skip(SkipReason::AlreadyInjected));
+        assert_eq!(
+            decide("apps", &ns(&[("istio-injection", "enabled")]), &p, &cfg()),
+            Decision::Skip(SkipReason::AlreadyInjected)
+        );
+        assert_eq!(
+            offline_decide(&p),
+            Decision::Skip(SkipReason::AlreadyInjected)
+        );
     }
 
     #[test]
     fn offline_injects_unless_vetoed() {
         assert_eq!(offline_decide(&pod_with(&[], &[])), Decision::Inject);
-        assert_eq!(offline_decide(&pod_with(&[("sidecar.istio.io/inject", "false")], &[])), Decision::Skip(SkipReason::OptedOut));
+        assert_eq!(
+            offline_decide(&pod_with(&[("sidecar.istio.io/inject", "false")], &[])),
+            Decision::Skip(SkipReason::OptedOut)
+        );
     }
 
     #[test]
     fn reasons_read_well() {
         assert_eq!(SkipReason::HostNetwork.to_string(), "pod uses hostNetwork");
-        assert!(SkipReason::ProtectedNamespace("kube-system".into()).to_string().contains("kube-system"));
+        assert!(
+            SkipReason::ProtectedNamespace("kube-system".into())
+                .to_string()
+                .contains("kube-system")
+        );
     }
 }

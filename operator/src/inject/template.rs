@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 
 use super::identity::{self, Workload};
-use super::{InjectError, InjectionConfig, annotations, containers, keys, names, ports, probes, volumes};
+use super::{
+    InjectError, InjectionConfig, annotations, containers, keys, names, ports, probes, volumes,
+};
 use crate::api::{SidecarMode, TrafficCapture};
 
 /// The `sidecar.istio.io/status` annotation: what injection added, so tools (and meshop itself)
@@ -31,34 +33,66 @@ pub fn inject(pod: &Pod, cfg: &InjectionConfig) -> Result<Pod, InjectError> {
 
 /// [`inject`], with the owning workload given by the caller (the offline injector knows it from the
 /// document) instead of worked out from the pod's owner references.
-pub(super) fn inject_as(pod: &Pod, cfg: &InjectionConfig, workload: Option<Workload>) -> Result<Pod, InjectError> {
+pub(super) fn inject_as(
+    pod: &Pod,
+    cfg: &InjectionConfig,
+    workload: Option<Workload>,
+) -> Result<Pod, InjectError> {
     let empty = BTreeMap::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     if pod_annotations.contains_key(keys::STATUS) {
         return Ok(pod.clone());
     }
-    let spec = pod.spec.as_ref().ok_or_else(|| InjectError::InvalidPod("it has no spec".into()))?;
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| InjectError::InvalidPod("it has no spec".into()))?;
     if spec.containers.is_empty() {
         return Err(InjectError::InvalidPod("it has no containers".into()));
     }
     let added_volumes = volumes::sidecar_volumes();
-    check_names(&spec.containers, spec.init_containers.as_deref().unwrap_or_default(), spec.volumes.iter().flatten().map(|v| v.name.as_str()), &added_volumes)?;
+    check_names(
+        &spec.containers,
+        spec.init_containers.as_deref().unwrap_or_default(),
+        spec.volumes.iter().flatten().map(|v| v.name.as_str()),
+        &added_volumes,
+    )?;
 
     let settings = annotations::settings(pod_annotations, cfg)?;
-    let namespace = pod.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or("default");
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
     let workload = workload.unwrap_or_else(|| identity::workload_of(pod));
     let native = cfg.sidecar_mode == SidecarMode::Native;
 
     let mut out = pod.clone();
-    let Some(out_spec) = out.spec.as_mut() else { return Err(InjectError::InvalidPod("it has no spec".into())) };
-    let probers = if settings.rewrite_probes { probes::rewrite(&mut out_spec.containers) } else { Default::default() };
-    let facts = containers::PodFacts { namespace, workload: &workload, app_containers: &out_spec.containers, probers: &probers };
+    let Some(out_spec) = out.spec.as_mut() else {
+        return Err(InjectError::InvalidPod("it has no spec".into()));
+    };
+    let probers = if settings.rewrite_probes {
+        probes::rewrite(&mut out_spec.containers)
+    } else {
+        Default::default()
+    };
+    let facts = containers::PodFacts {
+        namespace,
+        workload: &workload,
+        app_containers: &out_spec.containers,
+        probers: &probers,
+    };
     let proxy = containers::proxy(&settings, cfg, &facts);
     let init = containers::init(&settings, cfg);
     let first_app = spec.containers[0].name.clone();
 
     let mut status = Status {
-        init_containers: vec![if cfg.traffic_capture == TrafficCapture::Cni { names::VALIDATION } else { names::INIT }],
+        init_containers: vec![if cfg.traffic_capture == TrafficCapture::Cni {
+            names::VALIDATION
+        } else {
+            names::INIT
+        }],
         containers: vec![],
         volumes: added_volumes.iter().map(|v| v.name.as_str()).collect(),
         image_pull_secrets: None,
@@ -83,15 +117,24 @@ pub(super) fn inject_as(pod: &Pod, cfg: &InjectionConfig, workload: Option<Workl
     }
     inits.extend(own_inits);
     out_spec.init_containers = Some(inits);
-    out_spec.volumes.get_or_insert_with(Vec::new).extend(added_volumes.iter().cloned());
+    out_spec
+        .volumes
+        .get_or_insert_with(Vec::new)
+        .extend(added_volumes.iter().cloned());
 
-    set_labels(out.metadata.labels.get_or_insert_with(BTreeMap::new), &workload);
+    set_labels(
+        out.metadata.labels.get_or_insert_with(BTreeMap::new),
+        &workload,
+    );
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
     set_annotations(annotations, &first_app, cfg);
     if cfg.traffic_capture == TrafficCapture::Cni {
         set_cni_annotations(annotations, &settings.redirect);
     }
-    annotations.insert(keys::STATUS.into(), serde_json::to_string(&status).unwrap_or_default());
+    annotations.insert(
+        keys::STATUS.into(),
+        serde_json::to_string(&status).unwrap_or_default(),
+    );
     Ok(out)
 }
 
@@ -103,13 +146,23 @@ fn check_names<'a>(
     added_volumes: &[k8s_openapi::api::core::v1::Volume],
 ) -> Result<(), InjectError> {
     let reserved = [names::PROXY, names::INIT, names::VALIDATION];
-    if let Some(c) = containers.iter().chain(init_containers).find(|c| reserved.contains(&c.name.as_str())) {
-        return Err(InjectError::NameConflict { kind: "container", name: c.name.clone() });
+    if let Some(c) = containers
+        .iter()
+        .chain(init_containers)
+        .find(|c| reserved.contains(&c.name.as_str()))
+    {
+        return Err(InjectError::NameConflict {
+            kind: "container",
+            name: c.name.clone(),
+        });
     }
     let ours: HashSet<&str> = added_volumes.iter().map(|v| v.name.as_str()).collect();
     for name in volume_names {
         if ours.contains(name) {
-            return Err(InjectError::NameConflict { kind: "volume", name: name.to_string() });
+            return Err(InjectError::NameConflict {
+                kind: "volume",
+                name: name.to_string(),
+            });
         }
     }
     Ok(())
@@ -118,23 +171,46 @@ fn check_names<'a>(
 /// mTLS marker and canonical-service labels; the pod's own values win.
 fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
     let pick = |candidates: &[&str]| candidates.iter().find_map(|k| labels.get(*k).cloned());
-    let name = pick(&[keys::CANONICAL_NAME, "app.kubernetes.io/name", "app"]).unwrap_or_else(|| workload.name.clone());
-    let revision = pick(&[keys::CANONICAL_REVISION, "app.kubernetes.io/version", "version"]).unwrap_or_else(|| "latest".into());
-    labels.entry(keys::TLS_MODE.into()).or_insert_with(|| "istio".into());
+    let name = pick(&[keys::CANONICAL_NAME, "app.kubernetes.io/name", "app"])
+        .unwrap_or_else(|| workload.name.clone());
+    let revision = pick(&[
+        keys::CANONICAL_REVISION,
+        "app.kubernetes.io/version",
+        "version",
+    ])
+    .unwrap_or_else(|| "latest".into());
+    labels
+        .entry(keys::TLS_MODE.into())
+        .or_insert_with(|| "istio".into());
     labels.insert(keys::CANONICAL_NAME.into(), name);
     labels.insert(keys::CANONICAL_REVISION.into(), revision);
 }
 
-fn set_annotations(annotations: &mut BTreeMap<String, String>, first_app: &str, cfg: &InjectionConfig) {
+fn set_annotations(
+    annotations: &mut BTreeMap<String, String>,
+    first_app: &str,
+    cfg: &InjectionConfig,
+) {
     annotations.insert(keys::REV.into(), cfg.revision_name().into());
-    annotations.entry(keys::DEFAULT_CONTAINER.into()).or_insert_with(|| first_app.into());
-    annotations.entry(keys::DEFAULT_LOGS_CONTAINER.into()).or_insert_with(|| first_app.into());
+    annotations
+        .entry(keys::DEFAULT_CONTAINER.into())
+        .or_insert_with(|| first_app.into());
+    annotations
+        .entry(keys::DEFAULT_LOGS_CONTAINER.into())
+        .or_insert_with(|| first_app.into());
     // The agent serves Envoy's and (merged) the app's metrics on its status port. A pod that
     // already says anything about scraping keeps its own settings.
-    let prometheus = [keys::PROMETHEUS_SCRAPE, keys::PROMETHEUS_PORT, keys::PROMETHEUS_PATH];
+    let prometheus = [
+        keys::PROMETHEUS_SCRAPE,
+        keys::PROMETHEUS_PORT,
+        keys::PROMETHEUS_PATH,
+    ];
     if !prometheus.iter().any(|k| annotations.contains_key(*k)) {
         annotations.insert(keys::PROMETHEUS_SCRAPE.into(), "true".into());
-        annotations.insert(keys::PROMETHEUS_PORT.into(), ports::AGENT_STATUS.to_string());
+        annotations.insert(
+            keys::PROMETHEUS_PORT.into(),
+            ports::AGENT_STATUS.to_string(),
+        );
         annotations.insert(keys::PROMETHEUS_PATH.into(), "/stats/prometheus".into());
     }
 }
@@ -178,9 +254,23 @@ mod tests {
     fn native_mode_puts_the_proxy_between_init_and_the_pods_init_containers() {
         let p = inject(&typical_pod(), &cfg()).unwrap();
         let spec = p.spec.as_ref().unwrap();
-        assert_eq!(names_of(&spec.init_containers), ["istio-init", "istio-proxy", "migrate"]);
-        assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["reviews", "sidecar-logger"]);
-        assert_eq!(spec.init_containers.as_ref().unwrap()[1].restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            names_of(&spec.init_containers),
+            ["istio-init", "istio-proxy", "migrate"]
+        );
+        assert_eq!(
+            spec.containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["reviews", "sidecar-logger"]
+        );
+        assert_eq!(
+            spec.init_containers.as_ref().unwrap()[1]
+                .restart_policy
+                .as_deref(),
+            Some("Always")
+        );
         assert_eq!(
             status_of(&p),
             json!({
@@ -191,52 +281,100 @@ mod tests {
                 "revision": "default"
             })
         );
-        let vols: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+        let vols: Vec<_> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
         assert_eq!(vols.len(), 9);
         assert_eq!(vols[0], "tmp");
     }
 
     #[test]
     fn classic_mode_appends_or_puts_the_proxy_first_when_holding() {
-        let classic = InjectionConfig { sidecar_mode: SidecarMode::Classic, ..cfg() };
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
         let p = inject(&typical_pod(), &classic).unwrap();
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(names_of(&spec.init_containers), ["istio-init", "migrate"]);
-        assert_eq!(names_of(&Some(spec.containers.clone())), ["reviews", "sidecar-logger", "istio-proxy"]);
+        assert_eq!(
+            names_of(&Some(spec.containers.clone())),
+            ["reviews", "sidecar-logger", "istio-proxy"]
+        );
         assert_eq!(status_of(&p)["containers"], json!(["istio-proxy"]));
 
-        let hold = InjectionConfig { hold_application_until_proxy_starts: true, ..classic };
+        let hold = InjectionConfig {
+            hold_application_until_proxy_starts: true,
+            ..classic
+        };
         let p = inject(&typical_pod(), &hold).unwrap();
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.containers[0].name, "istio-proxy");
         assert!(spec.containers[0].lifecycle.is_some());
         // The default container stays the app's, not the proxy now in front.
-        assert_eq!(p.metadata.annotations.as_ref().unwrap()[keys::DEFAULT_CONTAINER], "reviews");
+        assert_eq!(
+            p.metadata.annotations.as_ref().unwrap()[keys::DEFAULT_CONTAINER],
+            "reviews"
+        );
     }
 
     #[test]
     fn hold_via_proxy_config_annotation() {
-        let classic = InjectionConfig { sidecar_mode: SidecarMode::Classic, ..cfg() };
-        let p = pod_with(&[], &[(keys::PROXY_CONFIG, "holdApplicationUntilProxyStarts: true")]);
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
+        let p = pod_with(
+            &[],
+            &[(keys::PROXY_CONFIG, "holdApplicationUntilProxyStarts: true")],
+        );
         let out = inject(&p, &classic).unwrap();
         assert_eq!(out.spec.unwrap().containers[0].name, "istio-proxy");
     }
 
     #[test]
     fn cni_mode_uses_validation_and_writes_redirect_annotations() {
-        let c = InjectionConfig { traffic_capture: TrafficCapture::Cni, ..cfg() };
+        let c = InjectionConfig {
+            traffic_capture: TrafficCapture::Cni,
+            ..cfg()
+        };
         let p = pod_with(&[], &[(keys::EXCLUDE_OUTBOUND_PORTS, "3306")]);
         let out = inject(&p, &c).unwrap();
         let spec = out.spec.as_ref().unwrap();
-        assert_eq!(names_of(&spec.init_containers), ["istio-validation", "istio-proxy"]);
-        let caps: Vec<_> = spec.init_containers.iter().flatten().chain(&spec.containers).filter_map(|c| c.security_context.as_ref()?.capabilities.as_ref()?.add.clone()).collect();
-        assert!(caps.is_empty(), "no container may add capabilities with CNI: {caps:?}");
+        assert_eq!(
+            names_of(&spec.init_containers),
+            ["istio-validation", "istio-proxy"]
+        );
+        let caps: Vec<_> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .filter_map(|c| {
+                c.security_context
+                    .as_ref()?
+                    .capabilities
+                    .as_ref()?
+                    .add
+                    .clone()
+            })
+            .collect();
+        assert!(
+            caps.is_empty(),
+            "no container may add capabilities with CNI: {caps:?}"
+        );
         let a = out.metadata.annotations.as_ref().unwrap();
         assert_eq!(a[keys::EXCLUDE_INBOUND_PORTS], "15090,15021,15020");
         assert_eq!(a[keys::INCLUDE_OUTBOUND_IP_RANGES], "*");
         assert_eq!(a[keys::EXCLUDE_OUTBOUND_PORTS], "3306");
         assert_eq!(a[keys::INTERCEPTION_MODE], "REDIRECT");
-        assert_eq!(status_of(&out)["initContainers"], json!(["istio-validation", "istio-proxy"]));
+        assert_eq!(
+            status_of(&out)["initContainers"],
+            json!(["istio-validation", "istio-proxy"])
+        );
     }
 
     #[test]
@@ -261,15 +399,36 @@ mod tests {
         p.metadata.labels = None;
         let out = inject(&p, &cfg()).unwrap();
         let l = out.metadata.labels.unwrap();
-        assert_eq!((l[keys::CANONICAL_NAME].as_str(), l[keys::CANONICAL_REVISION].as_str()), ("reviews-v1-7d4c8b9f6", "latest"));
+        assert_eq!(
+            (
+                l[keys::CANONICAL_NAME].as_str(),
+                l[keys::CANONICAL_REVISION].as_str()
+            ),
+            ("reviews-v1-7d4c8b9f6", "latest")
+        );
 
         let p = pod_with(
-            &[("app.kubernetes.io/name", "shop"), ("app", "ignored"), ("app.kubernetes.io/version", "2.0"), (keys::TLS_MODE, "disabled")],
-            &[(keys::PROMETHEUS_SCRAPE, "false"), (keys::DEFAULT_CONTAINER, "other")],
+            &[
+                ("app.kubernetes.io/name", "shop"),
+                ("app", "ignored"),
+                ("app.kubernetes.io/version", "2.0"),
+                (keys::TLS_MODE, "disabled"),
+            ],
+            &[
+                (keys::PROMETHEUS_SCRAPE, "false"),
+                (keys::DEFAULT_CONTAINER, "other"),
+            ],
         );
         let out = inject(&p, &cfg()).unwrap();
         let l = out.metadata.labels.unwrap();
-        assert_eq!((l[keys::CANONICAL_NAME].as_str(), l[keys::CANONICAL_REVISION].as_str(), l[keys::TLS_MODE].as_str()), ("shop", "2.0", "disabled"));
+        assert_eq!(
+            (
+                l[keys::CANONICAL_NAME].as_str(),
+                l[keys::CANONICAL_REVISION].as_str(),
+                l[keys::TLS_MODE].as_str()
+            ),
+            ("shop", "2.0", "disabled")
+        );
         let a = out.metadata.annotations.unwrap();
         assert_eq!(a[keys::PROMETHEUS_SCRAPE], "false");
         assert!(!a.contains_key(keys::PROMETHEUS_PORT));
@@ -281,25 +440,59 @@ mod tests {
         let out = inject(&typical_pod(), &cfg()).unwrap();
         let spec = out.spec.unwrap();
         let proxy = &spec.init_containers.unwrap()[1];
-        let probers = proxy.env.iter().flatten().find(|e| e.name == "ISTIO_KUBE_APP_PROBERS").unwrap();
+        let probers = proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ISTIO_KUBE_APP_PROBERS")
+            .unwrap();
         let v: Value = serde_json::from_str(probers.value.as_deref().unwrap()).unwrap();
         assert_eq!(v.as_object().unwrap().len(), 3);
-        assert_eq!(spec.containers[0].liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15020));
+        assert_eq!(
+            spec.containers[0]
+                .liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15020)
+        );
     }
 
     #[test]
     fn probe_rewriting_can_be_switched_off() {
         let mut p = typical_pod();
-        p.metadata.annotations.get_or_insert_with(Default::default).insert(keys::REWRITE_PROBES.into(), "false".into());
+        p.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(keys::REWRITE_PROBES.into(), "false".into());
         let out = inject(&p, &cfg()).unwrap();
         let spec = out.spec.unwrap();
-        assert_eq!(spec.containers[0].readiness_probe, typical_pod().spec.unwrap().containers[0].readiness_probe);
-        assert!(!spec.init_containers.unwrap()[1].env.iter().flatten().any(|e| e.name == "ISTIO_KUBE_APP_PROBERS"));
+        assert_eq!(
+            spec.containers[0].readiness_probe,
+            typical_pod().spec.unwrap().containers[0].readiness_probe
+        );
+        assert!(
+            !spec.init_containers.unwrap()[1]
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "ISTIO_KUBE_APP_PROBERS")
+        );
     }
 
     #[test]
     fn revision_is_recorded() {
-        let out = inject(&typical_pod(), &InjectionConfig { revision: "canary".into(), ..cfg() }).unwrap();
+        let out = inject(
+            &typical_pod(),
+            &InjectionConfig {
+                revision: "canary".into(),
+                ..cfg()
+            },
+        )
+        .unwrap();
         assert_eq!(status_of(&out)["revision"], "canary");
         assert_eq!(out.metadata.annotations.unwrap()[keys::REV], "canary");
     }
@@ -313,7 +506,13 @@ mod tests {
 
     #[test]
     fn resource_annotations_reach_the_proxy() {
-        let p = pod_with(&[], &[(keys::PROXY_CPU, "300m"), (keys::PROXY_MEMORY_LIMIT, "256Mi")]);
+        let p = pod_with(
+            &[],
+            &[
+                (keys::PROXY_CPU, "300m"),
+                (keys::PROXY_MEMORY_LIMIT, "256Mi"),
+            ],
+        );
         let out = inject(&p, &cfg()).unwrap();
         let proxy = &out.spec.unwrap().init_containers.unwrap()[1];
         let r = proxy.resources.as_ref().unwrap();
@@ -325,31 +524,62 @@ mod tests {
     fn bad_input_is_an_error_not_a_panic() {
         let e = inject(&pod_with(&[], &[(keys::PROXY_CPU, "fast")]), &cfg()).unwrap_err();
         assert!(matches!(e, InjectError::InvalidAnnotation { .. }), "{e}");
-        let e = inject(&pod_with(&[], &[(keys::EXCLUDE_INBOUND_PORTS, "99999")]), &cfg()).unwrap_err();
+        let e = inject(
+            &pod_with(&[], &[(keys::EXCLUDE_INBOUND_PORTS, "99999")]),
+            &cfg(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("excludeInboundPorts"), "{e}");
         let mut p = pod_with(&[], &[]);
         p.spec = None;
-        assert!(matches!(inject(&p, &cfg()), Err(InjectError::InvalidPod(_))));
+        assert!(matches!(
+            inject(&p, &cfg()),
+            Err(InjectError::InvalidPod(_))
+        ));
         p.spec = Some(Default::default());
-        assert!(matches!(inject(&p, &cfg()), Err(InjectError::InvalidPod(_))));
+        assert!(matches!(
+            inject(&p, &cfg()),
+            Err(InjectError::InvalidPod(_))
+        ));
     }
 
     #[test]
     fn name_conflicts_are_refused() {
         let mut p = pod_with(&[], &[]);
-        p.spec.as_mut().unwrap().containers.push(Container { name: "istio-proxy".into(), ..Default::default() });
-        assert!(matches!(inject(&p, &cfg()), Err(InjectError::NameConflict { kind: "container", .. })));
+        p.spec.as_mut().unwrap().containers.push(Container {
+            name: "istio-proxy".into(),
+            ..Default::default()
+        });
+        assert!(matches!(
+            inject(&p, &cfg()),
+            Err(InjectError::NameConflict {
+                kind: "container",
+                ..
+            })
+        ));
         let mut p = typical_pod();
         p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].name = "istio-envoy".into();
-        assert!(matches!(inject(&p, &cfg()), Err(InjectError::NameConflict { kind: "volume", .. })));
+        assert!(matches!(
+            inject(&p, &cfg()),
+            Err(InjectError::NameConflict { kind: "volume", .. })
+        ));
     }
 
     #[test]
     fn a_pod_with_2000_env_vars_is_handled() {
         let mut p = typical_pod();
-        let env = p.spec.as_mut().unwrap().containers[0].env.get_or_insert_with(Vec::new);
-        env.extend((0..2000).map(|i| k8s_openapi::api::core::v1::EnvVar { name: format!("VAR_{i}"), value: Some(i.to_string()), ..Default::default() }));
+        let env = p.spec.as_mut().unwrap().containers[0]
+            .env
+            .get_or_insert_with(Vec::new);
+        env.extend((0..2000).map(|i| k8s_openapi::api::core::v1::EnvVar {
+            name: format!("VAR_{i}"),
+            value: Some(i.to_string()),
+            ..Default::default()
+        }));
         let out = inject(&p, &cfg()).unwrap();
-        assert_eq!(out.spec.unwrap().containers[0].env.as_ref().unwrap().len(), 2001);
+        assert_eq!(
+            out.spec.unwrap().containers[0].env.as_ref().unwrap().len(),
+            2001
+        );
     }
 }

@@ -11,8 +11,14 @@ pub fn cfg() -> InjectionConfig {
     InjectionConfig {
         version: "1.28.2".into(),
         proxy_resources: ResourceRequirements {
-            requests: Some(BTreeMap::from([("cpu".into(), Quantity("100m".into())), ("memory".into(), Quantity("128Mi".into()))])),
-            limits: Some(BTreeMap::from([("cpu".into(), Quantity("2".into())), ("memory".into(), Quantity("1Gi".into()))])),
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("100m".into())),
+                ("memory".into(), Quantity("128Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("2".into())),
+                ("memory".into(), Quantity("1Gi".into())),
+            ])),
             ..Default::default()
         },
         ..InjectionConfig::default()
@@ -20,7 +26,10 @@ pub fn cfg() -> InjectionConfig {
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A one-container pod in namespace `apps` with the given labels and annotations.

@@ -2,8 +2,9 @@
 //! space, pod metadata for the agent, the istio-ca service-account token and the mesh's root CA.
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, ObjectFieldSelector,
-    ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ConfigMapVolumeSource, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
+    ObjectFieldSelector, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 
 /// Lifetime of the istio-ca token; the kubelet refreshes it well before it expires.
@@ -12,7 +13,10 @@ const TOKEN_SECONDS: i64 = 43200;
 fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
     Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource { medium: medium.map(Into::into), ..Default::default() }),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(Into::into),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -20,7 +24,10 @@ fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
 fn field_file(path: &str, field: &str) -> DownwardAPIVolumeFile {
     DownwardAPIVolumeFile {
         path: path.into(),
-        field_ref: Some(ObjectFieldSelector { field_path: field.into(), ..Default::default() }),
+        field_ref: Some(ObjectFieldSelector {
+            field_path: field.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -37,7 +44,10 @@ pub fn sidecar_volumes() -> Vec<Volume> {
         Volume {
             name: "istio-podinfo".into(),
             downward_api: Some(DownwardAPIVolumeSource {
-                items: Some(vec![field_file("labels", "metadata.labels"), field_file("annotations", "metadata.annotations")]),
+                items: Some(vec![
+                    field_file("labels", "metadata.labels"),
+                    field_file("annotations", "metadata.annotations"),
+                ]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -59,7 +69,10 @@ pub fn sidecar_volumes() -> Vec<Volume> {
         },
         Volume {
             name: "istiod-ca-cert".into(),
-            config_map: Some(ConfigMapVolumeSource { name: "istio-ca-root-cert".into(), ..Default::default() }),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "istio-ca-root-cert".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     ]
@@ -74,9 +87,21 @@ pub fn proxy_mounts() -> Vec<VolumeMount> {
         ..Default::default()
     };
     vec![
-        mount("workload-socket", "/var/run/secrets/workload-spiffe-uds", false),
-        mount("credential-socket", "/var/run/secrets/credential-uds", false),
-        mount("workload-certs", "/var/run/secrets/workload-spiffe-credentials", false),
+        mount(
+            "workload-socket",
+            "/var/run/secrets/workload-spiffe-uds",
+            false,
+        ),
+        mount(
+            "credential-socket",
+            "/var/run/secrets/credential-uds",
+            false,
+        ),
+        mount(
+            "workload-certs",
+            "/var/run/secrets/workload-spiffe-credentials",
+            false,
+        ),
         mount("istiod-ca-cert", "/var/run/secrets/istio", false),
         mount("istio-data", "/var/lib/istio/data", false),
         mount("istio-envoy", "/etc/istio/proxy", false),
@@ -103,11 +128,20 @@ mod tests {
     fn token_and_ca_volumes() {
         let vols = sidecar_volumes();
         let token = vols.iter().find(|v| v.name == "istio-token").unwrap();
-        let sat = token.projected.as_ref().unwrap().sources.as_ref().unwrap()[0].service_account_token.as_ref().unwrap();
-        assert_eq!((sat.audience.as_deref(), sat.expiration_seconds), (Some("istio-ca"), Some(43200)));
+        let sat = token.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+            .service_account_token
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (sat.audience.as_deref(), sat.expiration_seconds),
+            (Some("istio-ca"), Some(43200))
+        );
         let ca = vols.iter().find(|v| v.name == "istiod-ca-cert").unwrap();
         assert_eq!(ca.config_map.as_ref().unwrap().name, "istio-ca-root-cert");
         let envoy = vols.iter().find(|v| v.name == "istio-envoy").unwrap();
-        assert_eq!(envoy.empty_dir.as_ref().unwrap().medium.as_deref(), Some("Memory"));
+        assert_eq!(
+            envoy.empty_dir.as_ref().unwrap().medium.as_deref(),
+            Some("Memory")
+        );
     }
 }

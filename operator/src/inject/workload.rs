@@ -18,7 +18,12 @@ use super::{InjectError, InjectionConfig};
 fn template_pointer(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController" | "Job" => Some("/spec/template"),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
         _ => None,
     }
@@ -29,7 +34,8 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
 /// network, come back unchanged.
 pub fn inject_document(mut doc: Value, cfg: &InjectionConfig) -> Result<Value, InjectError> {
     let ops = plan(&doc, cfg)?;
-    json_patch::patch(&mut doc, &ops).map_err(|e| InjectError::InvalidDocument(format!("cannot apply the injection: {e}")))?;
+    json_patch::patch(&mut doc, &ops)
+        .map_err(|e| InjectError::InvalidDocument(format!("cannot apply the injection: {e}")))?;
     Ok(doc)
 }
 
@@ -65,10 +71,21 @@ fn plan(doc: &Value, cfg: &InjectionConfig) -> Result<Vec<PatchOperation>, Injec
     Ok(ops)
 }
 
-fn plan_into(doc: &Value, at: &mut PointerBuf, cfg: &InjectionConfig, ops: &mut Vec<PatchOperation>) -> Result<(), InjectError> {
+fn plan_into(
+    doc: &Value,
+    at: &mut PointerBuf,
+    cfg: &InjectionConfig,
+    ops: &mut Vec<PatchOperation>,
+) -> Result<(), InjectError> {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind == "List" {
-        for (i, item) in doc.get("items").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, item) in doc
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             at.push_back("items");
             at.push_back(i);
             plan_into(item, at, cfg, ops)?;
@@ -77,24 +94,50 @@ fn plan_into(doc: &Value, at: &mut PointerBuf, cfg: &InjectionConfig, ops: &mut 
         }
         return Ok(());
     }
-    let Some(template_at) = template_pointer(kind) else { return Ok(()) };
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let Some(template_at) = template_pointer(kind) else {
+        return Ok(());
+    };
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let what = format!("{kind} {name:?}");
     let Some(template) = doc.pointer(template_at) else {
-        return Err(InjectError::InvalidDocument(format!("{what} has no pod template at {template_at}")));
+        return Err(InjectError::InvalidDocument(format!(
+            "{what} has no pod template at {template_at}"
+        )));
     };
 
     let (mut pod, workload) = if kind == "Pod" {
-        let pod: Pod = serde_json::from_value(template.clone()).map_err(|e| InjectError::InvalidDocument(format!("{what}: {e}")))?;
+        let pod: Pod = serde_json::from_value(template.clone())
+            .map_err(|e| InjectError::InvalidDocument(format!("{what}: {e}")))?;
         (pod, None)
     } else {
-        let t: PodTemplateSpec = serde_json::from_value(template.clone()).map_err(|e| InjectError::InvalidDocument(format!("{what}: {e}")))?;
-        let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-        let workload = Workload { name: name.into(), kind: kind.into(), api_version: api_version.into() };
-        (Pod { metadata: t.metadata.unwrap_or_default(), spec: t.spec, status: None }, Some(workload))
+        let t: PodTemplateSpec = serde_json::from_value(template.clone())
+            .map_err(|e| InjectError::InvalidDocument(format!("{what}: {e}")))?;
+        let api_version = doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let workload = Workload {
+            name: name.into(),
+            kind: kind.into(),
+            api_version: api_version.into(),
+        };
+        (
+            Pod {
+                metadata: t.metadata.unwrap_or_default(),
+                spec: t.spec,
+                status: None,
+            },
+            Some(workload),
+        )
     };
     if pod.metadata.namespace.is_none() {
-        pod.metadata.namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str).map(Into::into);
+        pod.metadata.namespace = doc
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(Into::into);
     }
     if let Decision::Skip(_) = offline_decide(&pod) {
         return Ok(());
@@ -104,12 +147,17 @@ fn plan_into(doc: &Value, at: &mut PointerBuf, cfg: &InjectionConfig, ops: &mut 
         other => other,
     })?;
 
-    let root = at.concat(Pointer::parse(template_at).map_err(|e| InjectError::InvalidDocument(e.to_string()))?);
+    let root = at.concat(
+        Pointer::parse(template_at).map_err(|e| InjectError::InvalidDocument(e.to_string()))?,
+    );
     // A template may leave out metadata; the patch adds labels and annotations under it.
     if template.get("metadata").is_none_or(Value::is_null) {
         let mut path = root.clone();
         path.push_back("metadata");
-        ops.push(PatchOperation::Add(AddOperation { path, value: Value::Object(Default::default()) }));
+        ops.push(PatchOperation::Add(AddOperation {
+            path,
+            value: Value::Object(Default::default()),
+        }));
     }
     for mut op in patch(&pod, &injected).0 {
         let path = root.concat(op.path());
@@ -118,7 +166,11 @@ fn plan_into(doc: &Value, at: &mut PointerBuf, cfg: &InjectionConfig, ops: &mut 
             PatchOperation::Remove(o) => o.path = path,
             PatchOperation::Replace(o) => o.path = path,
             // The diff emits nothing else.
-            _ => return Err(InjectError::InvalidDocument("unexpected patch operation".into())),
+            _ => {
+                return Err(InjectError::InvalidDocument(
+                    "unexpected patch operation".into(),
+                ));
+            }
         }
         ops.push(op);
     }
@@ -128,8 +180,14 @@ fn plan_into(doc: &Value, at: &mut PointerBuf, cfg: &InjectionConfig, ops: &mut 
 /// Applies one add / replace / remove to a YAML value, keeping the order of existing keys.
 fn yaml_apply(doc: &mut serde_yaml::Value, op: &PatchOperation) -> Result<(), String> {
     use serde_yaml::Value as Y;
-    let tokens: Vec<String> = op.path().tokens().map(|t| t.decoded().into_owned()).collect();
-    let Some((last, parents)) = tokens.split_last() else { return Err("cannot patch the document root".into()) };
+    let tokens: Vec<String> = op
+        .path()
+        .tokens()
+        .map(|t| t.decoded().into_owned())
+        .collect();
+    let Some((last, parents)) = tokens.split_last() else {
+        return Err("cannot patch the document root".into());
+    };
     let mut node = doc;
     for t in parents {
         node = match node {
@@ -145,14 +203,17 @@ fn yaml_apply(doc: &mut serde_yaml::Value, op: &PatchOperation) -> Result<(), St
             m.insert(Y::String(last.clone()), value(&o.value)?);
         }
         (Y::Mapping(m), PatchOperation::Replace(o)) => {
-            *m.get_mut(last.as_str()).ok_or_else(|| format!("nothing to replace at {}", op.path()))? = value(&o.value)?;
+            *m.get_mut(last.as_str())
+                .ok_or_else(|| format!("nothing to replace at {}", op.path()))? = value(&o.value)?;
         }
         (Y::Mapping(m), PatchOperation::Remove(_)) => {
             m.shift_remove(last.as_str());
         }
         (Y::Sequence(s), PatchOperation::Add(o)) if last == "-" => s.push(value(&o.value)?),
         (Y::Sequence(s), op) => {
-            let i = last.parse::<usize>().map_err(|_| format!("bad index in {}", op.path()))?;
+            let i = last
+                .parse::<usize>()
+                .map_err(|_| format!("bad index in {}", op.path()))?;
             match op {
                 PatchOperation::Add(o) if i <= s.len() => s.insert(i, value(&o.value)?),
                 PatchOperation::Replace(o) if i < s.len() => s[i] = value(&o.value)?,
@@ -190,33 +251,64 @@ mod tests {
     }
 
     fn containers_at<'a>(doc: &'a Value, ptr: &str) -> Vec<&'a str> {
-        doc.pointer(ptr).and_then(Value::as_array).into_iter().flatten().filter_map(|c| c["name"].as_str()).collect()
+        doc.pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect()
     }
 
     fn env_of<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
-        container["env"].as_array()?.iter().find(|e| e["name"] == name)?["value"].as_str()
+        container["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)?["value"]
+            .as_str()
     }
 
     #[test]
     fn deployment_template_is_injected_with_the_workload_identity() {
-        let out = inject_document(deployment(json!({"labels": {"app": "ratings"}})), &cfg()).unwrap();
-        assert_eq!(containers_at(&out, "/spec/template/spec/initContainers"), ["istio-init", "istio-proxy"]);
+        let out =
+            inject_document(deployment(json!({"labels": {"app": "ratings"}})), &cfg()).unwrap();
+        assert_eq!(
+            containers_at(&out, "/spec/template/spec/initContainers"),
+            ["istio-init", "istio-proxy"]
+        );
         let proxy = &out["spec"]["template"]["spec"]["initContainers"][1];
         assert_eq!(env_of(proxy, "ISTIO_META_WORKLOAD_NAME"), Some("ratings"));
-        assert_eq!(env_of(proxy, "ISTIO_META_OWNER"), Some("kubernetes://apis/apps/v1/namespaces/shop/deployments/ratings"));
-        assert!(out["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/status"].is_string());
-        assert_eq!(out["spec"]["template"]["metadata"]["labels"]["service.istio.io/canonical-name"], "ratings");
+        assert_eq!(
+            env_of(proxy, "ISTIO_META_OWNER"),
+            Some("kubernetes://apis/apps/v1/namespaces/shop/deployments/ratings")
+        );
+        assert!(
+            out["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/status"]
+                .is_string()
+        );
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["labels"]["service.istio.io/canonical-name"],
+            "ratings"
+        );
         // The rest of the workload is untouched.
         assert_eq!(out["spec"]["replicas"], 2);
-        assert_eq!(out["metadata"], json!({"name": "ratings", "namespace": "shop"}));
+        assert_eq!(
+            out["metadata"],
+            json!({"name": "ratings", "namespace": "shop"})
+        );
     }
 
     #[test]
     fn template_without_metadata() {
         let mut d = deployment(json!(null));
-        d["spec"]["template"].as_object_mut().unwrap().remove("metadata");
+        d["spec"]["template"]
+            .as_object_mut()
+            .unwrap()
+            .remove("metadata");
         let out = inject_document(d, &cfg()).unwrap();
-        assert_eq!(out["spec"]["template"]["metadata"]["labels"]["service.istio.io/canonical-name"], "ratings");
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["labels"]["service.istio.io/canonical-name"],
+            "ratings"
+        );
     }
 
     #[test]
@@ -236,7 +328,11 @@ mod tests {
                 json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "x"}, "spec": {"template": template}})
             };
             let out = inject_document(doc, &cfg()).unwrap();
-            assert_eq!(containers_at(&out, &format!("{spec_at}/initContainers")), ["istio-init", "istio-proxy"], "{kind}");
+            assert_eq!(
+                containers_at(&out, &format!("{spec_at}/initContainers")),
+                ["istio-init", "istio-proxy"],
+                "{kind}"
+            );
         }
     }
 
@@ -245,7 +341,10 @@ mod tests {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "n", "uid": "keep-me"},
             "spec": {"containers": [{"name": "c", "image": "i"}], "someFutureField": {"x": 1}}});
         let out = inject_document(pod, &cfg()).unwrap();
-        assert_eq!(containers_at(&out, "/spec/initContainers"), ["istio-init", "istio-proxy"]);
+        assert_eq!(
+            containers_at(&out, "/spec/initContainers"),
+            ["istio-init", "istio-proxy"]
+        );
         // A field meshop does not model survives.
         assert_eq!(out["spec"]["someFutureField"], json!({"x": 1}));
     }
@@ -255,7 +354,10 @@ mod tests {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}});
         assert_eq!(inject_document(svc.clone(), &cfg()).unwrap(), svc);
         let opted_out = deployment(json!({"labels": {"sidecar.istio.io/inject": "false"}}));
-        assert_eq!(inject_document(opted_out.clone(), &cfg()).unwrap(), opted_out);
+        assert_eq!(
+            inject_document(opted_out.clone(), &cfg()).unwrap(),
+            opted_out
+        );
         let mut host = deployment(json!({}));
         host["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
         assert_eq!(inject_document(host.clone(), &cfg()).unwrap(), host);
@@ -274,20 +376,39 @@ mod tests {
             deployment(json!({}))
         ]});
         let out = inject_document(list, &cfg()).unwrap();
-        assert_eq!(containers_at(&out, "/items/1/spec/template/spec/initContainers"), ["istio-init", "istio-proxy"]);
+        assert_eq!(
+            containers_at(&out, "/items/1/spec/template/spec/initContainers"),
+            ["istio-init", "istio-proxy"]
+        );
     }
 
     #[test]
     fn broken_documents_are_errors() {
         let no_template = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
         let e = inject_document(no_template, &cfg()).unwrap_err();
-        assert!(e.to_string().contains("Deployment \"d\" has no pod template"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("Deployment \"d\" has no pod template"),
+            "{e}"
+        );
         let bad_types = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": "nope"}});
-        assert!(matches!(inject_document(bad_types, &cfg()), Err(InjectError::InvalidDocument(_))));
+        assert!(matches!(
+            inject_document(bad_types, &cfg()),
+            Err(InjectError::InvalidDocument(_))
+        ));
         let no_containers = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}});
-        assert!(inject_document(no_containers, &cfg()).unwrap_err().to_string().contains("Pod \"p\""));
-        let bad_annotation = deployment(json!({"annotations": {"sidecar.istio.io/proxyCPU": "lots"}}));
-        assert!(matches!(inject_document(bad_annotation, &cfg()), Err(InjectError::InvalidAnnotation { .. })));
+        assert!(
+            inject_document(no_containers, &cfg())
+                .unwrap_err()
+                .to_string()
+                .contains("Pod \"p\"")
+        );
+        let bad_annotation =
+            deployment(json!({"annotations": {"sidecar.istio.io/proxyCPU": "lots"}}));
+        assert!(matches!(
+            inject_document(bad_annotation, &cfg()),
+            Err(InjectError::InvalidAnnotation { .. })
+        ));
     }
 
     #[test]
@@ -307,11 +428,23 @@ mod tests {
         for d in docs {
             let _ = inject_document(d, &cfg());
         }
-        for y in ["1: 2\n", "- a\n- b\n", "kind: Pod\nspec: {containers: [{name: c, ports: [{containerPort: x}]}]}\n", "!!binary aGk=\n"] {
+        for y in [
+            "1: 2\n",
+            "- a\n- b\n",
+            "kind: Pod\nspec: {containers: [{name: c, ports: [{containerPort: x}]}]}\n",
+            "!!binary aGk=\n",
+        ] {
             let _ = inject_yaml_stream(y, &cfg());
         }
-        let out = inject_yaml_stream("kind: Pod\nmetadata:\n  labels:\nspec:\n  containers: [{name: c}]\n", &cfg()).unwrap();
-        assert!(out.contains("service.istio.io/canonical-revision: latest"), "{out}");
+        let out = inject_yaml_stream(
+            "kind: Pod\nmetadata:\n  labels:\nspec:\n  containers: [{name: c}]\n",
+            &cfg(),
+        )
+        .unwrap();
+        assert!(
+            out.contains("service.istio.io/canonical-revision: latest"),
+            "{out}"
+        );
     }
 
     const STREAM: &str = "\
@@ -347,16 +480,24 @@ spec:
     #[test]
     fn yaml_streams_keep_documents_and_key_order() {
         let out = inject_yaml_stream(STREAM, &cfg()).unwrap();
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&out).map(|d| Value::deserialize(d).unwrap()).collect();
+        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&out)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0]["kind"], "Service");
-        assert_eq!(containers_at(&docs[1], "/spec/template/spec/initContainers"), ["istio-init", "istio-proxy"]);
+        assert_eq!(
+            containers_at(&docs[1], "/spec/template/spec/initContainers"),
+            ["istio-init", "istio-proxy"]
+        );
         let probe = &docs[1]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
         assert_eq!(probe["httpGet"]["port"], 15020);
         assert!(probe.get("tcpSocket").is_none());
         // The Deployment still starts with kind then apiVersion, as written.
         let second = out.split("---\n").nth(1).unwrap();
-        assert!(second.starts_with("kind: Deployment\napiVersion: apps/v1\n"), "{second}");
+        assert!(
+            second.starts_with("kind: Deployment\napiVersion: apps/v1\n"),
+            "{second}"
+        );
         // Same result as the JSON path.
         let json_doc: Value = serde_yaml::from_str(STREAM.split("---\n").nth(2).unwrap()).unwrap();
         assert_eq!(docs[1], inject_document(json_doc, &cfg()).unwrap());
@@ -366,7 +507,11 @@ spec:
     fn yaml_errors_name_the_document() {
         let e = inject_yaml_stream("kind: Service\n---\nkind: [unclosed\n", &cfg()).unwrap_err();
         assert!(e.to_string().contains("YAML document 2"), "{e}");
-        let e = inject_yaml_stream("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n", &cfg()).unwrap_err();
+        let e = inject_yaml_stream(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n",
+            &cfg(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("YAML document 1"), "{e}");
     }
 
