@@ -29,8 +29,10 @@ testenv: tools ## Build (or reuse) etcd, kube-apiserver, controllers, kubectl an
 build: ## Build the meshop binary (target/release/meshop).
 	$(CARGO) build --release -p meshop
 
-crds: ## Regenerate the CRD YAML under crds/ from the Rust API types.
+crds: ## Regenerate the CRD YAML (crds/, deploy/) and the operator RBAC (deploy/rbac.yaml) from the code.
 	$(CARGO) run -q -p meshop -- crd > $(CRD_FILE)
+	cp $(CRD_FILE) deploy/crd.yaml
+	$(CARGO) run -q -p meshop -- deploy-rbac > deploy/rbac.yaml
 
 golden: ## Regenerate the rendering golden files and the generated table of docs/profiles.md.
 	UPDATE_GOLDEN=1 $(CARGO) test -q -p meshop --test render

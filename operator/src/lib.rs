@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod deploy;
 pub mod effective;
 pub mod inject;
 pub mod profiles;

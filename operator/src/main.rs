@@ -33,6 +33,9 @@ enum Command {
         #[arg(long)]
         component: Option<String>,
     },
+    /// Print the operator's namespace, ServiceAccount and RBAC as YAML (deploy/rbac.yaml).
+    #[command(hide = true)]
+    DeployRbac,
     /// Run the operator: reconcile MeshInstalls, serve health and metrics.
     Run(RunArgs),
     /// List or show the install profiles.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => return run(args),
         Command::Crd => Ok(meshop::api::crd_yaml()),
+        Command::DeployRbac => Ok(meshop::deploy::rbac_yaml()),
         Command::Version => Ok(format!(
             "meshop {}\nistio versions: {} (default {})\n",
             env!("CARGO_PKG_VERSION"),

@@ -139,6 +139,33 @@ fn grafana(install: &Installation) -> Addon {
 }
 
 fn kiali(install: &Installation) -> Addon {
+    let mut read_rules = vec![
+        read(
+            &[""],
+            &[
+                "configmaps",
+                "endpoints",
+                "pods",
+                "pods/log",
+                "namespaces",
+                "nodes",
+                "replicationcontrollers",
+                "services",
+            ],
+        ),
+        read(
+            &["apps"],
+            &["deployments", "replicasets", "statefulsets", "daemonsets"],
+        ),
+        read(&["batch"], &["cronjobs", "jobs"]),
+        read(&["autoscaling"], &["horizontalpodautoscalers"]),
+        read(&["discovery.k8s.io"], &["endpointslices"]),
+        super::istio_crds::gateway_api_rule(&["get", "list", "watch"], None),
+    ];
+    read_rules.extend(super::istio_crds::istio_rules(
+        &["get", "list", "watch"],
+        None,
+    ));
     let config = format!(
         "auth:\n  strategy: anonymous\ndeployment:\n  namespace: {ns}\n  view_only_mode: true\n\
          istio_namespace: {ns}\nistio_labels:\n  app_label_name: app\n  version_label_name: version\n\
@@ -168,38 +195,7 @@ fn kiali(install: &Installation) -> Addon {
             BTreeMap::from([("config.yaml".to_string(), config)]),
         )),
         scratch: vec![("tmp", "/tmp")],
-        read_rules: vec![
-            read(
-                &[""],
-                &[
-                    "configmaps",
-                    "endpoints",
-                    "pods",
-                    "pods/log",
-                    "namespaces",
-                    "nodes",
-                    "replicationcontrollers",
-                    "services",
-                ],
-            ),
-            read(
-                &["apps"],
-                &["deployments", "replicasets", "statefulsets", "daemonsets"],
-            ),
-            read(&["batch"], &["cronjobs", "jobs"]),
-            read(&["autoscaling"], &["horizontalpodautoscalers"]),
-            read(&["discovery.k8s.io"], &["endpointslices"]),
-            read(
-                &[
-                    "networking.istio.io",
-                    "security.istio.io",
-                    "telemetry.istio.io",
-                    "extensions.istio.io",
-                ],
-                &["*"],
-            ),
-            read(&["gateway.networking.k8s.io"], &["*"]),
-        ],
+        read_rules,
     }
 }
 

@@ -210,3 +210,65 @@ pub fn istio_crds(install: &Installation) -> Vec<Rendered> {
         })
         .collect()
 }
+
+/// Kubernetes Gateway API kinds istiod implements (plurals), for RBAC without wildcards.
+pub const GATEWAY_API_RESOURCES: &[&str] = &[
+    "gatewayclasses",
+    "gateways",
+    "httproutes",
+    "grpcroutes",
+    "tcproutes",
+    "tlsroutes",
+    "udproutes",
+    "referencegrants",
+    "backendtlspolicies",
+];
+
+/// RBAC rules over every Istio kind, one rule per API group, naming each resource (optionally a
+/// subresource such as `status`): meshop grants no wildcard resources.
+pub fn istio_rules(
+    verbs: &[&str],
+    subresource: Option<&str>,
+) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    let mut groups: Vec<&str> = KINDS.iter().map(|k| k.group).collect();
+    groups.dedup();
+    groups
+        .into_iter()
+        .map(|group| k8s_openapi::api::rbac::v1::PolicyRule {
+            api_groups: Some(vec![group.to_string()]),
+            resources: Some(
+                KINDS
+                    .iter()
+                    .filter(|k| k.group == group)
+                    .map(|k| match subresource {
+                        Some(sub) => format!("{}/{sub}", k.plural),
+                        None => k.plural.to_string(),
+                    })
+                    .collect(),
+            ),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The same for the Gateway API kinds.
+pub fn gateway_api_rule(
+    verbs: &[&str],
+    subresource: Option<&str>,
+) -> k8s_openapi::api::rbac::v1::PolicyRule {
+    k8s_openapi::api::rbac::v1::PolicyRule {
+        api_groups: Some(vec!["gateway.networking.k8s.io".into()]),
+        resources: Some(
+            GATEWAY_API_RESOURCES
+                .iter()
+                .map(|r| match subresource {
+                    Some(sub) => format!("{r}/{sub}"),
+                    None => r.to_string(),
+                })
+                .collect(),
+        ),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    }
+}

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::common::{self, env, field_env, hardened_container, hardened_pod, meta, with_user_env};
+use super::istio_crds::{gateway_api_rule, istio_rules};
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
 
@@ -78,72 +79,59 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
-const ISTIO_GROUPS: &[&str] = &[
-    "networking.istio.io",
-    "security.istio.io",
-    "telemetry.istio.io",
-    "extensions.istio.io",
-];
-
 fn cluster_role(install: &Installation) -> ClusterRole {
+    const STATUS: &[&str] = &["get", "update", "patch"];
+    // Mesh configuration, and status written back to it.
+    let mut rules = istio_rules(READ, None);
+    rules.extend(istio_rules(STATUS, Some("status")));
+    rules.extend([
+        rule(
+            &["networking.istio.io"],
+            &["workloadentries"],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
+        ),
+        // Service discovery.
+        rule(
+            &[""],
+            &["pods", "nodes", "services", "namespaces", "endpoints"],
+            READ,
+        ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(
+            &["networking.k8s.io"],
+            &["ingresses", "ingressclasses"],
+            READ,
+        ),
+        rule(&["networking.k8s.io"], &["ingresses/status"], STATUS),
+        rule(
+            &["apiextensions.k8s.io"],
+            &["customresourcedefinitions"],
+            READ,
+        ),
+        // The root certificate is published to every namespace as a ConfigMap.
+        rule(
+            &[""],
+            &["configmaps"],
+            &["get", "list", "watch", "create", "update"],
+        ),
+        // Gateway TLS credentials.
+        rule(&[""], &["secrets"], READ),
+        // Workload identity: verifying service account tokens before signing certificates.
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+        // Kubernetes Gateway API support.
+        gateway_api_rule(READ, None),
+        gateway_api_rule(STATUS, Some("status")),
+    ]);
     ClusterRole {
         metadata: common::cluster_meta(install, C, &cluster_name(install)),
-        rules: Some(vec![
-            // Mesh configuration, and status written back to it.
-            rule(ISTIO_GROUPS, &["*"], READ),
-            rule(ISTIO_GROUPS, &["*/status"], &["get", "update", "patch"]),
-            rule(
-                &["networking.istio.io"],
-                &["workloadentries"],
-                &[
-                    "get", "list", "watch", "create", "update", "patch", "delete",
-                ],
-            ),
-            // Service discovery.
-            rule(
-                &[""],
-                &["pods", "nodes", "services", "namespaces", "endpoints"],
-                READ,
-            ),
-            rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-            rule(
-                &["networking.k8s.io"],
-                &["ingresses", "ingressclasses"],
-                READ,
-            ),
-            rule(
-                &["networking.k8s.io"],
-                &["ingresses/status"],
-                &["get", "update", "patch"],
-            ),
-            rule(
-                &["apiextensions.k8s.io"],
-                &["customresourcedefinitions"],
-                READ,
-            ),
-            // The root certificate is published to every namespace as a ConfigMap.
-            rule(
-                &[""],
-                &["configmaps"],
-                &["get", "list", "watch", "create", "update"],
-            ),
-            // Gateway TLS credentials.
-            rule(&[""], &["secrets"], READ),
-            // Workload identity: verifying service account tokens before signing certificates.
-            rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
-            rule(
-                &["authorization.k8s.io"],
-                &["subjectaccessreviews"],
-                &["create"],
-            ),
-            // Kubernetes Gateway API support.
-            rule(&["gateway.networking.k8s.io"], &["*"], READ),
-            rule(
-                &["gateway.networking.k8s.io"],
-                &["*/status"],
-                &["get", "update", "patch"],
-            ),
-        ]),
+        rules: Some(rules),
         aggregation_rule: None,
     }
 }

@@ -1,0 +1,244 @@
+//! The operator's own installation: RBAC generated from what meshop creates and grants, so it is
+//! exactly as wide as needed and a test can check it never drifts (`make crds` regenerates
+//! `deploy/rbac.yaml` and `deploy/crd.yaml`).
+//!
+//! Why the ClusterRole includes every permission that istiod's, the gateways' and the addons'
+//! roles grant: Kubernetes refuses to let anyone create a Role granting permissions it does not
+//! hold itself, unless it has the `escalate` and `bind` verbs, which would let meshop grant itself
+//! anything. Holding the union is the narrower choice. There are no wildcard verbs or resources.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use kube::api::ObjectMeta;
+
+use crate::api::MeshInstallSpec;
+use crate::effective::{Installation, Owner};
+use crate::render;
+
+pub const OPERATOR_NAMESPACE: &str = "meshop-system";
+pub const OPERATOR_NAME: &str = "meshop";
+/// The Secret holding the webhook's CA and serving certificate.
+pub const WEBHOOK_SECRET: &str = "meshop-webhook-tls";
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+const MANAGE: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
+
+/// What meshop itself does with the API: its own resource, and every kind it manages.
+fn own_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(
+            &["meshop.dev"],
+            &["meshinstalls"],
+            &["get", "list", "watch", "update", "patch"],
+        ),
+        rule(
+            &["meshop.dev"],
+            &["meshinstalls/status"],
+            &["get", "update", "patch"],
+        ),
+        rule(&["meshop.dev"], &["meshinstalls/finalizers"], &["update"]),
+        rule(
+            &[""],
+            &["namespaces", "serviceaccounts", "configmaps", "services"],
+            MANAGE,
+        ),
+        rule(&["apps"], &["deployments", "daemonsets"], MANAGE),
+        rule(&["autoscaling"], &["horizontalpodautoscalers"], MANAGE),
+        rule(&["policy"], &["poddisruptionbudgets"], MANAGE),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &[
+                "roles",
+                "rolebindings",
+                "clusterroles",
+                "clusterrolebindings",
+            ],
+            MANAGE,
+        ),
+        rule(
+            &["apiextensions.k8s.io"],
+            &["customresourcedefinitions"],
+            MANAGE,
+        ),
+        rule(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations"],
+            MANAGE,
+        ),
+        rule(&["security.istio.io"], &["peerauthentications"], MANAGE),
+        rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+    ]
+}
+
+/// Every rule any rendered Role or ClusterRole grants (all components switched on).
+fn granted_rules() -> Vec<PolicyRule> {
+    let spec: MeshInstallSpec =
+        serde_yaml::from_str("profile: demo\ncomponents: {cni: {enabled: true}}\n")
+            .expect("static spec");
+    let spec = MeshInstallSpec {
+        hub: crate::api::DEFAULT_HUB.into(),
+        namespace: crate::api::DEFAULT_NAMESPACE.into(),
+        ..spec
+    };
+    let install = Installation::resolve(
+        Owner {
+            name: "rbac".into(),
+            uid: None,
+        },
+        &spec,
+    )
+    .expect("demo resolves");
+    let mut rules: Vec<PolicyRule> = Vec::new();
+    for o in render::render(&install) {
+        if matches!(o.kind(), "ClusterRole" | "Role") {
+            let granted: Vec<PolicyRule> =
+                serde_json::from_value(o.object.data["rules"].clone()).unwrap_or_default();
+            for r in granted {
+                if !rules.contains(&r) {
+                    rules.push(r);
+                }
+            }
+        }
+    }
+    rules
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        labels: Some(BTreeMap::from([
+            (
+                "app.kubernetes.io/name".to_string(),
+                OPERATOR_NAME.to_string(),
+            ),
+            (
+                "app.kubernetes.io/part-of".to_string(),
+                "meshop".to_string(),
+            ),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The operator's ClusterRole.
+pub fn cluster_role() -> ClusterRole {
+    let mut rules = own_rules();
+    rules.extend(granted_rules());
+    ClusterRole {
+        metadata: meta(OPERATOR_NAME, None),
+        rules: Some(rules),
+        aggregation_rule: None,
+    }
+}
+
+/// Namespace, ServiceAccount, ClusterRole + binding, and a Role + binding in the operator's own
+/// namespace for its leader Lease and webhook certificate Secret.
+pub fn rbac_yaml() -> String {
+    let subject = vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: OPERATOR_NAME.into(),
+        namespace: Some(OPERATOR_NAMESPACE.into()),
+        api_group: None,
+    }];
+    let role_ref = |kind: &str| RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: kind.into(),
+        name: OPERATOR_NAME.into(),
+    };
+    let docs: Vec<serde_json::Value> = vec![
+        serde_json::to_value(Namespace {
+            metadata: meta(OPERATOR_NAMESPACE, None),
+            ..Default::default()
+        }),
+        serde_json::to_value(ServiceAccount {
+            metadata: meta(OPERATOR_NAME, Some(OPERATOR_NAMESPACE)),
+            ..Default::default()
+        }),
+        serde_json::to_value(cluster_role()),
+        serde_json::to_value(ClusterRoleBinding {
+            metadata: meta(OPERATOR_NAME, None),
+            role_ref: role_ref("ClusterRole"),
+            subjects: Some(subject.clone()),
+        }),
+        serde_json::to_value(Role {
+            metadata: meta(OPERATOR_NAME, Some(OPERATOR_NAMESPACE)),
+            rules: Some(vec![
+                rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["get", "create", "update"],
+                ),
+                rule(
+                    &[""],
+                    &["secrets"],
+                    &["get", "list", "watch", "create", "update"],
+                ),
+            ]),
+        }),
+        serde_json::to_value(RoleBinding {
+            metadata: meta(OPERATOR_NAME, Some(OPERATOR_NAMESPACE)),
+            role_ref: role_ref("Role"),
+            subjects: Some(subject),
+        }),
+    ]
+    .into_iter()
+    .map(|v| v.expect("RBAC objects serialize"))
+    .collect();
+    let mut out =
+        String::from("# Generated by `meshop deploy-rbac` (make crds). Do not edit by hand.\n");
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&d).expect("YAML"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_wildcards() {
+        for r in cluster_role().rules.unwrap() {
+            assert!(!r.verbs.iter().any(|v| v == "*"), "{r:?}");
+            assert!(
+                !r.resources
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|v| v.contains('*')),
+                "wildcard resource"
+            );
+            assert!(!r.verbs.iter().any(|v| v == "escalate" || v == "bind"));
+        }
+    }
+
+    #[test]
+    fn generated_files_are_current() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/");
+        let rbac = std::fs::read_to_string(format!("{root}rbac.yaml")).unwrap_or_default();
+        assert!(
+            rbac == rbac_yaml(),
+            "deploy/rbac.yaml is stale: run `make crds`"
+        );
+        let crd = std::fs::read_to_string(format!("{root}crd.yaml")).unwrap_or_default();
+        assert!(
+            crd == crate::api::crd_yaml(),
+            "deploy/crd.yaml is stale: run `make crds`"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The operator's own install (deploy/) applies cleanly, and the operator does a full install,
+//! profile switch and delete with nothing but the RBAC of its ServiceAccount (impersonated
+//! against the real API server), without a single Forbidden.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use meshop::api::MeshInstall;
+use meshop::controller::status::{KStatus, kstatus};
+use serde_json::json;
+
+const SA: &str = "system:serviceaccount:meshop-system:meshop";
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, kube::Error>>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await.unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not reached within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_works_with_its_own_rbac_only() {
+    let cp = meshop_testenv::shared_with_controllers();
+    let admin = cp.client().await.unwrap();
+
+    // `kubectl apply -k deploy/` as a user would (server-side, as the CRD is large).
+    let out = std::process::Command::new(&cp.binaries.kubectl)
+        .args([
+            "apply",
+            "--server-side",
+            "-k",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"),
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply -k deploy/: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A client that is the operator's ServiceAccount, as far as authorization goes.
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).unwrap();
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+    config.auth_info.impersonate = Some(SA.into());
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        "system:serviceaccounts:meshop-system".into(),
+        "system:authenticated".into(),
+    ]);
+    let operator_client = kube::Client::try_from(config).unwrap();
+    // Sanity: the impersonated client really is restricted.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(operator_client.clone(), "default");
+    let pod =
+        json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "x", "image": "x"}]}});
+    let err = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("forbidden"), "{err}");
+
+    let options = meshop::controller::RunOptions {
+        health_addr: "127.0.0.1:0".parse().unwrap(),
+        leader_election: true,
+        lease_namespace: "meshop-system".into(),
+        identity: "rbac-test".into(),
+        lease_duration: Duration::from_secs(15),
+    };
+    let operator = tokio::spawn(meshop::controller::run(operator_client, options));
+
+    let api: Api<MeshInstall> = Api::all(admin.clone());
+    let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
+        "metadata": {"name": "rbac"}, "spec": {"profile": "production", "components": {"cni": {"enabled": true}}}})).unwrap();
+    api.create(&PostParams::default(), &mi).await.unwrap();
+    let current = |api: Api<MeshInstall>| async move {
+        let mi = api.get("rbac").await?;
+        Ok(kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current)
+    };
+    wait_for("production Ready", Duration::from_secs(120), || {
+        current(api.clone())
+    })
+    .await;
+    api.patch(
+        "rbac",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"profile": "demo"}})),
+    )
+    .await
+    .unwrap();
+    wait_for("demo Ready", Duration::from_secs(120), || {
+        current(api.clone())
+    })
+    .await;
+    api.delete("rbac", &DeleteParams::default()).await.unwrap();
+    wait_for("MeshInstall deleted", Duration::from_secs(120), || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("rbac").await?.is_none()) }
+    })
+    .await;
+
+    // No apply ever failed: an ApplyFailed event would carry the Forbidden.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(admin.clone());
+    let failures: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("ApplyFailed")
+                || e.note.as_deref().unwrap_or("").contains("forbidden")
+        })
+        .map(|e| e.note.unwrap_or_default())
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(!operator.is_finished(), "the operator exited");
+    operator.abort();
+}
