@@ -12,7 +12,9 @@ tools: ## Check that the toolchains the build needs (cargo, go) are installed.
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 	@command -v go >/dev/null || { echo "go not found: the test control plane is built from Go sources"; exit 1; }
 
-demo: cluster ## The main job (for now the local control plane; the reconciler turns this into a full demo).
+demo: tools testenv ## The main job: control plane, operator, a demo MeshInstall; waits for Ready, prints it, runs until Ctrl-C.
+	$(CARGO) build -q -p meshop -p meshop-testenv --bins
+	$(CARGO) run -q -p meshop-testenv --bin meshop-demo
 
 cluster: tools testenv ## Start a local control plane (controllers mode, CRDs installed) until Ctrl-C.
 	$(CARGO) run -q -p meshop-testenv --bin meshop-cluster

@@ -192,7 +192,7 @@ impl ControlPlane {
 
     fn spawn(&mut self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
         let log = self.dir.join(format!("{name}.log"));
-        let process = Process::spawn(name, program, &args, &log)?;
+        let process = Process::spawn(name, program, &args, &log, &[])?;
         self.processes.push(process);
         Ok(())
     }

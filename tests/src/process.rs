@@ -45,11 +45,20 @@ pub struct Process {
 
 impl Process {
     /// Starts `program` with `args`, stdout and stderr appended to `log`.
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Process> {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Process> {
         let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;
