@@ -20,6 +20,7 @@ cluster: tools testenv ## Start a local control plane (controllers mode, CRDs in
 	$(CARGO) run -q -p meshop-testenv --bin meshop-cluster
 
 test: tools testenv ## Unit and integration tests against a real kube-apiserver (builds it when not cached).
+	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked --no-fail-fast
 
 unit: ## Unit tests only (no control plane).

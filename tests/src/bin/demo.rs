@@ -14,14 +14,27 @@ use meshop_testenv::{ControlPlane, Options};
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let meshop_bin = std::env::var_os("MESHOP_BIN").map(PathBuf::from).unwrap_or_else(|| root.join("target/debug/meshop"));
+    let meshop_bin = std::env::var_os("MESHOP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/debug/meshop"));
     if !meshop_bin.exists() {
-        bail!("{} not found: build it with `cargo build -p meshop` (make demo does)", meshop_bin.display());
+        bail!(
+            "{} not found: build it with `cargo build -p meshop` (make demo does)",
+            meshop_bin.display()
+        );
     }
-    println!("==> starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)");
-    let mut cp = ControlPlane::start(Options { controllers: true, ..Options::default() })?;
+    println!(
+        "==> starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
+    );
+    let mut cp = ControlPlane::start(Options {
+        controllers: true,
+        ..Options::default()
+    })?;
     let health = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    println!("==> starting the operator: {} run (health and metrics on http://{health})", meshop_bin.display());
+    println!(
+        "==> starting the operator: {} run (health and metrics on http://{health})",
+        meshop_bin.display()
+    );
     let log = cp.dir.join("meshop.log");
     let mut operator = Process::spawn(
         "meshop",
@@ -37,17 +50,26 @@ fn main() -> anyhow::Result<()> {
     )?;
     let example = root.join("docs/examples/demo.yaml");
     println!("==> applying {}", example.display());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let client = cp.client().await?;
         let api: Api<MeshInstall> = Api::all(client);
         let mi: MeshInstall = serde_yaml::from_str(&std::fs::read_to_string(&example)?)?;
         let name = mi.metadata.name.clone().context("example without a name")?;
-        api.patch(&name, &PatchParams::apply("meshop-demo"), &Patch::Apply(&mi)).await?;
+        api.patch(
+            &name,
+            &PatchParams::apply("meshop-demo"),
+            &Patch::Apply(&mi),
+        )
+        .await?;
         println!("==> waiting for MeshInstall {name} to become Ready");
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            operator.check_running().with_context(|| format!("the operator stopped; see {}", log.display()))?;
+            operator
+                .check_running()
+                .with_context(|| format!("the operator stopped; see {}", log.display()))?;
             let mi = api.get(&name).await?;
             if kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current {
                 break;
@@ -60,7 +82,10 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let kubectl = |args: &[&str]| {
-        let out = std::process::Command::new(&cp.binaries.kubectl).args(args).env("KUBECONFIG", &cp.kubeconfig).output();
+        let out = std::process::Command::new(&cp.binaries.kubectl)
+            .args(args)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .output();
         if let Ok(out) = out {
             print!("{}", String::from_utf8_lossy(&out.stdout));
         }
@@ -69,13 +94,21 @@ fn main() -> anyhow::Result<()> {
     kubectl(&["get", "meshinstalls", "-o", "wide"]);
     let components = "{range .status.components[*]}{.name}{\"\\t\"}{.state}{\"\\t\"}{.readyReplicas}/{.desiredReplicas}{\"\\n\"}{end}";
     println!("\n$ kubectl get meshinstall demo -o jsonpath='{components}'");
-    kubectl(&["get", "meshinstall", "demo", "-o", &format!("jsonpath={components}")]);
+    kubectl(&[
+        "get",
+        "meshinstall",
+        "demo",
+        "-o",
+        &format!("jsonpath={components}"),
+    ]);
     println!("\n$ kubectl get deployments -n istio-system");
     kubectl(&["get", "deployments", "-n", "istio-system"]);
     println!("\nThe mesh is Ready. From another shell:");
     println!("  export KUBECONFIG={}", cp.kubeconfig.display());
     println!("  alias kubectl={}", cp.binaries.kubectl.display());
-    println!("  kubectl get meshinstalls        # try: kubectl patch mi demo --type merge -p '{{\"spec\":{{\"profile\":\"production\"}}}}'");
+    println!(
+        "  kubectl get meshinstalls        # try: kubectl patch mi demo --type merge -p '{{\"spec\":{{\"profile\":\"production\"}}}}'"
+    );
     println!("operator log: {}; press Ctrl-C to stop", log.display());
     runtime.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
