@@ -44,7 +44,9 @@ fn control_plane_dies_with_a_killed_parent() {
         .unwrap();
     let stdout = BufReader::new(cluster.stdout.take().unwrap());
     let mut kubeconfig_line = None;
-    for line in stdout.lines() {
+    // Keep the pipe open until the kill: a child writing to a closed pipe would fail on its own.
+    let mut lines = stdout.lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if line.starts_with("export KUBECONFIG=") {
             kubeconfig_line = Some(line);
@@ -66,6 +68,7 @@ fn control_plane_dies_with_a_killed_parent() {
 
     cluster.kill().unwrap(); // SIGKILL: no destructor, no signal handler runs
     cluster.wait().unwrap();
+    drop(lines);
     let deadline = Instant::now() + Duration::from_secs(10);
     while children.iter().any(|&pid| alive(pid)) {
         assert!(
