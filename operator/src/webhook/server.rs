@@ -175,3 +175,91 @@ pub fn spawn_rotation(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, RootCertStore};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::TlsConnector;
+
+    use crate::webhook::certs::serial_hex;
+    use crate::webhook::handler::{View, router};
+
+    fn client(ca_pem: &str) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(cfg))
+    }
+
+    /// GET /healthz over a fresh TLS connection; returns (served leaf certificate, response text).
+    async fn get(addr: SocketAddr, ca_pem: &str, host: &str) -> (CertificateDer<'static>, String) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from(host.to_string()).unwrap();
+        let mut tls = client(ca_pem).connect(name, tcp).await.unwrap();
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
+        tls.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tls.read_to_string(&mut out).await.unwrap();
+        (leaf, out)
+    }
+
+    fn der_to_pem_serial(der: &CertificateDer<'_>) -> String {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        cert.raw_serial_as_string()
+    }
+
+    #[tokio::test]
+    async fn serves_tls_and_swaps_the_certificate_without_restart() {
+        let sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let first = CertBundle::generate(&sans, Duration::from_secs(120)).unwrap();
+        let resolver = CertResolver::new(first.clone()).unwrap();
+        let view = View::new();
+        view.mark_synced();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_listener(listener, router(view), resolver.clone()));
+
+        let (leaf, body) = get(addr, &first.ca_pem, "localhost").await;
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.ends_with("ok"), "{body}");
+        assert_eq!(der_to_pem_serial(&leaf), serial_hex(&first.cert_pem).unwrap());
+
+        // Renewal keeps the CA, so a client with the old caBundle trusts the new certificate.
+        let second = first.renew(&["localhost".to_string(), "127.0.0.1".to_string(), "meshop.test".to_string()], Duration::from_secs(240)).unwrap();
+        resolver.swap(second.clone()).unwrap();
+        let (leaf2, body2) = get(addr, &first.ca_pem, "meshop.test").await;
+        assert!(body2.starts_with("HTTP/1.1 200"), "{body2}");
+        let served2 = der_to_pem_serial(&leaf2);
+        assert_eq!(served2, serial_hex(&second.cert_pem).unwrap());
+        assert_ne!(served2, der_to_pem_serial(&leaf));
+        assert_eq!(resolver.bundle(), second);
+
+        // A client that does not trust the CA is refused.
+        let stranger = CertBundle::generate(&sans, Duration::from_secs(60)).unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(client(&stranger.ca_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await.is_err());
+        server.abort();
+    }
+
+    #[test]
+    fn swap_rejects_a_mismatched_key_and_keeps_serving() {
+        let sans = vec!["localhost".to_string()];
+        let a = CertBundle::generate(&sans, Duration::from_secs(60)).unwrap();
+        let b = CertBundle::generate(&sans, Duration::from_secs(60)).unwrap();
+        let resolver = CertResolver::new(a.clone()).unwrap();
+        let mixed = CertBundle { key_pem: b.key_pem.clone(), ..a.clone() };
+        assert!(resolver.swap(mixed).is_err());
+        assert!(resolver.swap(CertBundle { key_pem: "garbage".into(), ..a.clone() }).is_err());
+        assert_eq!(resolver.bundle(), a);
+        assert!(!format!("{resolver:?}").contains("PRIVATE"));
+    }
+}
