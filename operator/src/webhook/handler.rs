@@ -255,7 +255,8 @@ fn admit(view: &View, req: &AdmissionRequest<DynamicObject>, api_version: &str) 
         return allow_with_warning(req, format!("meshop injection webhook expects admission.k8s.io/v1, got {api_version:?}; pod admitted without a sidecar"));
     }
     let k = &req.kind;
-    if !(k.group.is_empty() && k.version == "v1" && k.kind == "Pod") || !matches!(req.operation, Operation::Create) || req.sub_resource.is_some() {
+    let pod_create = k.group.is_empty() && k.version == "v1" && k.kind == "Pod" && matches!(req.operation, Operation::Create);
+    if !pod_create || req.sub_resource.is_some() {
         return allow_with_warning(req, format!("meshop injection webhook only handles v1 Pod CREATE; got {}/{} {} {:?}", k.group, k.version, k.kind, req.operation));
     }
     let Some(obj) = &req.object else {
