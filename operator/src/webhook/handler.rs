@@ -554,6 +554,45 @@ mod tests {
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
+    fn ns_meta(name: &str, pairs: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        use kube::core::{ObjectMeta, PartialObjectMetaExt};
+        let labels = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ObjectMeta { name: Some(name.into()), labels: Some(labels), ..Default::default() }.into_response_partial()
+    }
+
+    #[tokio::test]
+    async fn watch_events_feed_the_view_and_a_relist_drops_deleted_namespaces() {
+        let v = View::new();
+        let events = || -> Vec<Result<_, watcher::Error>> { vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(ns_meta("a", &[(keys::NAMESPACE_INJECTION, "enabled")]))),
+            Ok(Event::InitApply(ns_meta("b", &[]))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(ns_meta("b", &[(keys::REV, "canary")]))),
+            Ok(Event::Delete(ns_meta("a", &[]))),
+            Ok(Event::Init),
+            Ok(Event::InitApply(ns_meta("c", &[]))),
+            Ok(Event::InitDone),
+        ] };
+        feed_namespaces(v.clone(), futures::stream::iter(events()).take(5)).await;
+        assert_eq!(v.namespace_labels("b").unwrap().get(keys::REV).map(String::as_str), Some("canary"));
+        assert!(v.namespace_labels("a").is_some() && !v.is_synced(), "MeshInstalls not listed yet");
+        feed_namespaces(v.clone(), futures::stream::iter(events())).await;
+        assert!(v.namespace_labels("a").is_none() && v.namespace_labels("b").is_none());
+        assert!(v.namespace_labels("c").is_some());
+
+        let mut bad = MeshInstall::new("broken", serde_json::from_value(json!({"profile": "minimal", "version": "0.1.0"})).unwrap());
+        bad.metadata.uid = Some("u".into());
+        let good = MeshInstall::new("mesh", serde_json::from_value(json!({"profile": "minimal", "revision": "blue"})).unwrap());
+        let mi_events = vec![Ok(Event::Init), Ok(Event::InitApply(good.clone())), Ok(Event::InitApply(bad)), Ok(Event::InitDone)];
+        feed_installs(v.clone(), futures::stream::iter(mi_events)).await;
+        assert!(v.is_synced());
+        assert_eq!(v.revision("blue").map(|rc| rc.config.revision.clone()).as_deref(), Some("blue"));
+        assert!(v.revision("default").is_none(), "an unsupported version is not served");
+        feed_installs(v.clone(), futures::stream::iter(vec![Ok(Event::Delete(good))])).await;
+        assert!(v.revision("blue").is_none());
+    }
+
     #[test]
     fn revision_selection_precedence() {
         let ns = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();

@@ -5,6 +5,20 @@
 //! - [`server`]: the HTTPS server whose certificate is swapped without a restart.
 //! - [`handler`]: `POST /inject`, answering AdmissionReviews from a watched in-memory [`View`].
 //! - [`config`]: the MutatingWebhookConfiguration the reconciler applies per MeshInstall.
+//!
+//! Wiring into `meshop run` (sketch):
+//! ```text
+//! let bundle   = webhook::load_or_create(client.clone(), &operator_ns, &sans, certs::DEFAULT_CERT_LIFETIME).await?;
+//! let resolver = webhook::CertResolver::new(bundle)?;
+//! webhook::spawn_rotation(client.clone(), operator_ns, sans, lifetime, resolver.clone(), Duration::from_secs(300), |b| { /* re-apply caBundle */ });
+//! let view     = webhook::spawn_view(client.clone());
+//! tokio::spawn(webhook::serve(addr, webhook::router(view), resolver.clone()));
+//! // per MeshInstall: webhook_configuration(&install, client_config, resolver.bundle().ca_pem.as_bytes())
+//! ```
+//!
+//! Behaviour worth knowing: until both watches have listed, `/inject` and `/healthz` answer 503 so
+//! the API server applies `failurePolicy` instead of admitting pods on a guess; a pod whose
+//! `sidecar.istio.io/*` annotation is invalid is denied (400) with the reason, as Istio does.
 
 pub mod certs;
 pub mod config;
