@@ -11,3 +11,4 @@ pub mod profiles;
 pub mod render;
 pub mod server;
 pub mod versions;
+pub mod webhook;

@@ -1,0 +1,144 @@
+//! The certificate bundle lives in a Secret so that restarts and every replica serve certificates
+//! from the same CA, and the reconciler can read `ca.crt` for `caBundle`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::{Client, Error as KubeError};
+
+use super::certs::{CertBundle, CertError};
+
+/// The Secret in the operator's namespace holding the webhook's CA and serving certificate.
+pub const SECRET_NAME: &str = "meshop-webhook-tls";
+pub const CA_CRT: &str = "ca.crt";
+/// The CA's key, kept so rotation can re-sign without changing `caBundle`.
+pub const CA_KEY: &str = "ca.key";
+pub const TLS_CRT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+
+/// Optimistic-concurrency retries before giving up (each conflict means another replica wrote).
+const ATTEMPTS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("reading or writing Secret {SECRET_NAME}: {0}")]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    #[error("Secret {SECRET_NAME} kept changing under us; giving up after {ATTEMPTS} attempts")]
+    Contended,
+}
+
+/// Returns a bundle valid for `sans` with more than a third of its lifetime left: the stored one
+/// when it is fit, otherwise a renewed one written back. Replicas racing to create or renew
+/// resolve through 409 Conflict: the loser re-reads and takes the winner's bundle.
+pub async fn load_or_create(client: Client, ns: &str, sans: &[String], lifetime: Duration) -> Result<CertBundle, StoreError> {
+    let api: Api<Secret> = Api::namespaced(client, ns);
+    for _ in 0..ATTEMPTS {
+        let existing = api.get_opt(SECRET_NAME).await?;
+        let stored = existing.as_ref().and_then(bundle_from_secret);
+        if let Some(b) = &stored
+            && b.usable_for(sans, SystemTime::now())
+        {
+            return Ok(b.clone());
+        }
+        let fresh = match &stored {
+            Some(b) => b.renew(sans, lifetime)?,
+            None => CertBundle::generate(sans, lifetime)?,
+        };
+        let result = match existing {
+            Some(mut secret) => {
+                // resourceVersion is kept from the read, so a concurrent writer makes this a 409.
+                secret.data = Some(secret_data(&fresh));
+                api.replace(SECRET_NAME, &PostParams::default(), &secret).await.map(|_| ())
+            }
+            None => api.create(&PostParams::default(), &new_secret(ns, &fresh)).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(secret = SECRET_NAME, namespace = ns, not_after = ?fresh.not_after, "stored a new webhook serving certificate");
+                return Ok(fresh);
+            }
+            Err(KubeError::Api(e)) if e.code == 409 => {
+                tracing::debug!(secret = SECRET_NAME, "another replica wrote the webhook certificate first; re-reading");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// The bundle in a Secret, if it holds a parseable one.
+pub fn bundle_from_secret(secret: &Secret) -> Option<CertBundle> {
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    match CertBundle::from_pem(text(CA_CRT)?, text(CA_KEY), text(TLS_CRT)?, text(TLS_KEY)?) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(secret = SECRET_NAME, error = %e, "stored webhook certificate is unreadable; minting a new one");
+            None
+        }
+    }
+}
+
+fn secret_data(b: &CertBundle) -> BTreeMap<String, ByteString> {
+    let mut data = BTreeMap::from([
+        (CA_CRT.to_string(), ByteString(b.ca_pem.clone().into_bytes())),
+        (TLS_CRT.to_string(), ByteString(b.cert_pem.clone().into_bytes())),
+        (TLS_KEY.to_string(), ByteString(b.key_pem.clone().into_bytes())),
+    ]);
+    if let Some(k) = &b.ca_key_pem {
+        data.insert(CA_KEY.to_string(), ByteString(k.clone().into_bytes()));
+    }
+    data
+}
+
+/// The Secret holding `b`, as created.
+pub fn new_secret(ns: &str, b: &CertBundle) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(SECRET_NAME.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/managed-by".to_string(), "meshop".to_string()),
+                ("app.kubernetes.io/component".to_string(), "webhook".to_string()),
+            ])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(secret_data(b)),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_round_trip() {
+        let sans = vec!["meshop.meshop-system.svc".to_string()];
+        let b = CertBundle::generate(&sans, Duration::from_secs(3600)).unwrap();
+        let s = new_secret("meshop-system", &b);
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+        assert_eq!(keys, vec!["ca.crt", "ca.key", "tls.crt", "tls.key"]);
+        assert_eq!(bundle_from_secret(&s), Some(b));
+    }
+
+    #[test]
+    fn unreadable_secret_is_none() {
+        let mut s = Secret::default();
+        assert!(bundle_from_secret(&s).is_none());
+        s.data = Some(BTreeMap::from([
+            (CA_CRT.to_string(), ByteString(b"x".to_vec())),
+            (TLS_CRT.to_string(), ByteString(b"y".to_vec())),
+            (TLS_KEY.to_string(), ByteString(vec![0xff])),
+        ]));
+        assert!(bundle_from_secret(&s).is_none());
+    }
+}
