@@ -21,8 +21,8 @@ use crate::render;
 
 pub const OPERATOR_NAMESPACE: &str = "meshop-system";
 pub const OPERATOR_NAME: &str = "meshop";
-/// The Secret holding the webhook's CA and serving certificate.
-pub const WEBHOOK_SECRET: &str = "meshop-webhook-tls";
+/// The Service in front of the operator's injection webhook (deploy/operator.yaml).
+pub const WEBHOOK_SERVICE: &str = "meshop-webhook";
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {

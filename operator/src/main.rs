@@ -62,6 +62,14 @@ struct RunArgs {
     /// How long a Lease lasts without renewal before another replica may take over.
     #[arg(long, default_value = "15", value_name = "SECONDS")]
     lease_duration: u64,
+    /// Where the HTTPS injection webhook listens; "off" serves none.
+    #[arg(long, env = "MESHOP_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: String,
+    /// The URL the API server calls the webhook at, when the operator runs outside the cluster
+    /// (such as https://127.0.0.1:9443/inject). In a cluster leave it out: the Service
+    /// meshop-webhook in the operator's namespace is used.
+    #[arg(long, env = "MESHOP_WEBHOOK_URL")]
+    webhook_url: Option<String>,
     /// Log format.
     #[arg(long, env = "MESHOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -146,6 +154,12 @@ fn run(args: RunArgs) -> ExitCode {
             lease_namespace: args.lease_namespace.clone(),
             identity,
             lease_duration: std::time::Duration::from_secs(args.lease_duration.max(3)),
+            webhook_addr: if args.webhook_addr == "off" {
+                None
+            } else {
+                Some(args.webhook_addr.parse()?)
+            },
+            webhook_url: args.webhook_url.clone(),
         };
         meshop::controller::run(client, options).await
     });

@@ -76,12 +76,20 @@ async fn operator_works_with_its_own_rbac_only() {
         .unwrap_err();
     assert!(err.to_string().contains("forbidden"), "{err}");
 
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let options = meshop::controller::RunOptions {
         health_addr: "127.0.0.1:0".parse().unwrap(),
         leader_election: true,
         lease_namespace: "meshop-system".into(),
         identity: "rbac-test".into(),
         lease_duration: Duration::from_secs(15),
+        // Serve the webhook too, so its Secret and watches are checked against the RBAC as well.
+        webhook_addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        webhook_url: Some(format!("https://127.0.0.1:{port}/inject")),
     };
     let operator = tokio::spawn(meshop::controller::run(operator_client, options));
 

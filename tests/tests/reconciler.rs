@@ -22,6 +22,8 @@ async fn start_operator(client: Client) -> tokio::task::JoinHandle<()> {
         lease_namespace: "default".into(),
         identity: "reconciler-test".into(),
         lease_duration: Duration::from_secs(15),
+        webhook_addr: None,
+        webhook_url: None,
     };
     tokio::spawn(async move {
         if let Err(e) = meshop::controller::run(client, options).await {

@@ -41,9 +41,17 @@ pub enum Error {
     CleanupPending(usize),
 }
 
+/// How the API server reaches this operator's injection webhook.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    pub resolver: Arc<crate::webhook::CertResolver>,
+    pub client_config: k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
+}
+
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
+    pub webhook: Option<WebhookSettings>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Per MeshInstall uid: the generation last applied and a fingerprint of every object, to tell
@@ -54,7 +62,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, identity: &str) -> Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        identity: &str,
+        webhook: Option<WebhookSettings>,
+    ) -> Context {
         let reporter = Reporter {
             controller: "meshop".into(),
             instance: Some(identity.into()),
@@ -62,6 +75,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            webhook,
             metrics,
             fingerprints: Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
@@ -104,6 +118,11 @@ pub struct RunOptions {
     pub lease_namespace: String,
     pub identity: String,
     pub lease_duration: Duration,
+    /// Where the injection webhook listens (HTTPS); None serves no webhook.
+    pub webhook_addr: Option<SocketAddr>,
+    /// How the API server reaches the webhook: a URL out of a cluster (`make demo`, tests), else
+    /// the Service `meshop-webhook` in `lease_namespace`.
+    pub webhook_url: Option<String>,
 }
 
 /// Runs until SIGINT/SIGTERM, or until leadership is lost (then exits with an error, so the
@@ -117,6 +136,10 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         ready.clone(),
     ));
     client.apiserver_version().await?;
+    let webhook = match options.webhook_addr {
+        Some(addr) => Some(start_webhook(&client, &options, addr).await?),
+        None => None,
+    };
     ready.store(true, Ordering::SeqCst);
 
     let elector = options.leader_election.then(|| {
@@ -139,7 +162,12 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics, &options.identity));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        &options.identity,
+        webhook,
+    ));
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let controller = Controller::new(
         Api::<MeshInstall>::all(client.clone()),
@@ -179,6 +207,69 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
     }
     server.abort();
     Ok(())
+}
+
+/// Every replica serves the webhook (the API server may call any of them); the certificate comes
+/// from the shared Secret, and rotates without a restart.
+async fn start_webhook(
+    client: &Client,
+    options: &RunOptions,
+    addr: SocketAddr,
+) -> anyhow::Result<WebhookSettings> {
+    use crate::webhook;
+    use k8s_openapi::api::admissionregistration::v1::{ServiceReference, WebhookClientConfig};
+    let ns = options.lease_namespace.clone();
+    let service = crate::deploy::WEBHOOK_SERVICE;
+    let sans = vec![
+        format!("{service}.{ns}.svc"),
+        format!("{service}.{ns}.svc.cluster.local"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    let lifetime = webhook::certs::DEFAULT_CERT_LIFETIME;
+    let bundle = webhook::load_or_create(client.clone(), &ns, &sans, lifetime).await?;
+    let resolver = webhook::CertResolver::new(bundle)?;
+    // The caBundle is re-applied by every reconcile (at least every resync); the CA itself is kept
+    // across renewals, so a renewal does not need one.
+    webhook::spawn_rotation(
+        client.clone(),
+        ns.clone(),
+        sans,
+        lifetime,
+        resolver.clone(),
+        Duration::from_secs(300),
+        |_| {},
+    );
+    let view = webhook::spawn_view(client.clone());
+    let listener = webhook::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "serving the injection webhook (HTTPS)");
+    let server_resolver = resolver.clone();
+    tokio::spawn(async move {
+        if let Err(e) =
+            webhook::serve_listener(listener, webhook::router(view), server_resolver).await
+        {
+            error!(error = %e, "webhook server stopped");
+        }
+    });
+    let client_config = match &options.webhook_url {
+        Some(url) => WebhookClientConfig {
+            url: Some(url.clone()),
+            ..Default::default()
+        },
+        None => WebhookClientConfig {
+            service: Some(ServiceReference {
+                name: service.into(),
+                namespace: ns,
+                path: Some(webhook::WEBHOOK_PATH.into()),
+                port: Some(443),
+            }),
+            ..Default::default()
+        },
+    };
+    Ok(WebhookSettings {
+        resolver,
+        client_config,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -97,8 +97,14 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    // 3. Render and apply stage by stage.
-    let objects = render::render(&install);
+    // 3. Render and apply stage by stage. The webhook registration rides in the stage after
+    // istiod, so injection is switched on only once istiod is ready.
+    let mut objects = render::render(&install);
+    let webhook = webhook_registration(ctx, &install);
+    if let Some((registration, _)) = &webhook {
+        objects.push(registration.clone());
+        render::sort(&mut objects);
+    }
     let previous = ctx.fingerprints.lock().await.get(&uid).cloned();
     let mut fingerprints = BTreeMap::new();
     let mut drifted = Vec::new();
@@ -246,11 +252,76 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         Some(status_components),
     )
     .await?;
+    let hook = webhook_status(ctx, &install, webhook.as_ref().map(|(_, expiry)| *expiry));
+    write_webhook_status(ctx, mi, hook).await?;
     if !was_ready {
         ctx.event(mi, EventType::Normal, "Ready", &message).await;
     }
     ctx.metrics.set_managed_objects(&name, objects.len());
     Ok(Action::requeue(RESYNC))
+}
+
+/// The MutatingWebhookConfiguration for this MeshInstall, with the current CA, and the serving
+/// certificate's expiry; None when injection is off or this process serves no webhook.
+fn webhook_registration(
+    ctx: &Context,
+    install: &Installation,
+) -> Option<(Rendered, std::time::SystemTime)> {
+    let settings = ctx.webhook.as_ref().filter(|_| install.injection.enabled)?;
+    let bundle = settings.resolver.bundle();
+    let config = crate::webhook::webhook_configuration(
+        install,
+        settings.client_config.clone(),
+        bundle.ca_pem.as_bytes(),
+    );
+    let mut rendered = Rendered::new(ComponentId::Webhook, &config);
+    render::finish(install, &mut rendered);
+    Some((rendered, bundle.not_after))
+}
+
+fn webhook_status(
+    ctx: &Context,
+    install: &Installation,
+    expiry: Option<std::time::SystemTime>,
+) -> crate::api::WebhookStatus {
+    use crate::api::{WebhookState, WebhookStatus};
+    match (install.injection.enabled, ctx.webhook.is_some(), expiry) {
+        (false, _, _) => WebhookStatus {
+            state: WebhookState::Disabled,
+            message: Some("injection.enabled is false".into()),
+            ..Default::default()
+        },
+        (true, false, _) => WebhookStatus {
+            state: WebhookState::Degraded,
+            message: Some("this operator runs without a webhook server (--webhook-addr)".into()),
+            ..Default::default()
+        },
+        (true, true, expiry) => WebhookStatus {
+            state: WebhookState::Active,
+            certificate_expiry: expiry
+                .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            message: Some("registered; pods in selected namespaces get a sidecar".into()),
+        },
+    }
+}
+
+async fn write_webhook_status(
+    ctx: &Context,
+    mi: &MeshInstall,
+    status: crate::api::WebhookStatus,
+) -> Result<(), Error> {
+    if mi.status.as_ref().and_then(|s| s.webhook.as_ref()) == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &mi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "webhook": status } })),
+    )
+    .await?;
+    Ok(())
 }
 
 fn component_list(

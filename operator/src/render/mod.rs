@@ -58,10 +58,12 @@ pub enum ComponentId {
     Grafana,
     Kiali,
     Jaeger,
+    /// meshop's sidecar injection webhook registration (added by the reconciler, not by render).
+    Webhook,
 }
 
 impl ComponentId {
-    pub const ALL: [ComponentId; 9] = [
+    pub const ALL: [ComponentId; 10] = [
         ComponentId::Base,
         ComponentId::Istiod,
         ComponentId::IngressGateway,
@@ -71,6 +73,7 @@ impl ComponentId {
         ComponentId::Grafana,
         ComponentId::Kiali,
         ComponentId::Jaeger,
+        ComponentId::Webhook,
     ];
 
     /// The name used in `spec.components`, `status.components` and `--component`.
@@ -85,6 +88,7 @@ impl ComponentId {
             ComponentId::Grafana => "grafana",
             ComponentId::Kiali => "kiali",
             ComponentId::Jaeger => "jaeger",
+            ComponentId::Webhook => "webhook",
         }
     }
 
@@ -100,6 +104,7 @@ impl ComponentId {
             ComponentId::Grafana => "grafana",
             ComponentId::Kiali => "kiali",
             ComponentId::Jaeger => "jaeger",
+            ComponentId::Webhook => "webhook",
         }
     }
 
@@ -107,9 +112,11 @@ impl ComponentId {
         match self {
             ComponentId::Base => Stage::Base,
             ComponentId::Istiod => Stage::ControlPlane,
-            ComponentId::IngressGateway | ComponentId::EgressGateway | ComponentId::Cni => {
-                Stage::DataPlane
-            }
+            // Injection is switched on only once istiod is ready: the webhook comes after it.
+            ComponentId::IngressGateway
+            | ComponentId::EgressGateway
+            | ComponentId::Cni
+            | ComponentId::Webhook => Stage::DataPlane,
             ComponentId::Prometheus
             | ComponentId::Grafana
             | ComponentId::Kiali
@@ -206,6 +213,17 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     for object in objects.iter_mut() {
         common::finish(install, object);
     }
+    sort(&mut objects);
+    objects
+}
+
+/// Adds meshop's labels and owner reference to an object built outside [`render`].
+pub fn finish(install: &Installation, object: &mut Rendered) {
+    common::finish(install, object);
+}
+
+/// Puts objects in apply order.
+pub fn sort(objects: &mut [Rendered]) {
     objects.sort_by(|a, b| {
         (
             a.stage(),
@@ -222,7 +240,6 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
                 b.name(),
             ))
     });
-    objects
 }
 
 /// Kinds that others depend on come first within a stage.

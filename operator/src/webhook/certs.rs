@@ -53,7 +53,10 @@ impl fmt::Debug for CertBundle {
         f.debug_struct("CertBundle")
             .field("not_before", &unix(self.not_before))
             .field("not_after", &unix(self.not_after))
-            .field("ca_key_pem", &self.ca_key_pem.as_ref().map(|_| "<redacted>"))
+            .field(
+                "ca_key_pem",
+                &self.ca_key_pem.as_ref().map(|_| "<redacted>"),
+            )
             .field("key_pem", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -73,13 +76,30 @@ impl CertBundle {
     }
 
     /// A bundle from stored PEM; reads the serving certificate's validity.
-    pub fn from_pem(ca_pem: String, ca_key_pem: Option<String>, cert_pem: String, key_pem: String) -> Result<CertBundle, CertError> {
+    pub fn from_pem(
+        ca_pem: String,
+        ca_key_pem: Option<String>,
+        cert_pem: String,
+        key_pem: String,
+    ) -> Result<CertBundle, CertError> {
         Self::assemble(ca_pem, ca_key_pem, cert_pem, key_pem)
     }
 
-    fn assemble(ca_pem: String, ca_key_pem: Option<String>, cert_pem: String, key_pem: String) -> Result<CertBundle, CertError> {
+    fn assemble(
+        ca_pem: String,
+        ca_key_pem: Option<String>,
+        cert_pem: String,
+        key_pem: String,
+    ) -> Result<CertBundle, CertError> {
         let (not_before, not_after) = validity(&cert_pem)?;
-        Ok(CertBundle { ca_pem, ca_key_pem, cert_pem, key_pem, not_before, not_after })
+        Ok(CertBundle {
+            ca_pem,
+            ca_key_pem,
+            cert_pem,
+            key_pem,
+            not_before,
+            not_after,
+        })
     }
 
     /// A new serving certificate for `sans`. Reuses the CA when its key is known and it outlives the
@@ -95,7 +115,12 @@ impl CertBundle {
             && let Ok(issuer) = Issuer::from_ca_cert_pem(&ca_cert_pem, key)
         {
             let (cert_pem, key_pem) = serving(sans, lifetime, now, &issuer)?;
-            return Self::assemble(self.ca_pem.clone(), self.ca_key_pem.clone(), cert_pem, key_pem);
+            return Self::assemble(
+                self.ca_pem.clone(),
+                self.ca_key_pem.clone(),
+                cert_pem,
+                key_pem,
+            );
         }
         let mut fresh = Self::generate(sans, lifetime)?;
         // Keep trusting the retiring CA(s) that are still valid.
@@ -116,7 +141,9 @@ impl CertBundle {
     /// Whether the serving certificate names every one of `sans`.
     pub fn covers(&self, sans: &[String]) -> bool {
         match cert_sans(&self.cert_pem) {
-            Ok(have) => sans.iter().all(|s| have.iter().any(|h| h.eq_ignore_ascii_case(s))),
+            Ok(have) => sans
+                .iter()
+                .all(|s| have.iter().any(|h| h.eq_ignore_ascii_case(s))),
             Err(_) => false,
         }
     }
@@ -132,11 +159,16 @@ fn third(from: SystemTime, until: SystemTime) -> Duration {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn offset(t: SystemTime) -> OffsetDateTime {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
@@ -144,8 +176,15 @@ fn offset(t: SystemTime) -> OffsetDateTime {
 fn serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     // The ring RNG only fails when the OS has no randomness; fall back to the clock then.
-    if rustls::crypto::ring::default_provider().secure_random.fill(&mut bytes).is_err() {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    if rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .is_err()
+    {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         bytes = nanos.to_be_bytes();
     }
     bytes[0] &= 0x7f;
@@ -158,10 +197,17 @@ fn new_ca(now: SystemTime) -> Result<(CertificateParams, KeyPair), CertError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "meshop");
-    dn.push(DnType::CommonName, format!("meshop-webhook-ca-{}", unix(now)));
+    dn.push(
+        DnType::CommonName,
+        format!("meshop-webhook-ca-{}", unix(now)),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = offset(now - BACKDATE);
     params.not_after = offset(now + CA_LIFETIME);
     params.serial_number = Some(serial());
@@ -169,12 +215,23 @@ fn new_ca(now: SystemTime) -> Result<(CertificateParams, KeyPair), CertError> {
 }
 
 /// A serving certificate for `sans`, signed by `issuer`: (cert PEM, key PEM).
-fn serving(sans: &[String], lifetime: Duration, now: SystemTime, issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), CertError> {
+fn serving(
+    sans: &[String],
+    lifetime: Duration,
+    now: SystemTime,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, String), CertError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     // `CertificateParams::new` files IP literals as IP SANs and the rest as DNS names.
-    let mut params = CertificateParams::new(sans.to_vec()).map_err(|_| CertError::InvalidSan(sans.join(",")))?;
+    let mut params =
+        CertificateParams::new(sans.to_vec()).map_err(|_| CertError::InvalidSan(sans.join(",")))?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, sans.first().cloned().unwrap_or_else(|| "meshop-webhook".into()));
+    dn.push(
+        DnType::CommonName,
+        sans.first()
+            .cloned()
+            .unwrap_or_else(|| "meshop-webhook".into()),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -209,9 +266,15 @@ fn first_pem(pem: &str) -> Option<String> {
     pems(pem).into_iter().next()
 }
 
-fn with_cert<R>(pem: &str, f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> R) -> Result<R, CertError> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CertError::Parse(e.to_string()))?;
-    let cert = block.parse_x509().map_err(|e| CertError::Parse(e.to_string()))?;
+fn with_cert<R>(
+    pem: &str,
+    f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> R,
+) -> Result<R, CertError> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    let cert = block
+        .parse_x509()
+        .map_err(|e| CertError::Parse(e.to_string()))?;
     Ok(f(&cert))
 }
 
@@ -219,14 +282,19 @@ fn with_cert<R>(pem: &str, f: impl FnOnce(&x509_parser::certificate::X509Certifi
 pub fn validity(pem: &str) -> Result<(SystemTime, SystemTime), CertError> {
     with_cert(pem, |c| {
         let v = c.validity();
-        (to_system(v.not_before.timestamp()), to_system(v.not_after.timestamp()))
+        (
+            to_system(v.not_before.timestamp()),
+            to_system(v.not_after.timestamp()),
+        )
     })
 }
 
 /// The DNS names and IP addresses of the first certificate in `pem`.
 pub fn cert_sans(pem: &str) -> Result<Vec<String>, CertError> {
     with_cert(pem, |c| {
-        let Ok(Some(ext)) = c.subject_alternative_name() else { return Vec::new() };
+        let Ok(Some(ext)) = c.subject_alternative_name() else {
+            return Vec::new();
+        };
         ext.value
             .general_names
             .iter()
@@ -253,7 +321,11 @@ fn ip_string(b: &[u8]) -> Option<String> {
 }
 
 fn to_system(ts: i64) -> SystemTime {
-    if ts >= 0 { UNIX_EPOCH + Duration::from_secs(ts as u64) } else { UNIX_EPOCH }
+    if ts >= 0 {
+        UNIX_EPOCH + Duration::from_secs(ts as u64)
+    } else {
+        UNIX_EPOCH
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +333,10 @@ mod tests {
     use super::*;
 
     fn sans() -> Vec<String> {
-        vec!["meshop-webhook.meshop-system.svc".into(), "127.0.0.1".into()]
+        vec![
+            "meshop-webhook.meshop-system.svc".into(),
+            "127.0.0.1".into(),
+        ]
     }
 
     #[test]
@@ -270,7 +345,10 @@ mod tests {
         assert!(b.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(b.key_pem.contains("PRIVATE KEY"));
         let left = b.not_after.duration_since(SystemTime::now()).unwrap();
-        assert!(left > Duration::from_secs(3500) && left <= Duration::from_secs(3600), "{left:?}");
+        assert!(
+            left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+            "{left:?}"
+        );
         assert_eq!(cert_sans(&b.cert_pem).unwrap(), sans());
         assert!(b.covers(&sans()));
         assert!(!b.covers(&["other.svc".to_string()]));
@@ -302,7 +380,10 @@ mod tests {
         let b = CertBundle::generate(&sans(), Duration::from_secs(3600)).unwrap();
         let r = b.renew(&sans(), Duration::from_secs(7200)).unwrap();
         assert_eq!(r.ca_pem, b.ca_pem);
-        assert_ne!(serial_hex(&r.cert_pem).unwrap(), serial_hex(&b.cert_pem).unwrap());
+        assert_ne!(
+            serial_hex(&r.cert_pem).unwrap(),
+            serial_hex(&b.cert_pem).unwrap()
+        );
         assert!(r.not_after > b.not_after);
     }
 
@@ -319,7 +400,13 @@ mod tests {
     #[test]
     fn pem_round_trip_and_debug_redacts_keys() {
         let b = CertBundle::generate(&sans(), Duration::from_secs(3600)).unwrap();
-        let again = CertBundle::from_pem(b.ca_pem.clone(), b.ca_key_pem.clone(), b.cert_pem.clone(), b.key_pem.clone()).unwrap();
+        let again = CertBundle::from_pem(
+            b.ca_pem.clone(),
+            b.ca_key_pem.clone(),
+            b.cert_pem.clone(),
+            b.key_pem.clone(),
+        )
+        .unwrap();
         assert_eq!(again, b);
         assert_eq!(pems(&b.ca_pem), vec![b.ca_pem.clone()]);
         let dbg = format!("{b:?}");
@@ -329,9 +416,20 @@ mod tests {
     #[test]
     fn bad_pem_is_an_error_not_a_panic() {
         assert!(validity("not a pem").is_err());
-        assert!(CertBundle::from_pem("x".into(), None, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(), "k".into()).is_err());
+        assert!(
+            CertBundle::from_pem(
+                "x".into(),
+                None,
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+                "k".into()
+            )
+            .is_err()
+        );
         let b = CertBundle::generate(&sans(), Duration::from_secs(3600)).unwrap();
-        let broken = CertBundle { cert_pem: "junk".into(), ..b };
+        let broken = CertBundle {
+            cert_pem: "junk".into(),
+            ..b
+        };
         assert!(!broken.covers(&sans()));
     }
 }

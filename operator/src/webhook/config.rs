@@ -15,8 +15,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
 
 use super::revision_key;
 use crate::api::FailurePolicy;
@@ -39,29 +43,53 @@ fn req(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
     LabelSelectorRequirement {
         key: key.to_string(),
         operator: operator.to_string(),
-        values: if values.is_empty() { None } else { Some(values.iter().map(|v| v.to_string()).collect()) },
+        values: if values.is_empty() {
+            None
+        } else {
+            Some(values.iter().map(|v| v.to_string()).collect())
+        },
     }
 }
 
 fn selector(reqs: Vec<LabelSelectorRequirement>) -> LabelSelector {
-    LabelSelector { match_expressions: Some(reqs), match_labels: None }
+    LabelSelector {
+        match_expressions: Some(reqs),
+        match_labels: None,
+    }
 }
 
 /// The configuration for `install`. `client_config` says where the webhook is (a Service or a URL);
 /// its path defaults to [`WEBHOOK_PATH`] and its `caBundle` is set to `ca_bundle` (PEM).
-pub fn webhook_configuration(install: &Installation, mut client_config: WebhookClientConfig, ca_bundle: &[u8]) -> MutatingWebhookConfiguration {
+pub fn webhook_configuration(
+    install: &Installation,
+    mut client_config: WebhookClientConfig,
+    ca_bundle: &[u8],
+) -> MutatingWebhookConfiguration {
     client_config.ca_bundle = Some(ByteString(ca_bundle.to_vec()));
     if let Some(svc) = client_config.service.as_mut() {
         svc.path.get_or_insert_with(|| WEBHOOK_PATH.to_string());
     }
     let rev = revision_key(&install.revision).to_string();
     let protected = [NAME_LABEL, "NotIn"];
-    let excluded = ["kube-system", "kube-public", "kube-node-lease", install.namespace.as_str()];
+    let excluded = [
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        install.namespace.as_str(),
+    ];
     let not_protected = || req(protected[0], protected[1], &excluded);
     let not_opted_out = || req(keys::INJECT, "NotIn", &["false"]);
-    let unlabelled_ns = || vec![req(keys::NAMESPACE_INJECTION, "DoesNotExist", &[]), req(keys::REV, "DoesNotExist", &[]), not_protected()];
+    let unlabelled_ns = || {
+        vec![
+            req(keys::NAMESPACE_INJECTION, "DoesNotExist", &[]),
+            req(keys::REV, "DoesNotExist", &[]),
+            not_protected(),
+        ]
+    };
 
-    let hook = |name: String, ns: Vec<LabelSelectorRequirement>, obj: Vec<LabelSelectorRequirement>| MutatingWebhook {
+    let hook = |name: String,
+                ns: Vec<LabelSelectorRequirement>,
+                obj: Vec<LabelSelectorRequirement>| MutatingWebhook {
         name,
         admission_review_versions: vec!["v1".into()],
         client_config: client_config.clone(),
@@ -90,26 +118,57 @@ pub fn webhook_configuration(install: &Installation, mut client_config: WebhookC
 
     let mut webhooks = Vec::new();
     if install.revision.is_empty() {
-        webhooks.push(hook(format!("namespace.{SUFFIX}"), vec![req(keys::NAMESPACE_INJECTION, "In", &["enabled"]), not_protected()], vec![not_opted_out()]));
+        webhooks.push(hook(
+            format!("namespace.{SUFFIX}"),
+            vec![
+                req(keys::NAMESPACE_INJECTION, "In", &["enabled"]),
+                not_protected(),
+            ],
+            vec![not_opted_out()],
+        ));
     }
     webhooks.push(hook(
         format!("rev.namespace.{rev}.{SUFFIX}"),
-        vec![req(keys::REV, "In", &[&rev]), req(keys::NAMESPACE_INJECTION, "DoesNotExist", &[]), not_protected()],
+        vec![
+            req(keys::REV, "In", &[&rev]),
+            req(keys::NAMESPACE_INJECTION, "DoesNotExist", &[]),
+            not_protected(),
+        ],
         vec![not_opted_out()],
     ));
-    webhooks.push(hook(format!("rev.object.{rev}.{SUFFIX}"), unlabelled_ns(), vec![req(keys::REV, "In", &[&rev]), not_opted_out()]));
+    webhooks.push(hook(
+        format!("rev.object.{rev}.{SUFFIX}"),
+        unlabelled_ns(),
+        vec![req(keys::REV, "In", &[&rev]), not_opted_out()],
+    ));
     if install.revision.is_empty() {
-        webhooks.push(hook(format!("object.{SUFFIX}"), unlabelled_ns(), vec![req(keys::INJECT, "In", &["true"]), req(keys::REV, "DoesNotExist", &[])]));
+        webhooks.push(hook(
+            format!("object.{SUFFIX}"),
+            unlabelled_ns(),
+            vec![
+                req(keys::INJECT, "In", &["true"]),
+                req(keys::REV, "DoesNotExist", &[]),
+            ],
+        ));
     }
 
     MutatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some(webhook_configuration_name(install)),
             labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/managed-by".to_string(), "meshop".to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "meshop".to_string(),
+                ),
                 ("app.kubernetes.io/part-of".to_string(), "istio".to_string()),
-                ("app.kubernetes.io/component".to_string(), "sidecar-injector".to_string()),
-                ("app.kubernetes.io/instance".to_string(), install.owner.name.clone()),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "sidecar-injector".to_string(),
+                ),
+                (
+                    "app.kubernetes.io/instance".to_string(),
+                    install.owner.name.clone(),
+                ),
                 (keys::REV.to_string(), rev.clone()),
             ])),
             owner_references: install.owner.uid.as_ref().map(|uid| {
@@ -136,13 +195,27 @@ mod tests {
     use crate::effective::Owner;
 
     fn install(revision: &str) -> Installation {
-        let spec: crate::api::MeshInstallSpec = serde_json::from_value(serde_json::json!({"profile": "minimal", "revision": revision})).unwrap();
-        Installation::resolve(Owner { name: "mesh".into(), uid: Some("u-1".into()) }, &spec).unwrap()
+        let spec: crate::api::MeshInstallSpec =
+            serde_json::from_value(serde_json::json!({"profile": "minimal", "revision": revision}))
+                .unwrap();
+        Installation::resolve(
+            Owner {
+                name: "mesh".into(),
+                uid: Some("u-1".into()),
+            },
+            &spec,
+        )
+        .unwrap()
     }
 
     fn svc() -> WebhookClientConfig {
         WebhookClientConfig {
-            service: Some(ServiceReference { name: "meshop-webhook".into(), namespace: "meshop-system".into(), path: None, port: Some(443) }),
+            service: Some(ServiceReference {
+                name: "meshop-webhook".into(),
+                namespace: "meshop-system".into(),
+                path: None,
+                port: Some(443),
+            }),
             ..Default::default()
         }
     }
@@ -157,15 +230,23 @@ mod tests {
     }
 
     fn has(s: &Option<LabelSelector>, key: &str, op: &str, values: &[&str]) -> bool {
-        exprs(s).iter().any(|(k, o, v)| k == key && o == op && v.iter().map(String::as_str).eq(values.iter().copied()))
+        exprs(s).iter().any(|(k, o, v)| {
+            k == key && o == op && v.iter().map(String::as_str).eq(values.iter().copied())
+        })
     }
 
     #[test]
     fn default_revision_has_four_webhooks_with_common_settings() {
         let i = install("");
         let mwc = webhook_configuration(&i, svc(), b"PEM");
-        assert_eq!(mwc.metadata.name.as_deref(), Some("meshop-sidecar-injector-mesh"));
-        assert_eq!(mwc.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+        assert_eq!(
+            mwc.metadata.name.as_deref(),
+            Some("meshop-sidecar-injector-mesh")
+        );
+        assert_eq!(
+            mwc.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "u-1"
+        );
         let hooks = mwc.webhooks.unwrap();
         let names: Vec<_> = hooks.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(
@@ -177,40 +258,120 @@ mod tests {
                 "object.sidecar-injector.meshop.dev"
             ]
         );
-        let excluded = ["kube-system", "kube-public", "kube-node-lease", i.namespace.as_str()];
+        let excluded = [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            i.namespace.as_str(),
+        ];
         for h in &hooks {
             assert_eq!(h.admission_review_versions, ["v1"]);
             assert_eq!(h.side_effects, "None");
             assert_eq!(h.timeout_seconds, Some(10));
             assert_eq!(h.reinvocation_policy.as_deref(), Some("Never"));
-            assert!(h.failure_policy.as_deref() == Some("Fail") || h.failure_policy.as_deref() == Some("Ignore"));
+            assert!(
+                h.failure_policy.as_deref() == Some("Fail")
+                    || h.failure_policy.as_deref() == Some("Ignore")
+            );
             assert_eq!(h.client_config.ca_bundle.as_ref().unwrap().0, b"PEM");
-            assert_eq!(h.client_config.service.as_ref().unwrap().path.as_deref(), Some("/inject"));
+            assert_eq!(
+                h.client_config.service.as_ref().unwrap().path.as_deref(),
+                Some("/inject")
+            );
             let r = &h.rules.as_ref().unwrap()[0];
             assert_eq!(r.operations.as_deref(), Some(&["CREATE".to_string()][..]));
             assert_eq!(r.resources.as_deref(), Some(&["pods".to_string()][..]));
             assert_eq!(r.api_versions.as_deref(), Some(&["v1".to_string()][..]));
-            assert!(has(&h.namespace_selector, "kubernetes.io/metadata.name", "NotIn", &excluded), "{}", h.name);
+            assert!(
+                has(
+                    &h.namespace_selector,
+                    "kubernetes.io/metadata.name",
+                    "NotIn",
+                    &excluded
+                ),
+                "{}",
+                h.name
+            );
         }
-        assert!(has(&hooks[0].namespace_selector, "istio-injection", "In", &["enabled"]));
-        assert!(has(&hooks[0].object_selector, "sidecar.istio.io/inject", "NotIn", &["false"]));
-        assert!(has(&hooks[1].namespace_selector, "istio.io/rev", "In", &["default"]));
-        assert!(has(&hooks[1].namespace_selector, "istio-injection", "DoesNotExist", &[]));
-        assert!(has(&hooks[3].namespace_selector, "istio-injection", "DoesNotExist", &[]));
-        assert!(has(&hooks[3].namespace_selector, "istio.io/rev", "DoesNotExist", &[]));
-        assert!(has(&hooks[3].object_selector, "sidecar.istio.io/inject", "In", &["true"]));
+        assert!(has(
+            &hooks[0].namespace_selector,
+            "istio-injection",
+            "In",
+            &["enabled"]
+        ));
+        assert!(has(
+            &hooks[0].object_selector,
+            "sidecar.istio.io/inject",
+            "NotIn",
+            &["false"]
+        ));
+        assert!(has(
+            &hooks[1].namespace_selector,
+            "istio.io/rev",
+            "In",
+            &["default"]
+        ));
+        assert!(has(
+            &hooks[1].namespace_selector,
+            "istio-injection",
+            "DoesNotExist",
+            &[]
+        ));
+        assert!(has(
+            &hooks[3].namespace_selector,
+            "istio-injection",
+            "DoesNotExist",
+            &[]
+        ));
+        assert!(has(
+            &hooks[3].namespace_selector,
+            "istio.io/rev",
+            "DoesNotExist",
+            &[]
+        ));
+        assert!(has(
+            &hooks[3].object_selector,
+            "sidecar.istio.io/inject",
+            "In",
+            &["true"]
+        ));
     }
 
     #[test]
     fn revisioned_install_has_only_rev_webhooks() {
-        let mwc = webhook_configuration(&install("canary"), WebhookClientConfig { url: Some("https://10.0.0.1:9443/inject".into()), ..Default::default() }, b"CA");
+        let mwc = webhook_configuration(
+            &install("canary"),
+            WebhookClientConfig {
+                url: Some("https://10.0.0.1:9443/inject".into()),
+                ..Default::default()
+            },
+            b"CA",
+        );
         let hooks = mwc.webhooks.unwrap();
         assert_eq!(hooks.len(), 2);
         assert!(hooks.iter().all(|h| h.name.contains(".canary.")));
-        assert!(has(&hooks[0].namespace_selector, "istio.io/rev", "In", &["canary"]));
-        assert!(has(&hooks[0].object_selector, "sidecar.istio.io/inject", "NotIn", &["false"]));
-        assert!(has(&hooks[1].object_selector, "istio.io/rev", "In", &["canary"]));
-        assert_eq!(hooks[0].client_config.url.as_deref(), Some("https://10.0.0.1:9443/inject"));
+        assert!(has(
+            &hooks[0].namespace_selector,
+            "istio.io/rev",
+            "In",
+            &["canary"]
+        ));
+        assert!(has(
+            &hooks[0].object_selector,
+            "sidecar.istio.io/inject",
+            "NotIn",
+            &["false"]
+        ));
+        assert!(has(
+            &hooks[1].object_selector,
+            "istio.io/rev",
+            "In",
+            &["canary"]
+        ));
+        assert_eq!(
+            hooks[0].client_config.url.as_deref(),
+            Some("https://10.0.0.1:9443/inject")
+        );
     }
 
     #[test]
@@ -218,9 +379,17 @@ mod tests {
         let mut i = install("");
         i.injection.failure_policy = FailurePolicy::Ignore;
         let hooks = webhook_configuration(&i, svc(), b"").webhooks.unwrap();
-        assert!(hooks.iter().all(|h| h.failure_policy.as_deref() == Some("Ignore")));
+        assert!(
+            hooks
+                .iter()
+                .all(|h| h.failure_policy.as_deref() == Some("Ignore"))
+        );
         i.injection.failure_policy = FailurePolicy::Fail;
         let hooks = webhook_configuration(&i, svc(), b"").webhooks.unwrap();
-        assert!(hooks.iter().all(|h| h.failure_policy.as_deref() == Some("Fail")));
+        assert!(
+            hooks
+                .iter()
+                .all(|h| h.failure_policy.as_deref() == Some("Fail"))
+        );
     }
 }

@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DynamicObject};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{PartialObjectMeta, Status};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -81,7 +81,10 @@ impl View {
 
     /// Records (or replaces) the MeshInstall `name`'s injection settings.
     pub fn set_install(&self, name: &str, install: &Installation) {
-        let rc = RevisionConfig { enabled: install.injection.enabled, config: Arc::new(InjectionConfig::from(install)) };
+        let rc = RevisionConfig {
+            enabled: install.injection.enabled,
+            config: Arc::new(InjectionConfig::from(install)),
+        };
         write(&self.inner.installs).insert(name.to_string(), rc);
     }
 
@@ -93,7 +96,10 @@ impl View {
     /// claiming one revision is a conflict the reconciler reports; here the first by name wins so
     /// the answer is at least stable.
     pub fn revision(&self, key: &str) -> Option<RevisionConfig> {
-        read(&self.inner.installs).values().find(|rc| revision_key(&rc.config.revision) == key).cloned()
+        read(&self.inner.installs)
+            .values()
+            .find(|rc| revision_key(&rc.config.revision) == key)
+            .cloned()
     }
 
     /// Marks both watches as having listed everything (tests and [`spawn_view`]).
@@ -104,7 +110,8 @@ impl View {
 
     /// Whether both watches have completed their first list. Until then answers would be guesses.
     pub fn is_synced(&self) -> bool {
-        self.inner.namespaces_synced.load(Ordering::SeqCst) && self.inner.installs_synced.load(Ordering::SeqCst)
+        self.inner.namespaces_synced.load(Ordering::SeqCst)
+            && self.inner.installs_synced.load(Ordering::SeqCst)
     }
 
     fn replace_namespaces(&self, all: HashMap<String, BTreeMap<String, String>>) {
@@ -122,9 +129,14 @@ impl View {
 /// MeshInstalls. They retry with backoff forever; the tasks end when the runtime does.
 pub fn spawn_view(client: Client) -> View {
     let view = View::new();
-    let ns_stream = watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let ns_stream = watcher::watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
     tokio::spawn(feed_namespaces(view.clone(), ns_stream));
-    let mi_stream = watcher::watcher(Api::<MeshInstall>::all(client), watcher::Config::default()).default_backoff();
+    let mi_stream = watcher::watcher(Api::<MeshInstall>::all(client), watcher::Config::default())
+        .default_backoff();
     tokio::spawn(feed_installs(view.clone(), mi_stream));
     view
 }
@@ -181,7 +193,10 @@ where
 
 fn revision_config(mi: &MeshInstall) -> Option<RevisionConfig> {
     let install = Installation::from_mesh(mi).ok()?;
-    Some(RevisionConfig { enabled: install.injection.enabled, config: Arc::new(InjectionConfig::from(&install)) })
+    Some(RevisionConfig {
+        enabled: install.injection.enabled,
+        config: Arc::new(InjectionConfig::from(&install)),
+    })
 }
 
 /// The webhook's routes: `POST /inject` and `GET /healthz`.
@@ -197,7 +212,11 @@ async fn healthz(State(view): State<View>) -> Response {
     if view.is_synced() {
         (StatusCode::OK, "ok").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "webhook cache is still syncing").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook cache is still syncing",
+        )
+            .into_response()
     }
 }
 
@@ -206,7 +225,13 @@ async fn healthz(State(view): State<View>) -> Response {
 fn json(status: StatusCode, review: &AdmissionReview<DynamicObject>) -> Response {
     let mut value = match serde_json::to_value(review) {
         Ok(v) => v,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the AdmissionReview failed: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding the AdmissionReview failed: {e}"),
+            )
+                .into_response();
+        }
     };
     if let Some(patch) = review.response.as_ref().and_then(|r| r.patch.as_ref())
         && let Ok(b64) = serde_json::to_value(k8s_openapi::ByteString(patch.clone()))
@@ -220,17 +245,29 @@ fn json(status: StatusCode, review: &AdmissionReview<DynamicObject>) -> Response
 async fn inject_handler(State(view): State<View>, body: Bytes) -> Response {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("request body is not a valid AdmissionReview: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("request body is not a valid AdmissionReview: {e}"),
+            )
+                .into_response();
+        }
     };
     let api_version = review.types.api_version.clone();
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
-        Err(_) => return (StatusCode::BAD_REQUEST, "AdmissionReview has no request").into_response(),
+        Err(_) => {
+            return (StatusCode::BAD_REQUEST, "AdmissionReview has no request").into_response();
+        }
     };
     // Until the watches have listed everything, say so with a 503: the API server then applies
     // the webhook's failurePolicy instead of admitting pods on a guess.
     if !view.is_synced() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "webhook cache is still syncing").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook cache is still syncing",
+        )
+            .into_response();
     }
     let resp = admit(&view, &req, &api_version);
     json(StatusCode::OK, &resp.into_review())
@@ -250,14 +287,32 @@ fn deny(req: &AdmissionRequest<DynamicObject>, message: String) -> AdmissionResp
 }
 
 /// The answer to one request. Everything that is not a v1 Pod CREATE is admitted untouched.
-fn admit(view: &View, req: &AdmissionRequest<DynamicObject>, api_version: &str) -> AdmissionResponse {
+fn admit(
+    view: &View,
+    req: &AdmissionRequest<DynamicObject>,
+    api_version: &str,
+) -> AdmissionResponse {
     if api_version != "admission.k8s.io/v1" {
-        return allow_with_warning(req, format!("meshop injection webhook expects admission.k8s.io/v1, got {api_version:?}; pod admitted without a sidecar"));
+        return allow_with_warning(
+            req,
+            format!(
+                "meshop injection webhook expects admission.k8s.io/v1, got {api_version:?}; pod admitted without a sidecar"
+            ),
+        );
     }
     let k = &req.kind;
-    let pod_create = k.group.is_empty() && k.version == "v1" && k.kind == "Pod" && matches!(req.operation, Operation::Create);
+    let pod_create = k.group.is_empty()
+        && k.version == "v1"
+        && k.kind == "Pod"
+        && matches!(req.operation, Operation::Create);
     if !pod_create || req.sub_resource.is_some() {
-        return allow_with_warning(req, format!("meshop injection webhook only handles v1 Pod CREATE; got {}/{} {} {:?}", k.group, k.version, k.kind, req.operation));
+        return allow_with_warning(
+            req,
+            format!(
+                "meshop injection webhook only handles v1 Pod CREATE; got {}/{} {} {:?}",
+                k.group, k.version, k.kind, req.operation
+            ),
+        );
     }
     let Some(obj) = &req.object else {
         return deny(req, "admission request carries no pod".into());
@@ -267,7 +322,11 @@ fn admit(view: &View, req: &AdmissionRequest<DynamicObject>, api_version: &str) 
         Err(e) => return deny(req, format!("object is not a valid Pod: {e}")),
     };
     // Pods from a template have no namespace in the object yet; the request has it.
-    let namespace = req.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| pod.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".into());
     pod.metadata.namespace = Some(namespace.clone());
     let ns_labels = view.namespace_labels(&namespace).unwrap_or_default();
 
@@ -329,16 +388,33 @@ mod tests {
     use crate::effective::Owner;
 
     fn install(revision: &str) -> Installation {
-        let spec: crate::api::MeshInstallSpec = serde_json::from_value(json!({"profile": "minimal", "revision": revision})).unwrap();
-        Installation::resolve(Owner { name: format!("mesh{revision}"), uid: None }, &spec).unwrap()
+        let spec: crate::api::MeshInstallSpec =
+            serde_json::from_value(json!({"profile": "minimal", "revision": revision})).unwrap();
+        Installation::resolve(
+            Owner {
+                name: format!("mesh{revision}"),
+                uid: None,
+            },
+            &spec,
+        )
+        .unwrap()
     }
 
     fn view() -> View {
         let v = View::new();
-        v.set_namespace("apps", BTreeMap::from([(keys::NAMESPACE_INJECTION.to_string(), "enabled".to_string())]));
-        v.set_namespace("canary-apps", BTreeMap::from([(keys::REV.to_string(), "canary".to_string())]));
+        v.set_namespace(
+            "apps",
+            BTreeMap::from([(keys::NAMESPACE_INJECTION.to_string(), "enabled".to_string())]),
+        );
+        v.set_namespace(
+            "canary-apps",
+            BTreeMap::from([(keys::REV.to_string(), "canary".to_string())]),
+        );
         v.set_namespace("plain", BTreeMap::new());
-        v.set_namespace("kube-system", BTreeMap::from([(keys::NAMESPACE_INJECTION.to_string(), "enabled".to_string())]));
+        v.set_namespace(
+            "kube-system",
+            BTreeMap::from([(keys::NAMESPACE_INJECTION.to_string(), "enabled".to_string())]),
+        );
         v.set_install("mesh", &install(""));
         v.set_install("mesh-canary", &install("canary"));
         v.mark_synced();
@@ -367,21 +443,38 @@ mod tests {
     }
 
     fn pod_review(namespace: &str, object: Value) -> Value {
-        review(namespace, json!({"group": "", "version": "v1", "kind": "Pod"}), object)
+        review(
+            namespace,
+            json!({"group": "", "version": "v1", "kind": "Pod"}),
+            object,
+        )
     }
 
     async fn call_raw(v: &View, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-        let req = Request::builder().method(method).uri(uri).header("content-type", "application/json").body(Body::from(body)).unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
         let resp = router(v.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
         (status, bytes.to_vec())
     }
 
     /// Sends a review and returns the `response` object.
     async fn call(v: &View, body: &Value) -> Value {
-        let (status, bytes) = call_raw(v, "POST", "/inject", serde_json::to_vec(body).unwrap()).await;
-        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+        let (status, bytes) =
+            call_raw(v, "POST", "/inject", serde_json::to_vec(body).unwrap()).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
         let out: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");
@@ -392,7 +485,8 @@ mod tests {
     fn decoded_patch(resp: &Value) -> Option<json_patch::Patch> {
         let b64 = resp.get("patch")?.as_str()?;
         // The API server's JSON encoding of []byte is base64.
-        let bytes: k8s_openapi::ByteString = serde_json::from_value(Value::String(b64.to_string())).ok()?;
+        let bytes: k8s_openapi::ByteString =
+            serde_json::from_value(Value::String(b64.to_string())).ok()?;
         serde_json::from_slice(&bytes.0).ok()
     }
 
@@ -419,7 +513,10 @@ mod tests {
         assert_eq!(resp["allowed"], true);
         assert_eq!(resp["patchType"], "JSONPatch");
         let injected = apply(&pod(), &resp);
-        assert!(container_names(&injected).contains(&"istio-proxy".to_string()), "{injected}");
+        assert!(
+            container_names(&injected).contains(&"istio-proxy".to_string()),
+            "{injected}"
+        );
         assert!(injected["metadata"]["annotations"][keys::STATUS].is_string());
     }
 
@@ -438,7 +535,10 @@ mod tests {
         let v = view();
         let resp = call(&v, &pod_review("canary-apps", pod())).await;
         let injected = apply(&pod(), &resp);
-        assert!(injected.to_string().contains("istiod-canary."), "discovery address of the canary revision");
+        assert!(
+            injected.to_string().contains("istiod-canary."),
+            "discovery address of the canary revision"
+        );
     }
 
     #[tokio::test]
@@ -459,7 +559,12 @@ mod tests {
         opted_out["metadata"]["labels"][keys::INJECT] = json!("false");
         let mut host = pod();
         host["spec"]["hostNetwork"] = json!(true);
-        for (ns, p) in [("apps", opted_out), ("apps", host), ("kube-system", pod()), ("nowhere", pod())] {
+        for (ns, p) in [
+            ("apps", opted_out),
+            ("apps", host),
+            ("kube-system", pod()),
+            ("nowhere", pod()),
+        ] {
             let resp = call(&v, &pod_review(ns, p)).await;
             assert_eq!(resp["allowed"], true);
             assert!(resp.get("patch").is_none(), "{ns}: {resp}");
@@ -484,17 +589,28 @@ mod tests {
     async fn bad_annotation_is_denied_with_the_reason() {
         let v = view();
         let mut p = pod();
-        p["metadata"]["annotations"] = json!({(keys::PROXY_CPU): "2", (keys::PROXY_CPU_LIMIT): "1"});
+        p["metadata"]["annotations"] =
+            json!({(keys::PROXY_CPU): "2", (keys::PROXY_CPU_LIMIT): "1"});
         let resp = call(&v, &pod_review("apps", p)).await;
         assert_eq!(resp["allowed"], false);
         assert_eq!(resp["status"]["code"], 400);
-        assert!(resp["status"]["message"].as_str().unwrap().contains("proxyCPU"), "{resp}");
+        assert!(
+            resp["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("proxyCPU"),
+            "{resp}"
+        );
     }
 
     #[tokio::test]
     async fn malformed_body_is_a_400_with_a_message() {
         let v = view();
-        for body in [b"{not json".to_vec(), b"[]".to_vec(), br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec()] {
+        for body in [
+            b"{not json".to_vec(),
+            b"[]".to_vec(),
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+        ] {
             let (status, bytes) = call_raw(&v, "POST", "/inject", body).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             let msg = String::from_utf8_lossy(&bytes);
@@ -513,14 +629,23 @@ mod tests {
     async fn other_kinds_and_versions_are_allowed_with_a_warning() {
         let v = view();
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
-        let resp = call(&v, &review("apps", json!({"group": "", "version": "v1", "kind": "ConfigMap"}), cm)).await;
+        let resp = call(
+            &v,
+            &review(
+                "apps",
+                json!({"group": "", "version": "v1", "kind": "ConfigMap"}),
+                cm,
+            ),
+        )
+        .await;
         assert_eq!(resp["allowed"], true);
         assert!(resp.get("patch").is_none());
         assert!(resp["warnings"][0].as_str().unwrap().contains("ConfigMap"));
 
         let mut old = pod_review("apps", pod());
         old["apiVersion"] = json!("admission.k8s.io/v1beta1");
-        let (status, bytes) = call_raw(&v, "POST", "/inject", serde_json::to_vec(&old).unwrap()).await;
+        let (status, bytes) =
+            call_raw(&v, "POST", "/inject", serde_json::to_vec(&old).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         let out: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(out["response"]["allowed"], true);
@@ -530,7 +655,13 @@ mod tests {
     #[tokio::test]
     async fn answers_503_until_the_view_is_synced() {
         let v = View::new();
-        let (status, _) = call_raw(&v, "POST", "/inject", serde_json::to_vec(&pod_review("apps", pod())).unwrap()).await;
+        let (status, _) = call_raw(
+            &v,
+            "POST",
+            "/inject",
+            serde_json::to_vec(&pod_review("apps", pod())).unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let (status, _) = call_raw(&v, "GET", "/healthz", Vec::new()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -542,66 +673,140 @@ mod tests {
     async fn a_pod_with_2000_env_vars_over_axums_default_limit_fits() {
         let v = view();
         let mut p = pod();
-        let env: Vec<Value> = (0..2000).map(|i| json!({"name": format!("VAR_{i}"), "value": "x".repeat(1200)})).collect();
+        let env: Vec<Value> = (0..2000)
+            .map(|i| json!({"name": format!("VAR_{i}"), "value": "x".repeat(1200)}))
+            .collect();
         p["spec"]["containers"][0]["env"] = Value::Array(env);
         let body = serde_json::to_vec(&pod_review("apps", p.clone())).unwrap();
-        assert!(body.len() > 2 * 1024 * 1024, "the test must exceed axum's default 2 MB limit");
+        assert!(
+            body.len() > 2 * 1024 * 1024,
+            "the test must exceed axum's default 2 MB limit"
+        );
         let resp = call(&v, &pod_review("apps", p.clone())).await;
         let injected = apply(&p, &resp);
-        assert_eq!(injected["spec"]["containers"][0]["env"].as_array().unwrap().len(), 2000);
-        assert!(decoded_patch(&resp).unwrap().0.len() < 100, "patch does not rewrite the env vars");
+        assert_eq!(
+            injected["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2000
+        );
+        assert!(
+            decoded_patch(&resp).unwrap().0.len() < 100,
+            "patch does not rewrite the env vars"
+        );
         let (status, _) = call_raw(&v, "POST", "/inject", vec![b' '; BODY_LIMIT + 1]).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     fn ns_meta(name: &str, pairs: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
         use kube::core::{ObjectMeta, PartialObjectMetaExt};
-        let labels = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        ObjectMeta { name: Some(name.into()), labels: Some(labels), ..Default::default() }.into_response_partial()
+        let labels = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            ..Default::default()
+        }
+        .into_response_partial()
     }
 
     #[tokio::test]
     async fn watch_events_feed_the_view_and_a_relist_drops_deleted_namespaces() {
         let v = View::new();
-        let events = || -> Vec<Result<_, watcher::Error>> { vec![
-            Ok(Event::Init),
-            Ok(Event::InitApply(ns_meta("a", &[(keys::NAMESPACE_INJECTION, "enabled")]))),
-            Ok(Event::InitApply(ns_meta("b", &[]))),
-            Ok(Event::InitDone),
-            Ok(Event::Apply(ns_meta("b", &[(keys::REV, "canary")]))),
-            Ok(Event::Delete(ns_meta("a", &[]))),
-            Ok(Event::Init),
-            Ok(Event::InitApply(ns_meta("c", &[]))),
-            Ok(Event::InitDone),
-        ] };
+        let events = || -> Vec<Result<_, watcher::Error>> {
+            vec![
+                Ok(Event::Init),
+                Ok(Event::InitApply(ns_meta(
+                    "a",
+                    &[(keys::NAMESPACE_INJECTION, "enabled")],
+                ))),
+                Ok(Event::InitApply(ns_meta("b", &[]))),
+                Ok(Event::InitDone),
+                Ok(Event::Apply(ns_meta("b", &[(keys::REV, "canary")]))),
+                Ok(Event::Delete(ns_meta("a", &[]))),
+                Ok(Event::Init),
+                Ok(Event::InitApply(ns_meta("c", &[]))),
+                Ok(Event::InitDone),
+            ]
+        };
         feed_namespaces(v.clone(), futures::stream::iter(events()).take(5)).await;
-        assert_eq!(v.namespace_labels("b").unwrap().get(keys::REV).map(String::as_str), Some("canary"));
-        assert!(v.namespace_labels("a").is_some() && !v.is_synced(), "MeshInstalls not listed yet");
+        assert_eq!(
+            v.namespace_labels("b")
+                .unwrap()
+                .get(keys::REV)
+                .map(String::as_str),
+            Some("canary")
+        );
+        assert!(
+            v.namespace_labels("a").is_some() && !v.is_synced(),
+            "MeshInstalls not listed yet"
+        );
         feed_namespaces(v.clone(), futures::stream::iter(events())).await;
         assert!(v.namespace_labels("a").is_none() && v.namespace_labels("b").is_none());
         assert!(v.namespace_labels("c").is_some());
 
-        let mut bad = MeshInstall::new("broken", serde_json::from_value(json!({"profile": "minimal", "version": "0.1.0"})).unwrap());
+        let mut bad = MeshInstall::new(
+            "broken",
+            serde_json::from_value(json!({"profile": "minimal", "version": "0.1.0"})).unwrap(),
+        );
         bad.metadata.uid = Some("u".into());
-        let good = MeshInstall::new("mesh", serde_json::from_value(json!({"profile": "minimal", "revision": "blue"})).unwrap());
-        let mi_events = vec![Ok(Event::Init), Ok(Event::InitApply(good.clone())), Ok(Event::InitApply(bad)), Ok(Event::InitDone)];
+        let good = MeshInstall::new(
+            "mesh",
+            serde_json::from_value(json!({"profile": "minimal", "revision": "blue"})).unwrap(),
+        );
+        let mi_events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(good.clone())),
+            Ok(Event::InitApply(bad)),
+            Ok(Event::InitDone),
+        ];
         feed_installs(v.clone(), futures::stream::iter(mi_events)).await;
         assert!(v.is_synced());
-        assert_eq!(v.revision("blue").map(|rc| rc.config.revision.clone()).as_deref(), Some("blue"));
-        assert!(v.revision("default").is_none(), "an unsupported version is not served");
-        feed_installs(v.clone(), futures::stream::iter(vec![Ok(Event::Delete(good))])).await;
+        assert_eq!(
+            v.revision("blue")
+                .map(|rc| rc.config.revision.clone())
+                .as_deref(),
+            Some("blue")
+        );
+        assert!(
+            v.revision("default").is_none(),
+            "an unsupported version is not served"
+        );
+        feed_installs(
+            v.clone(),
+            futures::stream::iter(vec![Ok(Event::Delete(good))]),
+        )
+        .await;
         assert!(v.revision("blue").is_none());
     }
 
     #[test]
     fn revision_selection_precedence() {
-        let ns = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let ns = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
         let mut p: Pod = serde_json::from_value(pod()).unwrap();
         assert_eq!(select_revision(&ns(&[]), &p), "default");
-        p.metadata.labels.as_mut().unwrap().insert(keys::REV.into(), "canary".into());
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(keys::REV.into(), "canary".into());
         assert_eq!(select_revision(&ns(&[]), &p), "canary");
         assert_eq!(select_revision(&ns(&[(keys::REV, "blue")]), &p), "blue");
         assert_eq!(select_revision(&ns(&[(keys::REV, "")]), &p), "default");
-        assert_eq!(select_revision(&ns(&[(keys::NAMESPACE_INJECTION, "enabled"), (keys::REV, "blue")]), &p), "default");
+        assert_eq!(
+            select_revision(
+                &ns(&[(keys::NAMESPACE_INJECTION, "enabled"), (keys::REV, "blue")]),
+                &p
+            ),
+            "default"
+        );
     }
 }

@@ -56,7 +56,11 @@ impl From<&Installation> for InjectionConfig {
 
 /// The key a revision is known by in the webhook: `default` for the default revision (`""`).
 pub fn revision_key(revision: &str) -> &str {
-    if revision.is_empty() { "default" } else { revision }
+    if revision.is_empty() {
+        "default"
+    } else {
+        revision
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +74,14 @@ mod tests {
             "profile": "minimal", "revision": "canary"
         }))
         .unwrap();
-        let install = Installation::resolve(Owner { name: "mesh".into(), uid: None }, &spec).unwrap();
+        let install = Installation::resolve(
+            Owner {
+                name: "mesh".into(),
+                uid: None,
+            },
+            &spec,
+        )
+        .unwrap();
         let cfg = InjectionConfig::from(&install);
         assert_eq!(cfg.revision, "canary");
         assert_eq!(cfg.control_plane_namespace, install.namespace);

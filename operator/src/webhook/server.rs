@@ -41,14 +41,18 @@ pub struct CertResolver {
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The bundle's own Debug redacts the keys.
-        f.debug_struct("CertResolver").field("bundle", &self.current.load().bundle).finish()
+        f.debug_struct("CertResolver")
+            .field("bundle", &self.current.load().bundle)
+            .finish()
     }
 }
 
 impl CertResolver {
     pub fn new(bundle: CertBundle) -> Result<Arc<CertResolver>, CertError> {
         let key = certified_key(&bundle)?;
-        Ok(Arc::new(CertResolver { current: ArcSwap::from_pointee(Loaded { bundle, key }) }))
+        Ok(Arc::new(CertResolver {
+            current: ArcSwap::from_pointee(Loaded { bundle, key }),
+        }))
     }
 
     /// Serves `bundle` from the next handshake on. A bundle that does not load leaves the current
@@ -80,19 +84,23 @@ fn certified_key(b: &CertBundle) -> Result<Arc<CertifiedKey>, CertError> {
         return Err(CertError::Parse("tls.crt holds no certificate".into()));
     }
     // Never include the key's bytes in an error.
-    let key = PrivateKeyDer::from_pem_slice(b.key_pem.as_bytes()).map_err(|_| CertError::Parse("tls.key is not a PEM private key".into()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| CertError::Parse("tls.key is not a supported private key".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(b.key_pem.as_bytes())
+        .map_err(|_| CertError::Parse("tls.key is not a PEM private key".into()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|_| CertError::Parse("tls.key is not a supported private key".into()))?;
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match().map_err(|_| CertError::Parse("tls.key does not match tls.crt".into()))?;
+    ck.keys_match()
+        .map_err(|_| CertError::Parse("tls.key does not match tls.crt".into()))?;
     Ok(Arc::new(ck))
 }
 
 /// TLS 1.2+ with ring, ALPN for HTTP/2 and HTTP/1.1, certificate from `resolver`.
 pub fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut cfg = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let mut cfg =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -102,14 +110,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `router` over TLS on `addr` until the task is dropped or aborted.
-pub async fn serve(addr: SocketAddr, router: Router, resolver: Arc<CertResolver>) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    resolver: Arc<CertResolver>,
+) -> anyhow::Result<()> {
     let listener = bind(addr).await?;
     tracing::info!(%addr, "serving the injection webhook over TLS");
     serve_listener(listener, router, resolver).await
 }
 
 /// Serves `router` over TLS on an already bound listener (tests bind port 0 and read the address).
-pub async fn serve_listener(listener: TcpListener, router: Router, resolver: Arc<CertResolver>) -> anyhow::Result<()> {
+pub async fn serve_listener(
+    listener: TcpListener,
+    router: Router,
+    resolver: Arc<CertResolver>,
+) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls_config(resolver)?);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -136,7 +152,10 @@ pub async fn serve_listener(listener: TcpListener, router: Router, resolver: Arc
                 }
             };
             let service = TowerToHyperService::new(router);
-            if let Err(e) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await {
+            if let Err(e) = Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
             }
         });
@@ -162,15 +181,21 @@ pub fn spawn_rotation(
         loop {
             tick.tick().await;
             match store::load_or_create(client.clone(), &namespace, &sans, lifetime).await {
-                Ok(bundle) if bundle.cert_pem != resolver.current.load().bundle.cert_pem => match resolver.swap(bundle.clone()) {
-                    Ok(()) => {
-                        tracing::info!(not_after = ?bundle.not_after, "webhook serving certificate swapped");
-                        on_change(&bundle);
+                Ok(bundle) if bundle.cert_pem != resolver.current.load().bundle.cert_pem => {
+                    match resolver.swap(bundle.clone()) {
+                        Ok(()) => {
+                            tracing::info!(not_after = ?bundle.not_after, "webhook serving certificate swapped");
+                            on_change(&bundle);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "new webhook certificate does not load; keeping the current one")
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "new webhook certificate does not load; keeping the current one"),
-                },
+                }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "refreshing the webhook certificate failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refreshing the webhook certificate failed; retrying")
+                }
             }
         }
     })
@@ -192,11 +217,12 @@ mod tests {
         for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let cfg =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         TlsConnector::from(Arc::new(cfg))
     }
 
@@ -205,8 +231,15 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from(host.to_string()).unwrap();
         let mut tls = client(ca_pem).connect(name, tcp).await.unwrap();
-        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
-        tls.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned();
+        tls.write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         tls.read_to_string(&mut out).await.unwrap();
         (leaf, out)
@@ -231,10 +264,22 @@ mod tests {
         let (leaf, body) = get(addr, &first.ca_pem, "localhost").await;
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.ends_with("ok"), "{body}");
-        assert_eq!(der_to_pem_serial(&leaf), serial_hex(&first.cert_pem).unwrap());
+        assert_eq!(
+            der_to_pem_serial(&leaf),
+            serial_hex(&first.cert_pem).unwrap()
+        );
 
         // Renewal keeps the CA, so a client with the old caBundle trusts the new certificate.
-        let second = first.renew(&["localhost".to_string(), "127.0.0.1".to_string(), "meshop.test".to_string()], Duration::from_secs(240)).unwrap();
+        let second = first
+            .renew(
+                &[
+                    "localhost".to_string(),
+                    "127.0.0.1".to_string(),
+                    "meshop.test".to_string(),
+                ],
+                Duration::from_secs(240),
+            )
+            .unwrap();
         resolver.swap(second.clone()).unwrap();
         let (leaf2, body2) = get(addr, &first.ca_pem, "meshop.test").await;
         assert!(body2.starts_with("HTTP/1.1 200"), "{body2}");
@@ -246,7 +291,12 @@ mod tests {
         // A client that does not trust the CA is refused.
         let stranger = CertBundle::generate(&sans, Duration::from_secs(60)).unwrap();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        assert!(client(&stranger.ca_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await.is_err());
+        assert!(
+            client(&stranger.ca_pem)
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .is_err()
+        );
         server.abort();
     }
 
@@ -256,9 +306,19 @@ mod tests {
         let a = CertBundle::generate(&sans, Duration::from_secs(60)).unwrap();
         let b = CertBundle::generate(&sans, Duration::from_secs(60)).unwrap();
         let resolver = CertResolver::new(a.clone()).unwrap();
-        let mixed = CertBundle { key_pem: b.key_pem.clone(), ..a.clone() };
+        let mixed = CertBundle {
+            key_pem: b.key_pem.clone(),
+            ..a.clone()
+        };
         assert!(resolver.swap(mixed).is_err());
-        assert!(resolver.swap(CertBundle { key_pem: "garbage".into(), ..a.clone() }).is_err());
+        assert!(
+            resolver
+                .swap(CertBundle {
+                    key_pem: "garbage".into(),
+                    ..a.clone()
+                })
+                .is_err()
+        );
         assert_eq!(resolver.bundle(), a);
         assert!(!format!("{resolver:?}").contains("PRIVATE"));
     }

@@ -36,7 +36,12 @@ pub enum StoreError {
 /// Returns a bundle valid for `sans` with more than a third of its lifetime left: the stored one
 /// when it is fit, otherwise a renewed one written back. Replicas racing to create or renew
 /// resolve through 409 Conflict: the loser re-reads and takes the winner's bundle.
-pub async fn load_or_create(client: Client, ns: &str, sans: &[String], lifetime: Duration) -> Result<CertBundle, StoreError> {
+pub async fn load_or_create(
+    client: Client,
+    ns: &str,
+    sans: &[String],
+    lifetime: Duration,
+) -> Result<CertBundle, StoreError> {
     let api: Api<Secret> = Api::namespaced(client, ns);
     for _ in 0..ATTEMPTS {
         let existing = api.get_opt(SECRET_NAME).await?;
@@ -54,9 +59,14 @@ pub async fn load_or_create(client: Client, ns: &str, sans: &[String], lifetime:
             Some(mut secret) => {
                 // resourceVersion is kept from the read, so a concurrent writer makes this a 409.
                 secret.data = Some(secret_data(&fresh));
-                api.replace(SECRET_NAME, &PostParams::default(), &secret).await.map(|_| ())
+                api.replace(SECRET_NAME, &PostParams::default(), &secret)
+                    .await
+                    .map(|_| ())
             }
-            None => api.create(&PostParams::default(), &new_secret(ns, &fresh)).await.map(|_| ()),
+            None => api
+                .create(&PostParams::default(), &new_secret(ns, &fresh))
+                .await
+                .map(|_| ()),
         };
         match result {
             Ok(()) => {
@@ -64,7 +74,10 @@ pub async fn load_or_create(client: Client, ns: &str, sans: &[String], lifetime:
                 return Ok(fresh);
             }
             Err(KubeError::Api(e)) if e.code == 409 => {
-                tracing::debug!(secret = SECRET_NAME, "another replica wrote the webhook certificate first; re-reading");
+                tracing::debug!(
+                    secret = SECRET_NAME,
+                    "another replica wrote the webhook certificate first; re-reading"
+                );
             }
             Err(e) => return Err(e.into()),
         }
@@ -75,7 +88,10 @@ pub async fn load_or_create(client: Client, ns: &str, sans: &[String], lifetime:
 /// The bundle in a Secret, if it holds a parseable one.
 pub fn bundle_from_secret(secret: &Secret) -> Option<CertBundle> {
     let data = secret.data.as_ref()?;
-    let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
     match CertBundle::from_pem(text(CA_CRT)?, text(CA_KEY), text(TLS_CRT)?, text(TLS_KEY)?) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -87,9 +103,18 @@ pub fn bundle_from_secret(secret: &Secret) -> Option<CertBundle> {
 
 fn secret_data(b: &CertBundle) -> BTreeMap<String, ByteString> {
     let mut data = BTreeMap::from([
-        (CA_CRT.to_string(), ByteString(b.ca_pem.clone().into_bytes())),
-        (TLS_CRT.to_string(), ByteString(b.cert_pem.clone().into_bytes())),
-        (TLS_KEY.to_string(), ByteString(b.key_pem.clone().into_bytes())),
+        (
+            CA_CRT.to_string(),
+            ByteString(b.ca_pem.clone().into_bytes()),
+        ),
+        (
+            TLS_CRT.to_string(),
+            ByteString(b.cert_pem.clone().into_bytes()),
+        ),
+        (
+            TLS_KEY.to_string(),
+            ByteString(b.key_pem.clone().into_bytes()),
+        ),
     ]);
     if let Some(k) = &b.ca_key_pem {
         data.insert(CA_KEY.to_string(), ByteString(k.clone().into_bytes()));
@@ -104,8 +129,14 @@ pub fn new_secret(ns: &str, b: &CertBundle) -> Secret {
             name: Some(SECRET_NAME.to_string()),
             namespace: Some(ns.to_string()),
             labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/managed-by".to_string(), "meshop".to_string()),
-                ("app.kubernetes.io/component".to_string(), "webhook".to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "meshop".to_string(),
+                ),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "webhook".to_string(),
+                ),
             ])),
             ..Default::default()
         },

@@ -1,0 +1,231 @@
+//! The injection webhook against a real API server calling it over TLS at 127.0.0.1, with the
+//! operator as a real process: labelled namespaces get sidecars, everything else is left alone,
+//! Deployments roll out injected pods that become Ready, and failurePolicy decides what happens
+//! when the webhook is down.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use meshop::api::{MeshInstall, WebhookState};
+use meshop::controller::status::{KStatus, kstatus};
+use meshop_testenv::process::Process;
+use serde_json::json;
+
+fn meshop_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("meshop");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p meshop` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < timeout,
+            "{what} not reached within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn pod(name: &str, labels: serde_json::Value, host_network: bool) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "hostNetwork": host_network, "containers": [{ "name": "app", "image": "example.com/app:1",
+            "ports": [{ "containerPort": 8080 }],
+            "readinessProbe": { "httpGet": { "path": "/ready", "port": 8080 } } }] }
+    }))
+    .unwrap()
+}
+
+fn has_sidecar(p: &Pod) -> bool {
+    let spec = p.spec.as_ref().unwrap();
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == "istio-proxy")
+}
+
+async fn labelled_namespace(client: &kube::Client, name: &str, labels: serde_json::Value) {
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    // Pods need the namespace's default ServiceAccount, made by the controller manager.
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), name);
+    until(
+        "default ServiceAccount",
+        Duration::from_secs(30),
+        || async { sa.get_opt("default").await.ok().flatten().is_some() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_injects_over_tls_and_honours_failure_policy() {
+    let cp = meshop_testenv::shared_with_controllers();
+    let client = cp.client().await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut operator = Process::spawn(
+        "meshop",
+        &meshop_binary(),
+        &[
+            "run".into(),
+            format!("--health-addr={health}"),
+            "--lease-namespace=default".into(),
+            format!("--webhook-addr=127.0.0.1:{port}"),
+            format!("--webhook-url=https://127.0.0.1:{port}/inject"),
+        ],
+        &cp.dir.join("meshop-webhook-test.log"),
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    )
+    .unwrap();
+
+    let api: Api<MeshInstall> = Api::all(client.clone());
+    let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
+        "metadata": {"name": "inject"}, "spec": {"profile": "minimal", "injection": {"failurePolicy": "Fail"}}})).unwrap();
+    api.create(&PostParams::default(), &mi).await.unwrap();
+    until(
+        "MeshInstall Ready with the webhook Active",
+        Duration::from_secs(120),
+        || async {
+            let Ok(mi) = api.get("inject").await else {
+                return false;
+            };
+            kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current
+                && mi
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.webhook.as_ref())
+                    .is_some_and(|w| {
+                        w.state == WebhookState::Active && w.certificate_expiry.is_some()
+                    })
+        },
+    )
+    .await;
+
+    labelled_namespace(&client, "injected", json!({ "istio-injection": "enabled" })).await;
+    labelled_namespace(&client, "plain", json!({})).await;
+    let create = |ns: &str, p: Pod| {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        async move { pods.create(&PostParams::default(), &p).await }
+    };
+    let injected = create("injected", pod("app", json!({"app": "app"}), false))
+        .await
+        .unwrap();
+    assert!(
+        has_sidecar(&injected),
+        "a pod in a labelled namespace gets istio-proxy"
+    );
+    let status = injected.metadata.annotations.clone().unwrap_or_default();
+    assert!(status.contains_key("sidecar.istio.io/status"), "{status:?}");
+    let opted_out = create(
+        "injected",
+        pod(
+            "opted-out",
+            json!({"sidecar.istio.io/inject": "false"}),
+            false,
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(!has_sidecar(&opted_out));
+    let host = create("injected", pod("host", json!({}), true))
+        .await
+        .unwrap();
+    assert!(!has_sidecar(&host), "hostNetwork pods are never injected");
+    assert!(!has_sidecar(
+        &create("plain", pod("plain", json!({}), false))
+            .await
+            .unwrap()
+    ));
+    assert!(!has_sidecar(
+        &create(
+            "kube-system",
+            pod("system", json!({"sidecar.istio.io/inject": "true"}), false)
+        )
+        .await
+        .unwrap()
+    ));
+
+    // A Deployment in an injected namespace rolls out injected pods that become Ready.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "injected");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
+        "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "example.com/web:1"}]}}}})).unwrap();
+    deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "injected");
+    until(
+        "injected web pods Ready",
+        Duration::from_secs(90),
+        || async {
+            let Ok(list) = pods.list(&ListParams::default().labels("app=web")).await else {
+                return false;
+            };
+            list.items.len() == 2
+                && list.items.iter().all(|p| {
+                    has_sidecar(p)
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                })
+        },
+    )
+    .await;
+
+    // Webhook down: Fail refuses the pod; Ignore admits it without a sidecar.
+    operator.kill();
+    let err = create("injected", pod("refused", json!({}), false))
+        .await
+        .expect_err("failurePolicy Fail must refuse");
+    assert!(err.to_string().contains("failed calling webhook"), "{err}");
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mut config = hooks.get("meshop-sidecar-injector-inject").await.unwrap();
+    for w in config.webhooks.iter_mut().flatten() {
+        w.failure_policy = Some("Ignore".into());
+    }
+    config.metadata.managed_fields = None;
+    hooks
+        .patch(
+            "meshop-sidecar-injector-inject",
+            &PatchParams::apply("webhook-test").force(),
+            &Patch::Apply(&config),
+        )
+        .await
+        .unwrap();
+    let admitted = create("injected", pod("admitted", json!({}), false))
+        .await
+        .unwrap();
+    assert!(
+        !has_sidecar(&admitted),
+        "with Ignore and no webhook the pod is admitted as it is"
+    );
+}
