@@ -89,3 +89,20 @@ pub fn profile_show(profile: Profile) -> Result<String> {
     let spec = crate::profiles::profile_spec(profile)?;
     Ok(serde_yaml::to_string(&spec)?)
 }
+
+/// `meshop inject -f FILE [--mesh MESHINSTALL.yaml]`: the same injection code path as the webhook.
+pub fn inject(file: &Path, mesh: Option<&Path>) -> Result<String> {
+    let install = match mesh {
+        Some(path) => installation(Some(path), None)?,
+        None => installation(None, Some(Profile::Demo))?,
+    };
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
+    };
+    let cfg = crate::inject::InjectionConfig::from(&install);
+    Ok(crate::inject::inject_yaml_stream(&text, &cfg)?)
+}

@@ -33,6 +33,16 @@ enum Command {
         #[arg(long)]
         component: Option<String>,
     },
+    /// Print workloads with the Istio sidecar injected, as the webhook would (offline: namespace
+    /// labels are unknown, so objects are injected unless they opt out or use hostNetwork).
+    Inject {
+        /// The Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob YAML ('-' for stdin).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The MeshInstall whose effective settings drive the sidecar (default: the demo profile).
+        #[arg(long)]
+        mesh: Option<PathBuf>,
+    },
     /// Print the operator's namespace, ServiceAccount and RBAC as YAML (deploy/rbac.yaml).
     #[command(hide = true)]
     DeployRbac,
@@ -87,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => return run(args),
+        Command::Inject { file, mesh } => meshop::cli::inject(&file, mesh.as_deref()),
         Command::Crd => Ok(meshop::api::crd_yaml()),
         Command::DeployRbac => Ok(meshop::deploy::rbac_yaml()),
         Command::Version => Ok(format!(
