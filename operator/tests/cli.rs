@@ -59,15 +59,31 @@ fn inject_a_deployment_offline() {
     let dir = tempdir();
     let file = dir.join("deploy.yaml");
     std::fs::write(&file, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: nginx}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: host}\nspec:\n  hostNetwork: true\n  containers: [{name: c, image: x}]\n").unwrap();
-    let (ok, out, err) = meshop(&["inject", "-f", file.to_str().unwrap(), "--mesh", "docs/examples/production.yaml"]);
+    let (ok, out, err) = meshop(&[
+        "inject",
+        "-f",
+        file.to_str().unwrap(),
+        "--mesh",
+        "docs/examples/production.yaml",
+    ]);
     assert!(ok, "{err}");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
     assert_eq!(docs.len(), 2);
     let text = serde_yaml::to_string(&docs[0]).unwrap();
-    assert!(text.contains("istio-proxy") && text.contains("proxyv2:1.28.2"), "{text}");
+    assert!(
+        text.contains("istio-proxy") && text.contains("proxyv2:1.28.2"),
+        "{text}"
+    );
     // production uses native sidecars: the proxy is an init container that keeps running.
     assert!(text.contains("restartPolicy: Always"), "{text}");
-    assert!(!serde_yaml::to_string(&docs[1]).unwrap().contains("istio-proxy"), "hostNetwork pods stay as they are");
+    assert!(
+        !serde_yaml::to_string(&docs[1])
+            .unwrap()
+            .contains("istio-proxy"),
+        "hostNetwork pods stay as they are"
+    );
 }
 
 fn tempdir() -> std::path::PathBuf {

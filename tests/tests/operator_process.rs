@@ -32,6 +32,11 @@ fn start(cp: &meshop_testenv::ControlPlane, identity: &str) -> Process {
         .unwrap()
         .local_addr()
         .unwrap();
+    // Each replica serves its own webhook port, as separate pods would.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     Process::spawn(
         identity,
         &meshop_binary(),
@@ -41,6 +46,8 @@ fn start(cp: &meshop_testenv::ControlPlane, identity: &str) -> Process {
             "--lease-namespace=default".into(),
             format!("--identity={identity}"),
             format!("--lease-duration={LEASE_SECONDS}"),
+            format!("--webhook-addr={hook}"),
+            format!("--webhook-url=https://{hook}/inject"),
         ],
         &cp.dir.join(format!("{identity}.log")),
         &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
@@ -166,6 +173,12 @@ async fn leader_election_and_crash_safety() {
         .filter(|o| !o.shared)
         .map(|o| o.key())
         .collect();
+    // The reconciler adds the webhook registration to what render() yields (injection is on).
+    let mut expected = expected;
+    expected.insert(format!(
+        "MutatingWebhookConfiguration//{}",
+        meshop::webhook::webhook_configuration_name(&install)
+    ));
     let mut live = BTreeSet::new();
     for (resource, _) in meshop::controller::managed_kinds() {
         let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);

@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         ..Options::default()
     })?;
     let health = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // Out of a cluster the API server reaches the webhook by URL on loopback.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     println!(
         "==> starting the operator: {} run (health and metrics on http://{health})",
         meshop_bin.display()
@@ -44,6 +46,8 @@ fn main() -> anyhow::Result<()> {
             format!("--health-addr={health}"),
             "--lease-namespace=default".into(),
             format!("--identity=demo-{}", std::process::id()),
+            format!("--webhook-addr={hook}"),
+            format!("--webhook-url=https://{hook}/inject"),
         ],
         &log,
         &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
