@@ -17,21 +17,13 @@ use kube::api::ObjectMeta;
 
 use crate::api::MeshInstallSpec;
 use crate::effective::{Installation, Owner};
+use crate::k8s::policy_rule;
 use crate::render;
 
 pub const OPERATOR_NAMESPACE: &str = "meshop-system";
 pub const OPERATOR_NAME: &str = "meshop";
 /// The Service in front of the operator's injection webhook (deploy/operator.yaml).
 pub const WEBHOOK_SERVICE: &str = "meshop-webhook";
-
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        verbs: verbs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
 
 const MANAGE: &[&str] = &[
     "get", "list", "watch", "create", "update", "patch", "delete",
@@ -40,26 +32,26 @@ const MANAGE: &[&str] = &[
 /// What meshop itself does with the API: its own resource, and every kind it manages.
 fn own_rules() -> Vec<PolicyRule> {
     vec![
-        rule(
+        policy_rule(
             &["meshop.dev"],
             &["meshinstalls"],
             &["get", "list", "watch", "update", "patch"],
         ),
-        rule(
+        policy_rule(
             &["meshop.dev"],
             &["meshinstalls/status"],
             &["get", "update", "patch"],
         ),
-        rule(&["meshop.dev"], &["meshinstalls/finalizers"], &["update"]),
-        rule(
+        policy_rule(&["meshop.dev"], &["meshinstalls/finalizers"], &["update"]),
+        policy_rule(
             &[""],
             &["namespaces", "serviceaccounts", "configmaps", "services"],
             MANAGE,
         ),
-        rule(&["apps"], &["deployments", "daemonsets"], MANAGE),
-        rule(&["autoscaling"], &["horizontalpodautoscalers"], MANAGE),
-        rule(&["policy"], &["poddisruptionbudgets"], MANAGE),
-        rule(
+        policy_rule(&["apps"], &["deployments", "daemonsets"], MANAGE),
+        policy_rule(&["autoscaling"], &["horizontalpodautoscalers"], MANAGE),
+        policy_rule(&["policy"], &["poddisruptionbudgets"], MANAGE),
+        policy_rule(
             &["rbac.authorization.k8s.io"],
             &[
                 "roles",
@@ -69,18 +61,18 @@ fn own_rules() -> Vec<PolicyRule> {
             ],
             MANAGE,
         ),
-        rule(
+        policy_rule(
             &["apiextensions.k8s.io"],
             &["customresourcedefinitions"],
             MANAGE,
         ),
-        rule(
+        policy_rule(
             &["admissionregistration.k8s.io"],
             &["mutatingwebhookconfigurations"],
             MANAGE,
         ),
-        rule(&["security.istio.io"], &["peerauthentications"], MANAGE),
-        rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+        policy_rule(&["security.istio.io"], &["peerauthentications"], MANAGE),
+        policy_rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
     ]
 }
 
@@ -178,12 +170,12 @@ pub fn rbac_yaml() -> String {
         serde_json::to_value(Role {
             metadata: meta(OPERATOR_NAME, Some(OPERATOR_NAMESPACE)),
             rules: Some(vec![
-                rule(
+                policy_rule(
                     &["coordination.k8s.io"],
                     &["leases"],
                     &["get", "create", "update"],
                 ),
-                rule(
+                policy_rule(
                     &[""],
                     &["secrets"],
                     &["get", "list", "watch", "create", "update"],

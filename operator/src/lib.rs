@@ -7,6 +7,7 @@ pub mod controller;
 pub mod deploy;
 pub mod effective;
 pub mod inject;
+pub mod k8s;
 pub mod profiles;
 pub mod render;
 pub mod server;

@@ -2,9 +2,8 @@
 //! redirect) or `istio-validation` (checks the CNI agent's redirect, needs no privileges).
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ResourceFieldSelector,
-    SecurityContext,
+    Capabilities, Container, ContainerPort, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
+    Probe, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value};
@@ -13,6 +12,7 @@ use super::annotations::Settings;
 use super::identity::Workload;
 use super::{InjectionConfig, names, ports, volumes};
 use crate::api::{SidecarMode, TrafficCapture};
+use crate::k8s::{env, field_env, resource_env};
 
 /// What istio-proxy's environment describes besides the mesh settings.
 pub struct PodFacts<'a> {
@@ -21,42 +21,6 @@ pub struct PodFacts<'a> {
     pub app_containers: &'a [Container],
     /// `ISTIO_KUBE_APP_PROBERS`, empty when no probe was rewritten.
     pub probers: &'a Map<String, Value>,
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn env_field(name: &str, field: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: field.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn env_resource(name: &str, resource: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            resource_field_ref: Some(ResourceFieldSelector {
-                resource: resource.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 fn health_probe(period: i32, failures: i32) -> Probe {
@@ -109,19 +73,19 @@ pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container
         env("JWT_POLICY", "third-party-jwt"),
         env("PILOT_CERT_PROVIDER", "istiod"),
         env("CA_ADDR", cfg.discovery_address()),
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env_field("INSTANCE_IP", "status.podIP"),
-        env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        env_field("HOST_IP", "status.hostIP"),
-        env_resource("ISTIO_CPU_LIMIT", "limits.cpu"),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("INSTANCE_IP", "status.podIP"),
+        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field_env("HOST_IP", "status.hostIP"),
+        resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
         env("PROXY_CONFIG", to_json(&s.proxy_config)),
         env("ISTIO_META_POD_PORTS", to_json(&app_ports)),
         env("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
-        env_resource("GOMEMLIMIT", "limits.memory"),
-        env_resource("GOMAXPROCS", "limits.cpu"),
+        resource_env("GOMEMLIMIT", "limits.memory"),
+        resource_env("GOMAXPROCS", "limits.cpu"),
         env("ISTIO_META_CLUSTER_ID", "Kubernetes"),
-        env_field("ISTIO_META_NODE_NAME", "spec.nodeName"),
+        field_env("ISTIO_META_NODE_NAME", "spec.nodeName"),
         env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT"),
         env("ISTIO_META_WORKLOAD_NAME", facts.workload.name.as_str()),
         env(
@@ -275,7 +239,7 @@ mod tests {
         (proxy(&s, c, &facts), init(&s, c))
     }
 
-    fn env_map(c: &Container) -> BTreeMap<String, EnvVar> {
+    fn env_map(c: &Container) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
         c.env
             .iter()
             .flatten()

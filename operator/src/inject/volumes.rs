@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::{
 };
 
 /// Lifetime of the istio-ca token; the kubelet refreshes it well before it expires.
+use crate::k8s::mount;
+
 const TOKEN_SECONDS: i64 = 43200;
 
 fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
@@ -80,12 +82,6 @@ pub fn sidecar_volumes() -> Vec<Volume> {
 
 /// Where istio-proxy mounts them.
 pub fn proxy_mounts() -> Vec<VolumeMount> {
-    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: read_only.then_some(true),
-        ..Default::default()
-    };
     vec![
         mount(
             "workload-socket",

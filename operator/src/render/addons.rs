@@ -5,16 +5,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe, Volume,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::common::{
-    self, cluster_meta, env, hardened_container, hardened_pod, meta, with_user_env,
+    self, env, hardened_container, hardened_pod, meta, mount, policy_rule, with_user_env,
 };
 use super::{ComponentId, Rendered};
 use crate::effective::{Installation, Settings};
@@ -45,18 +43,14 @@ struct Addon {
 
 // Image tags are the addon versions meshop was written against; the hub applies to Istio only.
 const PROMETHEUS_IMAGE: &str = "docker.io/prom/prometheus:v3.5.0";
+/// Read-only access, the only kind the addons get.
+fn read_rule(groups: &[&str], resources: &[&str]) -> PolicyRule {
+    policy_rule(groups, resources, &["get", "list", "watch"])
+}
+
 const GRAFANA_IMAGE: &str = "docker.io/grafana/grafana:12.1.1";
 const KIALI_IMAGE: &str = "quay.io/kiali/kiali:v2.15.0";
 const JAEGER_IMAGE: &str = "docker.io/jaegertracing/all-in-one:1.72.0";
-
-fn read(groups: &[&str], resources: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        verbs: vec!["get".into(), "list".into(), "watch".into()],
-        ..Default::default()
-    }
-}
 
 fn prometheus(install: &Installation) -> Addon {
     let config = format!(
@@ -91,7 +85,7 @@ fn prometheus(install: &Installation) -> Addon {
         )),
         scratch: vec![("data", "/prometheus")],
         read_rules: vec![
-            read(
+            read_rule(
                 &[""],
                 &[
                     "nodes",
@@ -103,7 +97,7 @@ fn prometheus(install: &Installation) -> Addon {
                     "configmaps",
                 ],
             ),
-            read(&["discovery.k8s.io"], &["endpointslices"]),
+            read_rule(&["discovery.k8s.io"], &["endpointslices"]),
         ],
     }
 }
@@ -140,7 +134,7 @@ fn grafana(install: &Installation) -> Addon {
 
 fn kiali(install: &Installation) -> Addon {
     let mut read_rules = vec![
-        read(
+        read_rule(
             &[""],
             &[
                 "configmaps",
@@ -153,13 +147,13 @@ fn kiali(install: &Installation) -> Addon {
                 "services",
             ],
         ),
-        read(
+        read_rule(
             &["apps"],
             &["deployments", "replicasets", "statefulsets", "daemonsets"],
         ),
-        read(&["batch"], &["cronjobs", "jobs"]),
-        read(&["autoscaling"], &["horizontalpodautoscalers"]),
-        read(&["discovery.k8s.io"], &["endpointslices"]),
+        read_rule(&["batch"], &["cronjobs", "jobs"]),
+        read_rule(&["autoscaling"], &["horizontalpodautoscalers"]),
+        read_rule(&["discovery.k8s.io"], &["endpointslices"]),
         super::istio_crds::gateway_api_rule(&["get", "list", "watch"], None),
     ];
     read_rules.extend(super::istio_crds::istio_rules(
@@ -255,39 +249,15 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
 fn render_addon(install: &Installation, settings: &Settings, addon: Addon) -> Vec<Rendered> {
     let c = addon.component;
     let selector = BTreeMap::from([("app".to_string(), addon.name.to_string())]);
-    let mut out = vec![Rendered::new(
-        c,
-        &ServiceAccount {
-            metadata: meta(install, c, addon.name),
-            ..Default::default()
-        },
-    )];
+    let mut out = vec![common::service_account(install, c, addon.name)];
     if !addon.read_rules.is_empty() {
         let cluster_name = format!("{}-{}", addon.name, install.namespace);
-        out.push(Rendered::new(
+        out.extend(common::cluster_role_for(
+            install,
             c,
-            &ClusterRole {
-                metadata: cluster_meta(install, c, &cluster_name),
-                rules: Some(addon.read_rules.clone()),
-                aggregation_rule: None,
-            },
-        ));
-        out.push(Rendered::new(
-            c,
-            &ClusterRoleBinding {
-                metadata: cluster_meta(install, c, &cluster_name),
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "ClusterRole".into(),
-                    name: cluster_name.clone(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: addon.name.into(),
-                    namespace: Some(install.namespace.clone()),
-                    api_group: None,
-                }]),
-            },
+            &cluster_name,
+            addon.name,
+            addon.read_rules.clone(),
         ));
     }
     let mut volumes = Vec::new();
@@ -307,59 +277,26 @@ fn render_addon(install: &Installation, settings: &Settings, addon: Addon) -> Ve
             )
             .expect("volume"),
         );
-        mounts.push(VolumeMount {
-            name: "config".into(),
-            mount_path: path.to_string(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        mounts.push(mount("config", path, true));
     }
     for (name, path) in &addon.scratch {
         volumes.push(
             serde_json::from_value::<Volume>(json!({ "name": name, "emptyDir": {} }))
                 .expect("volume"),
         );
-        mounts.push(VolumeMount {
-            name: name.to_string(),
-            mount_path: path.to_string(),
-            ..Default::default()
-        });
+        mounts.push(mount(name, path, false));
     }
     for (svc_name, ports) in &addon.services {
         out.push(Rendered::new(
             c,
-            &Service {
-                metadata: meta(install, c, svc_name),
-                spec: Some(ServiceSpec {
-                    selector: Some(selector.clone()),
-                    ports: Some(
-                        ports
-                            .iter()
-                            .map(|(name, port, target)| ServicePort {
-                                name: Some(name.to_string()),
-                                port: *port,
-                                target_port: Some(IntOrString::Int(*target)),
-                                protocol: Some("TCP".into()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                    ..Default::default()
-                }),
-                status: None,
-            },
+            &common::service(install, c, svc_name, None, &selector, ports),
         ));
     }
     let probe = Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(addon.ready_path.into()),
-            port: IntOrString::Int(addon.ports[0].1),
-            ..Default::default()
-        }),
         initial_delay_seconds: Some(5),
         period_seconds: Some(10),
         timeout_seconds: Some(5),
-        ..Default::default()
+        ..common::http_probe(addon.ready_path, addon.ports[0].1)
     };
     let container = Container {
         name: addon.name.into(),
@@ -428,11 +365,6 @@ fn render_addon(install: &Installation, settings: &Settings, addon: Addon) -> Ve
             status: None,
         },
     ));
-    if let Some(hpa) = common::hpa(install, c, addon.name, settings) {
-        out.push(Rendered::new(c, &hpa));
-    }
-    if let Some(pdb) = common::pdb(install, c, addon.name, settings, &selector) {
-        out.push(Rendered::new(c, &pdb));
-    }
+    out.extend(common::scaling(install, c, addon.name, settings, &selector));
     out
 }

@@ -12,17 +12,17 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SecurityContext,
-    ServiceAccount, Toleration, Volume, VolumeMount,
+    Toleration, Volume,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, cluster_meta, env, field_env, meta, with_user_env};
+use super::common::{self, env, field_env, meta, mount, policy_rule, with_user_env};
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
 
+const READ: &[&str] = &["get", "list", "watch"];
 const C: ComponentId = ComponentId::Cni;
 const NAME: &str = "istio-cni-node";
 
@@ -30,12 +30,6 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     let settings = &install.cni;
     let cluster_name = format!("{NAME}-{}", install.namespace);
     let selector = BTreeMap::from([("k8s-app".to_string(), NAME.to_string())]);
-    let read = |groups: &[&str], resources: &[&str]| PolicyRule {
-        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        verbs: vec!["get".into(), "list".into(), "watch".into()],
-        ..Default::default()
-    };
     let config = BTreeMap::from([
         ("CNI_NET_DIR".to_string(), "/etc/cni/net.d".to_string()),
         ("CHAINED_CNI_PLUGIN".to_string(), "true".to_string()),
@@ -49,11 +43,6 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     let host = |name: &str, path: &str| -> Volume {
         serde_json::from_value(json!({ "name": name, "hostPath": { "path": path } }))
             .expect("volume")
-    };
-    let mount = |name: &str, path: &str| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        ..Default::default()
     };
     let our_env = vec![
         field_env("NODE_NAME", "spec.nodeName"),
@@ -89,11 +78,11 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             ..Default::default()
         }),
         volume_mounts: Some(vec![
-            mount("cni-bin-dir", "/host/opt/cni/bin"),
-            mount("cni-net-dir", "/host/etc/cni/net.d"),
-            mount("cni-socket-dir", "/var/run/istio-cni"),
-            mount("cni-netns-dir", "/host/proc"),
-            mount("tmp", "/tmp"),
+            mount("cni-bin-dir", "/host/opt/cni/bin", false),
+            mount("cni-net-dir", "/host/etc/cni/net.d", false),
+            mount("cni-socket-dir", "/var/run/istio-cni", false),
+            mount("cni-netns-dir", "/host/proc", false),
+            mount("tmp", "/tmp", false),
         ]),
         ..Default::default()
     };
@@ -150,50 +139,26 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         }),
         status: None,
     };
-    vec![
-        Rendered::new(
-            C,
-            &ServiceAccount {
-                metadata: meta(install, C, NAME),
-                ..Default::default()
-            },
-        ),
-        Rendered::new(
-            C,
-            &ClusterRole {
-                metadata: cluster_meta(install, C, &cluster_name),
-                rules: Some(vec![
-                    read(&[""], &["pods", "nodes", "namespaces"]),
-                    read(&["apps"], &["daemonsets"]),
-                ]),
-                aggregation_rule: None,
-            },
-        ),
-        Rendered::new(
-            C,
-            &ClusterRoleBinding {
-                metadata: cluster_meta(install, C, &cluster_name),
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "ClusterRole".into(),
-                    name: cluster_name.clone(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: NAME.into(),
-                    namespace: Some(install.namespace.clone()),
-                    api_group: None,
-                }]),
-            },
-        ),
-        Rendered::new(
-            C,
-            &ConfigMap {
-                metadata: meta(install, C, "istio-cni-config"),
-                data: Some(config),
-                ..Default::default()
-            },
-        ),
-        Rendered::new(C, &daemonset),
-    ]
+    let rules = vec![
+        policy_rule(&[""], &["pods", "nodes", "namespaces"], READ),
+        policy_rule(&["apps"], &["daemonsets"], READ),
+    ];
+    let mut out = vec![common::service_account(install, C, NAME)];
+    out.extend(common::cluster_role_for(
+        install,
+        C,
+        &cluster_name,
+        NAME,
+        rules,
+    ));
+    out.push(Rendered::new(
+        C,
+        &ConfigMap {
+            metadata: meta(install, C, "istio-cni-config"),
+            data: Some(config),
+            ..Default::default()
+        },
+    ));
+    out.push(Rendered::new(C, &daemonset));
+    out
 }

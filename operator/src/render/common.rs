@@ -8,14 +8,21 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, SeccompProfile,
-    SecurityContext,
+    Capabilities, EnvVar, PodSecurityContext, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::api::core::v1::{
+    HTTPGetAction, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{ComponentId, Rendered};
 use crate::effective::{Installation, Pdb, Settings};
+pub use crate::k8s::{env, field_env, mount, policy_rule, resource_env};
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
@@ -69,16 +76,21 @@ pub fn finish(install: &Installation, object: &mut Rendered) {
         labels.insert(LABEL_INSTANCE.into(), SHARED_INSTANCE.into());
         return;
     }
-    if let Some(uid) = &install.owner.uid {
-        meta.owner_references = Some(vec![OwnerReference {
-            api_version: "meshop.dev/v1alpha1".into(),
-            kind: "MeshInstall".into(),
-            name: install.owner.name.clone(),
-            uid: uid.clone(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }]);
+    if let Some(owner) = owner_reference(install) {
+        meta.owner_references = Some(vec![owner]);
     }
+}
+
+/// The controller reference to the MeshInstall, when its uid is known (not offline).
+pub fn owner_reference(install: &Installation) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "meshop.dev/v1alpha1".into(),
+        kind: "MeshInstall".into(),
+        name: install.owner.name.clone(),
+        uid: install.owner.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
 }
 
 /// The container security context for everything meshop runs unless documented otherwise:
@@ -114,29 +126,6 @@ fn runtime_default() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         localhost_profile: None,
-    }
-}
-
-/// An env var from a pod field (`metadata.name`, `status.podIP`, ...).
-pub fn field_env(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: field_path.into(),
-                api_version: None,
-            }),
-            ..Default::default()
-        }),
-        value: None,
-    }
-}
-
-pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
     }
 }
 
@@ -239,4 +228,150 @@ pub fn pod_labels(
     let mut labels = labels(install, component);
     labels.extend(selector.clone());
     labels
+}
+
+/// A ClusterRole and its binding to the component's ServiceAccount `account` in the control-plane
+/// namespace, both named `name`.
+pub fn cluster_role_for(
+    install: &Installation,
+    component: ComponentId,
+    name: &str,
+    account: &str,
+    rules: Vec<PolicyRule>,
+) -> [Rendered; 2] {
+    [
+        Rendered::new(
+            component,
+            &ClusterRole {
+                metadata: cluster_meta(install, component, name),
+                rules: Some(rules),
+                aggregation_rule: None,
+            },
+        ),
+        Rendered::new(
+            component,
+            &ClusterRoleBinding {
+                metadata: cluster_meta(install, component, name),
+                role_ref: role_ref("ClusterRole", name),
+                subjects: Some(service_account_subject(install, account)),
+            },
+        ),
+    ]
+}
+
+/// A Role and its binding to the component's ServiceAccount `name`, all three named alike.
+pub fn role_for(
+    install: &Installation,
+    component: ComponentId,
+    name: &str,
+    rules: Vec<PolicyRule>,
+) -> [Rendered; 2] {
+    [
+        Rendered::new(
+            component,
+            &Role {
+                metadata: meta(install, component, name),
+                rules: Some(rules),
+            },
+        ),
+        Rendered::new(
+            component,
+            &RoleBinding {
+                metadata: meta(install, component, name),
+                role_ref: role_ref("Role", name),
+                subjects: Some(service_account_subject(install, name)),
+            },
+        ),
+    ]
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+fn service_account_subject(install: &Installation, account: &str) -> Vec<Subject> {
+    vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: account.into(),
+        namespace: Some(install.namespace.clone()),
+        api_group: None,
+    }]
+}
+
+/// A ServiceAccount for a component.
+pub fn service_account(install: &Installation, component: ComponentId, name: &str) -> Rendered {
+    Rendered::new(
+        component,
+        &ServiceAccount {
+            metadata: meta(install, component, name),
+            ..Default::default()
+        },
+    )
+}
+
+/// A TCP Service over the selected pods; `ports` are (name, service port, container port).
+pub fn service(
+    install: &Installation,
+    component: ComponentId,
+    name: &str,
+    type_: Option<&str>,
+    selector: &BTreeMap<String, String>,
+    ports: &[(&str, i32, i32)],
+) -> Service {
+    Service {
+        metadata: meta(install, component, name),
+        spec: Some(ServiceSpec {
+            type_: type_.map(Into::into),
+            selector: Some(selector.clone()),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(port_name, port, target)| ServicePort {
+                        name: Some(port_name.to_string()),
+                        port: *port,
+                        target_port: Some(IntOrString::Int(*target)),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// An HTTP GET probe on a container port.
+pub fn http_probe(path: &str, port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The HorizontalPodAutoscaler and PodDisruptionBudget of a Deployment, as far as the settings ask
+/// for them.
+pub fn scaling(
+    install: &Installation,
+    component: ComponentId,
+    name: &str,
+    settings: &Settings,
+    selector: &BTreeMap<String, String>,
+) -> Vec<Rendered> {
+    let mut out = Vec::new();
+    if let Some(hpa) = hpa(install, component, name, settings) {
+        out.push(Rendered::new(component, &hpa));
+    }
+    if let Some(pdb) = pdb(install, component, name, settings, selector) {
+        out.push(Rendered::new(component, &pdb));
+    }
+    out
 }

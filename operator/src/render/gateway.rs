@@ -6,15 +6,16 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+    ServiceSpec, Volume,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, env, field_env, hardened_container, hardened_pod, meta, with_user_env};
+use super::common::{
+    self, env, field_env, hardened_container, hardened_pod, meta, mount, policy_rule, with_user_env,
+};
 use super::{ComponentId, Rendered};
 use crate::api::ServiceType;
 use crate::effective::{Installation, Settings};
@@ -74,54 +75,17 @@ pub fn render(install: &Installation, kind: Kind) -> Vec<Rendered> {
     let name = kind.name();
     let settings = kind.settings(install);
     let selector = selector(kind);
-    let subject = Subject {
-        kind: "ServiceAccount".into(),
-        name: name.into(),
-        namespace: Some(install.namespace.clone()),
-        api_group: None,
-    };
-    let mut out = vec![
-        Rendered::new(
-            c,
-            &ServiceAccount {
-                metadata: meta(install, c, name),
-                ..Default::default()
-            },
-        ),
-        // The gateway reads TLS credentials (Secrets) of its own namespace over SDS.
-        Rendered::new(
-            c,
-            &Role {
-                metadata: meta(install, c, name),
-                rules: Some(vec![PolicyRule {
-                    api_groups: Some(vec!["".into()]),
-                    resources: Some(vec!["secrets".into()]),
-                    verbs: vec!["get".into(), "watch".into(), "list".into()],
-                    ..Default::default()
-                }]),
-            },
-        ),
-        Rendered::new(
-            c,
-            &RoleBinding {
-                metadata: meta(install, c, name),
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "Role".into(),
-                    name: name.into(),
-                },
-                subjects: Some(vec![subject]),
-            },
-        ),
-        Rendered::new(c, &service(install, kind, &selector)),
-        Rendered::new(c, &deployment(install, kind, &selector)),
-    ];
-    if let Some(hpa) = common::hpa(install, c, name, settings) {
-        out.push(Rendered::new(c, &hpa));
-    }
-    if let Some(pdb) = common::pdb(install, c, name, settings, &selector) {
-        out.push(Rendered::new(c, &pdb));
-    }
+    let mut out = vec![common::service_account(install, c, name)];
+    // The gateway reads TLS credentials (Secrets) of its own namespace over SDS.
+    out.extend(common::role_for(
+        install,
+        c,
+        name,
+        vec![policy_rule(&[""], &["secrets"], &["get", "watch", "list"])],
+    ));
+    out.push(Rendered::new(c, &service(install, kind, &selector)));
+    out.push(Rendered::new(c, &deployment(install, kind, &selector)));
+    out.extend(common::scaling(install, c, name, settings, &selector));
     out
 }
 
@@ -254,11 +218,6 @@ fn deployment(
             json!({ "discoveryAddress": install.discovery_address() }).to_string(),
         ),
     ];
-    let mount = |name: &str, path: &str| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        ..Default::default()
-    };
     let volumes: Vec<Volume> = serde_json::from_value(json!([
         { "name": "workload-socket", "emptyDir": {} },
         { "name": "credential-socket", "emptyDir": {} },
@@ -314,17 +273,26 @@ fn deployment(
         }),
         security_context: Some(hardened_container()),
         volume_mounts: Some(vec![
-            mount("workload-socket", "/var/run/secrets/workload-spiffe-uds"),
-            mount("credential-socket", "/var/run/secrets/credential-uds"),
+            mount(
+                "workload-socket",
+                "/var/run/secrets/workload-spiffe-uds",
+                false,
+            ),
+            mount(
+                "credential-socket",
+                "/var/run/secrets/credential-uds",
+                false,
+            ),
             mount(
                 "workload-certs",
                 "/var/run/secrets/workload-spiffe-credentials",
+                false,
             ),
-            mount("istio-envoy", "/etc/istio/proxy"),
-            mount("istio-data", "/var/lib/istio/data"),
-            mount("podinfo", "/etc/istio/pod"),
-            mount("istio-token", "/var/run/secrets/tokens"),
-            mount("istiod-ca-cert", "/var/run/secrets/istio"),
+            mount("istio-envoy", "/etc/istio/proxy", false),
+            mount("istio-data", "/var/lib/istio/data", false),
+            mount("podinfo", "/etc/istio/pod", false),
+            mount("istio-token", "/var/run/secrets/tokens", false),
+            mount("istiod-ca-cert", "/var/run/secrets/istio", false),
         ]),
         ..Default::default()
     };

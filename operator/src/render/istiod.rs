@@ -6,20 +6,20 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe,
-    ResourceFieldSelector, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-};
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+    Container, ContainerPort, PodSpec, PodTemplateSpec, Probe, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, env, field_env, hardened_container, hardened_pod, meta, with_user_env};
+use super::common::{
+    self, env, field_env, hardened_container, hardened_pod, meta, mount, policy_rule, resource_env,
+    with_user_env,
+};
 use super::istio_crds::{gateway_api_rule, istio_rules};
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 
 const C: ComponentId = ComponentId::Istiod;
 /// The uid istiod runs as (Istio's images use 1337).
@@ -42,50 +42,49 @@ fn cluster_name(install: &Installation) -> String {
 
 pub fn render(install: &Installation) -> Vec<Rendered> {
     let name = install.istiod_name();
-    let settings = &install.istiod;
     let selector = selector(install);
-    let mut out = vec![
-        Rendered::new(
-            C,
-            &ServiceAccount {
-                metadata: meta(install, C, &name),
-                ..Default::default()
-            },
-        ),
-        Rendered::new(C, &cluster_role(install)),
-        Rendered::new(C, &cluster_role_binding(install)),
-        Rendered::new(C, &role(install)),
-        Rendered::new(C, &role_binding(install)),
-        Rendered::new(C, &service(install, &selector)),
-        Rendered::new(C, &deployment(install, &selector)),
-    ];
-    if let Some(hpa) = common::hpa(install, C, &name, settings) {
-        out.push(Rendered::new(C, &hpa));
-    }
-    if let Some(pdb) = common::pdb(install, C, &name, settings, &selector) {
-        out.push(Rendered::new(C, &pdb));
-    }
+    let mut out = vec![common::service_account(install, C, &name)];
+    out.extend(common::cluster_role_for(
+        install,
+        C,
+        &cluster_name(install),
+        &name,
+        cluster_rules(),
+    ));
+    // The self-signed CA keeps its key in a Secret of the control-plane namespace.
+    out.extend(common::role_for(
+        install,
+        C,
+        &name,
+        vec![policy_rule(
+            &[""],
+            &["secrets"],
+            &["get", "list", "watch", "create", "update", "delete"],
+        )],
+    ));
+    out.push(Rendered::new(
+        C,
+        &common::service(install, C, &name, Some("ClusterIP"), &selector, PORTS),
+    ));
+    out.push(Rendered::new(C, &deployment(install, &selector)));
+    out.extend(common::scaling(
+        install,
+        C,
+        &name,
+        &install.istiod,
+        &selector,
+    ));
     out
 }
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    let s = |v: &[&str]| Some(v.iter().map(|x| x.to_string()).collect());
-    PolicyRule {
-        api_groups: s(groups),
-        resources: s(resources),
-        verbs: verbs.iter().map(|x| x.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
 const READ: &[&str] = &["get", "list", "watch"];
-fn cluster_role(install: &Installation) -> ClusterRole {
+fn cluster_rules() -> Vec<PolicyRule> {
     const STATUS: &[&str] = &["get", "update", "patch"];
     // Mesh configuration, and status written back to it.
     let mut rules = istio_rules(READ, None);
     rules.extend(istio_rules(STATUS, Some("status")));
     rules.extend([
-        rule(
+        policy_rule(
             &["networking.istio.io"],
             &["workloadentries"],
             &[
@@ -93,34 +92,34 @@ fn cluster_role(install: &Installation) -> ClusterRole {
             ],
         ),
         // Service discovery.
-        rule(
+        policy_rule(
             &[""],
             &["pods", "nodes", "services", "namespaces", "endpoints"],
             READ,
         ),
-        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-        rule(
+        policy_rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        policy_rule(
             &["networking.k8s.io"],
             &["ingresses", "ingressclasses"],
             READ,
         ),
-        rule(&["networking.k8s.io"], &["ingresses/status"], STATUS),
-        rule(
+        policy_rule(&["networking.k8s.io"], &["ingresses/status"], STATUS),
+        policy_rule(
             &["apiextensions.k8s.io"],
             &["customresourcedefinitions"],
             READ,
         ),
         // The root certificate is published to every namespace as a ConfigMap.
-        rule(
+        policy_rule(
             &[""],
             &["configmaps"],
             &["get", "list", "watch", "create", "update"],
         ),
         // Gateway TLS credentials.
-        rule(&[""], &["secrets"], READ),
+        policy_rule(&[""], &["secrets"], READ),
         // Workload identity: verifying service account tokens before signing certificates.
-        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
-        rule(
+        policy_rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        policy_rule(
             &["authorization.k8s.io"],
             &["subjectaccessreviews"],
             &["create"],
@@ -129,56 +128,7 @@ fn cluster_role(install: &Installation) -> ClusterRole {
         gateway_api_rule(READ, None),
         gateway_api_rule(STATUS, Some("status")),
     ]);
-    ClusterRole {
-        metadata: common::cluster_meta(install, C, &cluster_name(install)),
-        rules: Some(rules),
-        aggregation_rule: None,
-    }
-}
-
-fn subject(install: &Installation) -> Vec<Subject> {
-    vec![Subject {
-        kind: "ServiceAccount".into(),
-        name: install.istiod_name(),
-        namespace: Some(install.namespace.clone()),
-        api_group: None,
-    }]
-}
-
-fn cluster_role_binding(install: &Installation) -> ClusterRoleBinding {
-    ClusterRoleBinding {
-        metadata: common::cluster_meta(install, C, &cluster_name(install)),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: cluster_name(install),
-        },
-        subjects: Some(subject(install)),
-    }
-}
-
-fn role(install: &Installation) -> Role {
-    Role {
-        metadata: meta(install, C, &install.istiod_name()),
-        // The self-signed CA keeps its key in a Secret of the control-plane namespace.
-        rules: Some(vec![rule(
-            &[""],
-            &["secrets"],
-            &["get", "list", "watch", "create", "update", "delete"],
-        )]),
-    }
-}
-
-fn role_binding(install: &Installation) -> RoleBinding {
-    RoleBinding {
-        metadata: meta(install, C, &install.istiod_name()),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: install.istiod_name(),
-        },
-        subjects: Some(subject(install)),
-    }
+    rules
 }
 
 /// istiod's ports: (name, service port, container port).
@@ -188,45 +138,6 @@ pub const PORTS: &[(&str, i32, i32)] = &[
     ("https-webhook", 443, 15017),
     ("http-monitoring", 15014, 15014),
 ];
-
-fn service(install: &Installation, selector: &BTreeMap<String, String>) -> Service {
-    Service {
-        metadata: meta(install, C, &install.istiod_name()),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector.clone()),
-            ports: Some(
-                PORTS
-                    .iter()
-                    .map(|(name, port, target)| ServicePort {
-                        name: Some(name.to_string()),
-                        port: *port,
-                        target_port: Some(IntOrString::Int(*target)),
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-fn resource_env(name: &str, resource: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            resource_field_ref: Some(ResourceFieldSelector {
-                resource: resource.into(),
-                divisor: None,
-                container_name: None,
-            }),
-            ..Default::default()
-        }),
-    }
-}
 
 fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> Deployment {
     let settings = &install.istiod;
@@ -256,12 +167,6 @@ fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> De
         resource_env("GOMEMLIMIT", "limits.memory"),
         resource_env("GOMAXPROCS", "limits.cpu"),
     ];
-    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: Some(read_only),
-        ..Default::default()
-    };
     let volumes: Vec<Volume> = serde_json::from_value(json!([
         { "name": "local-certs", "emptyDir": { "medium": "Memory" } },
         { "name": "istio-token", "projected": { "sources": [{ "serviceAccountToken": {

@@ -21,6 +21,7 @@ use crate::effective::Installation;
 
 pub use common::{
     LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY, SHARED_INSTANCE,
+    cluster_meta, owner_reference,
 };
 pub use istio_crds::istio_crds;
 
@@ -104,7 +105,7 @@ impl ComponentId {
             ComponentId::Grafana => "grafana",
             ComponentId::Kiali => "kiali",
             ComponentId::Jaeger => "jaeger",
-            ComponentId::Webhook => "webhook",
+            ComponentId::Webhook => "sidecar-injector",
         }
     }
 

@@ -12,20 +12,17 @@
 //! The selectors are disjoint, so a pod is sent at most once per revision; the handler decides again
 //! from its own view anyway.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 use super::revision_key;
 use crate::api::FailurePolicy;
 use crate::effective::Installation;
 use crate::inject::keys;
+use crate::render::ComponentId;
 
 /// The path the handler serves.
 pub const WEBHOOK_PATH: &str = "/inject";
@@ -152,37 +149,18 @@ pub fn webhook_configuration(
         ));
     }
 
+    let mut metadata = crate::render::cluster_meta(
+        install,
+        ComponentId::Webhook,
+        &webhook_configuration_name(install),
+    );
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(keys::REV.to_string(), rev.clone());
+    metadata.owner_references = crate::render::owner_reference(install).map(|o| vec![o]);
     MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(webhook_configuration_name(install)),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "meshop".to_string(),
-                ),
-                ("app.kubernetes.io/part-of".to_string(), "istio".to_string()),
-                (
-                    "app.kubernetes.io/component".to_string(),
-                    "sidecar-injector".to_string(),
-                ),
-                (
-                    "app.kubernetes.io/instance".to_string(),
-                    install.owner.name.clone(),
-                ),
-                (keys::REV.to_string(), rev.clone()),
-            ])),
-            owner_references: install.owner.uid.as_ref().map(|uid| {
-                vec![OwnerReference {
-                    api_version: "meshop.dev/v1alpha1".into(),
-                    kind: "MeshInstall".into(),
-                    name: install.owner.name.clone(),
-                    uid: uid.clone(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }]
-            }),
-            ..Default::default()
-        },
+        metadata,
         webhooks: Some(webhooks),
     }
 }
