@@ -201,3 +201,54 @@ pub async fn namespace(client: &Client, prefix: &str) -> Result<TestNamespace> {
         .await?;
     Ok(TestNamespace { name })
 }
+
+/// The `meshop` binary next to the running executable (target/<profile>/meshop), or `MESHOP_BIN`.
+pub fn meshop_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("MESHOP_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe()?;
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
+    for dir in exe.ancestors().skip(1).take(2) {
+        let bin = dir.join("meshop");
+        if bin.exists() {
+            return Ok(bin);
+        }
+    }
+    bail!(
+        "no meshop binary next to {}: build it with `cargo build -p meshop` (make test and make demo do)",
+        exe.display()
+    )
+}
+
+/// Starts `meshop run` as a process against a control plane, with its health endpoint and its
+/// injection webhook on free loopback ports (the API server reaches the webhook by URL), the
+/// leader Lease in `default`, and its log in the control plane's directory. Returns the process
+/// and the address of its /livez, /readyz and /metrics endpoints.
+pub fn start_operator(
+    cp: &ControlPlane,
+    identity: &str,
+    extra_args: &[String],
+) -> Result<(process::Process, std::net::SocketAddr)> {
+    let free = || -> Result<std::net::SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    };
+    let (health, hook) = (free()?, free()?);
+    let mut args = vec![
+        "run".to_string(),
+        format!("--health-addr={health}"),
+        "--lease-namespace=default".into(),
+        format!("--identity={identity}"),
+        format!("--webhook-addr={hook}"),
+        format!("--webhook-url=https://{hook}/inject"),
+    ];
+    args.extend(extra_args.iter().cloned());
+    let process = process::Process::spawn(
+        identity,
+        &meshop_binary()?,
+        &args,
+        &cp.dir.join(format!("{identity}.log")),
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    )?;
+    Ok((process, health))
+}

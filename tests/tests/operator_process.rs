@@ -3,7 +3,6 @@
 //! reconcile leaves no duplicated and no orphaned objects once a new process converges).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -15,44 +14,10 @@ use serde_json::json;
 
 const LEASE_SECONDS: u64 = 6;
 
-fn meshop_binary() -> PathBuf {
-    // target/debug/deps/<test> -> target/debug/meshop
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("meshop");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p meshop` first (make test does)",
-        bin.display()
-    );
-    bin
-}
-
 fn start(cp: &meshop_testenv::ControlPlane, identity: &str) -> Process {
-    let health = std::net::TcpListener::bind("127.0.0.1:0")
+    meshop_testenv::start_operator(cp, identity, &[format!("--lease-duration={LEASE_SECONDS}")])
         .unwrap()
-        .local_addr()
-        .unwrap();
-    // Each replica serves its own webhook port, as separate pods would.
-    let hook = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    Process::spawn(
-        identity,
-        &meshop_binary(),
-        &[
-            "run".into(),
-            format!("--health-addr={health}"),
-            "--lease-namespace=default".into(),
-            format!("--identity={identity}"),
-            format!("--lease-duration={LEASE_SECONDS}"),
-            format!("--webhook-addr={hook}"),
-            format!("--webhook-url=https://{hook}/inject"),
-        ],
-        &cp.dir.join(format!("{identity}.log")),
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
-    )
-    .unwrap()
+        .0
 }
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {

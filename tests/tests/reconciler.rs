@@ -55,12 +55,18 @@ where
     }
 }
 
-/// Waits until kstatus says Current (observedGeneration caught up, Ready, not Reconciling/Stalled).
-async fn wait_current(api: &Api<MeshInstall>, name: &str, timeout: Duration) -> MeshInstall {
-    eventually(&format!("MeshInstall {name} Current"), timeout, || async {
+/// Waits until kstatus classifies the MeshInstall as `want` (Current: observedGeneration caught
+/// up, Ready, not Reconciling or Stalled; Failed: Stalled).
+async fn wait_kstatus(
+    api: &Api<MeshInstall>,
+    name: &str,
+    want: KStatus,
+    timeout: Duration,
+) -> MeshInstall {
+    eventually(&format!("MeshInstall {name} {want:?}"), timeout, || async {
         let mi = api.get(name).await.map_err(|e| e.to_string())?;
         match kstatus(mi.metadata.generation, mi.status.as_ref()) {
-            KStatus::Current => Ok(mi),
+            got if got == want => Ok(mi),
             other => Err(format!(
                 "{other:?}: {:?}",
                 mi.status.as_ref().map(|s| &s.conditions)
@@ -68,6 +74,10 @@ async fn wait_current(api: &Api<MeshInstall>, name: &str, timeout: Duration) -> 
         }
     })
     .await
+}
+
+async fn wait_current(api: &Api<MeshInstall>, name: &str, timeout: Duration) -> MeshInstall {
+    wait_kstatus(api, name, KStatus::Current, timeout).await
 }
 
 async fn deployment_names(client: &Client) -> BTreeSet<String> {
@@ -285,15 +295,7 @@ async fn install_drift_switch_conflict_and_delete() {
     )
     .await
     .unwrap();
-    let stalled = eventually("mesh-2 Stalled", Duration::from_secs(30), || async {
-        let mi = api.get("mesh-2").await.map_err(|e| e.to_string())?;
-        if kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Failed {
-            Ok(mi)
-        } else {
-            Err(format!("{:?}", mi.status))
-        }
-    })
-    .await;
+    let stalled = wait_kstatus(&api, "mesh-2", KStatus::Failed, Duration::from_secs(30)).await;
     let stalled_condition = stalled
         .status
         .unwrap()
@@ -333,15 +335,7 @@ async fn install_drift_switch_conflict_and_delete() {
     )
     .await
     .unwrap();
-    let old = eventually("old Stalled", Duration::from_secs(30), || async {
-        let mi = api.get("old").await.map_err(|e| e.to_string())?;
-        if kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Failed {
-            Ok(mi)
-        } else {
-            Err(format!("{:?}", mi.status))
-        }
-    })
-    .await;
+    let old = wait_kstatus(&api, "old", KStatus::Failed, Duration::from_secs(30)).await;
     let ready = old
         .status
         .unwrap()

@@ -11,19 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use meshop::api::{MeshInstall, WebhookState};
 use meshop::controller::status::{KStatus, kstatus};
-use meshop_testenv::process::Process;
 use serde_json::json;
-
-fn meshop_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("meshop");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p meshop` first (make test does)",
-        bin.display()
-    );
-    bin
-}
 
 async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
@@ -79,29 +67,9 @@ async fn labelled_namespace(client: &kube::Client, name: &str, labels: serde_jso
 async fn webhook_injects_over_tls_and_honours_failure_policy() {
     let cp = meshop_testenv::shared_with_controllers();
     let client = cp.client().await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    let mut operator = meshop_testenv::start_operator(cp, "meshop-webhook-test", &[])
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let health = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut operator = Process::spawn(
-        "meshop",
-        &meshop_binary(),
-        &[
-            "run".into(),
-            format!("--health-addr={health}"),
-            "--lease-namespace=default".into(),
-            format!("--webhook-addr=127.0.0.1:{port}"),
-            format!("--webhook-url=https://127.0.0.1:{port}/inject"),
-        ],
-        &cp.dir.join("meshop-webhook-test.log"),
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
-    )
-    .unwrap();
+        .0;
 
     let api: Api<MeshInstall> = Api::all(client.clone());
     let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",

@@ -48,15 +48,20 @@ pub struct WebhookSettings {
     pub client_config: k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
 }
 
+/// What the last pass applied for one MeshInstall: its generation and each object's fingerprint.
+type Applied = (Option<i64>, BTreeMap<String, String>);
+
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
     pub webhook: Option<WebhookSettings>,
+    /// The controller's cache of MeshInstalls, for ownership and cleanup decisions.
+    pub meshes: kube::runtime::reflector::Store<MeshInstall>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Per MeshInstall uid: the generation last applied and a fingerprint of every object, to tell
     /// drift (an object changed outside meshop) from meshop's own changes.
-    fingerprints: Mutex<HashMap<String, (Option<i64>, BTreeMap<String, String>)>>,
+    fingerprints: Mutex<HashMap<String, Applied>>,
     /// Consecutive failures per MeshInstall, for exponential backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
@@ -67,6 +72,7 @@ impl Context {
         metrics: Arc<Metrics>,
         identity: &str,
         webhook: Option<WebhookSettings>,
+        meshes: kube::runtime::reflector::Store<MeshInstall>,
     ) -> Context {
         let reporter = Reporter {
             controller: "meshop".into(),
@@ -76,6 +82,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             webhook,
+            meshes,
             metrics,
             fingerprints: Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
@@ -162,12 +169,6 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        &options.identity,
-        webhook,
-    ));
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let controller = Controller::new(
         Api::<MeshInstall>::all(client.clone()),
@@ -182,15 +183,23 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         Api::<HorizontalPodAutoscaler>::all(client.clone()),
         managed.clone(),
     )
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed)
-    .graceful_shutdown_on(shutdown_signal())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((obj, _)) => tracing::debug!(meshinstall = %obj.name, "reconciled"),
-            Err(e) => tracing::debug!(error = %e, "controller"),
-        }
-    });
+    .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        &options.identity,
+        webhook,
+        controller.store(),
+    ));
+    let controller = controller
+        .graceful_shutdown_on(shutdown_signal())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(meshinstall = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller"),
+            }
+        });
 
     let lost = async {
         match &elector {

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::apply;
 use super::status::{Outcome, next_status};
 use super::{Context, Error};
-use crate::api::{ComponentState, ComponentStatus, MeshInstall};
+use crate::api::{ComponentState, ComponentStatus, MeshInstall, WebhookStatus};
 use crate::effective::Installation;
 use crate::render::{self, ComponentId, Rendered, Stage};
 
@@ -69,13 +69,13 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
             };
             ctx.event(mi, EventType::Warning, "InvalidSpec", &e.to_string())
                 .await;
-            write_status(ctx, mi, &outcome, None, None).await?;
+            write_status(ctx, mi, &outcome, None, None, None).await?;
             return Ok(Action::await_change());
         }
     };
 
     // 2. One MeshInstall owns a (namespace, revision): the oldest claim wins.
-    if let Some(owner) = conflicting_owner(ctx, mi, &install).await? {
+    if let Some(owner) = conflicting_owner(ctx, mi, &install) {
         let message = format!(
             "revision {:?} in namespace {} is already installed by MeshInstall {owner}; choose another revision or namespace",
             install.revision_label(),
@@ -90,6 +90,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
                 reason: "RevisionConflict".into(),
                 message,
             },
+            None,
             None,
             None,
         )
@@ -130,6 +131,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
                         &outcome,
                         Some(&install),
                         Some(component_list(&components, &objects)),
+                        None,
                     )
                     .await?;
                     return Err(Error::Kube(e));
@@ -201,6 +203,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
             },
             Some(&install),
             Some(status_components),
+            None,
         )
         .await?;
         return Ok(Action::requeue(PROGRESS_REQUEUE));
@@ -250,10 +253,13 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         },
         Some(&install),
         Some(status_components),
+        Some(webhook_status(
+            ctx,
+            &install,
+            webhook.as_ref().map(|(_, expiry)| *expiry),
+        )),
     )
     .await?;
-    let hook = webhook_status(ctx, &install, webhook.as_ref().map(|(_, expiry)| *expiry));
-    write_webhook_status(ctx, mi, hook).await?;
     if !was_ready {
         ctx.event(mi, EventType::Normal, "Ready", &message).await;
     }
@@ -306,24 +312,6 @@ fn webhook_status(
     }
 }
 
-async fn write_webhook_status(
-    ctx: &Context,
-    mi: &MeshInstall,
-    status: crate::api::WebhookStatus,
-) -> Result<(), Error> {
-    if mi.status.as_ref().and_then(|s| s.webhook.as_ref()) == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &mi.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": { "webhook": status } })),
-    )
-    .await?;
-    Ok(())
-}
-
 fn component_list(
     found: &BTreeMap<ComponentId, ComponentStatus>,
     objects: &[Rendered],
@@ -343,31 +331,24 @@ fn component_list(
 }
 
 /// The name of an older MeshInstall that already claims this one's namespace and revision.
-async fn conflicting_owner(
-    ctx: &Context,
-    mi: &MeshInstall,
-    install: &Installation,
-) -> Result<Option<String>, Error> {
-    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+fn conflicting_owner(ctx: &Context, mi: &MeshInstall, install: &Installation) -> Option<String> {
     let mine = (
         mi.metadata.creation_timestamp.clone().map(|t| t.0),
         mi.name_any(),
     );
-    for other in api.list(&Default::default()).await? {
-        if other.metadata.uid == mi.metadata.uid || other.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        if other.spec.namespace == install.namespace && other.spec.revision == install.revision {
-            let theirs = (
+    ctx.live_meshes(mi)
+        .filter(|other| {
+            other.spec.namespace == install.namespace && other.spec.revision == install.revision
+        })
+        .map(|other| {
+            (
                 other.metadata.creation_timestamp.clone().map(|t| t.0),
                 other.name_any(),
-            );
-            if theirs < mine {
-                return Ok(Some(other.name_any()));
-            }
-        }
-    }
-    Ok(None)
+            )
+        })
+        .filter(|theirs| *theirs < mine)
+        .min()
+        .map(|(_, name)| name)
 }
 
 async fn write_status(
@@ -376,6 +357,7 @@ async fn write_status(
     outcome: &Outcome,
     install: Option<&Installation>,
     components: Option<Vec<ComponentStatus>>,
+    webhook: Option<WebhookStatus>,
 ) -> Result<(), Error> {
     let applied = install.map(|i| {
         (
@@ -384,14 +366,19 @@ async fn write_status(
             i.revision.clone(),
         )
     });
-    let status = next_status(
+    let mut status = next_status(
         mi.status.as_ref(),
         outcome,
         mi.metadata.generation,
         applied,
         components,
     );
-    if mi.status.as_ref() == Some(&status_without_times(&status, mi.status.as_ref())) {
+    if webhook.is_some() {
+        status.webhook = webhook;
+    }
+    // Unchanged conditions keep their transition times, so an idle pass compares equal and
+    // writes nothing (a converged mesh does not churn resourceVersions).
+    if mi.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api: Api<MeshInstall> = Api::all(ctx.client.clone());
@@ -402,23 +389,6 @@ async fn write_status(
     )
     .await?;
     Ok(())
-}
-
-/// The status as it would be if nothing but transition times changed; lets an unchanged pass skip
-/// the write (so a converged mesh does not churn resourceVersions).
-fn status_without_times(
-    new: &crate::api::MeshInstallStatus,
-    old: Option<&crate::api::MeshInstallStatus>,
-) -> crate::api::MeshInstallStatus {
-    let mut s = new.clone();
-    if let Some(old) = old {
-        for c in s.conditions.iter_mut() {
-            if let Some(o) = old.conditions.iter().find(|o| o.type_ == c.type_) {
-                c.last_transition_time = o.last_transition_time.clone();
-            }
-        }
-    }
-    s
 }
 
 /// Deletion: remove everything this MeshInstall created, then the shared objects if it was the
@@ -438,14 +408,9 @@ async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         info!(meshinstall = %name, remaining, "waiting for owned objects to be deleted");
         return Err(Error::CleanupPending(remaining));
     }
-    let api: Api<MeshInstall> = Api::all(ctx.client.clone());
-    let others: Vec<MeshInstall> = api
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|o| o.metadata.uid != mi.metadata.uid)
-        .collect();
+    // MeshInstalls being deleted too do not keep shared objects alive: whichever finishes last
+    // (or each of them; deletion is idempotent) removes them.
+    let others: Vec<Arc<MeshInstall>> = ctx.live_meshes(mi).collect();
     let used: BTreeSet<String> = others.iter().map(|o| o.spec.namespace.clone()).collect();
     let unused: BTreeSet<String> = [mi.spec.namespace.clone()]
         .into_iter()
@@ -459,6 +424,13 @@ async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
 }
 
 impl Context {
+    /// The other MeshInstalls that are not being deleted, from the controller's cache (no API call).
+    fn live_meshes<'a>(&self, mi: &'a MeshInstall) -> impl Iterator<Item = Arc<MeshInstall>> + 'a {
+        self.meshes.state().into_iter().filter(move |o| {
+            o.metadata.uid != mi.metadata.uid && o.metadata.deletion_timestamp.is_none()
+        })
+    }
+
     /// Publishes an Event on the MeshInstall; a failure to publish is logged, never fatal.
     pub async fn event(&self, mi: &MeshInstall, type_: EventType, reason: &str, note: &str) {
         let event = Event {

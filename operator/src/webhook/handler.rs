@@ -36,6 +36,21 @@ pub struct RevisionConfig {
     /// `injection.enabled` of the MeshInstall.
     pub enabled: bool,
     pub config: Arc<InjectionConfig>,
+    /// When the MeshInstall was created: the oldest claim on a revision wins, as in the reconciler.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+impl RevisionConfig {
+    fn new(
+        install: &Installation,
+        created: Option<k8s_openapi::jiff::Timestamp>,
+    ) -> RevisionConfig {
+        RevisionConfig {
+            enabled: install.injection.enabled,
+            config: Arc::new(InjectionConfig::from(install)),
+            created,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -81,10 +96,10 @@ impl View {
 
     /// Records (or replaces) the MeshInstall `name`'s injection settings.
     pub fn set_install(&self, name: &str, install: &Installation) {
-        let rc = RevisionConfig {
-            enabled: install.injection.enabled,
-            config: Arc::new(InjectionConfig::from(install)),
-        };
+        self.set_revision_config(name, RevisionConfig::new(install, None));
+    }
+
+    fn set_revision_config(&self, name: &str, rc: RevisionConfig) {
         write(&self.inner.installs).insert(name.to_string(), rc);
     }
 
@@ -93,13 +108,14 @@ impl View {
     }
 
     /// The settings for a revision key (`default` for the default revision). Two MeshInstalls
-    /// claiming one revision is a conflict the reconciler reports; here the first by name wins so
-    /// the answer is at least stable.
+    /// claiming one revision is a conflict the reconciler reports as Stalled for the younger one;
+    /// here too the oldest claim (then the first by name) wins.
     pub fn revision(&self, key: &str) -> Option<RevisionConfig> {
         read(&self.inner.installs)
-            .values()
-            .find(|rc| revision_key(&rc.config.revision) == key)
-            .cloned()
+            .iter()
+            .filter(|(_, rc)| revision_key(&rc.config.revision) == key)
+            .min_by_key(|(name, rc)| (rc.created, name.as_str()))
+            .map(|(_, rc)| rc.clone())
     }
 
     /// Marks both watches as having listed everything (tests and [`spawn_view`]).
@@ -180,10 +196,10 @@ where
                 }
             }
             Ok(Event::InitDone) => view.replace_installs(relist.take().unwrap_or_default()),
-            Ok(Event::Apply(mi)) => match Installation::from_mesh(&mi) {
-                Ok(install) => view.set_install(&mi.name_any(), &install),
+            Ok(Event::Apply(mi)) => match revision_config(&mi) {
+                Some(rc) => view.set_revision_config(&mi.name_any(), rc),
                 // An invalid spec injects nothing new; the reconciler reports it as Stalled.
-                Err(_) => view.remove_install(&mi.name_any()),
+                None => view.remove_install(&mi.name_any()),
             },
             Ok(Event::Delete(mi)) => view.remove_install(&mi.name_any()),
             Err(e) => tracing::warn!(error = %e, "webhook MeshInstall watch failed; retrying"),
@@ -193,10 +209,10 @@ where
 
 fn revision_config(mi: &MeshInstall) -> Option<RevisionConfig> {
     let install = Installation::from_mesh(mi).ok()?;
-    Some(RevisionConfig {
-        enabled: install.injection.enabled,
-        config: Arc::new(InjectionConfig::from(&install)),
-    })
+    Some(RevisionConfig::new(
+        &install,
+        mi.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    ))
 }
 
 /// The webhook's routes: `POST /inject` and `GET /healthz`.
@@ -222,8 +238,10 @@ async fn healthz(State(view): State<View>) -> Response {
 
 /// Encodes the review. kube-core writes the patch bytes as a JSON array of numbers; the API
 /// server's canonical form for `[]byte` is base64, about a quarter of the size, so we write that.
-fn json(status: StatusCode, review: &AdmissionReview<DynamicObject>) -> Response {
-    let mut value = match serde_json::to_value(review) {
+fn json(status: StatusCode, mut review: AdmissionReview<DynamicObject>) -> Response {
+    // Taken out before encoding, so the bytes are never turned into a JSON array on the way.
+    let patch = review.response.as_mut().and_then(|r| r.patch.take());
+    let mut value = match serde_json::to_value(&review) {
         Ok(v) => v,
         Err(e) => {
             return (
@@ -233,8 +251,8 @@ fn json(status: StatusCode, review: &AdmissionReview<DynamicObject>) -> Response
                 .into_response();
         }
     };
-    if let Some(patch) = review.response.as_ref().and_then(|r| r.patch.as_ref())
-        && let Ok(b64) = serde_json::to_value(k8s_openapi::ByteString(patch.clone()))
+    if let Some(patch) = patch
+        && let Ok(b64) = serde_json::to_value(k8s_openapi::ByteString(patch))
         && let Some(resp) = value.get_mut("response").and_then(Value::as_object_mut)
     {
         resp.insert("patch".into(), b64);
@@ -254,7 +272,7 @@ async fn inject_handler(State(view): State<View>, body: Bytes) -> Response {
         }
     };
     let api_version = review.types.api_version.clone();
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+    let mut req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
         Err(_) => {
             return (StatusCode::BAD_REQUEST, "AdmissionReview has no request").into_response();
@@ -269,8 +287,8 @@ async fn inject_handler(State(view): State<View>, body: Bytes) -> Response {
         )
             .into_response();
     }
-    let resp = admit(&view, &req, &api_version);
-    json(StatusCode::OK, &resp.into_review())
+    let resp = admit(&view, &mut req, &api_version);
+    json(StatusCode::OK, resp.into_review())
 }
 
 fn allow_with_warning(req: &AdmissionRequest<DynamicObject>, warning: String) -> AdmissionResponse {
@@ -289,7 +307,7 @@ fn deny(req: &AdmissionRequest<DynamicObject>, message: String) -> AdmissionResp
 /// The answer to one request. Everything that is not a v1 Pod CREATE is admitted untouched.
 fn admit(
     view: &View,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
     api_version: &str,
 ) -> AdmissionResponse {
     if api_version != "admission.k8s.io/v1" {
@@ -314,13 +332,14 @@ fn admit(
             ),
         );
     }
-    let Some(obj) = &req.object else {
+    let Some(obj) = req.object.take() else {
         return deny(req, "admission request carries no pod".into());
     };
-    let mut pod: Pod = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+    let mut pod = match pod_from(obj) {
         Ok(p) => p,
         Err(e) => return deny(req, format!("object is not a valid Pod: {e}")),
     };
+    let req = &*req;
     // Pods from a template have no namespace in the object yet; the request has it.
     let namespace = req
         .namespace
@@ -359,6 +378,19 @@ fn admit(
             }
         },
     }
+}
+
+/// The typed Pod of a request object, moving its parts rather than re-encoding the whole object.
+fn pod_from(obj: DynamicObject) -> Result<Pod, serde_json::Error> {
+    let DynamicObject {
+        metadata, mut data, ..
+    } = obj;
+    let mut part = |key: &str| data.get_mut(key).map(Value::take).unwrap_or(Value::Null);
+    Ok(Pod {
+        metadata,
+        spec: serde_json::from_value(part("spec"))?,
+        status: serde_json::from_value(part("status"))?,
+    })
 }
 
 /// Which revision's settings apply, with the same precedence as the engine's selection: the

@@ -9,20 +9,11 @@ use anyhow::{Context, bail};
 use kube::api::{Api, Patch, PatchParams};
 use meshop::api::MeshInstall;
 use meshop::controller::status::{KStatus, kstatus};
-use meshop_testenv::process::Process;
 use meshop_testenv::{ControlPlane, Options};
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let meshop_bin = std::env::var_os("MESHOP_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/debug/meshop"));
-    if !meshop_bin.exists() {
-        bail!(
-            "{} not found: build it with `cargo build -p meshop` (make demo does)",
-            meshop_bin.display()
-        );
-    }
+    let meshop_bin = meshop_testenv::meshop_binary()?;
     println!(
         "==> starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
     );
@@ -30,28 +21,14 @@ fn main() -> anyhow::Result<()> {
         controllers: true,
         ..Options::default()
     })?;
-    let health = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let identity = format!("demo-{}", std::process::id());
     // Out of a cluster the API server reaches the webhook by URL on loopback.
-    let hook = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let (mut operator, health) = meshop_testenv::start_operator(&cp, &identity, &[])?;
+    let log = operator.log.clone();
     println!(
-        "==> starting the operator: {} run (health and metrics on http://{health})",
+        "==> started the operator: {} run (health and metrics on http://{health})",
         meshop_bin.display()
     );
-    let log = cp.dir.join("meshop.log");
-    let mut operator = Process::spawn(
-        "meshop",
-        &meshop_bin,
-        &[
-            "run".into(),
-            format!("--health-addr={health}"),
-            "--lease-namespace=default".into(),
-            format!("--identity=demo-{}", std::process::id()),
-            format!("--webhook-addr={hook}"),
-            format!("--webhook-url=https://{hook}/inject"),
-        ],
-        &log,
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
-    )?;
     let example = root.join("docs/examples/demo.yaml");
     println!("==> applying {}", example.display());
     let runtime = tokio::runtime::Builder::new_current_thread()
