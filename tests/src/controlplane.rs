@@ -159,6 +159,7 @@ impl ControlPlane {
             // Faster feedback than the production defaults; fake nodes never go away on their own.
             "--concurrent-deployment-syncs=10".to_string(),
             "--concurrent-replicaset-syncs=10".to_string(),
+            "--horizontal-pod-autoscaler-sync-period=2s".to_string(),
             "--v=1".to_string(),
         ];
         self.spawn(
@@ -182,6 +183,10 @@ impl ControlPlane {
             // Pod IPs must not overlap the service range.
             "--cidr=10.244.0.0/16".to_string(),
             "--node-ip=127.0.0.1".to_string(),
+            // kwok renews each fake node's Lease only when given a lease duration; without it the
+            // node lifecycle controller marks nodes NotReady after its grace period (about 50 s)
+            // and marks their pods unready, so anything running longer than that would flap.
+            "--node-lease-duration-seconds=40".to_string(),
         ];
         for stage in self.binaries.kwok_stages()? {
             kwok.push(format!("--config={}", stage.display()));

@@ -257,6 +257,19 @@ async fn install_drift_switch_conflict_and_delete() {
             mi.status.as_ref().unwrap().profile.as_deref(),
             Some(profile)
         );
+        if profile == "production" || profile == "performance" {
+            // Ready means the autoscalers' minimum of 2 istiod replicas really runs.
+            let status = mi.status.as_ref().unwrap();
+            let istiod = status
+                .components
+                .iter()
+                .find(|c| c.name == "istiod")
+                .unwrap();
+            assert!(
+                istiod.ready_replicas.unwrap_or(0) >= 2,
+                "{profile}: {istiod:?}"
+            );
+        }
         assert_eq!(
             deployment_names(&client).await,
             set(expected),

@@ -67,13 +67,20 @@ pub async fn apply(client: &Client, object: &Rendered) -> Result<DynamicObject, 
 }
 
 /// Whether an applied object is ready, and its (desired, ready) replicas for workloads.
-pub fn readiness(object: &DynamicObject, kind: &str) -> (bool, Option<(i32, i32)>) {
+/// `min_replicas` is the floor an autoscaler of the object keeps: until the autoscaler has scaled
+/// up to it, the Deployment's own `spec.replicas` understates what must run.
+pub fn readiness(
+    object: &DynamicObject,
+    kind: &str,
+    min_replicas: Option<i32>,
+) -> (bool, Option<(i32, i32)>) {
     let generation = object.metadata.generation.unwrap_or(0);
     let status = &object.data["status"];
     let int = |v: &serde_json::Value| v.as_i64().unwrap_or(0) as i32;
     match kind {
         "Deployment" => {
-            let desired = object.data["spec"]["replicas"].as_i64().unwrap_or(1) as i32;
+            let desired = (object.data["spec"]["replicas"].as_i64().unwrap_or(1) as i32)
+                .max(min_replicas.unwrap_or(0));
             let observed = status["observedGeneration"].as_i64().unwrap_or(0) >= generation;
             let updated = int(&status["updatedReplicas"]);
             let ready = int(&status["readyReplicas"]);
@@ -224,4 +231,46 @@ pub async fn cleanup_shared(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(spec_replicas: i64, ready: i64) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "d", "generation": 2 },
+            "spec": { "replicas": spec_replicas },
+            "status": { "observedGeneration": 2, "replicas": ready, "updatedReplicas": ready,
+                        "readyReplicas": ready, "availableReplicas": ready }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rollout_is_ready_when_every_replica_is_updated_and_available() {
+        assert_eq!(
+            readiness(&deployment(2, 2), "Deployment", None),
+            (true, Some((2, 2)))
+        );
+        assert_eq!(
+            readiness(&deployment(2, 1), "Deployment", None),
+            (false, Some((2, 1)))
+        );
+    }
+
+    #[test]
+    fn an_autoscaler_floor_above_spec_replicas_is_waited_for() {
+        // The HPA has not scaled the Deployment up to its minimum yet.
+        assert_eq!(
+            readiness(&deployment(1, 1), "Deployment", Some(2)),
+            (false, Some((2, 1)))
+        );
+        assert_eq!(
+            readiness(&deployment(2, 2), "Deployment", Some(2)),
+            (true, Some((2, 2)))
+        );
+    }
 }

@@ -106,6 +106,20 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         objects.push(registration.clone());
         render::sort(&mut objects);
     }
+    // The replica floor of every autoscaled Deployment, by the Deployment's key.
+    let autoscaled_min: BTreeMap<String, i32> = objects
+        .iter()
+        .filter(|o| o.kind() == "HorizontalPodAutoscaler")
+        .filter_map(|o| {
+            let spec = &o.object.data["spec"];
+            let target = spec["scaleTargetRef"]["name"].as_str()?;
+            let min = spec["minReplicas"].as_i64().unwrap_or(1) as i32;
+            Some((
+                format!("Deployment/{}/{target}", o.namespace().unwrap_or_default()),
+                min,
+            ))
+        })
+        .collect();
     let previous = ctx.fingerprints.lock().await.get(&uid).cloned();
     let mut fingerprints = BTreeMap::new();
     let mut drifted = Vec::new();
@@ -145,7 +159,11 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
                 drifted.push(object.key());
             }
             fingerprints.insert(object.key(), print);
-            let (ready, replicas) = apply::readiness(&applied, object.kind());
+            let (ready, replicas) = apply::readiness(
+                &applied,
+                object.kind(),
+                autoscaled_min.get(&object.key()).copied(),
+            );
             let entry = components
                 .entry(object.component)
                 .or_insert_with(|| ComponentStatus {
