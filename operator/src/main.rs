@@ -80,6 +80,9 @@ struct RunArgs {
     /// meshop-webhook in the operator's namespace is used.
     #[arg(long, env = "MESHOP_WEBHOOK_URL")]
     webhook_url: Option<String>,
+    /// Lifetime of the webhook's serving certificate, in seconds (renewed when a third is left).
+    #[arg(long, hide = true, default_value_t = 90 * 24 * 3600, value_name = "SECONDS")]
+    webhook_cert_lifetime: u64,
     /// Log format.
     #[arg(long, env = "MESHOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -171,6 +174,9 @@ fn run(args: RunArgs) -> ExitCode {
                 Some(args.webhook_addr.parse()?)
             },
             webhook_url: args.webhook_url.clone(),
+            webhook_cert_lifetime: std::time::Duration::from_secs(
+                args.webhook_cert_lifetime.max(30),
+            ),
         };
         meshop::controller::run(client, options).await
     });

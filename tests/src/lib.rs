@@ -223,13 +223,12 @@ pub fn meshop_binary() -> Result<PathBuf> {
 
 /// Starts `meshop run` as a process against a control plane, with its health endpoint and its
 /// injection webhook on free loopback ports (the API server reaches the webhook by URL), the
-/// leader Lease in `default`, and its log in the control plane's directory. Returns the process
-/// and the address of its /livez, /readyz and /metrics endpoints.
+/// leader Lease in `default`, and its log in the control plane's directory.
 pub fn start_operator(
     cp: &ControlPlane,
     identity: &str,
     extra_args: &[String],
-) -> Result<(process::Process, std::net::SocketAddr)> {
+) -> Result<Operator> {
     let free = || -> Result<std::net::SocketAddr> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
     };
@@ -250,5 +249,18 @@ pub fn start_operator(
         &cp.dir.join(format!("{identity}.log")),
         &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
     )?;
-    Ok((process, health))
+    Ok(Operator {
+        process,
+        health,
+        webhook: hook,
+    })
+}
+
+/// A `meshop run` process started by [`start_operator`].
+pub struct Operator {
+    pub process: process::Process,
+    /// Address of /livez, /readyz and /metrics.
+    pub health: std::net::SocketAddr,
+    /// Address of the HTTPS injection webhook.
+    pub webhook: std::net::SocketAddr,
 }

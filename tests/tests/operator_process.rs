@@ -17,7 +17,7 @@ const LEASE_SECONDS: u64 = 6;
 fn start(cp: &meshop_testenv::ControlPlane, identity: &str) -> Process {
     meshop_testenv::start_operator(cp, identity, &[format!("--lease-duration={LEASE_SECONDS}")])
         .unwrap()
-        .0
+        .process
 }
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {

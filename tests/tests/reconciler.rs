@@ -23,6 +23,7 @@ async fn start_operator(client: Client) -> tokio::task::JoinHandle<()> {
         identity: "reconciler-test".into(),
         lease_duration: Duration::from_secs(15),
         webhook_addr: None,
+        webhook_cert_lifetime: meshop::webhook::certs::DEFAULT_CERT_LIFETIME,
         webhook_url: None,
     };
     tokio::spawn(async move {

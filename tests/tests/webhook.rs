@@ -69,7 +69,7 @@ async fn webhook_injects_over_tls_and_honours_failure_policy() {
     let client = cp.client().await.unwrap();
     let mut operator = meshop_testenv::start_operator(cp, "meshop-webhook-test", &[])
         .unwrap()
-        .0;
+        .process;
 
     let api: Api<MeshInstall> = Api::all(client.clone());
     let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",

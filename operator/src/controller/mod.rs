@@ -130,6 +130,8 @@ pub struct RunOptions {
     /// How the API server reaches the webhook: a URL out of a cluster (`make demo`, tests), else
     /// the Service `meshop-webhook` in `lease_namespace`.
     pub webhook_url: Option<String>,
+    /// Lifetime of the webhook's serving certificate; it is renewed when a third is left.
+    pub webhook_cert_lifetime: Duration,
 }
 
 /// Runs until SIGINT/SIGTERM, or until leadership is lost (then exits with an error, so the
@@ -143,8 +145,11 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         ready.clone(),
     ));
     client.apiserver_version().await?;
+    // A new serving certificate makes the controller re-run every MeshInstall, so the caBundle
+    // and status.webhook.certificateExpiry follow at once (a full channel means a run is pending).
+    let (renewed_tx, renewed) = futures::channel::mpsc::channel::<()>(1);
     let webhook = match options.webhook_addr {
-        Some(addr) => Some(start_webhook(&client, &options, addr).await?),
+        Some(addr) => Some(start_webhook(&client, &options, addr, renewed_tx).await?),
         None => None,
     };
     ready.store(true, Ordering::SeqCst);
@@ -192,6 +197,7 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         controller.store(),
     ));
     let controller = controller
+        .reconcile_all_on(renewed)
         .graceful_shutdown_on(shutdown_signal())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -224,6 +230,7 @@ async fn start_webhook(
     client: &Client,
     options: &RunOptions,
     addr: SocketAddr,
+    renewed: futures::channel::mpsc::Sender<()>,
 ) -> anyhow::Result<WebhookSettings> {
     use crate::webhook;
     use k8s_openapi::api::admissionregistration::v1::{ServiceReference, WebhookClientConfig};
@@ -235,19 +242,21 @@ async fn start_webhook(
         "localhost".to_string(),
         "127.0.0.1".to_string(),
     ];
-    let lifetime = webhook::certs::DEFAULT_CERT_LIFETIME;
+    let lifetime = options.webhook_cert_lifetime;
     let bundle = webhook::load_or_create(client.clone(), &ns, &sans, lifetime).await?;
     let resolver = webhook::CertResolver::new(bundle)?;
-    // The caBundle is re-applied by every reconcile (at least every resync); the CA itself is kept
-    // across renewals, so a renewal does not need one.
+    // Look often enough to renew well inside the last third of the lifetime.
+    let every = (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
     webhook::spawn_rotation(
         client.clone(),
         ns.clone(),
         sans,
         lifetime,
         resolver.clone(),
-        Duration::from_secs(300),
-        |_| {},
+        every,
+        move |_| {
+            let _ = renewed.clone().try_send(());
+        },
     );
     let view = webhook::spawn_view(client.clone());
     let listener = webhook::bind(addr).await?;

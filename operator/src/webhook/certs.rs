@@ -132,10 +132,12 @@ impl CertBundle {
         Ok(fresh)
     }
 
-    /// Whether the serving certificate has less than a third of its lifetime left.
+    /// Whether the serving certificate has less than a third of its lifetime left. The lifetime
+    /// counts from issue, not from the backdated `notBefore`, so a short-lived certificate is not
+    /// judged due the moment it is made.
     pub fn needs_rotation(&self, now: SystemTime) -> bool {
         let left = self.not_after.duration_since(now).unwrap_or(Duration::ZERO);
-        left < third(self.not_before, self.not_after)
+        left < third(self.not_before + BACKDATE, self.not_after)
     }
 
     /// Whether the serving certificate names every one of `sans`.
@@ -369,9 +371,9 @@ mod tests {
         let now = SystemTime::now();
         assert!(!b.needs_rotation(now));
         assert!(b.usable_for(&sans(), now));
-        // Lifetime is 3000 s plus the 300 s backdate: a third is 1100 s.
-        assert!(!b.needs_rotation(b.not_after - Duration::from_secs(1200)));
-        assert!(b.needs_rotation(b.not_after - Duration::from_secs(1000)));
+        // Lifetime is 3000 s from issue (the 300 s backdate does not count): a third is 1000 s.
+        assert!(!b.needs_rotation(b.not_after - Duration::from_secs(1100)));
+        assert!(b.needs_rotation(b.not_after - Duration::from_secs(900)));
         assert!(b.needs_rotation(b.not_after + Duration::from_secs(1)));
     }
 

@@ -23,7 +23,8 @@ fn main() -> anyhow::Result<()> {
     })?;
     let identity = format!("demo-{}", std::process::id());
     // Out of a cluster the API server reaches the webhook by URL on loopback.
-    let (mut operator, health) = meshop_testenv::start_operator(&cp, &identity, &[])?;
+    let started = meshop_testenv::start_operator(&cp, &identity, &[])?;
+    let (mut operator, health) = (started.process, started.health);
     let log = operator.log.clone();
     println!(
         "==> started the operator: {} run (health and metrics on http://{health})",
