@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 CRD_FILE := crds/meshinstalls.meshop.dev.yaml
 
-.PHONY: help demo cluster test unit testenv build crds golden lint fmt clean-testenv tools
+.PHONY: help demo cluster test unit testenv build crds golden bench loadtest lint fmt clean-testenv tools
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,13 @@ crds: ## Regenerate the CRD YAML (crds/, deploy/) and the operator RBAC (deploy/
 
 golden: ## Regenerate the rendering golden files and the generated table of docs/profiles.md.
 	UPDATE_GOLDEN=1 $(CARGO) test -q -p meshop --test render
+
+bench: ## Criterion benchmarks of sidecar injection (figures in docs/performance.md).
+	$(CARGO) bench -p meshop --bench inject -- --warm-up-time 1 --measurement-time 3
+
+loadtest: ## Load test of the HTTPS admission endpoint on loopback (figures in docs/performance.md).
+	$(CARGO) build --release -q -p meshop-testenv --bin meshop-webhook-load
+	target/release/meshop-webhook-load --connections 8 --seconds 10
 
 lint: ## rustfmt and clippy, warnings as errors.
 	$(CARGO) fmt --all -- --check
