@@ -150,5 +150,23 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
         },
     )
     .await;
+
+    // Deleting the MeshInstall removes its webhook registration.
+    api.delete("rotation", &Default::default()).await.unwrap();
+    let hooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    until(
+        "webhook registration removed",
+        Duration::from_secs(60),
+        || async {
+            hooks
+                .get_opt("meshop-sidecar-injector-rotation")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+        },
+    )
+    .await;
     drop(operator);
 }
