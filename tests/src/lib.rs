@@ -264,3 +264,21 @@ pub struct Operator {
     /// Address of the HTTPS injection webhook.
     pub webhook: std::net::SocketAddr,
 }
+
+/// Polls `check` every 200 ms until it holds; fails the test with `what` after `timeout`.
+/// Returns how long it took.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < timeout,
+            "{what} not reached within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    start.elapsed()
+}

@@ -3,7 +3,7 @@
 //! reconcile leaves no duplicated and no orphaned objects once a new process converges).
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -29,22 +29,6 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    start.elapsed()
-}
-
 async fn is_current(api: &Api<MeshInstall>, name: &str) -> bool {
     match api.get(name).await {
         Ok(mi) => kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current,
@@ -61,7 +45,7 @@ async fn leader_election_and_crash_safety() {
 
     // Two replicas: exactly one leads.
     let mut a = start(cp, "replica-a");
-    wait_until("replica-a leads", Duration::from_secs(30), || async {
+    meshop_testenv::wait_until("replica-a leads", Duration::from_secs(30), || async {
         holder(&leases).await.as_deref() == Some("replica-a")
     })
     .await;
@@ -78,7 +62,7 @@ async fn leader_election_and_crash_safety() {
     )
     .unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
-    wait_until("minimal Ready", Duration::from_secs(120), || {
+    meshop_testenv::wait_until("minimal Ready", Duration::from_secs(120), || {
         is_current(&api, "crash")
     })
     .await;
@@ -86,7 +70,7 @@ async fn leader_election_and_crash_safety() {
     // Kill the leader: the other replica takes over within the lease duration (plus one renew
     // period for it to notice).
     a.kill();
-    let took = wait_until(
+    let took = meshop_testenv::wait_until(
         "replica-b takes over",
         Duration::from_secs(LEASE_SECONDS * 3),
         || async { holder(&leases).await.as_deref() == Some("replica-b") },
@@ -108,7 +92,7 @@ async fn leader_election_and_crash_safety() {
     .unwrap();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), "istio-system");
-    wait_until("demo objects appear", Duration::from_secs(60), || async {
+    meshop_testenv::wait_until("demo objects appear", Duration::from_secs(60), || async {
         deployments
             .get_opt("istio-ingressgateway")
             .await
@@ -124,7 +108,7 @@ async fn leader_election_and_crash_safety() {
         !mid_way
     );
     let _c = start(cp, "replica-c");
-    wait_until("demo Ready after restart", Duration::from_secs(120), || {
+    meshop_testenv::wait_until("demo Ready after restart", Duration::from_secs(120), || {
         is_current(&api, "crash")
     })
     .await;

@@ -3,7 +3,7 @@
 //! Deployments roll out injected pods that become Ready, and failurePolicy decides what happens
 //! when the webhook is down.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,21 +12,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use meshop::api::{MeshInstall, WebhookState};
 use meshop::controller::status::{KStatus, kstatus};
 use serde_json::json;
-
-async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn pod(name: &str, labels: serde_json::Value, host_network: bool) -> Pod {
     serde_json::from_value(json!({
@@ -55,7 +40,7 @@ async fn labelled_namespace(client: &kube::Client, name: &str, labels: serde_jso
         .unwrap();
     // Pods need the namespace's default ServiceAccount, made by the controller manager.
     let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), name);
-    until(
+    meshop_testenv::wait_until(
         "default ServiceAccount",
         Duration::from_secs(30),
         || async { sa.get_opt("default").await.ok().flatten().is_some() },
@@ -75,7 +60,7 @@ async fn webhook_injects_over_tls_and_honours_failure_policy() {
     let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
         "metadata": {"name": "inject"}, "spec": {"profile": "minimal", "injection": {"failurePolicy": "Fail"}}})).unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
-    until(
+    meshop_testenv::wait_until(
         "MeshInstall Ready with the webhook Active",
         Duration::from_secs(120),
         || async {
@@ -148,7 +133,7 @@ async fn webhook_injects_over_tls_and_honours_failure_policy() {
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "injected");
-    until(
+    meshop_testenv::wait_until(
         "injected web pods Ready",
         Duration::from_secs(90),
         || async {

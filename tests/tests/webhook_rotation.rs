@@ -14,21 +14,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 
-async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The leaf certificate the webhook serves right now, verified against the CA meshop publishes.
 async fn served_certificate(addr: std::net::SocketAddr, ca_pem: &[u8]) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
@@ -64,7 +49,7 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
     let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
         "metadata": {"name": "rotation"}, "spec": {"profile": "minimal", "injection": {"failurePolicy": "Fail"}}})).unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
-    until("webhook Active", Duration::from_secs(120), || async {
+    meshop_testenv::wait_until("webhook Active", Duration::from_secs(120), || async {
         let Ok(mi) = api.get("rotation").await else {
             return false;
         };
@@ -97,7 +82,7 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
         .unwrap();
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(client.clone(), "rotating");
-    until(
+    meshop_testenv::wait_until(
         "default ServiceAccount",
         Duration::from_secs(30),
         || async { accounts.get_opt("default").await.ok().flatten().is_some() },
@@ -138,7 +123,7 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
         created
     );
     // The renewal re-ran the reconciler, so status shows the new certificate's expiry.
-    until(
+    meshop_testenv::wait_until(
         "status shows the renewed certificate",
         Duration::from_secs(30),
         || async {
@@ -155,7 +140,7 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
     api.delete("rotation", &Default::default()).await.unwrap();
     let hooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
         Api::all(client.clone());
-    until(
+    meshop_testenv::wait_until(
         "webhook registration removed",
         Duration::from_secs(60),
         || async {

@@ -14,7 +14,7 @@ mod probes;
 mod quantity;
 mod selection;
 mod template;
-mod volumes;
+pub mod volumes;
 mod workload;
 
 #[cfg(test)]

@@ -7,14 +7,14 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-    ServiceSpec, Volume,
+    ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::common::{
-    self, env, field_env, hardened_container, hardened_pod, meta, mount, policy_rule, with_user_env,
+    self, env, field_env, hardened_container, hardened_pod, meta, policy_rule, with_user_env,
 };
 use super::{ComponentId, Rendered};
 use crate::api::ServiceType;
@@ -218,20 +218,8 @@ fn deployment(
             json!({ "discoveryAddress": install.discovery_address() }).to_string(),
         ),
     ];
-    let volumes: Vec<Volume> = serde_json::from_value(json!([
-        { "name": "workload-socket", "emptyDir": {} },
-        { "name": "credential-socket", "emptyDir": {} },
-        { "name": "workload-certs", "emptyDir": {} },
-        { "name": "istio-envoy", "emptyDir": { "medium": "Memory" } },
-        { "name": "istio-data", "emptyDir": {} },
-        { "name": "podinfo", "downwardAPI": { "items": [
-            { "path": "labels", "fieldRef": { "fieldPath": "metadata.labels" } },
-            { "path": "annotations", "fieldRef": { "fieldPath": "metadata.annotations" } } ] } },
-        { "name": "istio-token", "projected": { "sources": [{ "serviceAccountToken": {
-            "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token" } }] } },
-        { "name": "istiod-ca-cert", "configMap": { "name": "istio-ca-root-cert" } },
-    ]))
-    .expect("static volume list");
+    // The same proxy volumes an injected sidecar gets: a gateway is a proxy without an app.
+    let volumes = crate::inject::volumes::sidecar_volumes();
     let ready = Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz/ready".into()),
@@ -272,28 +260,7 @@ fn deployment(
             ..ready
         }),
         security_context: Some(hardened_container()),
-        volume_mounts: Some(vec![
-            mount(
-                "workload-socket",
-                "/var/run/secrets/workload-spiffe-uds",
-                false,
-            ),
-            mount(
-                "credential-socket",
-                "/var/run/secrets/credential-uds",
-                false,
-            ),
-            mount(
-                "workload-certs",
-                "/var/run/secrets/workload-spiffe-credentials",
-                false,
-            ),
-            mount("istio-envoy", "/etc/istio/proxy", false),
-            mount("istio-data", "/var/lib/istio/data", false),
-            mount("podinfo", "/etc/istio/pod", false),
-            mount("istio-token", "/var/run/secrets/tokens", false),
-            mount("istiod-ca-cert", "/var/run/secrets/istio", false),
-        ]),
+        volume_mounts: Some(crate::inject::volumes::proxy_mounts()),
         ..Default::default()
     };
     Deployment {
