@@ -29,9 +29,11 @@ const MANAGE: &[&str] = &[
     "get", "list", "watch", "create", "update", "patch", "delete",
 ];
 
-/// What meshop itself does with the API: its own resource, and every kind it manages.
+/// What meshop itself does with the API: its own resource, and every kind in
+/// [`crate::kinds::MANAGED_KINDS`] (one rule per API group, so a kind added to the table is
+/// granted here without a second list to keep in step).
 fn own_rules() -> Vec<PolicyRule> {
-    vec![
+    let mut rules = vec![
         policy_rule(
             &["meshop.dev"],
             &["meshinstalls"],
@@ -43,37 +45,21 @@ fn own_rules() -> Vec<PolicyRule> {
             &["get", "update", "patch"],
         ),
         policy_rule(&["meshop.dev"], &["meshinstalls/finalizers"], &["update"]),
-        policy_rule(
-            &[""],
-            &["namespaces", "serviceaccounts", "configmaps", "services"],
-            MANAGE,
-        ),
-        policy_rule(&["apps"], &["deployments", "daemonsets"], MANAGE),
-        policy_rule(&["autoscaling"], &["horizontalpodautoscalers"], MANAGE),
-        policy_rule(&["policy"], &["poddisruptionbudgets"], MANAGE),
-        policy_rule(
-            &["rbac.authorization.k8s.io"],
-            &[
-                "roles",
-                "rolebindings",
-                "clusterroles",
-                "clusterrolebindings",
-            ],
-            MANAGE,
-        ),
-        policy_rule(
-            &["apiextensions.k8s.io"],
-            &["customresourcedefinitions"],
-            MANAGE,
-        ),
-        policy_rule(
-            &["admissionregistration.k8s.io"],
-            &["mutatingwebhookconfigurations"],
-            MANAGE,
-        ),
-        policy_rule(&["security.istio.io"], &["peerauthentications"], MANAGE),
-        policy_rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-    ]
+    ];
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for kind in crate::kinds::MANAGED_KINDS {
+        match groups.iter_mut().find(|(g, _)| *g == kind.group) {
+            Some((_, plurals)) => plurals.push(kind.plural),
+            None => groups.push((kind.group, vec![kind.plural])),
+        }
+    }
+    rules.extend(
+        groups
+            .into_iter()
+            .map(|(group, plurals)| policy_rule(&[group], &plurals, MANAGE)),
+    );
+    rules.push(policy_rule(&["events.k8s.io"], &["events"], &["create", "patch"]));
+    rules
 }
 
 /// Every rule any rendered Role or ClusterRole grants (all components switched on).
@@ -216,6 +202,23 @@ mod tests {
                 "wildcard resource"
             );
             assert!(!r.verbs.iter().any(|v| v == "escalate" || v == "bind"));
+        }
+    }
+
+    #[test]
+    fn every_managed_kind_is_granted() {
+        let rules = cluster_role().rules.unwrap();
+        for kind in crate::kinds::MANAGED_KINDS {
+            let granted = |verb: &str| {
+                rules.iter().any(|r| {
+                    r.api_groups.iter().flatten().any(|g| g == kind.group)
+                        && r.resources.iter().flatten().any(|p| p == kind.plural)
+                        && r.verbs.iter().any(|v| v == verb)
+                })
+            };
+            for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+                assert!(granted(verb), "{} {} not granted", verb, kind.plural);
+            }
         }
     }
 

@@ -8,6 +8,8 @@ pub mod deploy;
 pub mod effective;
 pub mod inject;
 pub mod k8s;
+pub mod kinds;
+pub mod metrics;
 pub mod profiles;
 pub mod render;
 pub mod server;

@@ -135,10 +135,14 @@ fn main() -> ExitCode {
 
 /// `meshop run`. Logs go to stderr; the level comes from RUST_LOG (default info).
 fn run(args: RunArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    // kube-client logs every failed request at ERROR on its own; meshop reports each failure
+    // once, with what to do, so that log is off unless RUST_LOG asks for it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,kube_client::client::builder=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if args.log_format == "json" {
         builder.json().init();

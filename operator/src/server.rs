@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::controller::Metrics;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct Health {

@@ -1,44 +1,81 @@
 //! `meshop run`: the MeshInstall controller, its health and metrics endpoints, and leader election.
+//!
+//! A pass (see [`reconcile`]) goes resolve -> [`plan`] (pure) -> [`apply`] (I/O) -> [`assess`]
+//! (pure) -> [`prune`] -> [`status`] (pure, one write). This file holds the shared [`Context`], the
+//! error policy and the wiring of `meshop run`.
 
 mod apply;
+mod assess;
 pub mod leader;
-mod metrics;
+mod plan;
+mod prune;
 mod reconcile;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::DynamicObject;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
-pub use apply::{FIELD_MANAGER, managed_kinds};
-pub use metrics::Metrics;
+pub use apply::FIELD_MANAGER;
 pub use reconcile::FINALIZER;
 
 use crate::api::MeshInstall;
+use crate::kinds::MANAGED_KINDS;
+use crate::metrics::Metrics;
 use crate::render::{LABEL_MANAGED_BY, MANAGED_BY};
+use assess::AppliedRecord;
+use plan::WebhookEndpoint;
 
+/// Why a pass failed; it is retried with backoff. The kind is counted in the metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("applying {key}: {source}")]
+    Apply {
+        key: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("pruning objects no longer rendered: {0}")]
+    Prune(#[source] kube::Error),
+    #[error("deleting the MeshInstall's objects: {0}")]
+    Cleanup(#[source] kube::Error),
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} owned object(s) still being deleted")]
     CleanupPending(usize),
+}
+
+impl Error {
+    /// The `error` label of `meshop_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Apply { .. } => "apply",
+            Error::Prune(_) => "prune",
+            Error::Cleanup(_) => "cleanup",
+            Error::Status(_) => "status",
+            Error::CleanupPending(_) => "cleanup_pending",
+            Error::Finalizer(e) => match e.as_ref() {
+                F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.metric_label(),
+                F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
+                F::UnnamedObject | F::InvalidFinalizer => "invalid_object",
+            },
+        }
+    }
 }
 
 /// How the API server reaches this operator's injection webhook.
@@ -48,26 +85,23 @@ pub struct WebhookSettings {
     pub client_config: k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
 }
 
-/// What the last pass applied for one MeshInstall: its generation and each object's fingerprint.
-type Applied = (Option<i64>, BTreeMap<String, String>);
-
 /// Shared state of the controller.
 pub struct Context {
-    pub client: Client,
-    pub webhook: Option<WebhookSettings>,
+    client: Client,
+    webhook: Option<WebhookSettings>,
     /// The controller's cache of MeshInstalls, for ownership and cleanup decisions.
-    pub meshes: kube::runtime::reflector::Store<MeshInstall>,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    /// Per MeshInstall uid: the generation last applied and a fingerprint of every object, to tell
-    /// drift (an object changed outside meshop) from meshop's own changes.
-    fingerprints: Mutex<HashMap<String, Applied>>,
+    meshes: kube::runtime::reflector::Store<MeshInstall>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Per MeshInstall uid: what the last pass applied, to tell drift (an object changed outside
+    /// meshop) from meshop's own changes.
+    applied: Mutex<HashMap<String, AppliedRecord>>,
     /// Consecutive failures per MeshInstall, for exponential backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(
+    fn new(
         client: Client,
         metrics: Arc<Metrics>,
         identity: &str,
@@ -84,8 +118,49 @@ impl Context {
             webhook,
             meshes,
             metrics,
-            fingerprints: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The webhook endpoint with the CA and certificate in use right now.
+    fn webhook_endpoint(&self) -> Option<WebhookEndpoint> {
+        let settings = self.webhook.as_ref()?;
+        let bundle = settings.resolver.bundle();
+        Some(WebhookEndpoint {
+            client_config: settings.client_config.clone(),
+            ca_pem: bundle.ca_pem.clone(),
+            certificate_expiry: bundle.not_after,
+        })
+    }
+
+    /// Stores what a pass applied and returns what the pass before it applied.
+    async fn remember_applied(&self, uid: &str, record: AppliedRecord) -> Option<AppliedRecord> {
+        self.applied.lock().await.insert(uid.to_string(), record)
+    }
+
+    async fn forget_applied(&self, uid: &str) {
+        self.applied.lock().await.remove(uid);
+    }
+
+    /// The other MeshInstalls that are not being deleted, from the controller's cache (no API call).
+    fn live_meshes<'a>(&self, mi: &'a MeshInstall) -> impl Iterator<Item = Arc<MeshInstall>> + 'a {
+        self.meshes.state().into_iter().filter(move |o| {
+            o.metadata.uid != mi.metadata.uid && o.metadata.deletion_timestamp.is_none()
+        })
+    }
+
+    /// Publishes an Event on the MeshInstall; a failure to publish is logged, never fatal.
+    async fn event(&self, mi: &MeshInstall, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &mi.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
         }
     }
 }
@@ -97,12 +172,17 @@ fn error_policy(mi: Arc<MeshInstall>, error: &Error, ctx: Arc<Context>) -> Actio
     let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
     let n = failures.entry(key.clone()).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    let delay = backoff(*n);
     match error {
         Error::CleanupPending(_) => info!(meshinstall = %key, %error, "requeue in {delay:?}"),
         _ => warn!(meshinstall = %key, %error, "reconcile failed; requeue in {delay:?}"),
     }
     Action::requeue(delay)
+}
+
+/// The delay after `failures` consecutive failures: 1 s doubling, capped at 5 minutes.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(8)).min(Duration::from_secs(300))
 }
 
 async fn reconcile(mi: Arc<MeshInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -144,7 +224,7 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         metrics.clone(),
         ready.clone(),
     ));
-    client.apiserver_version().await?;
+    preflight(&client, &options).await?;
     // A new serving certificate makes the controller re-run every MeshInstall, so the caBundle
     // and status.webhook.certificateExpiry follow at once (a full channel means a run is pending).
     let (renewed_tx, renewed) = futures::channel::mpsc::channel::<()>(1);
@@ -174,21 +254,20 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         }
     }
 
+    // Watch the kinds whose loss breaks the mesh at once, narrowed to meshop's own objects.
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         Api::<MeshInstall>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-    .owns(Api::<DaemonSet>::all(client.clone()), managed.clone())
-    .owns(Api::<Service>::all(client.clone()), managed.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
-    .owns(Api::<ServiceAccount>::all(client.clone()), managed.clone())
-    .owns(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        managed.clone(),
-    )
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed);
+    );
+    for kind in MANAGED_KINDS.iter().filter(|k| k.watched) {
+        let resource = kind.api_resource();
+        controller = controller.owns_with(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            resource,
+            managed.clone(),
+        );
+    }
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics,
@@ -307,5 +386,65 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// Checks, before anything starts, what `meshop run` needs from the cluster and cannot create
+/// itself; the error is one line that says what to do.
+async fn preflight(client: &Client, options: &RunOptions) -> anyhow::Result<()> {
+    let version = client.apiserver_version().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the Kubernetes API server ({e}); check KUBECONFIG or the in-cluster service account")
+    })?;
+    info!(kubernetes = %version.git_version, "connected to the API server");
+    let crd = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone());
+    let crd_name = format!("{}.{}", MeshInstall::plural(&()), MeshInstall::group(&()));
+    match crd.get_opt(&crd_name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => anyhow::bail!(
+            "the MeshInstall CRD {crd_name} is not installed: run `meshop crd | kubectl apply --server-side -f -` (or install deploy/)"
+        ),
+        Err(e) => anyhow::bail!("cannot read the CRD {crd_name} ({e}); meshop's ClusterRole (deploy/rbac.yaml) grants it"),
+    }
+    // The Lease and the webhook's certificate Secret live in this namespace; without either
+    // feature meshop needs no namespace of its own.
+    if !options.leader_election && options.webhook_addr.is_none() {
+        return Ok(());
+    }
+    let ns = &options.lease_namespace;
+    let found = Api::<Namespace>::all(client.clone())
+        .get_opt(ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read namespace {ns} ({e}); meshop's ClusterRole (deploy/rbac.yaml) grants it"))?;
+    if found.is_none() {
+        anyhow::bail!(
+            "namespace {ns} does not exist: create it (`kubectl create namespace {ns}`) or pass --lease-namespace with an existing one; meshop keeps its leader Lease and webhook certificate there"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), Duration::from_secs(256));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(256));
+    }
+
+    #[test]
+    fn errors_are_labelled_by_their_step_through_the_finalizer() {
+        use kube::runtime::finalizer::Error as F;
+        let pending = Error::CleanupPending(2);
+        assert_eq!(pending.metric_label(), "cleanup_pending");
+        let wrapped = Error::Finalizer(Box::new(F::CleanupFailed(Error::CleanupPending(1))));
+        assert_eq!(wrapped.metric_label(), "cleanup_pending");
+        let unnamed = Error::Finalizer(Box::new(F::UnnamedObject));
+        assert_eq!(unnamed.metric_label(), "invalid_object");
     }
 }

@@ -223,40 +223,20 @@ pub fn finish(install: &Installation, object: &mut Rendered) {
     common::finish(install, object);
 }
 
-/// Puts objects in apply order.
+/// Puts objects in apply order: by stage, then by the kind's position in
+/// [`crate::kinds::MANAGED_KINDS`] (what others depend on first), then by component and name.
 pub fn sort(objects: &mut [Rendered]) {
-    objects.sort_by(|a, b| {
-        (
-            a.stage(),
-            kind_order(a.kind()),
-            a.component,
-            a.namespace(),
-            a.name(),
-        )
-            .cmp(&(
-                b.stage(),
-                kind_order(b.kind()),
-                b.component,
-                b.namespace(),
-                b.name(),
-            ))
-    });
+    objects.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
 }
 
-/// Kinds that others depend on come first within a stage.
-fn kind_order(kind: &str) -> u8 {
-    match kind {
-        "CustomResourceDefinition" => 0,
-        "Namespace" => 1,
-        "ServiceAccount" => 2,
-        "ClusterRole" | "Role" => 3,
-        "ClusterRoleBinding" | "RoleBinding" => 4,
-        "ConfigMap" | "Secret" => 5,
-        "Service" => 6,
-        "Deployment" | "DaemonSet" | "StatefulSet" => 7,
-        "HorizontalPodAutoscaler" | "PodDisruptionBudget" => 8,
-        _ => 9,
-    }
+fn sort_key(o: &Rendered) -> (Stage, u8, ComponentId, Option<&str>, &str) {
+    (
+        o.stage(),
+        crate::kinds::apply_order(&o.resource.group, o.kind()),
+        o.component,
+        o.namespace(),
+        o.name(),
+    )
 }
 
 /// Multi-document YAML of the objects, as `meshop render` prints it.

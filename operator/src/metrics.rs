@@ -1,4 +1,6 @@
-//! Prometheus metrics: reconciles, errors, durations, managed objects.
+//! Prometheus metrics: reconciles, errors by kind, durations, managed objects. Its own module so
+//! the controller (which records) and the health server (which exposes) both depend on it and
+//! not on each other.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,10 +17,17 @@ pub struct InstanceLabel {
     pub meshinstall: String,
 }
 
+/// The kind of a failed reconcile pass (`apply`, `prune`, `status`, ...), so an alert can tell
+/// a permission problem on one step from a flapping API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     reconciles: Counter,
-    errors: Counter,
+    errors: Family<ErrorLabel, Counter>,
     duration: Histogram,
     managed: Family<InstanceLabel, Gauge>,
 }
@@ -27,13 +36,13 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("meshop");
         let reconciles = Counter::default();
-        let errors = Counter::default();
+        let errors = Family::<ErrorLabel, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let managed = Family::<InstanceLabel, Gauge>::default();
         registry.register("reconciles", "Reconcile passes run", reconciles.clone());
         registry.register(
             "reconcile_errors",
-            "Reconcile passes that failed and were requeued",
+            "Reconcile passes that failed and were requeued, by kind of error",
             errors.clone(),
         );
         registry.register(
@@ -57,10 +66,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe(&self, elapsed: Duration, ok: bool) {
+    /// Records one reconcile pass; `error` names the kind of failure, None when it succeeded.
+    pub fn observe(&self, elapsed: Duration, error: Option<&str>) {
         self.reconciles.inc();
-        if !ok {
-            self.errors.inc();
+        if let Some(error) = error {
+            self.errors
+                .get_or_create(&ErrorLabel {
+                    error: error.into(),
+                })
+                .inc();
         }
         self.duration.observe(elapsed.as_secs_f64());
     }
@@ -85,5 +99,23 @@ impl Metrics {
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap_or_default();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let m = Metrics::default();
+        m.observe(Duration::from_millis(5), None);
+        m.observe(Duration::from_millis(5), Some("apply"));
+        m.observe(Duration::from_millis(5), Some("apply"));
+        m.observe(Duration::from_millis(5), Some("prune"));
+        let text = m.encode();
+        assert!(text.contains("meshop_reconciles_total 4"), "{text}");
+        assert!(text.contains(r#"meshop_reconcile_errors_total{error="apply"} 2"#), "{text}");
+        assert!(text.contains(r#"meshop_reconcile_errors_total{error="prune"} 1"#), "{text}");
     }
 }

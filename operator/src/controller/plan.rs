@@ -1,0 +1,293 @@
+//! Plan (pure): what one pass should apply, in which stages, and what readiness means for each
+//! object. No client: everything here is decided from the MeshInstall, the other MeshInstalls in
+//! the cache and the webhook's endpoint, so it is unit-tested without a cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use k8s_openapi::api::admissionregistration::v1::WebhookClientConfig;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::MeshInstall;
+use crate::effective::{Installation, Settings};
+use crate::render::{self, ComponentId, Rendered, Stage};
+
+/// How the API server reaches this process's injection webhook, and with which CA.
+#[derive(Clone, Debug)]
+pub(crate) struct WebhookEndpoint {
+    pub client_config: WebhookClientConfig,
+    pub ca_pem: String,
+    pub certificate_expiry: SystemTime,
+}
+
+/// Everything one pass applies, in apply order.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub install: Installation,
+    pub objects: Vec<Rendered>,
+    /// Per Deployment key: the replica floor its autoscaler keeps. Until the autoscaler has scaled
+    /// up to it, the Deployment's own `spec.replicas` understates what must run.
+    pub replica_floors: BTreeMap<String, i32>,
+    /// The webhook registration is part of the plan (injection on and a webhook served).
+    pub webhook: Option<WebhookEndpoint>,
+}
+
+impl Plan {
+    /// Renders the installation and, when injection is on and this process serves a webhook, its
+    /// MutatingWebhookConfiguration, which rides in the stage after istiod so injection starts only
+    /// once istiod is ready.
+    pub fn new(install: Installation, webhook: Option<WebhookEndpoint>) -> Plan {
+        let mut objects = render::render(&install);
+        let webhook = webhook.filter(|_| install.injection.enabled);
+        if let Some(endpoint) = &webhook {
+            let config = crate::webhook::webhook_configuration(
+                &install,
+                endpoint.client_config.clone(),
+                endpoint.ca_pem.as_bytes(),
+            );
+            let mut registration = Rendered::new(ComponentId::Webhook, &config);
+            render::finish(&install, &mut registration);
+            objects.push(registration);
+            render::sort(&mut objects);
+        }
+        let replica_floors = objects
+            .iter()
+            .filter(|o| o.kind() == "Deployment")
+            .filter_map(|o| {
+                let floor = component_settings(&install, o.component)?
+                    .autoscale
+                    .as_ref()?
+                    .min;
+                Some((o.key(), floor))
+            })
+            .collect();
+        Plan {
+            install,
+            objects,
+            replica_floors,
+            webhook,
+        }
+    }
+
+    /// The objects of each stage that has any, in order.
+    pub fn stages(&self) -> Vec<(Stage, Vec<&Rendered>)> {
+        Stage::ALL
+            .into_iter()
+            .map(|stage| {
+                let objects: Vec<&Rendered> =
+                    self.objects.iter().filter(|o| o.stage() == stage).collect();
+                (stage, objects)
+            })
+            .filter(|(_, objects)| !objects.is_empty())
+            .collect()
+    }
+
+    /// The keys of every planned object: what pruning keeps.
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.objects.iter().map(|o| o.key()).collect()
+    }
+
+    /// The components this plan installs, in status order.
+    pub fn components(&self) -> BTreeSet<ComponentId> {
+        self.objects.iter().map(|o| o.component).collect()
+    }
+
+    /// The serving certificate's expiry, for status.
+    pub fn certificate_expiry(&self) -> Option<Time> {
+        let expiry = self.webhook.as_ref()?.certificate_expiry;
+        k8s_openapi::jiff::Timestamp::try_from(expiry)
+            .ok()
+            .map(Time)
+    }
+}
+
+/// The resolved settings behind a component's workload.
+fn component_settings(install: &Installation, component: ComponentId) -> Option<&Settings> {
+    Some(match component {
+        ComponentId::Istiod => &install.istiod,
+        ComponentId::IngressGateway => &install.ingress_gateway,
+        ComponentId::EgressGateway => &install.egress_gateway,
+        ComponentId::Cni => &install.cni,
+        ComponentId::Prometheus => &install.prometheus,
+        ComponentId::Grafana => &install.grafana,
+        ComponentId::Kiali => &install.kiali,
+        ComponentId::Jaeger => &install.jaeger,
+        ComponentId::Base | ComponentId::Webhook => return None,
+    })
+}
+
+/// The oldest other MeshInstall that already claims this one's control-plane namespace and
+/// revision: one MeshInstall owns a (namespace, revision), and the oldest claim wins (ties broken
+/// by name, so two replicas of the operator decide alike).
+pub(crate) fn conflicting_owner<'a>(
+    mine: &MeshInstall,
+    install: &Installation,
+    others: impl IntoIterator<Item = &'a MeshInstall>,
+) -> Option<String> {
+    let claim = |mi: &MeshInstall| {
+        (
+            mi.metadata.creation_timestamp.clone().map(|t| t.0),
+            mi.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let me = claim(mine);
+    others
+        .into_iter()
+        .filter(|o| o.metadata.uid != mine.metadata.uid && o.metadata.deletion_timestamp.is_none())
+        .filter(|o| o.spec.namespace == install.namespace && o.spec.revision == install.revision)
+        .map(claim)
+        .filter(|theirs| *theirs < me)
+        .min()
+        .map(|(_, name)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MeshInstallSpec;
+    use crate::effective::Owner;
+
+    fn install(yaml: &str) -> Installation {
+        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+        Installation::resolve(
+            Owner {
+                name: "mesh".into(),
+                uid: Some("uid-1".into()),
+            },
+            &spec,
+        )
+        .unwrap()
+    }
+
+    fn endpoint() -> WebhookEndpoint {
+        WebhookEndpoint {
+            client_config: WebhookClientConfig {
+                url: Some("https://127.0.0.1:9443/inject".into()),
+                ..Default::default()
+            },
+            ca_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
+            certificate_expiry: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn autoscaled_deployments_get_their_floor_from_the_settings() {
+        let plan = Plan::new(install("profile: production"), None);
+        let floors: Vec<(&str, i32)> = plan
+            .replica_floors
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            floors,
+            vec![
+                ("Deployment/istio-system/istio-ingressgateway", 2),
+                ("Deployment/istio-system/istiod", 2),
+            ]
+        );
+        // Without an autoscaler there is no floor: spec.replicas is the truth.
+        assert!(Plan::new(install("profile: demo"), None).replica_floors.is_empty());
+    }
+
+    #[test]
+    fn the_webhook_registration_rides_after_istiod_and_only_with_injection_on() {
+        let plan = Plan::new(install("profile: minimal"), Some(endpoint()));
+        let stages = plan.stages();
+        let stage_of = |kind: &str| {
+            stages
+                .iter()
+                .find(|(_, objects)| objects.iter().any(|o| o.kind() == kind))
+                .map(|(stage, _)| *stage)
+        };
+        assert_eq!(stage_of("MutatingWebhookConfiguration"), Some(Stage::DataPlane));
+        assert_eq!(stage_of("Deployment"), Some(Stage::ControlPlane));
+        assert!(plan.components().contains(&ComponentId::Webhook));
+
+        let off = Plan::new(
+            install("profile: minimal\ninjection: {enabled: false}"),
+            Some(endpoint()),
+        );
+        assert!(off.webhook.is_none());
+        assert!(!off.objects.iter().any(|o| o.kind() == "MutatingWebhookConfiguration"));
+        // No webhook served by this process: nothing to register either.
+        let unserved = Plan::new(install("profile: minimal"), None);
+        assert!(!unserved.components().contains(&ComponentId::Webhook));
+    }
+
+    #[test]
+    fn keys_are_what_pruning_keeps() {
+        let plan = Plan::new(install("profile: demo"), None);
+        assert_eq!(plan.keys().len(), plan.objects.len(), "keys are unique");
+        assert!(plan.keys().contains("Deployment/istio-system/istio-egressgateway"));
+        let minimal = Plan::new(install("profile: minimal"), None);
+        assert!(!minimal.keys().contains("Deployment/istio-system/istio-egressgateway"));
+    }
+
+    /// The oracle is the API description of each object as render built it (from typed
+    /// k8s-openapi objects or its own ApiResource), not the table: a kind render can emit that the
+    /// table forgets would never be watched, pruned, cleaned up or granted.
+    #[test]
+    fn every_kind_render_can_emit_is_in_the_managed_kinds_table() {
+        let everything = "components: {istiod: {enabled: true}, ingressGateway: {enabled: true}, \
+            egressGateway: {enabled: true}, cni: {enabled: true}, addons: {prometheus: {enabled: true}, \
+            grafana: {enabled: true}, kiali: {enabled: true}, jaeger: {enabled: true}}}\n";
+        let mut seen = BTreeSet::new();
+        for profile in ["demo", "production", "performance", "minimal", "empty"] {
+            for revision in ["", "revision: canary\n"] {
+                let yaml = format!("profile: {profile}\n{revision}{everything}");
+                let plan = Plan::new(install(&yaml), Some(endpoint()));
+                for o in &plan.objects {
+                    let entry = crate::kinds::find(&o.resource.group, o.kind())
+                        .unwrap_or_else(|| panic!("{} is rendered but not a managed kind", o.key()));
+                    assert_eq!(entry.api_resource(), o.resource, "{}", o.key());
+                    assert_eq!(entry.namespaced, o.namespaced, "{}", o.key());
+                    seen.insert(o.kind().to_string());
+                }
+            }
+        }
+        // And the table lists nothing render never emits (a stale entry costs RBAC and watches).
+        for kind in crate::kinds::MANAGED_KINDS {
+            assert!(seen.contains(kind.kind), "{} is managed but never rendered", kind.kind);
+        }
+    }
+
+    fn mesh(name: &str, created: i64, uid: &str, yaml: &str) -> MeshInstall {
+        let mut mi = MeshInstall::new(name, serde_yaml::from_str(yaml).unwrap());
+        mi.metadata.uid = Some(uid.into());
+        mi.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        mi
+    }
+
+    #[test]
+    fn the_oldest_claim_on_a_namespace_and_revision_wins() {
+        let spec = "profile: minimal\nnamespace: istio-system\n";
+        let first = mesh("first", 100, "a", spec);
+        let second = mesh("second", 200, "b", spec);
+        let canary = mesh("canary", 50, "c", "profile: minimal\nrevision: canary\n");
+        let all = [first.clone(), second.clone(), canary.clone()];
+        let install_of = |mi: &MeshInstall| install(&serde_yaml::to_string(&mi.spec).unwrap());
+        assert_eq!(conflicting_owner(&first, &install_of(&first), &all), None);
+        assert_eq!(
+            conflicting_owner(&second, &install_of(&second), &all),
+            Some("first".into())
+        );
+        // Another revision in the same namespace is no conflict.
+        assert_eq!(conflicting_owner(&canary, &install_of(&canary), &all), None);
+        // A claim being deleted no longer counts.
+        let mut leaving = first.clone();
+        leaving.metadata.deletion_timestamp = first.metadata.creation_timestamp.clone();
+        assert_eq!(
+            conflicting_owner(&second, &install_of(&second), &[leaving, second.clone()]),
+            None
+        );
+        // Same creation second: the name decides, the same way on every replica.
+        let twin = mesh("a-twin", 200, "d", spec);
+        assert_eq!(
+            conflicting_owner(&second, &install_of(&second), &[twin.clone()]),
+            Some("a-twin".into())
+        );
+        assert_eq!(conflicting_owner(&twin, &install_of(&twin), &[second]), None);
+    }
+}
