@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Map, Value};
 
-use super::{InjectError, InjectionConfig, keys, ports, quantity};
+use super::{InjectError, InjectionConfig, keys, quantity};
+use crate::istio_proxy::{self, ports};
 
 /// The sidecar's settings for one pod: the mesh defaults with the pod's annotations applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,11 +194,7 @@ fn proxy_config(
     annotation: Option<&str>,
     cfg: &InjectionConfig,
 ) -> Result<ProxyConfig, InjectError> {
-    let mut config = Map::new();
-    config.insert(
-        "discoveryAddress".into(),
-        Value::String(cfg.discovery_address()),
-    );
+    let mut config = istio_proxy::proxy_config(cfg.discovery_address());
     let mut hold = cfg.hold_application_until_proxy_starts;
     let mut concurrency = cfg.concurrency;
     if let Some(text) = annotation {

@@ -16,12 +16,7 @@ pub struct Workload {
 impl Workload {
     /// The `ISTIO_META_OWNER` URI, such as `kubernetes://apis/apps/v1/namespaces/ns/deployments/x`.
     pub fn owner_uri(&self, namespace: &str) -> String {
-        format!(
-            "kubernetes://apis/{}/namespaces/{namespace}/{}s/{}",
-            self.api_version,
-            self.kind.to_ascii_lowercase(),
-            self.name
-        )
+        crate::istio_proxy::owner_uri(&self.api_version, &self.kind, namespace, &self.name)
     }
 }
 

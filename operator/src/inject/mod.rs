@@ -14,7 +14,6 @@ mod probes;
 mod quantity;
 mod selection;
 mod template;
-pub mod volumes;
 mod workload;
 
 #[cfg(test)]
@@ -23,6 +22,7 @@ mod testutil;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::api::{ProxyLogLevel, SidecarMode, TrafficCapture};
+use crate::istio_proxy;
 
 pub use patch::patch;
 pub use selection::{Decision, SkipReason, decide, offline_decide};
@@ -31,7 +31,7 @@ pub use workload::{inject_document, inject_yaml_stream};
 
 /// Names of the containers and volumes meshop adds; also recorded in `sidecar.istio.io/status`.
 pub mod names {
-    pub const PROXY: &str = "istio-proxy";
+    pub const PROXY: &str = crate::istio_proxy::CONTAINER;
     pub const INIT: &str = "istio-init";
     pub const VALIDATION: &str = "istio-validation";
 }
@@ -68,24 +68,6 @@ pub mod keys {
     pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
 }
 
-/// Well-known proxy ports and the proxy's user id.
-pub mod ports {
-    /// Envoy's outbound capture port.
-    pub const OUTBOUND_CAPTURE: u16 = 15001;
-    /// Envoy's inbound capture port.
-    pub const INBOUND_CAPTURE: u16 = 15006;
-    /// pilot-agent's status port: app probes and merged Prometheus metrics.
-    pub const AGENT_STATUS: u16 = 15020;
-    /// Envoy's health port (`/healthz/ready`).
-    pub const HEALTH: u16 = 15021;
-    /// Envoy's own Prometheus endpoint.
-    pub const ENVOY_PROMETHEUS: u16 = 15090;
-    /// The istiod xDS / CA port.
-    pub const ISTIOD_XDS: u16 = 15012;
-    /// The uid and gid the proxy runs as; iptables exempts its traffic from capture.
-    pub const PROXY_UID: i64 = 1337;
-}
-
 /// Everything the engine needs to know about the mesh. The reconciler builds it from the
 /// MeshInstall's effective spec (profile plus overrides).
 #[derive(Clone, Debug, PartialEq)]
@@ -117,38 +99,12 @@ pub struct InjectionConfig {
 impl InjectionConfig {
     /// `<hub>/proxyv2:<version>`.
     pub fn proxy_image(&self) -> String {
-        format!(
-            "{}/proxyv2:{}",
-            self.hub.trim_end_matches('/'),
-            self.version
-        )
+        istio_proxy::image(&self.hub, &self.version)
     }
 
     /// The istiod Service address proxies connect to for xDS and certificates.
     pub fn discovery_address(&self) -> String {
-        if self.revision.is_empty() {
-            format!(
-                "istiod.{}.svc:{}",
-                self.control_plane_namespace,
-                ports::ISTIOD_XDS
-            )
-        } else {
-            format!(
-                "istiod-{}.{}.svc:{}",
-                self.revision,
-                self.control_plane_namespace,
-                ports::ISTIOD_XDS
-            )
-        }
-    }
-
-    /// The revision's name as Istio records it: `default` for the default revision.
-    pub fn revision_name(&self) -> &str {
-        if self.revision.is_empty() {
-            "default"
-        } else {
-            &self.revision
-        }
+        istio_proxy::discovery_address(&self.revision, &self.control_plane_namespace)
     }
 }
 

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::ports;
+use crate::istio_proxy::ports;
 
 /// Rewrites the HTTP, TCP and gRPC probes of `containers` and returns the originals keyed by the
 /// agent path, the value of `ISTIO_KUBE_APP_PROBERS`. Exec probes, and probes whose named port
