@@ -22,10 +22,11 @@ mod testutil;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::api::{ProxyLogLevel, SidecarMode, TrafficCapture};
+use crate::effective::Installation;
 use crate::istio_proxy;
 
 pub use patch::patch;
-pub use selection::{Decision, SkipReason, decide, offline_decide};
+pub(crate) use selection::{Decision, SkipReason, decide, protected_namespaces, select_revision};
 pub use template::inject;
 pub use workload::{inject_document, inject_yaml_stream};
 
@@ -108,6 +109,26 @@ impl InjectionConfig {
     }
 }
 
+impl From<&Installation> for InjectionConfig {
+    /// The settings a MeshInstall's effective spec gives its revision's sidecars.
+    fn from(install: &Installation) -> Self {
+        let inj = &install.injection;
+        InjectionConfig {
+            hub: install.hub.clone(),
+            version: install.version.clone(),
+            revision: install.revision.clone(),
+            control_plane_namespace: install.namespace.clone(),
+            trust_domain: install.mesh.trust_domain.clone(),
+            sidecar_mode: inj.sidecar_mode,
+            traffic_capture: inj.traffic_capture,
+            proxy_resources: inj.proxy_resources.clone(),
+            concurrency: inj.concurrency,
+            log_level: inj.log_level,
+            hold_application_until_proxy_starts: inj.hold_application_until_proxy_starts,
+        }
+    }
+}
+
 impl Default for InjectionConfig {
     /// The default revision of meshop's default version in `istio-system`, native sidecars with
     /// iptables capture and no resource defaults. Handy for tests and the offline CLI.
@@ -159,5 +180,37 @@ impl InjectError {
             value: value.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effective::Owner;
+
+    #[test]
+    fn injection_config_from_installation() {
+        let spec: crate::api::MeshInstallSpec = serde_json::from_value(serde_json::json!({
+            "profile": "minimal", "revision": "canary"
+        }))
+        .unwrap();
+        let install = Installation::resolve(
+            Owner {
+                name: "mesh".into(),
+                uid: None,
+            },
+            &spec,
+        )
+        .unwrap();
+        let cfg = InjectionConfig::from(&install);
+        assert_eq!(cfg.revision, "canary");
+        assert_eq!(cfg.control_plane_namespace, install.namespace);
+        assert_eq!(cfg.version, install.version);
+        assert_eq!(cfg.trust_domain, install.mesh.trust_domain);
+        assert_eq!(cfg.sidecar_mode, install.injection.sidecar_mode);
+        assert_eq!(
+            cfg.discovery_address(),
+            "istiod-canary.istio-system.svc:15012"
+        );
     }
 }

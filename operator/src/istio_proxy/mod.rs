@@ -76,9 +76,14 @@ pub(crate) fn agent_args(mode: Mode) -> Vec<String> {
         Mode::Sidecar => "sidecar",
         Mode::Router => "router",
     };
-    ["proxy", mode, "--domain", "$(POD_NAMESPACE).svc.cluster.local"]
-        .map(String::from)
-        .into()
+    [
+        "proxy",
+        mode,
+        "--domain",
+        "$(POD_NAMESPACE).svc.cluster.local",
+    ]
+    .map(String::from)
+    .into()
 }
 
 /// Envoy's Prometheus endpoint as a named container port.
