@@ -16,12 +16,12 @@ use crate::istio_proxy::{self, Mode, UID, ports};
 use crate::k8s::{env, resource_env};
 
 /// What istio-proxy's environment describes besides the mesh settings.
-pub struct PodFacts<'a> {
-    pub namespace: &'a str,
-    pub workload: &'a Workload,
-    pub app_containers: &'a [Container],
+pub(crate) struct PodFacts<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) workload: &'a Workload,
+    pub(crate) app_containers: &'a [Container],
     /// `ISTIO_KUBE_APP_PROBERS`, empty when no probe was rewritten.
-    pub probers: &'a Map<String, Value>,
+    pub(crate) probers: &'a Map<String, Value>,
 }
 
 fn health_probe(period: i32, failures: i32) -> Probe {
@@ -62,7 +62,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// The istio-proxy container.
-pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
+pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
     let mut args = istio_proxy::agent_args(Mode::Sidecar);
     args.push(format!("--proxyLogLevel={}", s.log_level));
     args.push(format!("--log_output_level={}", s.agent_log_level));
@@ -138,7 +138,7 @@ pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container
 }
 
 /// `istio-init` for iptables capture, `istio-validation` for CNI capture.
-pub fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
+pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     let r = &s.redirect;
     let mut args: Vec<String> = vec!["istio-iptables".into()];
     let mut flag = |f: &str, v: String| args.extend([f.to_string(), v]);

@@ -2,9 +2,11 @@
 //! [`InjectionConfig`] to the injected pod and the JSON patch the admission webhook returns.
 //!
 //! Nothing here does I/O or talks to the API server: the webhook answers from its watched cache,
-//! builds an [`InjectionConfig`] from the MeshInstall's effective spec and calls
-//! [`decide`] then [`inject`] and [`patch()`]; `meshop inject -f` goes through [`inject_yaml_stream`],
-//! which ends in the same [`inject`]. See `docs/injection.md` for the rules.
+//! asks `select_revision` which revision a pod's labels choose, takes that revision's
+//! [`InjectionConfig`] (built from the MeshInstall's effective spec) and calls `decide` then
+//! [`inject`] and [`patch()`]; `meshop inject -f` goes through [`inject_yaml_stream`], which ends in
+//! the same [`inject`]. The parts a gateway's proxy shares with the sidecar (uid, ports, image,
+//! env, volumes) live in `crate::istio_proxy`. See `docs/injection.md` for the rules.
 
 mod annotations;
 mod containers;
@@ -28,17 +30,17 @@ use crate::istio_proxy;
 pub use patch::patch;
 pub(crate) use selection::{Decision, SkipReason, decide, protected_namespaces, select_revision};
 pub use template::inject;
-pub use workload::{inject_document, inject_yaml_stream};
+pub use workload::inject_yaml_stream;
 
 /// Names of the containers and volumes meshop adds; also recorded in `sidecar.istio.io/status`.
-pub mod names {
+pub(crate) mod names {
     pub const PROXY: &str = crate::istio_proxy::CONTAINER;
     pub const INIT: &str = "istio-init";
     pub const VALIDATION: &str = "istio-validation";
 }
 
 /// Pod labels and annotations the engine reads or writes.
-pub mod keys {
+pub(crate) mod keys {
     pub const INJECT: &str = "sidecar.istio.io/inject";
     pub const STATUS: &str = "sidecar.istio.io/status";
     pub const REV: &str = "istio.io/rev";

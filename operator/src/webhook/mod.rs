@@ -1,27 +1,28 @@
 //! meshop's sidecar-injection admission webhook, served by the operator process over TLS.
 //!
 //! Three layers answer an AdmissionReview, each testable on its own:
-//! - [`view`]: the watched cache. Watches on Namespaces (labels only) and MeshInstalls feed a
+//! - `view`: the watched cache. Watches on Namespaces (labels only) and MeshInstalls feed a
 //!   [`View`]; a decision reads one consistent `Snapshot` of it, so no admission request waits on
 //!   the API server.
-//! - [`http`]: the axum [`router`] (`POST /inject`, `GET /healthz`), body limits, status codes,
+//! - `http`: the axum [`router`] (`POST /inject`, `GET /healthz`), body limits, status codes,
 //!   and the encoding of the answer. It answers 503 until both watches have listed, so the API
 //!   server applies `failurePolicy` instead of admitting pods on a guess.
-//! - [`admission`]: the pure decision, AdmissionRequest + snapshot -> AdmissionResponse: which
-//!   revision the labels ask for ([`crate::inject::select_revision`]), that revision's settings,
+//! - `admission`: the pure decision, AdmissionRequest + snapshot -> AdmissionResponse: which
+//!   revision the labels ask for (`inject::select_revision`), that revision's settings,
 //!   the engine's vetoes and the JSON patch. A pod whose `sidecar.istio.io/*` annotation is
 //!   invalid is denied (400) with the reason, as Istio does.
 //!
 //! Around them:
 //! - [`certs`]: the webhook's own CA and serving certificate, with rotation.
-//! - [`store`]: the certificate bundle kept in the `meshop-webhook-tls` Secret, shared by replicas.
-//! - [`server`]: the HTTPS server ([`bind`], [`serve_listener`]) whose certificate a
+//! - `store`: the certificate bundle kept in the `meshop-webhook-tls` Secret, shared by replicas.
+//! - `server`: the HTTPS server ([`bind`], [`serve_listener`]) whose certificate a
 //!   [`CertResolver`] swaps without a restart; `spawn_rotation` renews it from the Secret.
-//! - [`config`]: the MutatingWebhookConfiguration the reconciler applies per MeshInstall.
+//! - `config`: the MutatingWebhookConfiguration the reconciler applies per MeshInstall.
 //!
 //! `meshop run` (see `controller`) wires them: `load_or_create` the bundle, a [`CertResolver`]
-//! over it, `spawn_rotation`, `spawn_view`, then `serve_listener(bind(addr), router(view), resolver)`;
-//! the reconciler puts the resolver's CA into each MeshInstall's `webhook_configuration`.
+//! over it, `spawn_rotation`, `spawn_view`, then
+//! `serve_listener(bind(addr), router(view), resolver)`; the reconciler puts the resolver's CA
+//! into each MeshInstall's `webhook_configuration`.
 
 mod admission;
 pub mod certs;

@@ -33,7 +33,7 @@ struct Loaded {
     key: Arc<CertifiedKey>,
 }
 
-/// Serves the current certificate to every TLS handshake; [`CertResolver::swap`] replaces it.
+/// Serves the current certificate to every TLS handshake; rotation swaps it in place.
 pub struct CertResolver {
     current: ArcSwap<Loaded>,
 }
