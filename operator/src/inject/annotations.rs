@@ -9,33 +9,34 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Map, Value};
 
-use super::{InjectError, InjectionConfig, keys, ports, quantity};
+use super::{InjectError, InjectionConfig, keys, quantity};
+use crate::istio_proxy::{self, ports};
 
 /// The sidecar's settings for one pod: the mesh defaults with the pod's annotations applied.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub image: String,
-    pub resources: ResourceRequirements,
-    pub log_level: String,
-    pub agent_log_level: String,
-    pub concurrency: Option<i32>,
-    pub hold_application: bool,
+pub(crate) struct Settings {
+    pub(crate) image: String,
+    pub(crate) resources: ResourceRequirements,
+    pub(crate) log_level: String,
+    pub(crate) agent_log_level: String,
+    pub(crate) concurrency: Option<i32>,
+    pub(crate) hold_application: bool,
     /// The PROXY_CONFIG handed to pilot-agent.
-    pub proxy_config: Map<String, Value>,
-    pub rewrite_probes: bool,
-    pub redirect: Redirect,
+    pub(crate) proxy_config: Map<String, Value>,
+    pub(crate) rewrite_probes: bool,
+    pub(crate) redirect: Redirect,
 }
 
 /// The iptables redirect rules (flags of `istio-iptables`, or annotations the CNI agent reads).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Redirect {
-    pub include_inbound_ports: String,
+pub(crate) struct Redirect {
+    pub(crate) include_inbound_ports: String,
     /// Always starts with the proxy's own ports.
-    pub exclude_inbound_ports: String,
-    pub include_outbound_ranges: String,
-    pub exclude_outbound_ranges: String,
-    pub include_outbound_ports: Option<String>,
-    pub exclude_outbound_ports: Option<String>,
+    pub(crate) exclude_inbound_ports: String,
+    pub(crate) include_outbound_ranges: String,
+    pub(crate) exclude_outbound_ranges: String,
+    pub(crate) include_outbound_ports: Option<String>,
+    pub(crate) exclude_outbound_ports: Option<String>,
 }
 
 const LOG_LEVELS: [&str; 8] = [
@@ -43,7 +44,7 @@ const LOG_LEVELS: [&str; 8] = [
 ];
 
 /// Reads the pod's annotations on top of `cfg`.
-pub fn settings(
+pub(crate) fn settings(
     annotations: &BTreeMap<String, String>,
     cfg: &InjectionConfig,
 ) -> Result<Settings, InjectError> {
@@ -193,11 +194,7 @@ fn proxy_config(
     annotation: Option<&str>,
     cfg: &InjectionConfig,
 ) -> Result<ProxyConfig, InjectError> {
-    let mut config = Map::new();
-    config.insert(
-        "discoveryAddress".into(),
-        Value::String(cfg.discovery_address()),
-    );
+    let mut config = istio_proxy::proxy_config(cfg.discovery_address());
     let mut hold = cfg.hold_application_until_proxy_starts;
     let mut concurrency = cfg.concurrency;
     if let Some(text) = annotation {

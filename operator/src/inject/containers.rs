@@ -10,23 +10,24 @@ use serde_json::{Map, Value};
 
 use super::annotations::Settings;
 use super::identity::Workload;
-use super::{InjectionConfig, names, ports, volumes};
+use super::{InjectionConfig, names};
 use crate::api::{SidecarMode, TrafficCapture};
-use crate::k8s::{env, field_env, resource_env};
+use crate::istio_proxy::{self, Mode, UID, ports};
+use crate::k8s::{env, resource_env};
 
 /// What istio-proxy's environment describes besides the mesh settings.
-pub struct PodFacts<'a> {
-    pub namespace: &'a str,
-    pub workload: &'a Workload,
-    pub app_containers: &'a [Container],
+pub(crate) struct PodFacts<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) workload: &'a Workload,
+    pub(crate) app_containers: &'a [Container],
     /// `ISTIO_KUBE_APP_PROBERS`, empty when no probe was rewritten.
-    pub probers: &'a Map<String, Value>,
+    pub(crate) probers: &'a Map<String, Value>,
 }
 
 fn health_probe(period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/healthz/ready".into()),
+            path: Some(istio_proxy::READY_PATH.into()),
             port: IntOrString::Int(ports::HEALTH.into()),
             ..Default::default()
         }),
@@ -38,21 +39,31 @@ fn health_probe(period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The proxy's user, no capabilities, read-only root: istio-proxy and istio-validation.
+fn unprivileged() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_group: Some(UID),
+        run_as_non_root: Some(true),
+        run_as_user: Some(UID),
+        ..Default::default()
+    }
+}
+
 /// Serialises a value that is always representable as JSON (maps of strings, typed structs).
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
 /// The istio-proxy container.
-pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
-    let mut args: Vec<String> = [
-        "proxy",
-        "sidecar",
-        "--domain",
-        "$(POD_NAMESPACE).svc.cluster.local",
-    ]
-    .map(String::from)
-    .into();
+pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
+    let mut args = istio_proxy::agent_args(Mode::Sidecar);
     args.push(format!("--proxyLogLevel={}", s.log_level));
     args.push(format!("--log_output_level={}", s.agent_log_level));
     if let Some(n) = s.concurrency {
@@ -69,32 +80,29 @@ pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    let mut env_vars = vec![
-        env("JWT_POLICY", "third-party-jwt"),
-        env("PILOT_CERT_PROVIDER", "istiod"),
-        env("CA_ADDR", cfg.discovery_address()),
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("INSTANCE_IP", "status.podIP"),
-        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        field_env("HOST_IP", "status.hostIP"),
-        resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
-        env("PROXY_CONFIG", to_json(&s.proxy_config)),
-        env("ISTIO_META_POD_PORTS", to_json(&app_ports)),
-        env("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
-        resource_env("GOMEMLIMIT", "limits.memory"),
-        resource_env("GOMAXPROCS", "limits.cpu"),
-        env("ISTIO_META_CLUSTER_ID", "Kubernetes"),
-        field_env("ISTIO_META_NODE_NAME", "spec.nodeName"),
-        env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT"),
-        env("ISTIO_META_WORKLOAD_NAME", facts.workload.name.as_str()),
-        env(
-            "ISTIO_META_OWNER",
+    let mut env_vars = [
+        vec![env("JWT_POLICY", "third-party-jwt")],
+        istio_proxy::ca_env(cfg.discovery_address()),
+        istio_proxy::pod_env(),
+        vec![
+            istio_proxy::service_account_env(),
+            istio_proxy::host_ip_env(),
+            resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
+            istio_proxy::proxy_config_env(&s.proxy_config),
+            env("ISTIO_META_POD_PORTS", to_json(&app_ports)),
+            env("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
+            resource_env("GOMEMLIMIT", "limits.memory"),
+            resource_env("GOMAXPROCS", "limits.cpu"),
+        ],
+        istio_proxy::cluster_env(),
+        vec![env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT")],
+        istio_proxy::workload_env(
+            &facts.workload.name,
             facts.workload.owner_uri(facts.namespace),
         ),
-        env("ISTIO_META_MESH_ID", cfg.trust_domain.as_str()),
-        env("TRUST_DOMAIN", cfg.trust_domain.as_str()),
-    ];
+        istio_proxy::trust_domain_env(&cfg.trust_domain),
+    ]
+    .concat();
     if !facts.probers.is_empty() {
         env_vars.push(env("ISTIO_KUBE_APP_PROBERS", to_json(facts.probers)));
     }
@@ -117,43 +125,26 @@ pub fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container
         image: Some(s.image.clone()),
         args: Some(args),
         env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some("http-envoy-prom".into()),
-            container_port: ports::ENVOY_PROMETHEUS.into(),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(vec![istio_proxy::envoy_prometheus_port()]),
         readiness_probe: Some(health_probe(15, 4)),
         startup_probe: Some(health_probe(1, 600)),
         resources: Some(s.resources.clone()),
         lifecycle,
         restart_policy: native.then(|| "Always".into()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_group: Some(ports::PROXY_UID),
-            run_as_non_root: Some(true),
-            run_as_user: Some(ports::PROXY_UID),
-            ..Default::default()
-        }),
-        volume_mounts: Some(volumes::proxy_mounts()),
+        security_context: Some(unprivileged()),
+        volume_mounts: Some(istio_proxy::proxy_mounts()),
         ..Default::default()
     }
 }
 
 /// `istio-init` for iptables capture, `istio-validation` for CNI capture.
-pub fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
+pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     let r = &s.redirect;
     let mut args: Vec<String> = vec!["istio-iptables".into()];
     let mut flag = |f: &str, v: String| args.extend([f.to_string(), v]);
     flag("-p", ports::OUTBOUND_CAPTURE.to_string());
     flag("-z", ports::INBOUND_CAPTURE.to_string());
-    flag("-u", ports::PROXY_UID.to_string());
+    flag("-u", UID.to_string());
     flag("-m", "REDIRECT".into());
     flag("-i", r.include_outbound_ranges.clone());
     flag("-x", r.exclude_outbound_ranges.clone());
@@ -170,19 +161,7 @@ pub fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     let cni = cfg.traffic_capture == TrafficCapture::Cni;
     let security_context = if cni {
         // Only checks that the CNI agent's redirect is in place: no privileges at all.
-        SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_group: Some(ports::PROXY_UID),
-            run_as_non_root: Some(true),
-            run_as_user: Some(ports::PROXY_UID),
-            ..Default::default()
-        }
+        unprivileged()
     } else {
         // Programming the pod's netfilter tables needs root with NET_ADMIN and NET_RAW, nothing more.
         SecurityContext {

@@ -6,27 +6,22 @@ use k8s_openapi::api::core::v1::Pod;
 
 /// The workload that owns a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    pub name: String,
-    pub kind: String,
+pub(crate) struct Workload {
+    pub(crate) name: String,
+    pub(crate) kind: String,
     /// `group/version`, or just `version` for the core group.
-    pub api_version: String,
+    pub(crate) api_version: String,
 }
 
 impl Workload {
     /// The `ISTIO_META_OWNER` URI, such as `kubernetes://apis/apps/v1/namespaces/ns/deployments/x`.
-    pub fn owner_uri(&self, namespace: &str) -> String {
-        format!(
-            "kubernetes://apis/{}/namespaces/{namespace}/{}s/{}",
-            self.api_version,
-            self.kind.to_ascii_lowercase(),
-            self.name
-        )
+    pub(crate) fn owner_uri(&self, namespace: &str) -> String {
+        crate::istio_proxy::owner_uri(&self.api_version, &self.kind, namespace, &self.name)
     }
 }
 
 /// The pod's workload, from its controller owner reference, else the pod itself.
-pub fn workload_of(pod: &Pod) -> Workload {
+pub(crate) fn workload_of(pod: &Pod) -> Workload {
     let owner = pod.metadata.owner_references.as_ref().and_then(|refs| {
         refs.iter()
             .find(|r| r.controller == Some(true))
@@ -93,7 +88,7 @@ fn strip_template_hash<'a>(pod: &Pod, rs_name: &'a str) -> Option<&'a str> {
 }
 
 /// The pod's name, or its generateName prefix without the trailing dash.
-pub fn pod_base_name(pod: &Pod) -> String {
+pub(crate) fn pod_base_name(pod: &Pod) -> String {
     match (&pod.metadata.name, &pod.metadata.generate_name) {
         (Some(name), _) if !name.is_empty() => name.clone(),
         (_, Some(prefix)) => prefix.trim_end_matches('-').to_string(),

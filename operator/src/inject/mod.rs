@@ -2,9 +2,11 @@
 //! [`InjectionConfig`] to the injected pod and the JSON patch the admission webhook returns.
 //!
 //! Nothing here does I/O or talks to the API server: the webhook answers from its watched cache,
-//! builds an [`InjectionConfig`] from the MeshInstall's effective spec and calls
-//! [`decide`] then [`inject`] and [`patch()`]; `meshop inject -f` goes through [`inject_yaml_stream`],
-//! which ends in the same [`inject`]. See `docs/injection.md` for the rules.
+//! asks `select_revision` which revision a pod's labels choose, takes that revision's
+//! [`InjectionConfig`] (built from the MeshInstall's effective spec) and calls `decide` then
+//! [`inject`] and [`patch()`]; `meshop inject -f` goes through [`inject_yaml_stream`], which ends in
+//! the same [`inject`]. The parts a gateway's proxy shares with the sidecar (uid, ports, image,
+//! env, volumes) live in `crate::istio_proxy`. See `docs/injection.md` for the rules.
 
 mod annotations;
 mod containers;
@@ -14,7 +16,6 @@ mod probes;
 mod quantity;
 mod selection;
 mod template;
-pub mod volumes;
 mod workload;
 
 #[cfg(test)]
@@ -23,21 +24,23 @@ mod testutil;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::api::{ProxyLogLevel, SidecarMode, TrafficCapture};
+use crate::effective::Installation;
+use crate::istio_proxy;
 
 pub use patch::patch;
-pub use selection::{Decision, SkipReason, decide, offline_decide};
+pub(crate) use selection::{Decision, SkipReason, decide, protected_namespaces, select_revision};
 pub use template::inject;
-pub use workload::{inject_document, inject_yaml_stream};
+pub use workload::inject_yaml_stream;
 
 /// Names of the containers and volumes meshop adds; also recorded in `sidecar.istio.io/status`.
-pub mod names {
-    pub const PROXY: &str = "istio-proxy";
+pub(crate) mod names {
+    pub const PROXY: &str = crate::istio_proxy::CONTAINER;
     pub const INIT: &str = "istio-init";
     pub const VALIDATION: &str = "istio-validation";
 }
 
 /// Pod labels and annotations the engine reads or writes.
-pub mod keys {
+pub(crate) mod keys {
     pub const INJECT: &str = "sidecar.istio.io/inject";
     pub const STATUS: &str = "sidecar.istio.io/status";
     pub const REV: &str = "istio.io/rev";
@@ -66,24 +69,6 @@ pub mod keys {
     pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
     pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
     pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
-}
-
-/// Well-known proxy ports and the proxy's user id.
-pub mod ports {
-    /// Envoy's outbound capture port.
-    pub const OUTBOUND_CAPTURE: u16 = 15001;
-    /// Envoy's inbound capture port.
-    pub const INBOUND_CAPTURE: u16 = 15006;
-    /// pilot-agent's status port: app probes and merged Prometheus metrics.
-    pub const AGENT_STATUS: u16 = 15020;
-    /// Envoy's health port (`/healthz/ready`).
-    pub const HEALTH: u16 = 15021;
-    /// Envoy's own Prometheus endpoint.
-    pub const ENVOY_PROMETHEUS: u16 = 15090;
-    /// The istiod xDS / CA port.
-    pub const ISTIOD_XDS: u16 = 15012;
-    /// The uid and gid the proxy runs as; iptables exempts its traffic from capture.
-    pub const PROXY_UID: i64 = 1337;
 }
 
 /// Everything the engine needs to know about the mesh. The reconciler builds it from the
@@ -117,37 +102,31 @@ pub struct InjectionConfig {
 impl InjectionConfig {
     /// `<hub>/proxyv2:<version>`.
     pub fn proxy_image(&self) -> String {
-        format!(
-            "{}/proxyv2:{}",
-            self.hub.trim_end_matches('/'),
-            self.version
-        )
+        istio_proxy::image(&self.hub, &self.version)
     }
 
     /// The istiod Service address proxies connect to for xDS and certificates.
     pub fn discovery_address(&self) -> String {
-        if self.revision.is_empty() {
-            format!(
-                "istiod.{}.svc:{}",
-                self.control_plane_namespace,
-                ports::ISTIOD_XDS
-            )
-        } else {
-            format!(
-                "istiod-{}.{}.svc:{}",
-                self.revision,
-                self.control_plane_namespace,
-                ports::ISTIOD_XDS
-            )
-        }
+        istio_proxy::discovery_address(&self.revision, &self.control_plane_namespace)
     }
+}
 
-    /// The revision's name as Istio records it: `default` for the default revision.
-    pub fn revision_name(&self) -> &str {
-        if self.revision.is_empty() {
-            "default"
-        } else {
-            &self.revision
+impl From<&Installation> for InjectionConfig {
+    /// The settings a MeshInstall's effective spec gives its revision's sidecars.
+    fn from(install: &Installation) -> Self {
+        let inj = &install.injection;
+        InjectionConfig {
+            hub: install.hub.clone(),
+            version: install.version.clone(),
+            revision: install.revision.clone(),
+            control_plane_namespace: install.namespace.clone(),
+            trust_domain: install.mesh.trust_domain.clone(),
+            sidecar_mode: inj.sidecar_mode,
+            traffic_capture: inj.traffic_capture,
+            proxy_resources: inj.proxy_resources.clone(),
+            concurrency: inj.concurrency,
+            log_level: inj.log_level,
+            hold_application_until_proxy_starts: inj.hold_application_until_proxy_starts,
         }
     }
 }
@@ -203,5 +182,37 @@ impl InjectError {
             value: value.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effective::Owner;
+
+    #[test]
+    fn injection_config_from_installation() {
+        let spec: crate::api::MeshInstallSpec = serde_json::from_value(serde_json::json!({
+            "profile": "minimal", "revision": "canary"
+        }))
+        .unwrap();
+        let install = Installation::resolve(
+            Owner {
+                name: "mesh".into(),
+                uid: None,
+            },
+            &spec,
+        )
+        .unwrap();
+        let cfg = InjectionConfig::from(&install);
+        assert_eq!(cfg.revision, "canary");
+        assert_eq!(cfg.control_plane_namespace, install.namespace);
+        assert_eq!(cfg.version, install.version);
+        assert_eq!(cfg.trust_domain, install.mesh.trust_domain);
+        assert_eq!(cfg.sidecar_mode, install.injection.sidecar_mode);
+        assert_eq!(
+            cfg.discovery_address(),
+            "istiod-canary.istio-system.svc:15012"
+        );
     }
 }

@@ -22,7 +22,7 @@ pub fn patch(original: &Pod, injected: &Pod) -> Patch {
 }
 
 /// The patch between two JSON documents.
-pub fn diff_values(from: &Value, to: &Value) -> Patch {
+pub(crate) fn diff_values(from: &Value, to: &Value) -> Patch {
     let mut ops = Vec::new();
     let mut path = PointerBuf::new();
     diff(from, to, &mut path, &mut ops);

@@ -6,12 +6,12 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use super::ports;
+use crate::istio_proxy::ports;
 
 /// Rewrites the HTTP, TCP and gRPC probes of `containers` and returns the originals keyed by the
 /// agent path, the value of `ISTIO_KUBE_APP_PROBERS`. Exec probes, and probes whose named port
 /// does not exist on the container, are left as they are.
-pub fn rewrite(containers: &mut [Container]) -> Map<String, Value> {
+pub(crate) fn rewrite(containers: &mut [Container]) -> Map<String, Value> {
     let mut probers = Map::new();
     for c in containers.iter_mut() {
         let Container {

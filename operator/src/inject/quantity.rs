@@ -3,7 +3,7 @@
 
 /// The value of a non-negative quantity, as a float: precise enough to compare a request with a
 /// limit, which is all it is used for. `Err` explains what is wrong.
-pub fn parse(s: &str) -> Result<f64, String> {
+pub(crate) fn parse(s: &str) -> Result<f64, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty quantity".into());

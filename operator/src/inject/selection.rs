@@ -7,20 +7,28 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::{InjectionConfig, keys};
+use crate::revision;
 
-/// Namespaces that never get sidecars: injecting there can break the cluster itself.
+/// Kubernetes' own namespaces: injecting there can break the cluster itself.
 const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// The namespaces that never get sidecars: Kubernetes' own and the control plane's (`istiod`
+/// must not wait on a sidecar that waits on `istiod`).
+pub(crate) fn protected_namespaces(control_plane_namespace: &str) -> [&str; 4] {
+    let [a, b, c] = SYSTEM_NAMESPACES;
+    [a, b, c, control_plane_namespace]
+}
 
 /// The outcome of selection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Inject,
     Skip(SkipReason),
 }
 
 /// Why a pod is left alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SkipReason {
+pub(crate) enum SkipReason {
     /// A Kubernetes system namespace or the control plane's own namespace.
     ProtectedNamespace(String),
     /// The pod shares the node's network namespace; redirecting it would capture the node's traffic.
@@ -51,13 +59,13 @@ impl fmt::Display for SkipReason {
 
 /// Decides whether the webhook injects `pod`, created in `namespace` whose labels are
 /// `namespace_labels`, for the control-plane revision in `cfg`.
-pub fn decide(
+pub(crate) fn decide(
     namespace: &str,
     namespace_labels: &BTreeMap<String, String>,
     pod: &Pod,
     cfg: &InjectionConfig,
 ) -> Decision {
-    if SYSTEM_NAMESPACES.contains(&namespace) || namespace == cfg.control_plane_namespace {
+    if protected_namespaces(&cfg.control_plane_namespace).contains(&namespace) {
         return Decision::Skip(SkipReason::ProtectedNamespace(namespace.to_string()));
     }
     if let Some(reason) = pod_veto(pod) {
@@ -73,7 +81,7 @@ pub fn decide(
 /// Selection for `meshop inject -f`, where the namespace's labels are unknown: the user asked for
 /// injection, so every pod gets a sidecar unless it opts out, is already injected or uses the
 /// host's network.
-pub fn offline_decide(pod: &Pod) -> Decision {
+pub(crate) fn offline_decide(pod: &Pod) -> Decision {
     match pod_veto(pod) {
         Some(reason) => Decision::Skip(reason),
         None => Decision::Inject,
@@ -130,27 +138,36 @@ fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// The revision (by [`revision::name`]) that a pod's and its namespace's labels send it to, or
+/// `None` when they ask for no sidecar. Istio's precedence:
+/// 1. the namespace's `istio-injection`: `enabled` means the default revision, any other value
+///    (such as `disabled`) switches injection off for the namespace, whatever the pod says;
+/// 2. the namespace's `istio.io/rev`;
+/// 3. the pod's `istio.io/rev`;
+/// 4. the pod's `sidecar.istio.io/inject=true`: the default revision.
+///
+/// The webhook looks the revision's settings up with this; [`decide`] checks with it that they
+/// are the settings it was given. Pod vetoes (opt-out, hostNetwork, already injected) and
+/// protected namespaces are [`decide`]'s, not this function's.
+pub(crate) fn select_revision<'a>(
+    namespace_labels: &'a BTreeMap<String, String>,
+    pod: &'a Pod,
+) -> Option<&'a str> {
+    if let Some(value) = namespace_labels.get(keys::NAMESPACE_INJECTION) {
+        return (value == "enabled").then_some(revision::DEFAULT);
+    }
+    if let Some(rev) = namespace_labels.get(keys::REV) {
+        return Some(revision::name(rev));
+    }
+    match label(pod, keys::REV) {
+        Some(rev) => Some(revision::name(rev)),
+        None => (inject_switch(pod) == Some(true)).then_some(revision::DEFAULT),
+    }
+}
+
 /// Whether the namespace or the pod selects `cfg`'s revision (the pod has not vetoed).
 fn selected(ns_labels: &BTreeMap<String, String>, pod: &Pod, cfg: &InjectionConfig) -> bool {
-    let is_default = cfg.revision.is_empty();
-    // `istio.io/rev=default` is the default revision's tag.
-    let matches_rev = |rev: &str| rev == cfg.revision || (is_default && rev == "default");
-    let ns_injection = ns_labels.get(keys::NAMESPACE_INJECTION).map(String::as_str);
-    let ns_rev = ns_labels.get(keys::REV).map(String::as_str);
-
-    // `istio-injection` takes precedence over `istio.io/rev` and always means the default revision;
-    // any other value (such as `disabled`) switches injection off for the namespace.
-    if let Some(value) = ns_injection {
-        return is_default && value == "enabled";
-    }
-    if let Some(rev) = ns_rev {
-        return matches_rev(rev);
-    }
-    // The namespace is not labelled: the pod may select a revision itself.
-    match label(pod, keys::REV) {
-        Some(rev) => matches_rev(rev),
-        None => is_default && inject_switch(pod) == Some(true),
-    }
+    select_revision(ns_labels, pod) == Some(revision::name(&cfg.revision))
 }
 
 #[cfg(test)]
@@ -386,6 +403,108 @@ mod tests {
         assert_eq!(
             offline_decide(&pod_with(&[("sidecar.istio.io/inject", "false")], &[])),
             Decision::Skip(SkipReason::OptedOut)
+        );
+    }
+
+    #[test]
+    fn select_revision_follows_istios_precedence() {
+        let sel = |ns_labels: &[(&str, &str)], pod_labels: &[(&str, &str)]| {
+            let ns_labels = ns(ns_labels);
+            let pod = pod_with(pod_labels, &[]);
+            select_revision(&ns_labels, &pod).map(str::to_string)
+        };
+        let some = |r: &str| Some(r.to_string());
+        // Nothing asks for a sidecar.
+        assert_eq!(sel(&[], &[]), None);
+        assert_eq!(sel(&[], &[("sidecar.istio.io/inject", "yes")]), None);
+        // The pod alone: its revision, else an opt-in means the default revision.
+        assert_eq!(sel(&[], &[("istio.io/rev", "canary")]), some("canary"));
+        assert_eq!(sel(&[], &[("istio.io/rev", "default")]), some("default"));
+        assert_eq!(
+            sel(&[], &[("sidecar.istio.io/inject", "true")]),
+            some("default")
+        );
+        assert_eq!(
+            sel(
+                &[],
+                &[
+                    ("sidecar.istio.io/inject", "true"),
+                    ("istio.io/rev", "canary")
+                ]
+            ),
+            some("canary")
+        );
+        // The namespace's istio.io/rev beats the pod's; an empty value is the default revision.
+        let pod_canary = [("istio.io/rev", "canary")];
+        assert_eq!(sel(&[("istio.io/rev", "blue")], &pod_canary), some("blue"));
+        assert_eq!(sel(&[("istio.io/rev", "")], &pod_canary), some("default"));
+        // istio-injection beats everything: enabled is the default revision, anything else is off.
+        assert_eq!(
+            sel(
+                &[("istio-injection", "enabled"), ("istio.io/rev", "blue")],
+                &pod_canary
+            ),
+            some("default")
+        );
+        assert_eq!(
+            sel(
+                &[("istio-injection", "disabled")],
+                &[
+                    ("istio.io/rev", "canary"),
+                    ("sidecar.istio.io/inject", "true")
+                ]
+            ),
+            None
+        );
+        // Opting out is a veto decide() applies; it does not change which revision is asked for.
+        assert_eq!(
+            sel(
+                &[("istio-injection", "enabled")],
+                &[("sidecar.istio.io/inject", "false")]
+            ),
+            some("default")
+        );
+    }
+
+    #[test]
+    fn decide_injects_exactly_for_the_selected_revision() {
+        let namespaces: [&[(&str, &str)]; 6] = [
+            &[],
+            &[("istio-injection", "enabled")],
+            &[("istio-injection", "disabled")],
+            &[("istio.io/rev", "canary")],
+            &[("istio.io/rev", "default")],
+            &[("istio-injection", "enabled"), ("istio.io/rev", "canary")],
+        ];
+        let pods: [&[(&str, &str)]; 4] = [
+            &[],
+            &[("sidecar.istio.io/inject", "true")],
+            &[("istio.io/rev", "canary")],
+            &[("istio.io/rev", "stable")],
+        ];
+        for n in namespaces {
+            for p in pods {
+                let labels = ns(n);
+                let pod = pod_with(p, &[]);
+                let selected = select_revision(&labels, &pod);
+                for c in [cfg(), canary()] {
+                    let injects = decide("apps", &labels, &pod, &c) == Decision::Inject;
+                    assert_eq!(
+                        injects,
+                        selected == Some(revision::name(&c.revision)),
+                        "namespace {n:?}, pod {p:?}, revision {:?}",
+                        c.revision
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn protected_namespaces_include_the_control_plane() {
+        assert_eq!(
+            protected_namespaces("mesh"),
+            ["kube-system", "kube-public", "kube-node-lease", "mesh"]
         );
     }
 

@@ -7,10 +7,10 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 
 use super::identity::{self, Workload};
-use super::{
-    InjectError, InjectionConfig, annotations, containers, keys, names, ports, probes, volumes,
-};
+use super::{InjectError, InjectionConfig, annotations, containers, keys, names, probes};
 use crate::api::{SidecarMode, TrafficCapture};
+use crate::istio_proxy::{self, ports};
+use crate::revision;
 
 /// The `sidecar.istio.io/status` annotation: what injection added, so tools (and meshop itself)
 /// can tell an injected pod and undo the injection.
@@ -50,7 +50,7 @@ pub(super) fn inject_as(
     if spec.containers.is_empty() {
         return Err(InjectError::InvalidPod("it has no containers".into()));
     }
-    let added_volumes = volumes::sidecar_volumes();
+    let added_volumes = istio_proxy::sidecar_volumes();
     check_names(
         &spec.containers,
         spec.init_containers.as_deref().unwrap_or_default(),
@@ -96,7 +96,7 @@ pub(super) fn inject_as(
         containers: vec![],
         volumes: added_volumes.iter().map(|v| v.name.as_str()).collect(),
         image_pull_secrets: None,
-        revision: cfg.revision_name(),
+        revision: revision::name(&cfg.revision),
     };
 
     // Init containers: redirect first, then a native proxy, so the pod's own init containers
@@ -191,7 +191,7 @@ fn set_annotations(
     first_app: &str,
     cfg: &InjectionConfig,
 ) {
-    annotations.insert(keys::REV.into(), cfg.revision_name().into());
+    annotations.insert(keys::REV.into(), revision::name(&cfg.revision).into());
     annotations
         .entry(keys::DEFAULT_CONTAINER.into())
         .or_insert_with(|| first_app.into());
@@ -211,7 +211,10 @@ fn set_annotations(
             keys::PROMETHEUS_PORT.into(),
             ports::AGENT_STATUS.to_string(),
         );
-        annotations.insert(keys::PROMETHEUS_PATH.into(), "/stats/prometheus".into());
+        annotations.insert(
+            keys::PROMETHEUS_PATH.into(),
+            istio_proxy::PROMETHEUS_PATH.into(),
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::InjectionConfig;
 
-pub fn cfg() -> InjectionConfig {
+pub(crate) fn cfg() -> InjectionConfig {
     InjectionConfig {
         version: "1.28.2".into(),
         proxy_resources: ResourceRequirements {
@@ -25,7 +25,7 @@ pub fn cfg() -> InjectionConfig {
     }
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -33,7 +33,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// A one-container pod in namespace `apps` with the given labels and annotations.
-pub fn pod_with(pod_labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Pod {
+pub(crate) fn pod_with(pod_labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Pod {
     let mut p: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -52,7 +52,7 @@ pub fn pod_with(pod_labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Po
 
 /// A Deployment's pod as the webhook sees it: generated name, owner ReplicaSet, two containers
 /// with ports and HTTP / TCP / gRPC / exec probes, an init container and a volume.
-pub fn typical_pod() -> Pod {
+pub(crate) fn typical_pod() -> Pod {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",

@@ -29,16 +29,6 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// Injects one Kubernetes object (JSON). Pods and the pod templates of workloads get a sidecar;
-/// a `List` has its items injected; any other kind, and pods that opt out or use the host's
-/// network, come back unchanged.
-pub fn inject_document(mut doc: Value, cfg: &InjectionConfig) -> Result<Value, InjectError> {
-    let ops = plan(&doc, cfg)?;
-    json_patch::patch(&mut doc, &ops)
-        .map_err(|e| InjectError::InvalidDocument(format!("cannot apply the injection: {e}")))?;
-    Ok(doc)
-}
-
 /// Injects every document of a multi-document YAML stream; empty documents are dropped.
 pub fn inject_yaml_stream(input: &str, cfg: &InjectionConfig) -> Result<String, InjectError> {
     let mut out = String::new();
@@ -233,6 +223,17 @@ mod tests {
     use super::*;
     use crate::inject::testutil::cfg;
     use serde_json::json;
+
+    /// Injects one Kubernetes object (JSON), as `meshop inject -f` does a YAML document: pods and
+    /// the pod templates of workloads get a sidecar; a `List` has its items injected; any other
+    /// kind, and pods that opt out or use the host's network, come back unchanged.
+    fn inject_document(mut doc: Value, cfg: &InjectionConfig) -> Result<Value, InjectError> {
+        let ops = plan(&doc, cfg)?;
+        json_patch::patch(&mut doc, &ops).map_err(|e| {
+            InjectError::InvalidDocument(format!("cannot apply the injection: {e}"))
+        })?;
+        Ok(doc)
+    }
 
     fn deployment(template_meta: Value) -> Value {
         json!({

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::json;
 
 use super::common::{
     self, env, field_env, hardened_container, hardened_pod, meta, policy_rule, with_user_env,
@@ -19,12 +18,9 @@ use super::common::{
 use super::{ComponentId, Rendered};
 use crate::api::ServiceType;
 use crate::effective::{Installation, Settings};
-
-/// The uid the gateway runs as (the proxy's conventional 1337).
-const UID: i64 = 1337;
-/// Envoy's health endpoint, served by the agent.
-const STATUS_PORT: i32 = 15021;
-const PROMETHEUS_PORT: i32 = 15090;
+use crate::inject::keys;
+use crate::istio_proxy::{self, Mode, ports};
+use crate::revision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -141,7 +137,7 @@ fn service(install: &Installation, kind: Kind, selector: &BTreeMap<String, Strin
 /// The container ports: the Service's target ports plus Envoy's metrics port.
 fn container_ports(install: &Installation, kind: Kind) -> Vec<ContainerPort> {
     let mut seen = std::collections::BTreeSet::new();
-    let mut ports = Vec::new();
+    let mut container_ports = Vec::new();
     let svc_ports = kind
         .settings(install)
         .service
@@ -150,29 +146,24 @@ fn container_ports(install: &Installation, kind: Kind) -> Vec<ContainerPort> {
         .unwrap_or_default();
     for p in &svc_ports {
         if seen.insert(p.container_port()) {
-            ports.push(ContainerPort {
+            container_ports.push(ContainerPort {
                 container_port: p.container_port(),
                 protocol: Some(p.protocol_name().into()),
                 ..Default::default()
             });
         }
     }
-    if seen.insert(STATUS_PORT) {
-        ports.push(ContainerPort {
-            container_port: STATUS_PORT,
+    if seen.insert(ports::HEALTH.into()) {
+        container_ports.push(ContainerPort {
+            container_port: ports::HEALTH.into(),
             protocol: Some("TCP".into()),
             ..Default::default()
         });
     }
-    if seen.insert(PROMETHEUS_PORT) {
-        ports.push(ContainerPort {
-            name: Some("http-envoy-prom".into()),
-            container_port: PROMETHEUS_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        });
+    if seen.insert(ports::ENVOY_PROMETHEUS.into()) {
+        container_ports.push(istio_proxy::envoy_prometheus_port());
     }
-    ports
+    container_ports
 }
 
 fn deployment(
@@ -184,46 +175,37 @@ fn deployment(
     let name = kind.name();
     let settings = kind.settings(install);
     let mut pod_labels = common::pod_labels(install, c, selector);
-    pod_labels.insert("istio.io/rev".into(), install.revision_label().into());
-    pod_labels.insert("sidecar.istio.io/inject".into(), "false".into());
-    pod_labels.insert("service.istio.io/canonical-name".into(), name.into());
-    pod_labels.insert(
-        "service.istio.io/canonical-revision".into(),
-        "latest".into(),
-    );
-    let our_env = vec![
-        env("PILOT_CERT_PROVIDER", "istiod"),
-        env("CA_ADDR", install.discovery_address()),
-        field_env("NODE_NAME", "spec.nodeName"),
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("INSTANCE_IP", "status.podIP"),
-        field_env("HOST_IP", "status.hostIP"),
-        field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        env("ISTIO_META_WORKLOAD_NAME", name),
-        env(
-            "ISTIO_META_OWNER",
-            format!(
-                "kubernetes://apis/apps/v1/namespaces/{}/deployments/{}",
-                install.namespace, name
-            ),
+    pod_labels.insert(keys::REV.into(), revision::name(&install.revision).into());
+    pod_labels.insert(keys::INJECT.into(), "false".into());
+    pod_labels.insert(keys::CANONICAL_NAME.into(), name.into());
+    pod_labels.insert(keys::CANONICAL_REVISION.into(), "latest".into());
+    let discovery_address = istio_proxy::discovery_address(&install.revision, &install.namespace);
+    let our_env = [
+        istio_proxy::ca_env(discovery_address.clone()),
+        vec![field_env("NODE_NAME", "spec.nodeName")],
+        istio_proxy::pod_env(),
+        vec![
+            istio_proxy::host_ip_env(),
+            istio_proxy::service_account_env(),
+        ],
+        istio_proxy::workload_env(
+            name,
+            istio_proxy::owner_uri("apps/v1", "Deployment", &install.namespace, name),
         ),
-        env("ISTIO_META_MESH_ID", install.mesh.trust_domain.clone()),
-        env("TRUST_DOMAIN", install.mesh.trust_domain.clone()),
-        env("ISTIO_META_UNPRIVILEGED_POD", "true"),
-        env("ISTIO_META_CLUSTER_ID", "Kubernetes"),
-        field_env("ISTIO_META_NODE_NAME", "spec.nodeName"),
-        env(
-            "PROXY_CONFIG",
-            json!({ "discoveryAddress": install.discovery_address() }).to_string(),
-        ),
-    ];
+        istio_proxy::trust_domain_env(&install.mesh.trust_domain),
+        vec![env("ISTIO_META_UNPRIVILEGED_POD", "true")],
+        istio_proxy::cluster_env(),
+        vec![istio_proxy::proxy_config_env(&istio_proxy::proxy_config(
+            discovery_address,
+        ))],
+    ]
+    .concat();
     // The same proxy volumes an injected sidecar gets: a gateway is a proxy without an app.
-    let volumes = crate::inject::volumes::sidecar_volumes();
+    let volumes = istio_proxy::sidecar_volumes();
     let ready = Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/healthz/ready".into()),
-            port: IntOrString::Int(STATUS_PORT),
+            path: Some(istio_proxy::READY_PATH.into()),
+            port: IntOrString::Int(ports::HEALTH.into()),
             scheme: Some("HTTP".into()),
             ..Default::default()
         }),
@@ -233,23 +215,19 @@ fn deployment(
         failure_threshold: Some(30),
         ..Default::default()
     };
+    let mut args = istio_proxy::agent_args(Mode::Router);
+    args.extend(
+        [
+            "--proxyLogLevel=warning",
+            "--proxyComponentLogLevel=misc:error",
+            "--log_output_level=default:info",
+        ]
+        .map(String::from),
+    );
     let container = Container {
-        name: "istio-proxy".into(),
-        image: Some(install.image("proxyv2")),
-        args: Some(
-            [
-                "proxy",
-                "router",
-                "--domain",
-                "$(POD_NAMESPACE).svc.cluster.local",
-                "--proxyLogLevel=warning",
-                "--proxyComponentLogLevel=misc:error",
-                "--log_output_level=default:info",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ),
+        name: istio_proxy::CONTAINER.into(),
+        image: Some(istio_proxy::image(&install.hub, &install.version)),
+        args: Some(args),
         ports: Some(container_ports(install, kind)),
         env: Some(with_user_env(our_env, settings)),
         resources: Some(settings.resources.clone()),
@@ -260,7 +238,7 @@ fn deployment(
             ..ready
         }),
         security_context: Some(hardened_container()),
-        volume_mounts: Some(crate::inject::volumes::proxy_mounts()),
+        volume_mounts: Some(istio_proxy::proxy_mounts()),
         ..Default::default()
     };
     Deployment {
@@ -283,16 +261,16 @@ fn deployment(
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
                     annotations: Some(BTreeMap::from([
-                        ("prometheus.io/scrape".to_string(), "true".to_string()),
+                        (keys::PROMETHEUS_SCRAPE.to_string(), "true".to_string()),
                         (
-                            "prometheus.io/port".to_string(),
-                            PROMETHEUS_PORT.to_string(),
+                            keys::PROMETHEUS_PORT.to_string(),
+                            ports::ENVOY_PROMETHEUS.to_string(),
                         ),
                         (
-                            "prometheus.io/path".to_string(),
-                            "/stats/prometheus".to_string(),
+                            keys::PROMETHEUS_PATH.to_string(),
+                            istio_proxy::PROMETHEUS_PATH.to_string(),
                         ),
-                        ("sidecar.istio.io/inject".to_string(), "false".to_string()),
+                        (keys::INJECT.to_string(), "false".to_string()),
                     ])),
                     ..Default::default()
                 }),
@@ -304,7 +282,7 @@ fn deployment(
                             name: "net.ipv4.ip_unprivileged_port_start".into(),
                             value: "0".into(),
                         }]),
-                        ..hardened_pod(UID)
+                        ..hardened_pod(istio_proxy::UID)
                     }),
                     containers: vec![container],
                     volumes: Some(volumes),

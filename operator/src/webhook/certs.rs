@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 
 /// Lifetime of a freshly minted CA.
-pub const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of a serving certificate.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Certificates start a little in the past: nodes' clocks are never quite in step.
@@ -38,14 +38,14 @@ pub struct CertBundle {
     /// The CA certificate(s) the API server must trust: the current CA first, then a retiring one.
     pub ca_pem: String,
     /// The CA's private key (PKCS#8); `None` when only the public half is known.
-    pub ca_key_pem: Option<String>,
+    pub(crate) ca_key_pem: Option<String>,
     /// The serving certificate.
-    pub cert_pem: String,
+    pub(crate) cert_pem: String,
     /// The serving certificate's private key (PKCS#8).
-    pub key_pem: String,
+    pub(crate) key_pem: String,
     /// Validity of the serving certificate.
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
 }
 
 impl fmt::Debug for CertBundle {
@@ -76,7 +76,7 @@ impl CertBundle {
     }
 
     /// A bundle from stored PEM; reads the serving certificate's validity.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         ca_pem: String,
         ca_key_pem: Option<String>,
         cert_pem: String,
@@ -105,7 +105,11 @@ impl CertBundle {
     /// A new serving certificate for `sans`. Reuses the CA when its key is known and it outlives the
     /// new certificate by a third of the CA's lifetime; otherwise mints a new CA and keeps the old
     /// one in `ca_pem` while it is still valid.
-    pub fn renew(&self, sans: &[String], lifetime: Duration) -> Result<CertBundle, CertError> {
+    pub(crate) fn renew(
+        &self,
+        sans: &[String],
+        lifetime: Duration,
+    ) -> Result<CertBundle, CertError> {
         let now = SystemTime::now();
         if let Some(ca_key_pem) = &self.ca_key_pem
             && let Some(ca_cert_pem) = first_pem(&self.ca_pem)
@@ -135,13 +139,13 @@ impl CertBundle {
     /// Whether the serving certificate has less than a third of its lifetime left. The lifetime
     /// counts from issue, not from the backdated `notBefore`, so a short-lived certificate is not
     /// judged due the moment it is made.
-    pub fn needs_rotation(&self, now: SystemTime) -> bool {
+    pub(crate) fn needs_rotation(&self, now: SystemTime) -> bool {
         let left = self.not_after.duration_since(now).unwrap_or(Duration::ZERO);
         left < third(self.not_before + BACKDATE, self.not_after)
     }
 
     /// Whether the serving certificate names every one of `sans`.
-    pub fn covers(&self, sans: &[String]) -> bool {
+    pub(crate) fn covers(&self, sans: &[String]) -> bool {
         match cert_sans(&self.cert_pem) {
             Ok(have) => sans
                 .iter()
@@ -151,7 +155,7 @@ impl CertBundle {
     }
 
     /// Whether this bundle can be served as is for `sans` at `now`.
-    pub fn usable_for(&self, sans: &[String], now: SystemTime) -> bool {
+    pub(crate) fn usable_for(&self, sans: &[String], now: SystemTime) -> bool {
         !self.needs_rotation(now) && self.covers(sans)
     }
 }
@@ -281,7 +285,7 @@ fn with_cert<R>(
 }
 
 /// (not_before, not_after) of the first certificate in `pem`.
-pub fn validity(pem: &str) -> Result<(SystemTime, SystemTime), CertError> {
+pub(crate) fn validity(pem: &str) -> Result<(SystemTime, SystemTime), CertError> {
     with_cert(pem, |c| {
         let v = c.validity();
         (
@@ -292,7 +296,7 @@ pub fn validity(pem: &str) -> Result<(SystemTime, SystemTime), CertError> {
 }
 
 /// The DNS names and IP addresses of the first certificate in `pem`.
-pub fn cert_sans(pem: &str) -> Result<Vec<String>, CertError> {
+pub(crate) fn cert_sans(pem: &str) -> Result<Vec<String>, CertError> {
     with_cert(pem, |c| {
         let Ok(Some(ext)) = c.subject_alternative_name() else {
             return Vec::new();
@@ -310,7 +314,8 @@ pub fn cert_sans(pem: &str) -> Result<Vec<String>, CertError> {
 }
 
 /// The serial number of the first certificate in `pem`, hex.
-pub fn serial_hex(pem: &str) -> Result<String, CertError> {
+#[cfg(test)]
+pub(crate) fn serial_hex(pem: &str) -> Result<String, CertError> {
     with_cert(pem, |c| c.raw_serial_as_string())
 }
 

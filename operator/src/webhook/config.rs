@@ -18,16 +18,16 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
-use super::revision_key;
 use crate::api::FailurePolicy;
 use crate::effective::Installation;
-use crate::inject::keys;
+use crate::inject::{keys, protected_namespaces};
 use crate::render::ComponentId;
+use crate::revision;
 
 /// The path the handler serves.
 pub const WEBHOOK_PATH: &str = "/inject";
 /// Seconds the API server waits for an answer before applying the failure policy.
-pub const TIMEOUT_SECONDS: i32 = 10;
+pub(crate) const TIMEOUT_SECONDS: i32 = 10;
 const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 const SUFFIX: &str = "sidecar-injector.meshop.dev";
 
@@ -57,7 +57,7 @@ fn selector(reqs: Vec<LabelSelectorRequirement>) -> LabelSelector {
 
 /// The configuration for `install`. `client_config` says where the webhook is (a Service or a URL);
 /// its path defaults to [`WEBHOOK_PATH`] and its `caBundle` is set to `ca_bundle` (PEM).
-pub fn webhook_configuration(
+pub(crate) fn webhook_configuration(
     install: &Installation,
     mut client_config: WebhookClientConfig,
     ca_bundle: &[u8],
@@ -66,15 +66,9 @@ pub fn webhook_configuration(
     if let Some(svc) = client_config.service.as_mut() {
         svc.path.get_or_insert_with(|| WEBHOOK_PATH.to_string());
     }
-    let rev = revision_key(&install.revision).to_string();
-    let protected = [NAME_LABEL, "NotIn"];
-    let excluded = [
-        "kube-system",
-        "kube-public",
-        "kube-node-lease",
-        install.namespace.as_str(),
-    ];
-    let not_protected = || req(protected[0], protected[1], &excluded);
+    let rev = revision::name(&install.revision);
+    let protected = protected_namespaces(&install.namespace);
+    let not_protected = || req(NAME_LABEL, "NotIn", &protected);
     let not_opted_out = || req(keys::INJECT, "NotIn", &["false"]);
     let unlabelled_ns = || {
         vec![
@@ -127,7 +121,7 @@ pub fn webhook_configuration(
     webhooks.push(hook(
         format!("rev.namespace.{rev}.{SUFFIX}"),
         vec![
-            req(keys::REV, "In", &[&rev]),
+            req(keys::REV, "In", &[rev]),
             req(keys::NAMESPACE_INJECTION, "DoesNotExist", &[]),
             not_protected(),
         ],
@@ -136,7 +130,7 @@ pub fn webhook_configuration(
     webhooks.push(hook(
         format!("rev.object.{rev}.{SUFFIX}"),
         unlabelled_ns(),
-        vec![req(keys::REV, "In", &[&rev]), not_opted_out()],
+        vec![req(keys::REV, "In", &[rev]), not_opted_out()],
     ));
     if install.revision.is_empty() {
         webhooks.push(hook(
@@ -157,7 +151,7 @@ pub fn webhook_configuration(
     metadata
         .labels
         .get_or_insert_with(Default::default)
-        .insert(keys::REV.to_string(), rev.clone());
+        .insert(keys::REV.to_string(), rev.to_string());
     metadata.owner_references = crate::render::owner_reference(install).map(|o| vec![o]);
     MutatingWebhookConfiguration {
         metadata,

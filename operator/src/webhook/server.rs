@@ -33,7 +33,7 @@ struct Loaded {
     key: Arc<CertifiedKey>,
 }
 
-/// Serves the current certificate to every TLS handshake; [`CertResolver::swap`] replaces it.
+/// Serves the current certificate to every TLS handshake; rotation swaps it in place.
 pub struct CertResolver {
     current: ArcSwap<Loaded>,
 }
@@ -57,14 +57,14 @@ impl CertResolver {
 
     /// Serves `bundle` from the next handshake on. A bundle that does not load leaves the current
     /// certificate in place.
-    pub fn swap(&self, bundle: CertBundle) -> Result<(), CertError> {
+    pub(crate) fn swap(&self, bundle: CertBundle) -> Result<(), CertError> {
         let key = certified_key(&bundle)?;
         self.current.store(Arc::new(Loaded { bundle, key }));
         Ok(())
     }
 
     /// The bundle being served; its `ca_pem` is what `caBundle` must hold.
-    pub fn bundle(&self) -> CertBundle {
+    pub(crate) fn bundle(&self) -> CertBundle {
         self.current.load().bundle.clone()
     }
 }
@@ -95,7 +95,7 @@ fn certified_key(b: &CertBundle) -> Result<Arc<CertifiedKey>, CertError> {
 }
 
 /// TLS 1.2+ with ring, ALPN for HTTP/2 and HTTP/1.1, certificate from `resolver`.
-pub fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut cfg =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
@@ -105,22 +105,13 @@ pub fn tls_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rust
     Ok(Arc::new(cfg))
 }
 
+/// Binds the webhook's port; [`serve_listener`] serves it.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `router` over TLS on `addr` until the task is dropped or aborted.
-pub async fn serve(
-    addr: SocketAddr,
-    router: Router,
-    resolver: Arc<CertResolver>,
-) -> anyhow::Result<()> {
-    let listener = bind(addr).await?;
-    tracing::info!(%addr, "serving the injection webhook over TLS");
-    serve_listener(listener, router, resolver).await
-}
-
-/// Serves `router` over TLS on an already bound listener (tests bind port 0 and read the address).
+/// Serves `router` over TLS on a bound listener (see [`bind`]; tests bind port 0 and read the
+/// address) until the task is dropped or aborted.
 pub async fn serve_listener(
     listener: TcpListener,
     router: Router,
@@ -165,7 +156,7 @@ pub async fn serve_listener(
 /// Every `every`, reloads the bundle from the Secret (renewing it there when it is due) and swaps
 /// it in when it changed. Errors are logged and retried on the next tick; the current certificate
 /// keeps being served meanwhile. `on_change` sees each new bundle (e.g. to patch `caBundle`).
-pub fn spawn_rotation(
+pub(crate) fn spawn_rotation(
     client: Client,
     namespace: String,
     sans: Vec<String>,
@@ -210,7 +201,7 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use crate::webhook::certs::serial_hex;
-    use crate::webhook::handler::{View, router};
+    use crate::webhook::{View, router};
 
     fn client(ca_pem: &str) -> TlsConnector {
         let mut roots = RootCertStore::empty();

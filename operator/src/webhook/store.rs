@@ -13,18 +13,18 @@ use kube::{Client, Error as KubeError};
 use super::certs::{CertBundle, CertError};
 
 /// The Secret in the operator's namespace holding the webhook's CA and serving certificate.
-pub const SECRET_NAME: &str = "meshop-webhook-tls";
-pub const CA_CRT: &str = "ca.crt";
+pub(crate) const SECRET_NAME: &str = "meshop-webhook-tls";
+pub(crate) const CA_CRT: &str = "ca.crt";
 /// The CA's key, kept so rotation can re-sign without changing `caBundle`.
-pub const CA_KEY: &str = "ca.key";
-pub const TLS_CRT: &str = "tls.crt";
-pub const TLS_KEY: &str = "tls.key";
+pub(crate) const CA_KEY: &str = "ca.key";
+pub(crate) const TLS_CRT: &str = "tls.crt";
+pub(crate) const TLS_KEY: &str = "tls.key";
 
 /// Optimistic-concurrency retries before giving up (each conflict means another replica wrote).
 const ATTEMPTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("reading or writing Secret {SECRET_NAME}: {0}")]
     Kube(#[from] KubeError),
     #[error(transparent)]
@@ -36,7 +36,7 @@ pub enum StoreError {
 /// Returns a bundle valid for `sans` with more than a third of its lifetime left: the stored one
 /// when it is fit, otherwise a renewed one written back. Replicas racing to create or renew
 /// resolve through 409 Conflict: the loser re-reads and takes the winner's bundle.
-pub async fn load_or_create(
+pub(crate) async fn load_or_create(
     client: Client,
     ns: &str,
     sans: &[String],
@@ -86,7 +86,7 @@ pub async fn load_or_create(
 }
 
 /// The bundle in a Secret, if it holds a parseable one.
-pub fn bundle_from_secret(secret: &Secret) -> Option<CertBundle> {
+pub(crate) fn bundle_from_secret(secret: &Secret) -> Option<CertBundle> {
     let data = secret.data.as_ref()?;
     let text = |k: &str| {
         data.get(k)
@@ -123,7 +123,7 @@ fn secret_data(b: &CertBundle) -> BTreeMap<String, ByteString> {
 }
 
 /// The Secret holding `b`, as created.
-pub fn new_secret(ns: &str, b: &CertBundle) -> Secret {
+pub(crate) fn new_secret(ns: &str, b: &CertBundle) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(SECRET_NAME.to_string()),

@@ -1,5 +1,6 @@
-//! The volumes the proxy needs: sockets and certificates shared with the agent, Envoy's scratch
-//! space, pod metadata for the agent, the istio-ca service-account token and the mesh's root CA.
+//! The volumes the proxy needs, in a sidecar and in a gateway alike: sockets and certificates
+//! shared with the agent, Envoy's scratch space, pod metadata for the agent, the istio-ca
+//! service-account token and the mesh's root CA.
 
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
@@ -7,9 +8,9 @@ use k8s_openapi::api::core::v1::{
     VolumeProjection,
 };
 
-/// Lifetime of the istio-ca token; the kubelet refreshes it well before it expires.
 use crate::k8s::mount;
 
+/// Lifetime of the istio-ca token; the kubelet refreshes it well before it expires.
 const TOKEN_SECONDS: i64 = 43200;
 
 fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
@@ -35,7 +36,7 @@ fn field_file(path: &str, field: &str) -> DownwardAPIVolumeFile {
 }
 
 /// The pod volumes added by injection, in the order they are appended.
-pub fn sidecar_volumes() -> Vec<Volume> {
+pub(crate) fn sidecar_volumes() -> Vec<Volume> {
     vec![
         empty_dir("workload-socket", None),
         empty_dir("credential-socket", None),
@@ -81,7 +82,7 @@ pub fn sidecar_volumes() -> Vec<Volume> {
 }
 
 /// Where istio-proxy mounts them.
-pub fn proxy_mounts() -> Vec<VolumeMount> {
+pub(crate) fn proxy_mounts() -> Vec<VolumeMount> {
     vec![
         mount(
             "workload-socket",

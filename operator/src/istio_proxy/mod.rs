@@ -1,0 +1,234 @@
+//! The `istio-proxy` container as gateways and injected sidecars share it: pilot-agent and Envoy
+//! from the `proxyv2` image, running as uid 1337, fetching xDS and certificates from istiod.
+//! Gateways ([`crate::render`]) run it in router mode, the injector ([`crate::inject`]) as a
+//! sidecar; what both must agree on is defined here once. Pure: no I/O.
+//!
+//! The env helpers return groups in the order both containers list them, so each container keeps
+//! its own order (and its rendered output) while the values cannot drift apart.
+
+mod volumes;
+
+use k8s_openapi::api::core::v1::{ContainerPort, EnvVar};
+use serde_json::{Map, Value};
+
+use crate::k8s::{env, field_env};
+
+pub(crate) use volumes::{proxy_mounts, sidecar_volumes};
+
+/// The container's name.
+pub(crate) const CONTAINER: &str = "istio-proxy";
+/// The uid and gid the proxy runs as; iptables exempts its traffic from capture.
+pub(crate) const UID: i64 = 1337;
+/// Envoy's readiness endpoint on [`ports::HEALTH`].
+pub(crate) const READY_PATH: &str = "/healthz/ready";
+/// Where Envoy serves its Prometheus metrics (and the agent the merged ones).
+pub(crate) const PROMETHEUS_PATH: &str = "/stats/prometheus";
+/// The cluster id proxies report; meshop installs single-cluster meshes.
+const CLUSTER_ID: &str = "Kubernetes";
+
+/// Well-known proxy ports.
+pub(crate) mod ports {
+    /// Envoy's outbound capture port.
+    pub(crate) const OUTBOUND_CAPTURE: u16 = 15001;
+    /// Envoy's inbound capture port.
+    pub(crate) const INBOUND_CAPTURE: u16 = 15006;
+    /// pilot-agent's status port: app probes and merged Prometheus metrics.
+    pub(crate) const AGENT_STATUS: u16 = 15020;
+    /// Envoy's health port ([`super::READY_PATH`]).
+    pub(crate) const HEALTH: u16 = 15021;
+    /// Envoy's own Prometheus endpoint.
+    pub(crate) const ENVOY_PROMETHEUS: u16 = 15090;
+    /// The istiod xDS / CA port.
+    pub(crate) const ISTIOD_XDS: u16 = 15012;
+}
+
+/// What the agent runs Envoy as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Next to an application, capturing its traffic.
+    Sidecar,
+    /// A gateway: Envoy on its own, routing what its Service receives.
+    Router,
+}
+
+/// `<hub>/proxyv2:<version>`.
+pub(crate) fn image(hub: &str, version: &str) -> String {
+    format!("{}/proxyv2:{version}", hub.trim_end_matches('/'))
+}
+
+/// The istiod Service address proxies reach for xDS and certificates: `istiod` or
+/// `istiod-<revision>` in the control-plane namespace.
+pub(crate) fn discovery_address(revision: &str, control_plane_namespace: &str) -> String {
+    let service = if revision.is_empty() {
+        "istiod".to_string()
+    } else {
+        format!("istiod-{revision}")
+    };
+    format!(
+        "{service}.{control_plane_namespace}.svc:{}",
+        ports::ISTIOD_XDS
+    )
+}
+
+/// The arguments every proxy starts with; callers add log levels and the like.
+pub(crate) fn agent_args(mode: Mode) -> Vec<String> {
+    let mode = match mode {
+        Mode::Sidecar => "sidecar",
+        Mode::Router => "router",
+    };
+    [
+        "proxy",
+        mode,
+        "--domain",
+        "$(POD_NAMESPACE).svc.cluster.local",
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// Envoy's Prometheus endpoint as a named container port.
+pub(crate) fn envoy_prometheus_port() -> ContainerPort {
+    ContainerPort {
+        name: Some("http-envoy-prom".into()),
+        container_port: ports::ENVOY_PROMETHEUS.into(),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// The start of `PROXY_CONFIG`: where istiod is. Callers merge their own fields on top.
+pub(crate) fn proxy_config(discovery_address: String) -> Map<String, Value> {
+    Map::from_iter([("discoveryAddress".into(), Value::String(discovery_address))])
+}
+
+/// `PROXY_CONFIG` as the agent reads it (JSON).
+pub(crate) fn proxy_config_env(config: &Map<String, Value>) -> EnvVar {
+    // A map of JSON values always encodes.
+    env(
+        "PROXY_CONFIG",
+        serde_json::to_string(config).unwrap_or_default(),
+    )
+}
+
+/// Certificates come from istiod, at `discovery_address`.
+pub(crate) fn ca_env(discovery_address: String) -> Vec<EnvVar> {
+    vec![
+        env("PILOT_CERT_PROVIDER", "istiod"),
+        env("CA_ADDR", discovery_address),
+    ]
+}
+
+/// The pod's name, namespace and IP from the downward API.
+pub(crate) fn pod_env() -> Vec<EnvVar> {
+    vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("INSTANCE_IP", "status.podIP"),
+    ]
+}
+
+pub(crate) fn service_account_env() -> EnvVar {
+    field_env("SERVICE_ACCOUNT", "spec.serviceAccountName")
+}
+
+pub(crate) fn host_ip_env() -> EnvVar {
+    field_env("HOST_IP", "status.hostIP")
+}
+
+/// The cluster and node the proxy reports in its metadata.
+pub(crate) fn cluster_env() -> Vec<EnvVar> {
+    vec![
+        env("ISTIO_META_CLUSTER_ID", CLUSTER_ID),
+        field_env("ISTIO_META_NODE_NAME", "spec.nodeName"),
+    ]
+}
+
+/// The workload the proxy belongs to: its name and [`owner_uri`].
+pub(crate) fn workload_env(name: &str, owner_uri: String) -> Vec<EnvVar> {
+    vec![
+        env("ISTIO_META_WORKLOAD_NAME", name),
+        env("ISTIO_META_OWNER", owner_uri),
+    ]
+}
+
+/// The mesh id and SPIFFE trust domain, both the mesh's trust domain.
+pub(crate) fn trust_domain_env(trust_domain: &str) -> Vec<EnvVar> {
+    vec![
+        env("ISTIO_META_MESH_ID", trust_domain),
+        env("TRUST_DOMAIN", trust_domain),
+    ]
+}
+
+/// The `ISTIO_META_OWNER` URI of a workload, such as
+/// `kubernetes://apis/apps/v1/namespaces/ns/deployments/x`.
+pub(crate) fn owner_uri(api_version: &str, kind: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "kubernetes://apis/{api_version}/namespaces/{namespace}/{}s/{name}",
+        kind.to_ascii_lowercase()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_and_discovery_address() {
+        assert_eq!(
+            image("docker.io/istio", "1.31.1"),
+            "docker.io/istio/proxyv2:1.31.1"
+        );
+        assert_eq!(
+            image("registry.local:5000/mesh/", "1.30.5"),
+            "registry.local:5000/mesh/proxyv2:1.30.5"
+        );
+        assert_eq!(
+            discovery_address("", "istio-system"),
+            "istiod.istio-system.svc:15012"
+        );
+        assert_eq!(
+            discovery_address("canary", "mesh"),
+            "istiod-canary.mesh.svc:15012"
+        );
+    }
+
+    #[test]
+    fn args_and_proxy_config() {
+        assert_eq!(agent_args(Mode::Router)[..2], ["proxy", "router"]);
+        assert_eq!(
+            agent_args(Mode::Sidecar),
+            [
+                "proxy",
+                "sidecar",
+                "--domain",
+                "$(POD_NAMESPACE).svc.cluster.local"
+            ]
+        );
+        let e = proxy_config_env(&proxy_config("istiod.x.svc:15012".into()));
+        assert_eq!(
+            e.value.as_deref(),
+            Some(r#"{"discoveryAddress":"istiod.x.svc:15012"}"#)
+        );
+    }
+
+    #[test]
+    fn shared_env_names_are_unique() {
+        let all: Vec<EnvVar> = [
+            ca_env("a".into()),
+            pod_env(),
+            vec![service_account_env(), host_ip_env()],
+            cluster_env(),
+            workload_env("w", owner_uri("apps/v1", "Deployment", "ns", "w")),
+            trust_domain_env("cluster.local"),
+        ]
+        .concat();
+        let names: std::collections::BTreeSet<_> = all.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        assert_eq!(
+            all.iter()
+                .find(|e| e.name == "ISTIO_META_OWNER")
+                .and_then(|e| e.value.as_deref()),
+            Some("kubernetes://apis/apps/v1/namespaces/ns/deployments/w")
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! Control-plane revisions. A MeshInstall's `spec.revision` is `""` for the default revision or a
+//! DNS label. Wherever Istio shows a revision (the `istio.io/rev` label, webhook names, the
+//! injector's status annotation, the webhook's lookup key) the default revision is called
+//! `default`; [`name`] is that rule, and every such place goes through it.
+//!
+//! Which revision a pod goes to is [`crate::inject::select_revision`].
+
+/// What the default revision (`spec.revision: ""`) is called outside the spec.
+pub(crate) const DEFAULT: &str = "default";
+
+/// The name a revision is known by: [`DEFAULT`] for the default revision (`""`), else itself.
+/// A label value (`istio.io/rev=default` is the default revision's tag) goes through here too
+/// before it is compared with a revision.
+pub(crate) fn name(revision: &str) -> &str {
+    if revision.is_empty() {
+        DEFAULT
+    } else {
+        revision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_empty_revision_is_called_default() {
+        assert_eq!(name(""), "default");
+        assert_eq!(name("default"), "default");
+        assert_eq!(name("canary"), "canary");
+    }
+}

@@ -1,0 +1,390 @@
+//! What the webhook knows about the cluster: namespace labels and each MeshInstall's injection
+//! settings, kept current by watches so an admission request never waits on the API server (the
+//! API server waits on us, with a short timeout). A decision reads one [`Snapshot`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+
+use crate::api::MeshInstall;
+use crate::effective::Installation;
+use crate::inject::InjectionConfig;
+use crate::revision;
+
+type Labels = BTreeMap<String, String>;
+type Namespaces = HashMap<String, Labels>;
+/// By MeshInstall name, so deletes are exact.
+type Installs = BTreeMap<String, RevisionConfig>;
+
+/// A revision's injection settings as the view holds them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RevisionConfig {
+    /// `injection.enabled` of the MeshInstall.
+    pub(crate) enabled: bool,
+    pub(crate) config: Arc<InjectionConfig>,
+    /// When the MeshInstall was created: the oldest claim on a revision wins, as in the reconciler.
+    pub(crate) created: Option<Timestamp>,
+}
+
+impl RevisionConfig {
+    fn new(install: &Installation, created: Option<Timestamp>) -> RevisionConfig {
+        RevisionConfig {
+            enabled: install.injection.enabled,
+            config: Arc::new(InjectionConfig::from(install)),
+            created,
+        }
+    }
+
+    fn of(mi: &MeshInstall) -> Option<RevisionConfig> {
+        let install = Installation::from_mesh(mi).ok()?;
+        Some(RevisionConfig::new(
+            &install,
+            mi.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        ))
+    }
+}
+
+/// The view at one instant: everything one admission decision reads, consistent with itself.
+/// Taking one costs two `Arc` clones; writers copy a map only while a snapshot of it is alive.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Snapshot {
+    namespaces: Arc<Namespaces>,
+    installs: Arc<Installs>,
+}
+
+impl Snapshot {
+    /// The labels of a namespace the watch has seen.
+    pub(crate) fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name)
+    }
+
+    /// The settings of the revision called `name` ([`revision::name`]). Two MeshInstalls claiming
+    /// one revision is a conflict the reconciler reports as Stalled for the younger one; here too
+    /// the oldest claim (then the first by MeshInstall name) wins.
+    pub(crate) fn revision(&self, name: &str) -> Option<&RevisionConfig> {
+        self.installs
+            .iter()
+            .filter(|(_, rc)| revision::name(&rc.config.revision) == name)
+            .min_by_key(|(mi, rc)| (rc.created, mi.as_str()))
+            .map(|(_, rc)| rc)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    namespaces: RwLock<Arc<Namespaces>>,
+    installs: RwLock<Arc<Installs>>,
+    namespaces_synced: AtomicBool,
+    installs_synced: AtomicBool,
+}
+
+/// The watched cache. Cheap to clone; shared by the watch feeders and the HTTP handler.
+#[derive(Clone, Default)]
+pub struct View {
+    inner: Arc<Inner>,
+}
+
+// A poisoned lock only means a writer panicked mid-update of plain maps; the data is still usable.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl View {
+    pub fn new() -> View {
+        View::default()
+    }
+
+    pub fn set_namespace(&self, name: &str, labels: Labels) {
+        Arc::make_mut(&mut write(&self.inner.namespaces)).insert(name.to_string(), labels);
+    }
+
+    pub(crate) fn remove_namespace(&self, name: &str) {
+        Arc::make_mut(&mut write(&self.inner.namespaces)).remove(name);
+    }
+
+    /// Records (or replaces) the MeshInstall `name`'s injection settings.
+    pub fn set_install(&self, name: &str, install: &Installation) {
+        self.set_revision_config(name, RevisionConfig::new(install, None));
+    }
+
+    fn set_revision_config(&self, name: &str, rc: RevisionConfig) {
+        Arc::make_mut(&mut write(&self.inner.installs)).insert(name.to_string(), rc);
+    }
+
+    pub(crate) fn remove_install(&self, name: &str) {
+        Arc::make_mut(&mut write(&self.inner.installs)).remove(name);
+    }
+
+    /// Marks both watches as having listed everything (tests, and callers that fill the view
+    /// themselves).
+    pub fn mark_synced(&self) {
+        self.inner.namespaces_synced.store(true, Ordering::SeqCst);
+        self.inner.installs_synced.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether both watches have completed their first list. Until then answers would be guesses.
+    pub(crate) fn is_synced(&self) -> bool {
+        self.inner.namespaces_synced.load(Ordering::SeqCst)
+            && self.inner.installs_synced.load(Ordering::SeqCst)
+    }
+
+    /// What the view holds now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            namespaces: read(&self.inner.namespaces).clone(),
+            installs: read(&self.inner.installs).clone(),
+        }
+    }
+
+    fn replace_namespaces(&self, all: Namespaces) {
+        *write(&self.inner.namespaces) = Arc::new(all);
+        self.inner.namespaces_synced.store(true, Ordering::SeqCst);
+    }
+
+    fn replace_installs(&self, all: Installs) {
+        *write(&self.inner.installs) = Arc::new(all);
+        self.inner.installs_synced.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts the watches that keep a [`View`] current: namespace metadata (labels only) and
+/// MeshInstalls. They retry with backoff forever; the tasks end when the runtime does.
+pub(crate) fn spawn_view(client: Client) -> View {
+    let view = View::new();
+    let ns_stream = watcher::watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    tokio::spawn(feed_namespaces(view.clone(), ns_stream));
+    let mi_stream = watcher::watcher(Api::<MeshInstall>::all(client), watcher::Config::default())
+        .default_backoff();
+    tokio::spawn(feed_installs(view.clone(), mi_stream));
+    view
+}
+
+async fn feed_namespaces<S>(view: View, stream: S)
+where
+    S: Stream<Item = Result<Event<PartialObjectMeta<Namespace>>, watcher::Error>>,
+{
+    // A relist builds a fresh map and swaps it in at InitDone, so namespaces deleted while the
+    // watch was down disappear.
+    let mut relist: Option<Namespaces> = None;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist = Some(HashMap::new()),
+            Ok(Event::InitApply(ns)) => {
+                if let Some(m) = relist.as_mut() {
+                    m.insert(ns.name_any(), ns.labels().clone());
+                }
+            }
+            Ok(Event::InitDone) => view.replace_namespaces(relist.take().unwrap_or_default()),
+            Ok(Event::Apply(ns)) => view.set_namespace(&ns.name_any(), ns.labels().clone()),
+            Ok(Event::Delete(ns)) => view.remove_namespace(&ns.name_any()),
+            Err(e) => tracing::warn!(error = %e, "webhook namespace watch failed; retrying"),
+        }
+    }
+}
+
+async fn feed_installs<S>(view: View, stream: S)
+where
+    S: Stream<Item = Result<Event<MeshInstall>, watcher::Error>>,
+{
+    let mut relist: Option<Installs> = None;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist = Some(BTreeMap::new()),
+            Ok(Event::InitApply(mi)) => {
+                if let (Some(m), Some(rc)) = (relist.as_mut(), RevisionConfig::of(&mi)) {
+                    m.insert(mi.name_any(), rc);
+                }
+            }
+            Ok(Event::InitDone) => view.replace_installs(relist.take().unwrap_or_default()),
+            Ok(Event::Apply(mi)) => match RevisionConfig::of(&mi) {
+                Some(rc) => view.set_revision_config(&mi.name_any(), rc),
+                // An invalid spec injects nothing new; the reconciler reports it as Stalled.
+                None => view.remove_install(&mi.name_any()),
+            },
+            Ok(Event::Delete(mi)) => view.remove_install(&mi.name_any()),
+            Err(e) => tracing::warn!(error = %e, "webhook MeshInstall watch failed; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::effective::Owner;
+    use crate::inject::keys;
+    use serde_json::json;
+
+    /// The effective settings of a minimal MeshInstall with `revision`.
+    pub(crate) fn install(revision: &str) -> Installation {
+        let spec: crate::api::MeshInstallSpec =
+            serde_json::from_value(json!({"profile": "minimal", "revision": revision})).unwrap();
+        Installation::resolve(
+            Owner {
+                name: format!("mesh{revision}"),
+                uid: None,
+            },
+            &spec,
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A synced view: `apps` enabled, `canary-apps` on revision canary, `plain` unlabelled, and
+    /// `kube-system` (wrongly) enabled; MeshInstalls `mesh` (default revision) and `mesh-canary`.
+    pub(crate) fn view() -> View {
+        let v = View::new();
+        v.set_namespace("apps", labels(&[(keys::NAMESPACE_INJECTION, "enabled")]));
+        v.set_namespace("canary-apps", labels(&[(keys::REV, "canary")]));
+        v.set_namespace("plain", BTreeMap::new());
+        v.set_namespace(
+            "kube-system",
+            labels(&[(keys::NAMESPACE_INJECTION, "enabled")]),
+        );
+        v.set_install("mesh", &install(""));
+        v.set_install("mesh-canary", &install("canary"));
+        v.mark_synced();
+        v
+    }
+
+    fn ns_meta(name: &str, pairs: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        use kube::core::{ObjectMeta, PartialObjectMetaExt};
+        ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels(pairs)),
+            ..Default::default()
+        }
+        .into_response_partial()
+    }
+
+    #[tokio::test]
+    async fn watch_events_feed_the_view_and_a_relist_drops_deleted_namespaces() {
+        let v = View::new();
+        let events = || -> Vec<Result<_, watcher::Error>> {
+            vec![
+                Ok(Event::Init),
+                Ok(Event::InitApply(ns_meta(
+                    "a",
+                    &[(keys::NAMESPACE_INJECTION, "enabled")],
+                ))),
+                Ok(Event::InitApply(ns_meta("b", &[]))),
+                Ok(Event::InitDone),
+                Ok(Event::Apply(ns_meta("b", &[(keys::REV, "canary")]))),
+                Ok(Event::Delete(ns_meta("a", &[]))),
+                Ok(Event::Init),
+                Ok(Event::InitApply(ns_meta("c", &[]))),
+                Ok(Event::InitDone),
+            ]
+        };
+        feed_namespaces(v.clone(), futures::stream::iter(events()).take(5)).await;
+        let s = v.snapshot();
+        assert_eq!(
+            s.namespace_labels("b")
+                .unwrap()
+                .get(keys::REV)
+                .map(String::as_str),
+            Some("canary")
+        );
+        assert!(
+            s.namespace_labels("a").is_some() && !v.is_synced(),
+            "MeshInstalls not listed yet"
+        );
+        feed_namespaces(v.clone(), futures::stream::iter(events())).await;
+        let s = v.snapshot();
+        assert!(s.namespace_labels("a").is_none() && s.namespace_labels("b").is_none());
+        assert!(s.namespace_labels("c").is_some());
+
+        let mut bad = MeshInstall::new(
+            "broken",
+            serde_json::from_value(json!({"profile": "minimal", "version": "0.1.0"})).unwrap(),
+        );
+        bad.metadata.uid = Some("u".into());
+        let good = MeshInstall::new(
+            "mesh",
+            serde_json::from_value(json!({"profile": "minimal", "revision": "blue"})).unwrap(),
+        );
+        let mi_events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(good.clone())),
+            Ok(Event::InitApply(bad)),
+            Ok(Event::InitDone),
+        ];
+        feed_installs(v.clone(), futures::stream::iter(mi_events)).await;
+        assert!(v.is_synced());
+        let s = v.snapshot();
+        assert_eq!(
+            s.revision("blue").map(|rc| rc.config.revision.as_str()),
+            Some("blue")
+        );
+        assert!(
+            s.revision("default").is_none(),
+            "an unsupported version is not served"
+        );
+        feed_installs(
+            v.clone(),
+            futures::stream::iter(vec![Ok(Event::Delete(good))]),
+        )
+        .await;
+        assert!(v.snapshot().revision("blue").is_none());
+    }
+
+    #[test]
+    fn a_snapshot_keeps_its_instant_while_the_view_moves_on() {
+        let v = view();
+        let before = v.snapshot();
+        v.remove_install("mesh");
+        v.set_namespace("apps", BTreeMap::new());
+        assert!(before.revision("default").is_some());
+        assert_eq!(
+            before.namespace_labels("apps"),
+            Some(&labels(&[(keys::NAMESPACE_INJECTION, "enabled")]))
+        );
+        let after = v.snapshot();
+        assert!(after.revision("default").is_none());
+        assert_eq!(after.namespace_labels("apps"), Some(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn the_oldest_claim_on_a_revision_wins() {
+        let v = View::new();
+        let at = |s: i64| Some(Timestamp::from_second(s).unwrap());
+        let claim = |hub: &str, created| {
+            let mut i = install("");
+            i.hub = hub.into();
+            RevisionConfig::new(&i, created)
+        };
+        v.set_revision_config("b-older", claim("older", at(100)));
+        v.set_revision_config("a-younger", claim("younger", at(200)));
+        let s = v.snapshot();
+        assert_eq!(s.revision("default").unwrap().config.hub, "older");
+        // Same age: the first by name.
+        v.set_revision_config("a-younger", claim("same-age", at(100)));
+        assert_eq!(
+            v.snapshot().revision("default").unwrap().config.hub,
+            "same-age"
+        );
+    }
+}
