@@ -128,8 +128,10 @@ impl Context {
         let settings = self.webhook.as_ref()?;
         let bundle = settings.resolver.bundle();
         Some(WebhookEndpoint {
-            client_config: settings.client_config.clone(),
-            ca_pem: bundle.ca_pem.clone(),
+            injector: crate::render::InjectorEndpoint {
+                client_config: settings.client_config.clone(),
+                ca_bundle: bundle.ca_pem.clone(),
+            },
             certificate_expiry: bundle.not_after,
         })
     }

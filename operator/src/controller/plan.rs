@@ -5,18 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use k8s_openapi::api::admissionregistration::v1::WebhookClientConfig;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::MeshInstall;
 use crate::effective::{Installation, Settings};
-use crate::render::{self, ComponentId, Rendered, Stage};
+use crate::render::{self, ComponentId, InjectorEndpoint, Rendered, Stage};
 
-/// How the API server reaches this process's injection webhook, and with which CA.
+/// How the API server reaches this process's injection webhook, with which CA, and when the
+/// serving certificate expires.
 #[derive(Clone, Debug)]
 pub(crate) struct WebhookEndpoint {
-    pub client_config: WebhookClientConfig,
-    pub ca_pem: String,
+    pub injector: InjectorEndpoint,
     pub certificate_expiry: SystemTime,
 }
 
@@ -37,19 +36,9 @@ impl Plan {
     /// MutatingWebhookConfiguration, which rides in the stage after istiod so injection starts only
     /// once istiod is ready.
     pub fn new(install: Installation, webhook: Option<WebhookEndpoint>) -> Plan {
-        let mut objects = render::render(&install);
         let webhook = webhook.filter(|_| install.injection.enabled);
-        if let Some(endpoint) = &webhook {
-            let config = crate::webhook::webhook_configuration(
-                &install,
-                endpoint.client_config.clone(),
-                endpoint.ca_pem.as_bytes(),
-            );
-            let mut registration = Rendered::new(ComponentId::Webhook, &config);
-            render::finish(&install, &mut registration);
-            objects.push(registration);
-            render::sort(&mut objects);
-        }
+        let objects =
+            render::render_with_injector(&install, webhook.as_ref().map(|w| &w.injector));
         let replica_floors = objects
             .iter()
             .filter(|o| o.kind() == "Deployment")
@@ -161,11 +150,13 @@ mod tests {
 
     fn endpoint() -> WebhookEndpoint {
         WebhookEndpoint {
-            client_config: WebhookClientConfig {
-                url: Some("https://127.0.0.1:9443/inject".into()),
-                ..Default::default()
+            injector: InjectorEndpoint {
+                client_config: k8s_openapi::api::admissionregistration::v1::WebhookClientConfig {
+                    url: Some("https://127.0.0.1:9443/inject".into()),
+                    ..Default::default()
+                },
+                ca_bundle: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
             },
-            ca_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
             certificate_expiry: SystemTime::UNIX_EPOCH,
         }
     }

@@ -10,6 +10,7 @@ mod gateway;
 mod istio_crds;
 mod istiod;
 mod mesh;
+mod webhook;
 
 use std::fmt;
 
@@ -24,6 +25,7 @@ pub use common::{
     cluster_meta, owner_reference,
 };
 pub use istio_crds::istio_crds;
+pub use webhook::{InjectorEndpoint, WEBHOOK_PATH, webhook_configuration_name};
 
 /// Apply stages, in order. A stage is applied only once the one before it is ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,7 +61,7 @@ pub enum ComponentId {
     Grafana,
     Kiali,
     Jaeger,
-    /// meshop's sidecar injection webhook registration (added by the reconciler, not by render).
+    /// meshop's sidecar injection webhook registration (rendered only when the endpoint is known).
     Webhook,
 }
 
@@ -193,7 +195,17 @@ impl Rendered {
 
 /// Every object of an installation, in apply order: by stage, then cluster-scoped and
 /// dependency-first kinds (CRDs, namespace, accounts, RBAC, config) before workloads, then by name.
+/// Offline: without the injector's registration, which only a running operator can render.
 pub fn render(install: &Installation) -> Vec<Rendered> {
+    render_with_injector(install, None)
+}
+
+/// [`render`], plus the injection webhook's registration when injection is on and `injector`
+/// says where the webhook is.
+pub fn render_with_injector(
+    install: &Installation,
+    injector: Option<&InjectorEndpoint>,
+) -> Vec<Rendered> {
     let mut objects = Vec::new();
     objects.extend(mesh::namespace(install));
     objects.extend(istio_crds(install));
@@ -211,16 +223,14 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         objects.extend(cni::render(install));
     }
     objects.extend(addons::render(install));
+    if let Some(endpoint) = injector.filter(|_| install.injection.enabled) {
+        objects.push(webhook::render(install, endpoint));
+    }
     for object in objects.iter_mut() {
         common::finish(install, object);
     }
     sort(&mut objects);
     objects
-}
-
-/// Adds meshop's labels and owner reference to an object built outside [`render`].
-pub fn finish(install: &Installation, object: &mut Rendered) {
-    common::finish(install, object);
 }
 
 /// Puts objects in apply order: by stage, then by the kind's position in

@@ -21,7 +21,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::Value;
 
 use super::admission;
-use super::config::WEBHOOK_PATH;
+use crate::render::WEBHOOK_PATH;
 use super::view::View;
 
 /// Large enough for a pod with thousands of env vars (2,000 of them are well under 1 MiB).

@@ -17,24 +17,23 @@
 //! - `store`: the certificate bundle kept in the `meshop-webhook-tls` Secret, shared by replicas.
 //! - `server`: the HTTPS server ([`bind`], [`serve_listener`]) whose certificate a
 //!   [`CertResolver`] swaps without a restart; `spawn_rotation` renews it from the Secret.
-//! - `config`: the MutatingWebhookConfiguration the reconciler applies per MeshInstall.
+//! - the MutatingWebhookConfiguration that registers it is rendered with everything else
+//!   (`render::webhook`), from the endpoint and CA `meshop run` knows.
 //!
 //! `meshop run` (see `controller`) wires them: `load_or_create` the bundle, a [`CertResolver`]
 //! over it, `spawn_rotation`, `spawn_view`, then
-//! `serve_listener(bind(addr), router(view), resolver)`; the reconciler puts the resolver's CA
-//! into each MeshInstall's `webhook_configuration`.
+//! `serve_listener(bind(addr), router(view), resolver)`; the reconciler's plan renders each
+//! MeshInstall's registration with the resolver's current CA.
 
 mod admission;
 pub mod certs;
-mod config;
 mod http;
 mod server;
 mod store;
 mod view;
 
 pub use certs::{CertBundle, CertError};
-pub(crate) use config::webhook_configuration;
-pub use config::{WEBHOOK_PATH, webhook_configuration_name};
+pub use crate::render::{WEBHOOK_PATH, webhook_configuration_name};
 pub use http::router;
 pub(crate) use server::spawn_rotation;
 pub use server::{CertResolver, bind, serve_listener};

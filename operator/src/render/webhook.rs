@@ -1,5 +1,7 @@
 //! The MutatingWebhookConfiguration that points the API server at meshop's injector for one
-//! MeshInstall. Selectors follow Istio's so that labels application teams already use keep working:
+//! MeshInstall, rendered like every other object: it is only rendered when a running operator
+//! knows its endpoint and CA ([`InjectorEndpoint`]), and it rides in the stage after istiod so that
+//! injection starts only once istiod is ready. Selectors follow Istio's so that labels application teams already use keep working:
 //!
 //! | webhook                         | namespace                                   | pod                               |
 //! |---------------------------------|---------------------------------------------|-----------------------------------|
@@ -18,11 +20,21 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
+use super::{ComponentId, Rendered};
 use crate::api::FailurePolicy;
 use crate::effective::Installation;
 use crate::inject::{keys, protected_namespaces};
-use crate::render::ComponentId;
 use crate::revision;
+
+/// Where the API server reaches meshop's injector and the CA it must trust: known only to a
+/// running operator (its serving certificate rotates), so offline rendering has none.
+#[derive(Clone, Debug)]
+pub struct InjectorEndpoint {
+    /// A Service or a URL; the path defaults to [`WEBHOOK_PATH`].
+    pub client_config: WebhookClientConfig,
+    /// The CA bundle (PEM).
+    pub ca_bundle: String,
+}
 
 /// The path the handler serves.
 pub const WEBHOOK_PATH: &str = "/inject";
@@ -53,6 +65,18 @@ fn selector(reqs: Vec<LabelSelectorRequirement>) -> LabelSelector {
         match_expressions: Some(reqs),
         match_labels: None,
     }
+}
+
+/// The registration as a rendered object of the `webhook` component.
+pub(super) fn render(install: &Installation, endpoint: &InjectorEndpoint) -> Rendered {
+    Rendered::new(
+        ComponentId::Webhook,
+        &webhook_configuration(
+            install,
+            endpoint.client_config.clone(),
+            endpoint.ca_bundle.as_bytes(),
+        ),
+    )
 }
 
 /// The configuration for `install`. `client_config` says where the webhook is (a Service or a URL);
@@ -143,7 +167,7 @@ pub(crate) fn webhook_configuration(
         ));
     }
 
-    let mut metadata = crate::render::cluster_meta(
+    let mut metadata = super::cluster_meta(
         install,
         ComponentId::Webhook,
         &webhook_configuration_name(install),
@@ -152,7 +176,7 @@ pub(crate) fn webhook_configuration(
         .labels
         .get_or_insert_with(Default::default)
         .insert(keys::REV.to_string(), rev.to_string());
-    metadata.owner_references = crate::render::owner_reference(install).map(|o| vec![o]);
+    metadata.owner_references = super::owner_reference(install).map(|o| vec![o]);
     MutatingWebhookConfiguration {
         metadata,
         webhooks: Some(webhooks),
