@@ -38,8 +38,6 @@ pub fn installation(file: Option<&Path>, profile: Option<Profile>) -> Result<Ins
             },
             MeshInstallSpec {
                 profile,
-                hub: crate::api::DEFAULT_HUB.into(),
-                namespace: crate::api::DEFAULT_NAMESPACE.into(),
                 ..Default::default()
             },
         ),

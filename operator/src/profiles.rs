@@ -103,8 +103,6 @@ pub fn summary_table() -> Result<String, crate::effective::SpecError> {
         .map(|p| {
             let spec = MeshInstallSpec {
                 profile: *p,
-                hub: crate::api::DEFAULT_HUB.into(),
-                namespace: crate::api::DEFAULT_NAMESPACE.into(),
                 ..Default::default()
             };
             Installation::resolve(

@@ -130,6 +130,23 @@ mod generated_files {
         assert!(n >= 5);
     }
 
+    /// `Default` and serde's defaults are one set of values: a spec built in code with
+    /// `..Default::default()` means the same as one read from YAML with the fields left out.
+    #[test]
+    fn default_spec_equals_the_deserialized_minimal_spec() {
+        for profile in Profile::ALL {
+            let parsed: MeshInstallSpec =
+                serde_yaml::from_str(&format!("profile: {profile}\n")).unwrap();
+            let built = MeshInstallSpec {
+                profile,
+                ..Default::default()
+            };
+            assert_eq!(built, parsed, "{profile}");
+        }
+        assert_eq!(MeshInstallSpec::default().hub, DEFAULT_HUB);
+        assert_eq!(MeshInstallSpec::default().namespace, DEFAULT_NAMESPACE);
+    }
+
     #[test]
     fn unknown_fields_are_refused_when_parsing() {
         let err =
