@@ -13,3 +13,4 @@ pub mod render;
 pub mod server;
 pub mod versions;
 pub mod webhook;
+pub mod yaml;

@@ -259,14 +259,10 @@ fn kind_order(kind: &str) -> u8 {
     }
 }
 
-/// Multi-document YAML of the objects, as `meshop render` prints it.
+/// Multi-document YAML of the objects, as `meshop render` prints it (quoted for YAML 1.1 readers
+/// such as kubectl, see [`crate::yaml`]).
 pub fn to_yaml(objects: &[Rendered]) -> String {
-    let mut out = String::new();
-    for object in objects {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&object.object).expect("objects always serialize"));
-    }
-    out
+    crate::yaml::documents(objects.iter().map(|o| &o.object)).expect("objects always serialize")
 }
 
 impl Rendered {
