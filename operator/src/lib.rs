@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod deploy;
+pub mod docs;
 pub mod effective;
 pub mod inject;
 pub mod k8s;
