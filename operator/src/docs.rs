@@ -6,7 +6,7 @@ use crate::api::{MeshInstallSpec, Profile};
 use crate::effective::{Installation, Owner, Settings, SpecError};
 
 /// The profile comparison table of `docs/profiles.md`, computed from the profile data so the two
-/// cannot drift (a test compares them; `make golden` rewrites the docs).
+/// cannot drift (operator/tests/generated.rs compares them; `make generate` rewrites the docs).
 pub fn profile_table() -> Result<String, SpecError> {
     let installs = Profile::ALL
         .iter()

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod deploy;
 pub mod docs;
 pub mod effective;
+pub mod generated;
 pub mod inject;
 pub mod k8s;
 pub mod profiles;
