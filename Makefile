@@ -1,9 +1,8 @@
 # meshop — run `make help` for the targets.
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
-CRD_FILE := crds/meshinstalls.meshop.dev.yaml
 
-.PHONY: help demo cluster test unit testenv build crds golden bench loadtest lint fmt clean-testenv tools
+.PHONY: help demo cluster test unit testenv build generate crds golden bench loadtest lint fmt clean-testenv tools
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,13 +31,12 @@ testenv: tools ## Build (or reuse) etcd, kube-apiserver, controllers, kubectl an
 build: ## Build the meshop binary (target/release/meshop).
 	$(CARGO) build --release -p meshop
 
-crds: ## Regenerate the CRD YAML (crds/, deploy/) and the operator RBAC (deploy/rbac.yaml) from the code.
-	$(CARGO) run -q -p meshop -- crd > $(CRD_FILE)
-	cp $(CRD_FILE) deploy/crd.yaml
-	$(CARGO) run -q -p meshop -- deploy-rbac > deploy/rbac.yaml
+generate: ## Write every generated file: crds/, deploy/crd.yaml, deploy/rbac.yaml, golden files, docs tables.
+	$(CARGO) run -q -p meshop --example generate
 
-golden: ## Regenerate the rendering golden files and the generated table of docs/profiles.md.
-	UPDATE_GOLDEN=1 $(CARGO) test -q -p meshop --test render
+crds: generate ## Alias of generate.
+
+golden: generate ## Alias of generate.
 
 bench: ## Criterion benchmarks of sidecar injection (figures in docs/performance.md).
 	$(CARGO) bench -p meshop --bench inject -- --warm-up-time 1 --measurement-time 3

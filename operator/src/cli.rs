@@ -38,8 +38,6 @@ pub fn installation(file: Option<&Path>, profile: Option<Profile>) -> Result<Ins
             },
             MeshInstallSpec {
                 profile,
-                hub: crate::api::DEFAULT_HUB.into(),
-                namespace: crate::api::DEFAULT_NAMESPACE.into(),
                 ..Default::default()
             },
         ),
@@ -87,7 +85,7 @@ pub fn profile_list() -> String {
 /// `meshop profile show NAME`: the profile layered on the base, as YAML.
 pub fn profile_show(profile: Profile) -> Result<String> {
     let spec = crate::profiles::profile_spec(profile)?;
-    Ok(serde_yaml::to_string(&spec)?)
+    Ok(crate::yaml::to_string(&spec)?)
 }
 
 /// `meshop inject -f FILE [--mesh MESHINSTALL.yaml]`: the same injection code path as the webhook.

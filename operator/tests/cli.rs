@@ -54,6 +54,16 @@ fn profile_list_and_show() {
     assert!(ok && out.contains("mtlsMode: STRICT"), "{out}");
 }
 
+/// `profile show` prints the values a MeshInstall with that profile really gets, defaults included.
+#[test]
+fn profile_show_prints_the_default_hub_and_namespace() {
+    let (ok, out, err) = meshop(&["profile", "show", "demo"]);
+    assert!(ok, "{err}");
+    let spec: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(spec["hub"].as_str(), Some("docker.io/istio"), "{out}");
+    assert_eq!(spec["namespace"].as_str(), Some("istio-system"), "{out}");
+}
+
 #[test]
 fn inject_a_deployment_offline() {
     let dir = tempdir();

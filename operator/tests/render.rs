@@ -1,7 +1,6 @@
-//! Rendering, checked without a cluster: golden files per profile, and invariants that must hold
-//! for every profile and every documented example.
-//!
-//! Regenerate the golden files with `make golden` (UPDATE_GOLDEN=1).
+//! Rendering, checked without a cluster: invariants that must hold for every profile and every
+//! documented example. The golden files per profile are checked with the other generated files
+//! (operator/tests/generated.rs; `make generate` rewrites them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -43,27 +42,6 @@ fn all_installs() -> Vec<(String, Installation)> {
         out.push((path.display().to_string(), install));
     }
     out
-}
-
-#[test]
-fn golden_files_match() {
-    let dir = root().join("operator/tests/golden");
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut stale = Vec::new();
-    for profile in Profile::ALL {
-        let rendered = meshop::cli::render(None, Some(profile), None).unwrap();
-        let path = dir.join(format!("{profile}.yaml"));
-        if update {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &rendered).unwrap();
-        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(rendered.as_str()) {
-            stale.push(path.display().to_string());
-        }
-    }
-    assert!(
-        stale.is_empty(),
-        "golden files out of date (run `make golden` and review the diff): {stale:?}"
-    );
 }
 
 #[test]
@@ -469,29 +447,4 @@ fn component_filter_and_unknown_component() {
         err.to_string().contains("unknown component \"pilot\""),
         "{err}"
     );
-}
-
-const TABLE_BEGIN: &str = "<!-- BEGIN GENERATED: profile table (make golden) -->\n";
-const TABLE_END: &str = "<!-- END GENERATED -->";
-
-/// docs/profiles.md shows what the profile data really yields.
-#[test]
-fn profiles_doc_matches_the_profile_data() {
-    let path = root().join("docs/profiles.md");
-    let doc = std::fs::read_to_string(&path).unwrap();
-    let start = doc
-        .find(TABLE_BEGIN)
-        .expect("docs/profiles.md has the generated-table markers")
-        + TABLE_BEGIN.len();
-    let end = doc.find(TABLE_END).unwrap();
-    let table = meshop::profiles::summary_table().unwrap();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, format!("{}{}{}", &doc[..start], table, &doc[end..])).unwrap();
-    } else {
-        assert_eq!(
-            &doc[start..end],
-            table,
-            "docs/profiles.md is stale: run `make golden`"
-        );
-    }
 }

@@ -39,7 +39,7 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
 ///
 /// meshop renders the profile, applies exactly the components it needs, keeps them converged, and
 /// reports kstatus-compatible status (`observedGeneration`, conditions Ready / Reconciling / Stalled).
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "meshop.dev",
     version = "v1alpha1",
@@ -145,12 +145,32 @@ pub struct MeshInstallSpec {
     pub injection: Option<Injection>,
 }
 
+// serde's field defaults (and through them the CRD schema's `default:`) and `Default` below use
+// these same functions, so a spec built in code means what the same spec read from YAML means.
 fn default_hub() -> String {
     DEFAULT_HUB.to_string()
 }
 
 fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_string()
+}
+
+/// The spec of a MeshInstall that sets nothing but `profile` (demo here), exactly as serde reads
+/// `{profile: demo}`. Every field is listed so a new one must choose its default here too.
+impl Default for MeshInstallSpec {
+    fn default() -> Self {
+        MeshInstallSpec {
+            profile: Profile::default(),
+            version: None,
+            hub: default_hub(),
+            namespace: default_namespace(),
+            revision: String::new(),
+            update_strategy: UpdateStrategy::default(),
+            components: None,
+            mesh_config: None,
+            injection: None,
+        }
+    }
 }
 
 /// The install profiles meshop ships (see docs/profiles.md).

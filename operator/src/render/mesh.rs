@@ -62,7 +62,8 @@ pub fn mesh_config(install: &Installation) -> serde_json::Value {
 }
 
 fn mesh_config_map(install: &Installation) -> ConfigMap {
-    let mesh = serde_yaml::to_string(&mesh_config(install)).expect("JSON always converts to YAML");
+    // istiod reads this with a YAML 1.1 reader: a trust domain `on` must stay a string.
+    let mesh = crate::yaml::to_string(&mesh_config(install)).expect("JSON always converts to YAML");
     ConfigMap {
         metadata: meta(
             install,

@@ -249,14 +249,10 @@ fn sort_key(o: &Rendered) -> (Stage, u8, ComponentId, Option<&str>, &str) {
     )
 }
 
-/// Multi-document YAML of the objects, as `meshop render` prints it.
+/// Multi-document YAML of the objects, as `meshop render` prints it (quoted for YAML 1.1 readers
+/// such as kubectl, see [`crate::yaml`]).
 pub fn to_yaml(objects: &[Rendered]) -> String {
-    let mut out = String::new();
-    for object in objects {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&object.object).expect("objects always serialize"));
-    }
-    out
+    crate::yaml::documents(objects.iter().map(|o| &o.object)).expect("objects always serialize")
 }
 
 impl Rendered {

@@ -90,8 +90,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ca_pem = bundle.ca_pem.clone();
     let resolver = CertResolver::new(bundle)?;
     let view = View::new();
-    let spec =
-        serde_yaml::from_str("profile: demo\nhub: docker.io/istio\nnamespace: istio-system\n")?;
+    let spec = serde_yaml::from_str("profile: demo\n")?;
     view.set_install(
         "demo",
         &Installation::resolve(
