@@ -187,30 +187,22 @@ impl Installation {
 
     /// The suffix Istio appends to revisioned names: `""` or `-<revision>`.
     pub fn revision_suffix(&self) -> String {
-        if self.revision.is_empty() {
-            String::new()
-        } else {
-            format!("-{}", self.revision)
-        }
+        crate::revision::suffix(&self.revision)
     }
 
     /// The revision as Istio labels it: `default` for the default revision.
     pub fn revision_label(&self) -> &str {
-        if self.revision.is_empty() {
-            "default"
-        } else {
-            &self.revision
-        }
+        crate::revision::name(&self.revision)
     }
 
     /// The name of istiod's Deployment and Service: `istiod` or `istiod-<revision>`.
     pub fn istiod_name(&self) -> String {
-        format!("istiod{}", self.revision_suffix())
+        crate::revision::istiod(&self.revision)
     }
 
     /// The address proxies reach istiod's xDS and CA on.
     pub fn discovery_address(&self) -> String {
-        format!("{}.{}.svc:15012", self.istiod_name(), self.namespace)
+        crate::istio_proxy::discovery_address(&self.revision, &self.namespace)
     }
 
     pub fn image(&self, name: &str) -> String {

@@ -95,22 +95,51 @@ impl ManagedKind {
 /// breaks the mesh at once (workloads, their Services, config and accounts, scaling); RBAC,
 /// CRDs, the namespace and policies change rarely and are checked on resync.
 pub const MANAGED_KINDS: &[ManagedKind] = &[
-    ManagedKind::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions")
+    ManagedKind::new(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+    )
+    .cluster_scoped()
+    .order(0)
+    .ready_when(ReadinessRule::Established),
+    ManagedKind::new("", "v1", "Namespace", "namespaces")
         .cluster_scoped()
-        .order(0)
-        .ready_when(ReadinessRule::Established),
-    ManagedKind::new("", "v1", "Namespace", "namespaces").cluster_scoped().order(1),
-    ManagedKind::new("", "v1", "ServiceAccount", "serviceaccounts").order(2).watched(),
-    ManagedKind::new("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles")
-        .cluster_scoped()
-        .order(3),
+        .order(1),
+    ManagedKind::new("", "v1", "ServiceAccount", "serviceaccounts")
+        .order(2)
+        .watched(),
+    ManagedKind::new(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+    )
+    .cluster_scoped()
+    .order(3),
     ManagedKind::new("rbac.authorization.k8s.io", "v1", "Role", "roles").order(3),
-    ManagedKind::new("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings")
-        .cluster_scoped()
-        .order(4),
-    ManagedKind::new("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings").order(4),
-    ManagedKind::new("", "v1", "ConfigMap", "configmaps").order(5).watched(),
-    ManagedKind::new("", "v1", "Service", "services").order(6).watched(),
+    ManagedKind::new(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+    )
+    .cluster_scoped()
+    .order(4),
+    ManagedKind::new(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+    )
+    .order(4),
+    ManagedKind::new("", "v1", "ConfigMap", "configmaps")
+        .order(5)
+        .watched(),
+    ManagedKind::new("", "v1", "Service", "services")
+        .order(6)
+        .watched(),
     ManagedKind::new("apps", "v1", "Deployment", "deployments")
         .order(7)
         .watched()
@@ -119,13 +148,28 @@ pub const MANAGED_KINDS: &[ManagedKind] = &[
         .order(7)
         .watched()
         .ready_when(ReadinessRule::DaemonSetRollout),
-    ManagedKind::new("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
-        .order(8)
-        .watched(),
-    ManagedKind::new("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
-        .order(8)
-        .watched(),
-    ManagedKind::new("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
+    ManagedKind::new(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+    )
+    .order(8)
+    .watched(),
+    ManagedKind::new(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+    )
+    .order(8)
+    .watched(),
+    ManagedKind::new(
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
     ManagedKind::new(
         "admissionregistration.k8s.io",
         "v1",
@@ -168,10 +212,13 @@ mod tests {
 
     #[test]
     fn kinds_are_unique_and_in_apply_order() {
-        let names: BTreeSet<(&str, &str)> = MANAGED_KINDS.iter().map(|k| (k.group, k.kind)).collect();
+        let names: BTreeSet<(&str, &str)> =
+            MANAGED_KINDS.iter().map(|k| (k.group, k.kind)).collect();
         assert_eq!(names.len(), MANAGED_KINDS.len(), "a kind is listed twice");
         assert!(
-            MANAGED_KINDS.windows(2).all(|w| w[0].apply_order <= w[1].apply_order),
+            MANAGED_KINDS
+                .windows(2)
+                .all(|w| w[0].apply_order <= w[1].apply_order),
             "the table is written in apply order"
         );
     }

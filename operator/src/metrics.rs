@@ -115,7 +115,13 @@ mod tests {
         m.observe(Duration::from_millis(5), Some("prune"));
         let text = m.encode();
         assert!(text.contains("meshop_reconciles_total 4"), "{text}");
-        assert!(text.contains(r#"meshop_reconcile_errors_total{error="apply"} 2"#), "{text}");
-        assert!(text.contains(r#"meshop_reconcile_errors_total{error="prune"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"meshop_reconcile_errors_total{error="apply"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshop_reconcile_errors_total{error="prune"} 1"#),
+            "{text}"
+        );
     }
 }

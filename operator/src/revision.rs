@@ -19,9 +19,31 @@ pub(crate) fn name(revision: &str) -> &str {
     }
 }
 
+/// The suffix Istio appends to revisioned object names: `""` or `-<revision>`.
+pub(crate) fn suffix(revision: &str) -> String {
+    if revision.is_empty() {
+        String::new()
+    } else {
+        format!("-{revision}")
+    }
+}
+
+/// istiod's Deployment and Service name: `istiod` or `istiod-<revision>`.
+pub(crate) fn istiod(revision: &str) -> String {
+    format!("istiod{}", suffix(revision))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revisioned_names_carry_the_revision() {
+        assert_eq!(suffix(""), "");
+        assert_eq!(suffix("canary"), "-canary");
+        assert_eq!(istiod(""), "istiod");
+        assert_eq!(istiod("1-31-1"), "istiod-1-31-1");
+    }
 
     #[test]
     fn the_empty_revision_is_called_default() {

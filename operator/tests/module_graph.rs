@@ -1,6 +1,8 @@
 //! The crate's top-level modules depend on each other in one direction only: a cycle would mean two
-//! modules can only be understood (and changed) together. Dependencies are read from the source:
-//! every `crate::<module>` path outside comments and `#[cfg(test)]` code.
+//! modules can only be understood (and changed) together, and the lowest layers
+//! (api <- profiles <- effective) name exactly what they may use. Dependencies are read from the
+//! source: every `crate::<module>` path (grouped imports included) outside comments and
+//! `#[cfg(test)]` code.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,23 +18,63 @@ fn sources(path: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `crate::x` mentions in code (not comments, not tests).
-fn crate_paths(source: &str) -> BTreeSet<String> {
-    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
-    let mut found = BTreeSet::new();
-    for line in code.lines() {
-        let line = line.split("//").next().unwrap_or_default();
-        let mut rest = line;
-        while let Some(i) = rest.find("crate::") {
-            rest = &rest[i + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            found.insert(name);
+/// (source file, the crate modules it may use). Anything else it names is a layering error.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("src/versions.rs", &[]),
+    ("src/api/mod.rs", &["yaml"]),
+    ("src/api/spec.rs", &[]),
+    ("src/profiles.rs", &["api"]),
+    (
+        "src/effective.rs",
+        &["api", "profiles", "versions", "revision", "istio_proxy"],
+    ),
+];
+
+/// The top-level modules a source file names through `crate::`, including grouped imports such
+/// as `crate::{api::X, profiles}`.
+fn crate_modules(source: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (at, _) in source.match_indices("crate::") {
+        let rest = &source[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut segment_start = 0;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        out.insert(ident(&group[segment_start..i]));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(ident(&group[segment_start..i]));
+                        segment_start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.insert(ident(rest));
         }
     }
-    found
+    out.remove("");
+    out
+}
+
+/// The code of a source file: without its `#[cfg(test)]` part and without comments.
+fn code(source: &str) -> String {
+    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+    code.lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
@@ -51,7 +93,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         for f in sources(&path) {
             let text = std::fs::read_to_string(&f).unwrap();
             deps.extend(
-                crate_paths(&text)
+                crate_modules(&code(&text))
                     .into_iter()
                     .filter(|d| d != m && modules.contains(d)),
             );
@@ -97,7 +139,10 @@ fn top_level_modules_have_no_import_cycles() {
     let graph = graph();
     assert!(graph.len() > 5, "modules found: {graph:?}");
     if let Some(cycle) = find_cycle(&graph) {
-        panic!("import cycle: {}\nwhole graph: {graph:#?}", cycle.join(" -> "));
+        panic!(
+            "import cycle: {}\nwhole graph: {graph:#?}",
+            cycle.join(" -> ")
+        );
     }
 }
 
@@ -113,5 +158,32 @@ fn the_cycle_finder_finds_cycles() {
     .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
     .collect();
     assert_eq!(find_cycle(&g).unwrap(), vec!["a", "b", "c", "a"]);
-    assert_eq!(crate_paths("use crate::x::Y; // crate::z\n"), BTreeSet::from(["x".to_string()]));
+    assert_eq!(
+        crate_modules(&code("use crate::x::Y; // crate::z\n")),
+        BTreeSet::from(["x".to_string()])
+    );
+}
+
+#[test]
+fn the_parser_sees_plain_and_grouped_paths() {
+    let src = "use crate::api::X;\nuse crate::{effective::{A, B}, render,\n versions};\nlet _ = crate::k8s::f();";
+    let got: Vec<_> = crate_modules(src).into_iter().collect();
+    assert_eq!(got, ["api", "effective", "k8s", "render", "versions"]);
+}
+
+#[test]
+fn lower_modules_do_not_reach_up() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut failures = Vec::new();
+    for (file, allowed) in LAYERS {
+        let source = std::fs::read_to_string(root.join(file)).unwrap();
+        for module in crate_modules(&source) {
+            if !allowed.contains(&module.as_str()) {
+                failures.push(format!(
+                    "{file} uses crate::{module} (allowed: {allowed:?})"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

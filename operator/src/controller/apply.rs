@@ -10,7 +10,10 @@ pub const FIELD_MANAGER: &str = "meshop";
 
 /// Server-side applies one object, taking over fields someone else changed (that is how drift is
 /// undone). Returns the object as the API server stored it.
-pub(crate) async fn apply(client: &Client, object: &Rendered) -> Result<DynamicObject, kube::Error> {
+pub(crate) async fn apply(
+    client: &Client,
+    object: &Rendered,
+) -> Result<DynamicObject, kube::Error> {
     object
         .api(client)
         .patch(

@@ -110,7 +110,8 @@ fn deployment(d: &Deployment, floor: Option<i32>) -> Readiness {
         .flatten()
         .find(|c| c.type_ == "Progressing");
     let stuck = progressing.is_some_and(|c| c.status == "False");
-    let completed = progressing.is_some_and(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"));
+    let completed =
+        progressing.is_some_and(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"));
     let state = if rolled_out && available >= desired {
         ObjectState::Ready
     } else if observed && (stuck || (completed && available < spec_replicas)) {
@@ -171,7 +172,11 @@ pub(crate) fn fingerprint(object: &DynamicObject) -> String {
         Some(g) => format!("{uid}/g{g}"),
         None => format!(
             "{uid}/rv{}",
-            object.metadata.resource_version.as_deref().unwrap_or_default()
+            object
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or_default()
         ),
     }
 }
@@ -266,7 +271,8 @@ pub(crate) fn components(
             };
             for o in &mine {
                 if let Some(r) = o.readiness.replicas {
-                    status.desired_replicas = Some(status.desired_replicas.unwrap_or(0) + r.desired);
+                    status.desired_replicas =
+                        Some(status.desired_replicas.unwrap_or(0) + r.desired);
                     status.ready_replicas = Some(status.ready_replicas.unwrap_or(0) + r.ready);
                 }
             }
@@ -318,9 +324,15 @@ mod tests {
         assert_eq!(r.state, ObjectState::Ready);
         assert_eq!(r.replicas, replicas(2, 2));
         // One new pod still starting.
-        assert_eq!(readiness(&deployment(2, 1, 1, 2), None).state, ObjectState::Progressing);
+        assert_eq!(
+            readiness(&deployment(2, 1, 1, 2), None).state,
+            ObjectState::Progressing
+        );
         // All updated, but an old replica is still there (surge).
-        assert_eq!(readiness(&deployment(2, 2, 2, 3), None).state, ObjectState::Progressing);
+        assert_eq!(
+            readiness(&deployment(2, 2, 2, 3), None).state,
+            ObjectState::Progressing
+        );
     }
 
     fn with_progressing(mut d: DynamicObject, status: &str, reason: &str) -> DynamicObject {
@@ -358,9 +370,15 @@ mod tests {
         let r = readiness(&deployment(1, 1, 1, 1), Some(2));
         assert_eq!(r.state, ObjectState::Progressing);
         assert_eq!(r.replicas, replicas(2, 1));
-        assert_eq!(readiness(&deployment(2, 2, 2, 2), Some(2)).state, ObjectState::Ready);
+        assert_eq!(
+            readiness(&deployment(2, 2, 2, 2), Some(2)).state,
+            ObjectState::Ready
+        );
         // The autoscaler went above its floor: spec.replicas is what must run.
-        assert_eq!(readiness(&deployment(3, 3, 3, 3), Some(2)).replicas, replicas(3, 3));
+        assert_eq!(
+            readiness(&deployment(3, 3, 3, 3), Some(2)).replicas,
+            replicas(3, 3)
+        );
     }
 
     #[test]
@@ -375,8 +393,14 @@ mod tests {
             }))
         };
         assert_eq!(readiness(&ds(3, 3, 3), None).state, ObjectState::Ready);
-        assert_eq!(readiness(&ds(3, 2, 2), None).state, ObjectState::Progressing);
-        assert_eq!(readiness(&ds(3, 3, 2), None).state, ObjectState::Progressing);
+        assert_eq!(
+            readiness(&ds(3, 2, 2), None).state,
+            ObjectState::Progressing
+        );
+        assert_eq!(
+            readiness(&ds(3, 3, 2), None).state,
+            ObjectState::Progressing
+        );
         assert_eq!(readiness(&ds(3, 3, 2), None).replicas, replicas(3, 2));
     }
 
@@ -397,7 +421,8 @@ mod tests {
 
     #[test]
     fn other_kinds_are_ready_once_stored() {
-        let svc = object(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "s" } }));
+        let svc =
+            object(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "s" } }));
         assert_eq!(readiness(&svc, None), Readiness::READY);
     }
 
@@ -422,15 +447,30 @@ mod tests {
 
     #[test]
     fn drift_is_a_change_between_passes_of_one_generation() {
-        let before = record(1, &[("Service/ns/a", "u1/rv1"), ("Deployment/ns/b", "u2/g1")]);
+        let before = record(
+            1,
+            &[("Service/ns/a", "u1/rv1"), ("Deployment/ns/b", "u2/g1")],
+        );
         // The Service was recreated (new uid), the Deployment is untouched.
-        let after = record(1, &[("Service/ns/a", "u3/rv7"), ("Deployment/ns/b", "u2/g1")]);
-        assert_eq!(drifted(Some(&before), &after), vec!["Service/ns/a".to_string()]);
+        let after = record(
+            1,
+            &[("Service/ns/a", "u3/rv7"), ("Deployment/ns/b", "u2/g1")],
+        );
+        assert_eq!(
+            drifted(Some(&before), &after),
+            vec!["Service/ns/a".to_string()]
+        );
         // meshop's own change for a new generation is not drift.
-        let next = record(2, &[("Service/ns/a", "u3/rv9"), ("Deployment/ns/b", "u2/g2")]);
+        let next = record(
+            2,
+            &[("Service/ns/a", "u3/rv9"), ("Deployment/ns/b", "u2/g2")],
+        );
         assert!(drifted(Some(&after), &next).is_empty());
         // New objects and the first pass are not drift either.
-        let grown = record(1, &[("Service/ns/a", "u1/rv1"), ("ConfigMap/ns/c", "u4/rv1")]);
+        let grown = record(
+            1,
+            &[("Service/ns/a", "u1/rv1"), ("ConfigMap/ns/c", "u4/rv1")],
+        );
         assert!(drifted(Some(&before), &grown).is_empty());
         assert!(drifted(None, &after).is_empty());
     }
@@ -442,7 +482,11 @@ mod tests {
         d.metadata.resource_version = Some("10".into());
         assert_eq!(fingerprint(&d), "u/g2");
         d.metadata.resource_version = Some("11".into());
-        assert_eq!(fingerprint(&d), "u/g2", "a status write is not a spec change");
+        assert_eq!(
+            fingerprint(&d),
+            "u/g2",
+            "a status write is not a spec change"
+        );
         d.metadata.generation = None;
         assert_eq!(fingerprint(&d), "u/rv11");
     }
@@ -502,7 +546,10 @@ mod tests {
             assert_eq!(state_of(&list, "base"), ComponentState::Ready);
             let istiod = &list[1];
             assert_eq!(istiod.state, ComponentState::Progressing);
-            assert_eq!((istiod.desired_replicas, istiod.ready_replicas), (Some(1), Some(0)));
+            assert_eq!(
+                (istiod.desired_replicas, istiod.ready_replicas),
+                (Some(1), Some(0))
+            );
 
             let pending = components(&plan(), &[base], None);
             assert_eq!(state_of(&pending, "istiod"), ComponentState::Pending);
@@ -512,7 +559,11 @@ mod tests {
         fn failed_pods_or_applies_make_a_component_degraded() {
             let degraded = components(
                 &plan(),
-                &[observed(ComponentId::Istiod, ObjectState::Degraded, Some((1, 0)))],
+                &[observed(
+                    ComponentId::Istiod,
+                    ObjectState::Degraded,
+                    Some((1, 0)),
+                )],
                 None,
             );
             assert_eq!(state_of(&degraded, "istiod"), ComponentState::Degraded);
@@ -535,7 +586,10 @@ mod tests {
             ];
             assert_eq!(stage_waiting(Stage::ControlPlane, &list), None);
             let waiting = stage_waiting(Stage::DataPlane, &list).unwrap();
-            assert_eq!(waiting.keys, vec!["Deployment/istio-system/ingressGateway".to_string()]);
+            assert_eq!(
+                waiting.keys,
+                vec!["Deployment/istio-system/ingressGateway".to_string()]
+            );
         }
     }
 }

@@ -405,7 +405,9 @@ async fn preflight(client: &Client, options: &RunOptions) -> anyhow::Result<()> 
         Ok(None) => anyhow::bail!(
             "the MeshInstall CRD {crd_name} is not installed: run `meshop crd | kubectl apply --server-side -f -` (or install deploy/)"
         ),
-        Err(e) => anyhow::bail!("cannot read the CRD {crd_name} ({e}); meshop's ClusterRole (deploy/rbac.yaml) grants it"),
+        Err(e) => anyhow::bail!(
+            "cannot read the CRD {crd_name} ({e}); meshop's ClusterRole (deploy/rbac.yaml) grants it"
+        ),
     }
     // The Lease and the webhook's certificate Secret live in this namespace; without either
     // feature meshop needs no namespace of its own.

@@ -37,8 +37,7 @@ impl Plan {
     /// once istiod is ready.
     pub fn new(install: Installation, webhook: Option<WebhookEndpoint>) -> Plan {
         let webhook = webhook.filter(|_| install.injection.enabled);
-        let objects =
-            render::render_with_injector(&install, webhook.as_ref().map(|w| &w.injector));
+        let objects = render::render_with_injector(&install, webhook.as_ref().map(|w| &w.injector));
         let replica_floors = objects
             .iter()
             .filter(|o| o.kind() == "Deployment")
@@ -177,7 +176,11 @@ mod tests {
             ]
         );
         // Without an autoscaler there is no floor: spec.replicas is the truth.
-        assert!(Plan::new(install("profile: demo"), None).replica_floors.is_empty());
+        assert!(
+            Plan::new(install("profile: demo"), None)
+                .replica_floors
+                .is_empty()
+        );
     }
 
     #[test]
@@ -190,7 +193,10 @@ mod tests {
                 .find(|(_, objects)| objects.iter().any(|o| o.kind() == kind))
                 .map(|(stage, _)| *stage)
         };
-        assert_eq!(stage_of("MutatingWebhookConfiguration"), Some(Stage::DataPlane));
+        assert_eq!(
+            stage_of("MutatingWebhookConfiguration"),
+            Some(Stage::DataPlane)
+        );
         assert_eq!(stage_of("Deployment"), Some(Stage::ControlPlane));
         assert!(plan.components().contains(&ComponentId::Webhook));
 
@@ -199,7 +205,11 @@ mod tests {
             Some(endpoint()),
         );
         assert!(off.webhook.is_none());
-        assert!(!off.objects.iter().any(|o| o.kind() == "MutatingWebhookConfiguration"));
+        assert!(
+            !off.objects
+                .iter()
+                .any(|o| o.kind() == "MutatingWebhookConfiguration")
+        );
         // No webhook served by this process: nothing to register either.
         let unserved = Plan::new(install("profile: minimal"), None);
         assert!(!unserved.components().contains(&ComponentId::Webhook));
@@ -209,9 +219,16 @@ mod tests {
     fn keys_are_what_pruning_keeps() {
         let plan = Plan::new(install("profile: demo"), None);
         assert_eq!(plan.keys().len(), plan.objects.len(), "keys are unique");
-        assert!(plan.keys().contains("Deployment/istio-system/istio-egressgateway"));
+        assert!(
+            plan.keys()
+                .contains("Deployment/istio-system/istio-egressgateway")
+        );
         let minimal = Plan::new(install("profile: minimal"), None);
-        assert!(!minimal.keys().contains("Deployment/istio-system/istio-egressgateway"));
+        assert!(
+            !minimal
+                .keys()
+                .contains("Deployment/istio-system/istio-egressgateway")
+        );
     }
 
     /// The oracle is the API description of each object as render built it (from typed
@@ -228,8 +245,10 @@ mod tests {
                 let yaml = format!("profile: {profile}\n{revision}{everything}");
                 let plan = Plan::new(install(&yaml), Some(endpoint()));
                 for o in &plan.objects {
-                    let entry = crate::kinds::find(&o.resource.group, o.kind())
-                        .unwrap_or_else(|| panic!("{} is rendered but not a managed kind", o.key()));
+                    let entry =
+                        crate::kinds::find(&o.resource.group, o.kind()).unwrap_or_else(|| {
+                            panic!("{} is rendered but not a managed kind", o.key())
+                        });
                     assert_eq!(entry.api_resource(), o.resource, "{}", o.key());
                     assert_eq!(entry.namespaced, o.namespaced, "{}", o.key());
                     seen.insert(o.kind().to_string());
@@ -238,16 +257,21 @@ mod tests {
         }
         // And the table lists nothing render never emits (a stale entry costs RBAC and watches).
         for kind in crate::kinds::MANAGED_KINDS {
-            assert!(seen.contains(kind.kind), "{} is managed but never rendered", kind.kind);
+            assert!(
+                seen.contains(kind.kind),
+                "{} is managed but never rendered",
+                kind.kind
+            );
         }
     }
 
     fn mesh(name: &str, created: i64, uid: &str, yaml: &str) -> MeshInstall {
         let mut mi = MeshInstall::new(name, serde_yaml::from_str(yaml).unwrap());
         mi.metadata.uid = Some(uid.into());
-        mi.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
-        ));
+        mi.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+            ));
         mi
     }
 
@@ -279,6 +303,9 @@ mod tests {
             conflicting_owner(&second, &install_of(&second), &[twin.clone()]),
             Some("a-twin".into())
         );
-        assert_eq!(conflicting_owner(&twin, &install_of(&twin), &[second]), None);
+        assert_eq!(
+            conflicting_owner(&twin, &install_of(&twin), &[second]),
+            None
+        );
     }
 }

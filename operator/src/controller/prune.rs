@@ -44,7 +44,11 @@ impl Found {
 }
 
 /// What pruning deletes: owned by this MeshInstall, not planned by this pass, not already going.
-pub(crate) fn prune_set<'a>(found: &'a [Found], uid: &str, keep: &BTreeSet<String>) -> Vec<&'a Found> {
+pub(crate) fn prune_set<'a>(
+    found: &'a [Found],
+    uid: &str,
+    keep: &BTreeSet<String>,
+) -> Vec<&'a Found> {
     found
         .iter()
         .filter(|f| f.owned_by(uid) && !keep.contains(&f.key()) && !f.being_deleted())
@@ -87,11 +91,17 @@ fn selector(instance: &str) -> String {
 }
 
 /// Every object of a managed kind labelled for `instance`, in deletion order.
-pub(crate) async fn list_labelled(client: &Client, instance: &str) -> Result<Vec<Found>, kube::Error> {
+pub(crate) async fn list_labelled(
+    client: &Client,
+    instance: &str,
+) -> Result<Vec<Found>, kube::Error> {
     let mut found = Vec::new();
     for kind in kinds::deletion_order() {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
-        match api.list(&ListParams::default().labels(&selector(instance))).await {
+        match api
+            .list(&ListParams::default().labels(&selector(instance)))
+            .await
+        {
             Ok(list) => found.extend(list.items.into_iter().map(|object| Found { kind, object })),
             // A kind whose CRD is not installed (yet, or any more) has nothing to prune.
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -103,12 +113,18 @@ pub(crate) async fn list_labelled(client: &Client, instance: &str) -> Result<Vec
 
 /// Deletes objects in the order given, in the background (dependents are garbage collected).
 /// Returns their keys.
-pub(crate) async fn delete_all(client: &Client, objects: &[&Found]) -> Result<Vec<String>, kube::Error> {
+pub(crate) async fn delete_all(
+    client: &Client,
+    objects: &[&Found],
+) -> Result<Vec<String>, kube::Error> {
     let mut deleted = Vec::new();
     for found in objects {
         let name = found.object.metadata.name.as_deref().unwrap_or_default();
         let resource = found.kind.api_resource();
-        let api: Api<DynamicObject> = match (found.kind.namespaced, found.object.metadata.namespace.as_deref()) {
+        let api: Api<DynamicObject> = match (
+            found.kind.namespaced,
+            found.object.metadata.namespace.as_deref(),
+        ) {
             (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
             _ => Api::all_with(client.clone(), &resource),
         };
@@ -135,7 +151,10 @@ mod tests {
     use serde_json::json;
 
     fn found(kind: &str, ns: &str, name: &str, owner: Option<&str>, deleting: bool) -> Found {
-        let entry = kinds::MANAGED_KINDS.iter().find(|k| k.kind == kind).unwrap();
+        let entry = kinds::MANAGED_KINDS
+            .iter()
+            .find(|k| k.kind == kind)
+            .unwrap();
         let mut object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": entry.api_resource().api_version, "kind": kind,
             "metadata": { "name": name }
@@ -145,20 +164,26 @@ mod tests {
             object.metadata.namespace = Some(ns.into());
         }
         object.metadata.owner_references = owner.map(|uid| {
-            vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "meshop.dev/v1alpha1".into(),
-                kind: "MeshInstall".into(),
-                name: "m".into(),
-                uid: uid.into(),
-                ..Default::default()
-            }]
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "meshop.dev/v1alpha1".into(),
+                    kind: "MeshInstall".into(),
+                    name: "m".into(),
+                    uid: uid.into(),
+                    ..Default::default()
+                },
+            ]
         });
         if deleting {
-            object.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-            ));
+            object.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
         }
-        Found { kind: entry, object }
+        Found {
+            kind: entry,
+            object,
+        }
     }
 
     fn keys(list: &[&Found]) -> Vec<String> {
@@ -169,10 +194,28 @@ mod tests {
     fn pruning_deletes_only_owned_unplanned_objects() {
         let found = vec![
             found("Deployment", "istio-system", "istiod", Some("me"), false),
-            found("Deployment", "istio-system", "istio-egressgateway", Some("me"), false),
+            found(
+                "Deployment",
+                "istio-system",
+                "istio-egressgateway",
+                Some("me"),
+                false,
+            ),
             // Same labels, another owner (a MeshInstall recreated with the same name).
-            found("Deployment", "istio-system", "istio-ingressgateway", Some("other"), false),
-            found("Service", "istio-system", "istio-egressgateway", Some("me"), true),
+            found(
+                "Deployment",
+                "istio-system",
+                "istio-ingressgateway",
+                Some("other"),
+                false,
+            ),
+            found(
+                "Service",
+                "istio-system",
+                "istio-egressgateway",
+                Some("me"),
+                true,
+            ),
             found("ConfigMap", "istio-system", "unowned", None, false),
         ];
         let keep = BTreeSet::from(["Deployment/istio-system/istiod".to_string()]);
@@ -199,13 +242,25 @@ mod tests {
         let found = vec![
             found("Namespace", "", "istio-system", None, false),
             found("Namespace", "", "istio-canary", None, false),
-            found("CustomResourceDefinition", "", "gateways.networking.istio.io", None, false),
+            found(
+                "CustomResourceDefinition",
+                "",
+                "gateways.networking.istio.io",
+                None,
+                false,
+            ),
         ];
         let unused = BTreeSet::from(["istio-canary".to_string()]);
-        assert_eq!(keys(&shared_set(&found, &unused, false)), vec!["Namespace//istio-canary"]);
+        assert_eq!(
+            keys(&shared_set(&found, &unused, false)),
+            vec!["Namespace//istio-canary"]
+        );
         assert_eq!(
             keys(&shared_set(&found, &unused, true)),
-            vec!["Namespace//istio-canary", "CustomResourceDefinition//gateways.networking.istio.io"]
+            vec![
+                "Namespace//istio-canary",
+                "CustomResourceDefinition//gateways.networking.istio.io"
+            ]
         );
     }
 }

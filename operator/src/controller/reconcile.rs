@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::ResourceExt;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -99,12 +99,14 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
             drifted.join(", ")
         );
         warn!(%message, "drift corrected");
-        ctx.event(mi, EventType::Warning, "DriftCorrected", &message).await;
+        ctx.event(mi, EventType::Warning, "DriftCorrected", &message)
+            .await;
     }
 
     let failure = pass.failure.as_ref().map(|(f, _)| f);
     if let Some(f) = failure {
-        ctx.event(mi, EventType::Warning, "ApplyFailed", &f.message).await;
+        ctx.event(mi, EventType::Warning, "ApplyFailed", &f.message)
+            .await;
     }
     // Prune only once everything planned is applied and ready: a profile switch keeps the old
     // components serving until their replacements are.
@@ -132,10 +134,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     write_status(ctx, mi, report).await?;
 
     if let Some((f, source)) = pass.failure {
-        return Err(Error::Apply {
-            key: f.key,
-            source,
-        });
+        return Err(Error::Apply { key: f.key, source });
     }
     if !converged {
         return Ok(Action::requeue(PROGRESS_REQUEUE));

@@ -151,10 +151,8 @@ pub(crate) fn next_status(
 ) -> MeshInstallStatus {
     let mut status = old.cloned().unwrap_or_default();
     status.observed_generation = generation;
-    status.conditions = merge_conditions(
-        &status.conditions,
-        conditions(&report.outcome, generation),
-    );
+    status.conditions =
+        merge_conditions(&status.conditions, conditions(&report.outcome, generation));
     if let Some(applied) = report.applied {
         status.profile = Some(applied.profile);
         status.version = Some(applied.version);
@@ -351,18 +349,36 @@ mod tests {
 
     #[test]
     fn every_outcome_writes_all_three_conditions_for_its_generation() {
-        for outcome in [ready("a"), progressing("R"), Outcome::Stalled { reason: "S".into(), message: "m".into() }] {
+        for outcome in [
+            ready("a"),
+            progressing("R"),
+            Outcome::Stalled {
+                reason: "S".into(),
+                message: "m".into(),
+            },
+        ] {
             let s = next_status(None, Some(7), report(outcome.clone()));
             let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
-            assert_eq!(types, vec!["Ready", "Reconciling", "Stalled"], "{outcome:?}");
-            assert!(s.conditions.iter().all(|c| c.observed_generation == Some(7)));
+            assert_eq!(
+                types,
+                vec!["Ready", "Reconciling", "Stalled"],
+                "{outcome:?}"
+            );
+            assert!(
+                s.conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(7))
+            );
             let truth = |t: &str| condition_of(&s, t).status == "True";
             let expected = match outcome {
                 Outcome::Ready { .. } => (true, false, false),
                 Outcome::Progressing { .. } => (false, true, false),
                 Outcome::Stalled { .. } => (false, false, true),
             };
-            assert_eq!((truth("Ready"), truth("Reconciling"), truth("Stalled")), expected);
+            assert_eq!(
+                (truth("Ready"), truth("Reconciling"), truth("Stalled")),
+                expected
+            );
         }
     }
 
@@ -375,7 +391,10 @@ mod tests {
         }
         let again = next_status(Some(&aged), Some(2), report(ready("b")));
         let r = condition_of(&again, "Ready");
-        assert_eq!(r.last_transition_time.0, k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            r.last_transition_time.0,
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH
+        );
         assert_eq!(r.message, "b");
         let changed = next_status(Some(&aged), Some(2), report(progressing("R")));
         assert_ne!(
@@ -401,7 +420,11 @@ mod tests {
             webhook: Some(WebhookStatus::default()),
         };
         let first = next_status(None, Some(1), full);
-        let stalled = next_status(Some(&first), Some(2), Report::stalled("InvalidSpec", "bad".into()));
+        let stalled = next_status(
+            Some(&first),
+            Some(2),
+            Report::stalled("InvalidSpec", "bad".into()),
+        );
         assert_eq!(stalled.profile.as_deref(), Some("demo"));
         assert_eq!(stalled.components, first.components);
         assert_eq!(stalled.webhook, first.webhook);
@@ -418,7 +441,10 @@ mod tests {
         match outcome(&p, Some(&waiting), None, &[]) {
             Outcome::Progressing { reason, message } => {
                 assert_eq!(reason, "Progressing");
-                assert!(message.contains("ControlPlane") && message.contains("istiod"), "{message}");
+                assert!(
+                    message.contains("ControlPlane") && message.contains("istiod"),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -451,9 +477,15 @@ mod tests {
         let p = plan("profile: minimal");
         assert_eq!(webhook_status(&p, true, false).state, WebhookState::Pending);
         assert_eq!(webhook_status(&p, true, true).state, WebhookState::Active);
-        assert_eq!(webhook_status(&p, false, true).state, WebhookState::Degraded);
+        assert_eq!(
+            webhook_status(&p, false, true).state,
+            WebhookState::Degraded
+        );
         let off = plan("profile: minimal\ninjection: {enabled: false}");
-        assert_eq!(webhook_status(&off, true, true).state, WebhookState::Disabled);
+        assert_eq!(
+            webhook_status(&off, true, true).state,
+            WebhookState::Disabled
+        );
     }
 
     #[test]

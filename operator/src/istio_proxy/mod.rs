@@ -59,13 +59,9 @@ pub(crate) fn image(hub: &str, version: &str) -> String {
 /// The istiod Service address proxies reach for xDS and certificates: `istiod` or
 /// `istiod-<revision>` in the control-plane namespace.
 pub(crate) fn discovery_address(revision: &str, control_plane_namespace: &str) -> String {
-    let service = if revision.is_empty() {
-        "istiod".to_string()
-    } else {
-        format!("istiod-{revision}")
-    };
     format!(
-        "{service}.{control_plane_namespace}.svc:{}",
+        "{}.{control_plane_namespace}.svc:{}",
+        crate::revision::istiod(revision),
         ports::ISTIOD_XDS
     )
 }

@@ -21,8 +21,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::Value;
 
 use super::admission;
-use crate::render::WEBHOOK_PATH;
 use super::view::View;
+use crate::render::WEBHOOK_PATH;
 
 /// Large enough for a pod with thousands of env vars (2,000 of them are well under 1 MiB).
 pub(crate) const BODY_LIMIT: usize = 8 * 1024 * 1024;

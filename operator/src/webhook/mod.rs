@@ -32,8 +32,8 @@ mod server;
 mod store;
 mod view;
 
-pub use certs::{CertBundle, CertError};
 pub use crate::render::{WEBHOOK_PATH, webhook_configuration_name};
+pub use certs::{CertBundle, CertError};
 pub use http::router;
 pub(crate) use server::spawn_rotation;
 pub use server::{CertResolver, bind, serve_listener};
