@@ -129,7 +129,10 @@ async fn leader_election_and_crash_safety() {
         meshop::webhook::webhook_configuration_name(&install)
     ));
     let mut live = BTreeSet::new();
-    for resource in meshop::kinds::MANAGED_KINDS.iter().map(|k| k.api_resource()) {
+    for resource in meshop::kinds::MANAGED_KINDS
+        .iter()
+        .map(|k| k.api_resource())
+    {
         let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let items = match all
             .list(&ListParams::default().labels("app.kubernetes.io/instance=crash"))

@@ -390,7 +390,10 @@ async fn install_drift_switch_conflict_and_delete() {
         Duration::from_secs(120),
         || async {
             let mut left = Vec::new();
-            for resource in meshop::kinds::MANAGED_KINDS.iter().map(|k| k.api_resource()) {
+            for resource in meshop::kinds::MANAGED_KINDS
+                .iter()
+                .map(|k| k.api_resource())
+            {
                 let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
                 match api
                     .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meshop"))

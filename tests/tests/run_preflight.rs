@@ -71,6 +71,9 @@ fn an_unreachable_api_server_is_named_in_one_line() {
     assert!(!out.status.success());
     let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
-    assert!(errors[0].contains("cannot reach the Kubernetes API server"), "{stderr}");
+    assert!(
+        errors[0].contains("cannot reach the Kubernetes API server"),
+        "{stderr}"
+    );
     assert!(errors[0].contains("KUBECONFIG"), "{stderr}");
 }

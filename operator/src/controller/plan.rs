@@ -300,7 +300,7 @@ mod tests {
         // Same creation second: the name decides, the same way on every replica.
         let twin = mesh("a-twin", 200, "d", spec);
         assert_eq!(
-            conflicting_owner(&second, &install_of(&second), &[twin.clone()]),
+            conflicting_owner(&second, &install_of(&second), std::slice::from_ref(&twin)),
             Some("a-twin".into())
         );
         assert_eq!(
