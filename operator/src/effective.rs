@@ -24,6 +24,8 @@ pub enum SpecError {
         "injection.trafficCapture is cni but components.cni is not enabled; enable components.cni or use iptables"
     )]
     CniCaptureWithoutCni,
+    #[error("revision \"default\" names the default revision: leave revision empty instead")]
+    DefaultRevisionName,
     #[error(transparent)]
     Profile(#[from] ProfileError),
 }
@@ -132,6 +134,10 @@ impl Installation {
         let version = versions::effective(spec.version.as_deref()).to_string();
         if !versions::is_supported(&version) {
             return Err(SpecError::UnsupportedVersion { version });
+        }
+        // The CRD refuses it too; this covers offline rendering.
+        if spec.revision == crate::revision::DEFAULT {
+            return Err(SpecError::DefaultRevisionName);
         }
         let layered = profiles::layered(spec)?;
         let components = layered.components.clone().unwrap_or_default();
@@ -316,6 +322,12 @@ mod tests {
     fn unsupported_version_is_a_spec_error() {
         let err = resolve("profile: demo\nversion: 1.2.3").unwrap_err();
         assert!(err.to_string().contains("1.2.3 is not supported"), "{err}");
+    }
+
+    #[test]
+    fn the_default_revision_is_not_named() {
+        let err = resolve("profile: minimal\nrevision: default\n").unwrap_err();
+        assert!(matches!(err, SpecError::DefaultRevisionName), "{err}");
     }
 
     #[test]

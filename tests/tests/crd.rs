@@ -166,6 +166,11 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             "spec.revision: Invalid value",
         ),
         (
+            "revision named default",
+            json!({"profile": "demo", "revision": "default"}),
+            "leave revision empty instead",
+        ),
+        (
             "revision too long",
             json!({"profile": "demo", "revision": "r".repeat(64)}),
             "spec.revision: Too long",

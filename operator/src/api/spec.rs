@@ -123,8 +123,10 @@ pub struct MeshInstallSpec {
     /// The control-plane revision, a DNS label such as 1-28-2 or canary. Empty means the default
     /// revision: istiod is named istiod and namespaces select it with istio-injection=enabled. With a
     /// revision, istiod is named istiod-<revision> and namespaces select it with istio.io/rev=<revision>.
+    /// "default" is refused: it is what Istio calls the default revision, so write "" instead.
     #[serde(default)]
     #[schemars(regex(pattern = OPTIONAL_DNS_LABEL_PATTERN), length(max = 63))]
+    #[x_kube(validation = Rule::new("self != 'default'").message("revision \"default\" names the default revision: leave revision empty instead"))]
     pub revision: String,
 
     /// How a version change is rolled out: InPlace updates the running control plane; RevisionBased
