@@ -23,9 +23,14 @@ pub fn read_mesh(path: &Path) -> Result<MeshInstall> {
     Ok(mi)
 }
 
-/// The installation for `meshop render -f FILE` or `meshop render --profile NAME`.
-pub fn installation(file: Option<&Path>, profile: Option<Profile>) -> Result<Installation> {
-    let (owner, spec) = match (file, profile) {
+/// The installation for `meshop render -f FILE` or `meshop render --profile NAME`, with
+/// `--istio-version` (a release or a minor) in place of the spec's version when given.
+pub fn installation(
+    file: Option<&Path>,
+    profile: Option<Profile>,
+    istio_version: Option<&str>,
+) -> Result<Installation> {
+    let (owner, mut spec) = match (file, profile) {
         (Some(path), None) => {
             let mi = read_mesh(path)?;
             let name = mi.metadata.name.clone().unwrap_or_else(|| "mesh".into());
@@ -43,6 +48,9 @@ pub fn installation(file: Option<&Path>, profile: Option<Profile>) -> Result<Ins
         ),
         _ => bail!("give either -f FILE or --profile NAME"),
     };
+    if let Some(version) = istio_version {
+        spec.version = Some(version.to_string());
+    }
     Ok(Installation::resolve(owner, &spec)?)
 }
 
@@ -50,9 +58,10 @@ pub fn installation(file: Option<&Path>, profile: Option<Profile>) -> Result<Ins
 pub fn render(
     file: Option<&Path>,
     profile: Option<Profile>,
+    istio_version: Option<&str>,
     component: Option<&str>,
 ) -> Result<String> {
-    let install = installation(file, profile)?;
+    let install = installation(file, profile, istio_version)?;
     let mut objects = render::render(&install);
     if let Some(name) = component {
         let Some(id) = ComponentId::from_name(name) else {
@@ -88,11 +97,12 @@ pub fn profile_show(profile: Profile) -> Result<String> {
     Ok(crate::yaml::to_string(&spec)?)
 }
 
-/// `meshop inject -f FILE [--mesh MESHINSTALL.yaml]`: the same injection code path as the webhook.
-pub fn inject(file: &Path, mesh: Option<&Path>) -> Result<String> {
+/// `meshop inject -f FILE [--mesh MESHINSTALL.yaml] [--istio-version V]`: the same injection code
+/// path as the webhook.
+pub fn inject(file: &Path, mesh: Option<&Path>, istio_version: Option<&str>) -> Result<String> {
     let install = match mesh {
-        Some(path) => installation(Some(path), None)?,
-        None => installation(None, Some(Profile::Demo))?,
+        Some(path) => installation(Some(path), None, istio_version)?,
+        None => installation(None, Some(Profile::Demo), istio_version)?,
     };
     let text = if file == Path::new("-") {
         let mut s = String::new();

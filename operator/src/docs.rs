@@ -211,3 +211,49 @@ pub fn profile_table() -> Result<String, SpecError> {
     }
     Ok(out)
 }
+
+/// The table of docs/versions.md: every minor meshop knows, from `profiles/versions.yaml`.
+pub fn version_table() -> String {
+    use crate::versions::{Support, catalog};
+    let mut out = String::from(
+        "| minor | support | released | end of life | patches (released) | Kubernetes | native sidecars by default |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for m in &catalog().minors {
+        let patches: Vec<String> = m
+            .patches
+            .iter()
+            .map(|p| {
+                let mut text = match &p.released {
+                    Some(date) => format!("{} ({date})", p.version),
+                    None => p.version.to_string(),
+                };
+                if p.withdrawn.is_some() {
+                    text.push_str(" withdrawn");
+                }
+                text
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            m.minor,
+            match m.support {
+                Support::Supported => "supported",
+                Support::EndOfLife => "end of life",
+            },
+            m.released.as_deref().unwrap_or("-"),
+            m.end_of_life.as_deref().unwrap_or("-"),
+            patches.join(", "),
+            m.kubernetes
+                .as_ref()
+                .map(|k| format!("{}-{}", k.min, k.max))
+                .unwrap_or_else(|| "-".into()),
+            if m.native_sidecars_by_default {
+                "yes"
+            } else {
+                "no"
+            },
+        ));
+    }
+    out
+}

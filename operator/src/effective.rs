@@ -18,8 +18,8 @@ use crate::versions;
 /// so the reconciler reports it as Stalled instead of retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("Istio version {version} is not supported; supported versions: {}", versions::SUPPORTED.join(", "))]
-    UnsupportedVersion { version: String },
+    #[error(transparent)]
+    Version(#[from] versions::VersionError),
     #[error(
         "injection.trafficCapture is cni but components.cni is not enabled; enable components.cni or use iptables"
     )]
@@ -131,10 +131,8 @@ impl Installation {
 
     /// Resolves a spec: layers the profile under it and fills in every value.
     pub fn resolve(owner: Owner, spec: &MeshInstallSpec) -> Result<Installation, SpecError> {
-        let version = versions::effective(spec.version.as_deref()).to_string();
-        if !versions::is_supported(&version) {
-            return Err(SpecError::UnsupportedVersion { version });
-        }
+        let resolved = versions::catalog().resolve(spec.version.as_deref())?;
+        let version = resolved.version.to_string();
         // The CRD refuses it too; this covers offline rendering.
         if spec.revision == crate::revision::DEFAULT {
             return Err(SpecError::DefaultRevisionName);
@@ -319,9 +317,25 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_version_is_a_spec_error() {
+    fn unknown_and_end_of_life_versions_are_spec_errors() {
         let err = resolve("profile: demo\nversion: 1.2.3").unwrap_err();
-        assert!(err.to_string().contains("1.2.3 is not supported"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("1.2.3 is not a version meshop knows"),
+            "{err}"
+        );
+        let err = resolve("profile: demo\nversion: 1.28.2").unwrap_err();
+        assert!(err.to_string().contains("end of life"), "{err}");
+    }
+
+    #[test]
+    fn aliases_resolve_and_never_touch_the_revision() {
+        let install = resolve("profile: demo\nversion: \"1.30\"\nrevision: canary").unwrap();
+        assert_eq!(install.version, "1.30.5");
+        assert_eq!(install.revision, "canary");
+        let newest = resolve("profile: demo").unwrap();
+        assert_eq!(newest.version, crate::versions::default_version());
+        assert_eq!(newest.revision, "");
     }
 
     #[test]

@@ -59,6 +59,8 @@ impl GeneratedFile {
 /// The generated table of docs/profiles.md sits between these lines.
 pub const PROFILE_TABLE_BEGIN: &str = "<!-- BEGIN GENERATED: profile table (make generate) -->\n";
 pub const PROFILE_TABLE_END: &str = "<!-- END GENERATED -->";
+/// The generated table of docs/versions.md starts at this line (and ends like the profile table).
+pub const VERSION_TABLE_BEGIN: &str = "<!-- BEGIN GENERATED: version table (make generate) -->\n";
 
 /// Every generated file.
 pub fn files() -> Vec<GeneratedFile> {
@@ -79,9 +81,25 @@ pub fn files() -> Vec<GeneratedFile> {
     for profile in Profile::ALL {
         files.push(GeneratedFile::new(
             format!("operator/tests/golden/{profile}.yaml"),
-            move || crate::cli::render(None, Some(profile), None),
+            move || crate::cli::render(None, Some(profile), None, None),
         ));
     }
+    // Every other supported version, rendered with the profile that exercises the most objects.
+    let default = crate::versions::default_version();
+    for version in crate::versions::supported() {
+        if version != default {
+            files.push(GeneratedFile::new(
+                format!("operator/tests/golden/demo-{version}.yaml"),
+                move || crate::cli::render(None, Some(Profile::Demo), Some(&version), None),
+            ));
+        }
+    }
+    files.push(GeneratedFile::section(
+        "docs/versions.md",
+        VERSION_TABLE_BEGIN,
+        PROFILE_TABLE_END,
+        || Ok(crate::docs::version_table()),
+    ));
     files
 }
 

@@ -18,7 +18,7 @@ struct Cli {
 enum Command {
     /// Print the MeshInstall CustomResourceDefinition as YAML.
     Crd,
-    /// Print meshop's version and the Istio versions it can install.
+    /// Print meshop's version and the Istio versions it knows: supported and end of life, with dates.
     Version,
     /// Print every object a MeshInstall produces, as YAML in apply order.
     Render {
@@ -28,6 +28,10 @@ enum Command {
         /// Render a profile with no overrides instead of a file.
         #[arg(long, required_unless_present = "file")]
         profile: Option<Profile>,
+        /// The Istio version to render (a release such as 1.30.5 or a minor such as 1.30), in place
+        /// of the file's spec.version.
+        #[arg(long, value_name = "VERSION")]
+        istio_version: Option<String>,
         /// Only this component's objects (base, istiod, ingressGateway, egressGateway, cni,
         /// prometheus, grafana, kiali, jaeger).
         #[arg(long)]
@@ -42,6 +46,9 @@ enum Command {
         /// The MeshInstall whose effective settings drive the sidecar (default: the demo profile).
         #[arg(long)]
         mesh: Option<PathBuf>,
+        /// The Istio version of the sidecar (a release or a minor), in place of the mesh's.
+        #[arg(long, value_name = "VERSION")]
+        istio_version: Option<String>,
     },
     /// Print the operator's namespace, ServiceAccount and RBAC as YAML (deploy/rbac.yaml).
     #[command(hide = true)]
@@ -100,20 +107,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => return run(args),
-        Command::Inject { file, mesh } => meshop::cli::inject(&file, mesh.as_deref()),
+        Command::Inject {
+            file,
+            mesh,
+            istio_version,
+        } => meshop::cli::inject(&file, mesh.as_deref(), istio_version.as_deref()),
         Command::Crd => Ok(meshop::api::crd_yaml()),
         Command::DeployRbac => Ok(meshop::deploy::rbac_yaml()),
         Command::Version => Ok(format!(
-            "meshop {}\nistio versions: {} (default {})\n",
+            "meshop {}\ndefault Istio version: {}\n\n{}",
             env!("CARGO_PKG_VERSION"),
-            meshop::versions::SUPPORTED.join(", "),
-            meshop::versions::DEFAULT
+            meshop::versions::default_version(),
+            meshop::versions::table()
         )),
         Command::Render {
             file,
             profile,
+            istio_version,
             component,
-        } => meshop::cli::render(file.as_deref(), profile, component.as_deref()),
+        } => meshop::cli::render(
+            file.as_deref(),
+            profile,
+            istio_version.as_deref(),
+            component.as_deref(),
+        ),
         Command::Profile {
             command: ProfileCommand::List,
         } => Ok(meshop::cli::profile_list()),

@@ -83,7 +83,7 @@ fn inject_a_deployment_offline() {
     assert_eq!(docs.len(), 2);
     let text = serde_yaml::to_string(&docs[0]).unwrap();
     assert!(
-        text.contains("istio-proxy") && text.contains("proxyv2:1.28.2"),
+        text.contains("istio-proxy") && text.contains("proxyv2:1.31.1"),
         "{text}"
     );
     // production uses native sidecars: the proxy is an init container that keeps running.
@@ -100,4 +100,89 @@ fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("meshop-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn version_lists_supported_and_end_of_life_versions_with_dates() {
+    let (ok, out, err) = meshop(&["version"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("default Istio version: 1.31.1"), "{out}");
+    let line = |minor: &str| {
+        out.lines()
+            .find(|l| l.starts_with(minor))
+            .unwrap_or_else(|| panic!("no line for {minor}:\n{out}"))
+            .to_string()
+    };
+    let l131 = line("1.31 ");
+    assert!(
+        l131.contains("supported") && l131.contains("2026-08-31") && l131.contains("1.31.1"),
+        "{l131}"
+    );
+    let l130 = line("1.30 ");
+    assert!(
+        l130.contains("supported") && l130.contains("1.30.5"),
+        "{l130}"
+    );
+    let l129 = line("1.29 ");
+    assert!(
+        l129.contains("end-of-life") && l129.contains("2026-10-12"),
+        "{l129}"
+    );
+    let l128 = line("1.28 ");
+    assert!(
+        l128.contains("end-of-life") && l128.contains("2026-07-01"),
+        "{l128}"
+    );
+}
+
+#[test]
+fn render_and_inject_work_for_every_supported_version() {
+    let dir = tempdir();
+    let pod = dir.join("pod.yaml");
+    std::fs::write(&pod, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: x}]\n").unwrap();
+    for version in meshop::versions::supported() {
+        let (ok, out, err) = meshop(&["render", "--profile", "demo", "--istio-version", &version]);
+        assert!(ok, "render {version}: {err}");
+        assert!(
+            out.contains(&format!("docker.io/istio/pilot:{version}")),
+            "render {version}"
+        );
+        assert!(
+            out.contains(&format!("docker.io/istio/proxyv2:{version}")),
+            "render {version}"
+        );
+        assert!(
+            !out.lines().any(|l| l.contains("image:")
+                && l.contains("istio/")
+                && !l.contains(&version)
+                && l.contains("pilot")),
+            "render {version}: an image of another version"
+        );
+        let (ok, out, err) = meshop(&[
+            "inject",
+            "-f",
+            pod.to_str().unwrap(),
+            "--istio-version",
+            &version,
+        ]);
+        assert!(ok, "inject {version}: {err}");
+        assert!(
+            out.contains(&format!("proxyv2:{version}")),
+            "inject {version}: {out}"
+        );
+    }
+    // An alias renders its newest patch; an end-of-life version is refused with the supported ones.
+    let (ok, out, _) = meshop(&["render", "--profile", "minimal", "--istio-version", "1.30"]);
+    assert!(ok && out.contains("pilot:1.30.5"));
+    let (ok, _, err) = meshop(&[
+        "render",
+        "--profile",
+        "minimal",
+        "--istio-version",
+        "1.28.2",
+    ]);
+    assert!(
+        !ok && err.contains("end of life") && err.contains("1.31.1"),
+        "{err}"
+    );
 }

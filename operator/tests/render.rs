@@ -18,7 +18,7 @@ fn root() -> PathBuf {
 }
 
 fn profile_install(profile: Profile) -> Installation {
-    meshop::cli::installation(None, Some(profile)).unwrap()
+    meshop::cli::installation(None, Some(profile), None).unwrap()
 }
 
 /// Every installation the invariants are checked on: each profile, and each documented example.
@@ -45,12 +45,26 @@ fn all_installs() -> Vec<(String, Installation)> {
 }
 
 #[test]
-fn rendering_is_deterministic() {
-    for profile in Profile::ALL {
-        let a = meshop::cli::render(None, Some(profile), None).unwrap();
-        let b = meshop::cli::render(None, Some(profile), None).unwrap();
-        assert_eq!(a, b);
+fn rendering_and_injection_are_deterministic_for_every_supported_version() {
+    let dir = std::env::temp_dir().join(format!("meshop-det-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pod = dir.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  initContainers: [{name: migrate, image: m}]\n  containers: [{name: c, image: x, ports: [{containerPort: 8080}], readinessProbe: {httpGet: {path: /r, port: 8080}}}]\n",
+    )
+    .unwrap();
+    for version in meshop::versions::supported() {
+        for profile in Profile::ALL {
+            let a = meshop::cli::render(None, Some(profile), Some(&version), None).unwrap();
+            let b = meshop::cli::render(None, Some(profile), Some(&version), None).unwrap();
+            assert_eq!(a, b, "{profile} {version}");
+        }
+        let a = meshop::cli::inject(&pod, None, Some(&version)).unwrap();
+        let b = meshop::cli::inject(&pod, None, Some(&version)).unwrap();
+        assert_eq!(a, b, "inject {version}");
     }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn components(objects: &[Rendered]) -> BTreeSet<ComponentId> {
@@ -440,9 +454,9 @@ fn mesh_settings_follow_the_profile() {
 
 #[test]
 fn component_filter_and_unknown_component() {
-    let only = meshop::cli::render(None, Some(Profile::Demo), Some("grafana")).unwrap();
+    let only = meshop::cli::render(None, Some(Profile::Demo), None, Some("grafana")).unwrap();
     assert!(only.contains("name: grafana") && !only.contains("name: istiod"));
-    let err = meshop::cli::render(None, Some(Profile::Demo), Some("pilot")).unwrap_err();
+    let err = meshop::cli::render(None, Some(Profile::Demo), None, Some("pilot")).unwrap_err();
     assert!(
         err.to_string().contains("unknown component \"pilot\""),
         "{err}"

@@ -137,7 +137,7 @@ fn generated_documents() -> Vec<(String, String)> {
         .map(|p| {
             (
                 format!("render --profile {p}"),
-                meshop::cli::installation(None, Some(*p)).unwrap(),
+                meshop::cli::installation(None, Some(*p), None).unwrap(),
             )
         })
         .collect();

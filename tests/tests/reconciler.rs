@@ -126,7 +126,10 @@ async fn install_drift_switch_conflict_and_delete() {
     assert_eq!(status.observed_generation, mi.metadata.generation);
     assert_eq!(
         (status.profile.as_deref(), status.version.as_deref()),
-        (Some("demo"), Some(meshop::versions::DEFAULT))
+        (
+            Some("demo"),
+            Some(meshop::versions::default_version().as_str())
+        )
     );
     let names: Vec<_> = status.components.iter().map(|c| c.name.as_str()).collect();
     for c in [
@@ -197,7 +200,7 @@ async fn install_drift_switch_conflict_and_delete() {
             .image
             .clone()
             .unwrap_or_default();
-        if image.ends_with(&format!("/pilot:{}", meshop::versions::DEFAULT)) {
+        if image.ends_with(&format!("/pilot:{}", meshop::versions::default_version())) {
             Ok(())
         } else {
             Err(image)

@@ -47,7 +47,7 @@ async fn every_profile_is_accepted_by_the_api_server() {
     let cp = meshop_testenv::shared();
     let client = cp.client().await.unwrap();
     for profile in Profile::ALL {
-        let install = meshop::cli::installation(None, Some(profile)).unwrap();
+        let install = meshop::cli::installation(None, Some(profile), None).unwrap();
         check(&client, &format!("profile {profile}"), &install).await;
     }
 }
@@ -78,7 +78,7 @@ async fn every_example_is_accepted_by_the_api_server() {
 async fn istio_crds_accept_istio_objects() {
     let cp = meshop_testenv::shared();
     let client = cp.client().await.unwrap();
-    let install = meshop::cli::installation(None, Some(Profile::Minimal)).unwrap();
+    let install = meshop::cli::installation(None, Some(Profile::Minimal), None).unwrap();
     for crd in render::istio_crds(&install) {
         let crds = kube::Api::all(client.clone());
         crd.api(&client)

@@ -26,8 +26,8 @@ pub const DEFAULT_HUB: &str = "docker.io/istio";
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A DNS-1123 label or the empty string (for `revision`, where empty means "the default revision").
 pub const OPTIONAL_DNS_LABEL_PATTERN: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$";
-/// An Istio release: `MAJOR.MINOR.PATCH`, optionally with a pre-release suffix such as `-beta.1`.
-pub const VERSION_PATTERN: &str = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$";
+/// An Istio release `MAJOR.MINOR.PATCH`, or a minor alias `MAJOR.MINOR` (its newest known patch).
+pub const VERSION_PATTERN: &str = r"^[0-9]+\.[0-9]+(\.[0-9]+)?$";
 /// An image registry/repository prefix such as `docker.io/istio` or `registry.local:5000/mesh`.
 pub const HUB_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*$";
@@ -101,9 +101,11 @@ pub struct MeshInstallSpec {
     /// minimal (istiod only) or empty (nothing but what spec.components enables).
     pub profile: Profile,
 
-    /// The Istio version to run, such as 1.28.2. Images are <hub>/pilot:<version> and
-    /// <hub>/proxyv2:<version>. Left out, meshop runs its default version; a version meshop does not
-    /// support is reported in status (Stalled) and nothing is changed.
+    /// The Istio version to run: a release such as 1.31.1, or a minor such as "1.31" for its newest
+    /// patch meshop knows (quote it in YAML). Left out, the newest supported release. Images are
+    /// <hub>/pilot:<version> and <hub>/proxyv2:<version>. An end-of-life or unknown version is
+    /// reported in status (Stalled) and nothing is changed; `meshop version` lists what is supported.
+    /// status.version shows the release in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = VERSION_PATTERN), length(max = 64))]
     pub version: Option<String>,

@@ -89,6 +89,39 @@ impl Plan {
     }
 }
 
+/// How this pass moves the installed Istio version (`status.version`) to the resolved one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum VersionMove {
+    /// Nothing installed yet, or the same release.
+    None,
+    /// An upgrade or downgrade Istio allows.
+    Change {
+        from: crate::versions::Version,
+        to: crate::versions::Version,
+    },
+    /// A move Istio does not allow: the user must go step by step.
+    Refused(crate::versions::SkewError),
+}
+
+/// Checks the move from what status says is installed to what the spec resolves to. A status
+/// version meshop cannot read (written by a much older meshop) is not judged.
+pub(crate) fn version_move(installed: Option<&str>, install: &Installation) -> VersionMove {
+    use crate::versions::{Version, catalog};
+    let (Some(from), Ok(to)) = (
+        installed.and_then(|v| v.parse::<Version>().ok()),
+        install.version.parse::<Version>(),
+    ) else {
+        return VersionMove::None;
+    };
+    if from == to {
+        return VersionMove::None;
+    }
+    match catalog().check_move(from, to) {
+        Ok(()) => VersionMove::Change { from, to },
+        Err(e) => VersionMove::Refused(e),
+    }
+}
+
 /// The resolved settings behind a component's workload.
 fn component_settings(install: &Installation, component: ComponentId) -> Option<&Settings> {
     Some(match component {
@@ -228,6 +261,42 @@ mod tests {
             !minimal
                 .keys()
                 .contains("Deployment/istio-system/istio-egressgateway")
+        );
+    }
+
+    #[test]
+    fn version_moves_follow_istio_skew_rules() {
+        let to_131 = install("profile: minimal\nversion: 1.31.1");
+        assert_eq!(version_move(None, &to_131), VersionMove::None);
+        assert_eq!(version_move(Some("1.31.1"), &to_131), VersionMove::None);
+        assert!(matches!(
+            version_move(Some("1.30.5"), &to_131),
+            VersionMove::Change { from, to } if from.to_string() == "1.30.5" && to.to_string() == "1.31.1"
+        ));
+        // Installed by an older meshop, two minors back: step by step.
+        match version_move(Some("1.29.8"), &to_131) {
+            VersionMove::Refused(e) => {
+                assert!(e.to_string().contains("set version 1.30 first"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let to_130 = install("profile: minimal\nversion: \"1.30\"");
+        assert!(matches!(
+            version_move(Some("1.31.1"), &to_130),
+            VersionMove::Change { .. }
+        ));
+        // A rollback of one minor is allowed, of two is not.
+        assert!(matches!(
+            version_move(Some("1.31.0"), &to_130),
+            VersionMove::Change { .. }
+        ));
+        assert!(matches!(
+            version_move(Some("1.32.0"), &to_130),
+            VersionMove::Refused(_)
+        ));
+        assert_eq!(
+            version_move(Some("not-a-version"), &to_130),
+            VersionMove::None
         );
     }
 

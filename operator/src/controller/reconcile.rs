@@ -86,6 +86,25 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         return stall(ctx, mi, "RevisionConflict", message).await;
     }
 
+    let installed = mi.status.as_ref().and_then(|s| s.version.as_deref());
+    match plan::version_move(installed, &install) {
+        plan::VersionMove::Refused(e) => return stall(ctx, mi, "VersionSkew", e.to_string()).await,
+        plan::VersionMove::Change { from, to } => {
+            let direction = if to > from {
+                "upgrading"
+            } else {
+                "downgrading"
+            };
+            let note = format!(
+                "{direction} Istio {from} to {to} in place: istiod first, then the gateways"
+            );
+            info!(%from, %to, "version change");
+            ctx.event(mi, EventType::Normal, "VersionChanged", &note)
+                .await;
+        }
+        plan::VersionMove::None => {}
+    }
+
     let plan = Plan::new(install, ctx.webhook_endpoint());
     let pass = apply_stages(ctx, &plan, mi.metadata.generation).await;
 

@@ -137,7 +137,7 @@ impl Default for InjectionConfig {
     fn default() -> Self {
         InjectionConfig {
             hub: crate::api::DEFAULT_HUB.to_string(),
-            version: crate::versions::DEFAULT.to_string(),
+            version: crate::versions::default_version(),
             revision: String::new(),
             control_plane_namespace: crate::api::DEFAULT_NAMESPACE.to_string(),
             trust_domain: "cluster.local".to_string(),
