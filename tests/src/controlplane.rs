@@ -14,6 +14,14 @@ use kube::{Client, Config};
 use crate::binaries::Binaries;
 use crate::certs::{self, Pki};
 use crate::process::Process;
+use crate::wait::{GiveUp, poll_until};
+
+/// A client for the user of a kubeconfig file.
+async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -221,10 +229,7 @@ impl ControlPlane {
     /// A client for the admin user. Create one per test: a client is bound to the tokio runtime it
     /// was first used on, and each `#[tokio::test]` has its own runtime.
     pub async fn client(&self) -> Result<Client> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config =
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(config)?)
+        client_for(&self.kubeconfig).await
     }
 
     /// Fails if any component has exited.
@@ -240,42 +245,50 @@ impl ControlPlane {
         self.processes.iter().map(|p| p.log.clone()).collect()
     }
 
+    /// `check_running` as a poll result: a dead component ends any wait at once.
+    fn alive(&mut self) -> Result<()> {
+        self.check_running().map_err(|e| GiveUp(e).into())
+    }
+
     async fn settle(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let kubeconfig = self.kubeconfig.clone();
         // The API server answers /readyz only once its post-start hooks (RBAC bootstrap, ...) ran.
-        let client = loop {
-            self.check_running()?;
-            if let Ok(client) = self.client().await {
-                let ready = client
-                    .request_text(http::Request::get("/readyz").body(Vec::new())?)
-                    .await
-                    .map(|body| body.trim() == "ok")
-                    .unwrap_or(false);
-                let has_default = ready
-                    && Api::<Namespace>::all(client.clone())
+        let client = poll_until(
+            &format!(
+                "kube-apiserver ready (log: {})",
+                self.dir.join("kube-apiserver.log").display()
+            ),
+            Duration::from_secs(120),
+            || {
+                let alive = self.alive();
+                let kubeconfig = kubeconfig.clone();
+                async move {
+                    alive?;
+                    let client = client_for(&kubeconfig).await?;
+                    let readyz = client
+                        .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                        .await?;
+                    if readyz.trim() != "ok" {
+                        bail!("/readyz: {readyz}");
+                    }
+                    if Api::<Namespace>::all(client.clone())
                         .get_opt("default")
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some();
-                if has_default {
-                    break client;
+                        .await?
+                        .is_none()
+                    {
+                        bail!("no default namespace yet");
+                    }
+                    Ok(client)
                 }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "kube-apiserver not ready after 120s; see {}",
-                    self.dir.join("kube-apiserver.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+            },
+        )
+        .await?;
         if self.options.install_crds {
             crate::install_crds(&client).await?;
         }
         if self.options.controllers {
             self.create_nodes(&client).await?;
-            self.wait_for_service_account(&client, deadline).await?;
+            self.wait_for_service_account(&client).await?;
         }
         Ok(())
     }
@@ -308,54 +321,65 @@ impl ControlPlane {
                 .await
                 .with_context(|| format!("create node {name}"))?;
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            self.check_running()?;
-            let list = nodes.list(&Default::default()).await?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|n| {
-                    n.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        let want = self.options.nodes;
+        poll_until(
+            &format!(
+                "{want} kwok nodes Ready (log: {})",
+                self.dir.join("kwok.log").display()
+            ),
+            Duration::from_secs(60),
+            || {
+                let alive = self.alive();
+                let nodes = nodes.clone();
+                async move {
+                    alive?;
+                    let list = nodes.list(&Default::default()).await?;
+                    let ready = list
+                        .items
+                        .iter()
+                        .filter(|n| {
+                            n.status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|cs| {
+                                    cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                })
                         })
-                })
-                .count();
-            if ready >= self.options.nodes {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{ready}/{} kwok nodes Ready after 60s; see {}",
-                    self.options.nodes,
-                    self.dir.join("kwok.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+                        .count();
+                    if ready < want {
+                        bail!("{ready}/{want} Ready");
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await
     }
 
     /// Pods can only be created once the controller manager made the namespace's default
     /// ServiceAccount; wait for it in `default` so the first test does not race it.
-    async fn wait_for_service_account(&mut self, client: &Client, deadline: Instant) -> Result<()> {
+    async fn wait_for_service_account(&mut self, client: &Client) -> Result<()> {
         let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(client.clone(), "default");
-        loop {
-            self.check_running()?;
-            if sa.get_opt("default").await?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "kube-controller-manager made no default ServiceAccount; see {}",
-                    self.dir.join("kube-controller-manager.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        poll_until(
+            &format!(
+                "the default ServiceAccount from kube-controller-manager (log: {})",
+                self.dir.join("kube-controller-manager.log").display()
+            ),
+            Duration::from_secs(60),
+            || {
+                let alive = self.alive();
+                let sa = sa.clone();
+                async move {
+                    alive?;
+                    match sa.get_opt("default").await? {
+                        Some(_) => Ok(()),
+                        None => bail!("not created yet"),
+                    }
+                }
+            },
+        )
+        .await
     }
 }
 

@@ -13,18 +13,22 @@ pub mod binaries;
 pub mod certs;
 pub mod controlplane;
 pub mod process;
+pub mod wait;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use meshop::api::MeshInstall;
+use meshop::controller::status::{KStatus, kstatus};
 
 pub use controlplane::{ControlPlane, Options};
+pub use wait::{GiveUp, poll_until, wait_until};
 
 /// The field manager the harness applies with.
 pub const FIELD_MANAGER: &str = "meshop-testenv";
@@ -73,7 +77,8 @@ where
                 .block_on(future)
         })
         .join()
-        .expect("testenv thread panicked")
+        // A panic (a failed wait_until) reaches the caller with its own message.
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
@@ -130,23 +135,50 @@ pub fn meshop_crds() -> Vec<CustomResourceDefinition> {
 
 /// Waits until a CRD reports Established=True.
 pub async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let crd = crds.get(name).await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            return Ok(());
+    poll_until(
+        &format!("CRD {name} Established"),
+        Duration::from_secs(30),
+        || async {
+            let conditions = crds
+                .get(name)
+                .await?
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default();
+            if conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+            {
+                Ok(())
+            } else {
+                bail!("conditions {conditions:?}")
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until kstatus classifies the MeshInstall `name` as `want` (Current: observedGeneration
+/// caught up, Ready, neither Reconciling nor Stalled; Failed: Stalled) and returns it; on timeout
+/// the failure shows the last classification and conditions.
+pub async fn wait_for_kstatus(
+    api: &Api<MeshInstall>,
+    name: &str,
+    want: KStatus,
+    timeout: Duration,
+) -> MeshInstall {
+    wait_until(&format!("MeshInstall {name} {want:?}"), timeout, || async {
+        let mi = api.get(name).await?;
+        match kstatus(mi.metadata.generation, mi.status.as_ref()) {
+            got if got == want => Ok(mi),
+            got => bail!(
+                "{got:?}, generation {:?}, status {:?}",
+                mi.metadata.generation,
+                mi.status
+            ),
         }
-        if Instant::now() > deadline {
-            bail!("CRD {name} not Established after 30s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// A namespace of a test's own, `<prefix>-<random>`. When the test panics, dropping this prints
@@ -263,22 +295,4 @@ pub struct Operator {
     pub health: std::net::SocketAddr,
     /// Address of the HTTPS injection webhook.
     pub webhook: std::net::SocketAddr,
-}
-
-/// Polls `check` every 200 ms until it holds; fails the test with `what` after `timeout`.
-/// Returns how long it took.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    start.elapsed()
 }

@@ -1,8 +1,9 @@
 //! Controllers mode: with kube-controller-manager, kube-scheduler and kwok, workloads really roll out.
 
+use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::wait::{Condition, conditions};
 use serde_json::json;
 
 #[tokio::test]
@@ -28,16 +29,20 @@ async fn a_deployment_becomes_available() {
         .create(&PostParams::default(), &deployment)
         .await
         .unwrap();
-    let available = await_condition(
-        deployments.clone(),
-        "web",
-        conditions::is_deployment_completed(),
-    );
-    tokio::time::timeout(std::time::Duration::from_secs(90), available)
-        .await
-        .expect("Deployment web not Available within 90s")
-        .unwrap();
-    let status = deployments.get("web").await.unwrap().status.unwrap();
+    let status = meshop_testenv::wait_until(
+        "Deployment web rolled out",
+        std::time::Duration::from_secs(90),
+        || async {
+            let d = deployments.get("web").await?;
+            anyhow::ensure!(
+                conditions::is_deployment_completed().matches_object(Some(&d)),
+                "status {:?}",
+                d.status
+            );
+            d.status.context("no status")
+        },
+    )
+    .await;
     assert_eq!(status.ready_replicas, Some(3));
     assert_eq!(status.available_replicas, Some(3));
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Pids of the live processes whose parent is `parent`.
 fn children_of(parent: u32) -> Vec<u32> {
@@ -69,13 +69,13 @@ fn control_plane_dies_with_a_killed_parent() {
     cluster.kill().unwrap(); // SIGKILL: no destructor, no signal handler runs
     cluster.wait().unwrap();
     drop(lines);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while children.iter().any(|&pid| alive(pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "still running 10s after their parent was killed: {:?}",
-            children.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    meshop_testenv::block_on(meshop_testenv::wait_until(
+        "every child gone after its parent was killed",
+        Duration::from_secs(10),
+        || async {
+            let running: Vec<u32> = children.iter().copied().filter(|&p| alive(p)).collect();
+            anyhow::ensure!(running.is_empty(), "still running: {running:?}");
+            Ok(())
+        },
+    ));
 }

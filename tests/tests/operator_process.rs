@@ -3,7 +3,9 @@
 //! reconcile leaves no duplicated and no orphaned objects once a new process converges).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -20,13 +22,21 @@ fn start(cp: &meshop_testenv::ControlPlane, identity: &str) -> Process {
         .process
 }
 
-async fn holder(leases: &Api<Lease>) -> Option<String> {
-    leases
+async fn holder(leases: &Api<Lease>) -> anyhow::Result<Option<String>> {
+    Ok(leases
         .get_opt("meshop-leader")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec?.holder_identity)
+        .await?
+        .and_then(|l| l.spec?.holder_identity))
+}
+
+/// Waits until `identity` holds the leader Lease.
+async fn wait_for_leader(leases: &Api<Lease>, identity: &str, timeout: Duration) {
+    meshop_testenv::wait_until(&format!("{identity} leads"), timeout, || async {
+        let holder = holder(leases).await?;
+        ensure!(holder.as_deref() == Some(identity), "holder {holder:?}");
+        Ok(())
+    })
+    .await
 }
 
 async fn is_current(api: &Api<MeshInstall>, name: &str) -> bool {
@@ -45,14 +55,11 @@ async fn leader_election_and_crash_safety() {
 
     // Two replicas: exactly one leads.
     let mut a = start(cp, "replica-a");
-    meshop_testenv::wait_until("replica-a leads", Duration::from_secs(30), || async {
-        holder(&leases).await.as_deref() == Some("replica-a")
-    })
-    .await;
+    wait_for_leader(&leases, "replica-a", Duration::from_secs(30)).await;
     let mut b = start(cp, "replica-b");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        holder(&leases).await.as_deref(),
+        holder(&leases).await.unwrap().as_deref(),
         Some("replica-a"),
         "a live leader keeps its lease"
     );
@@ -62,20 +69,15 @@ async fn leader_election_and_crash_safety() {
     )
     .unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
-    meshop_testenv::wait_until("minimal Ready", Duration::from_secs(120), || {
-        is_current(&api, "crash")
-    })
-    .await;
+    meshop_testenv::wait_for_kstatus(&api, "crash", KStatus::Current, Duration::from_secs(120))
+        .await;
 
     // Kill the leader: the other replica takes over within the lease duration (plus one renew
     // period for it to notice).
     a.kill();
-    let took = meshop_testenv::wait_until(
-        "replica-b takes over",
-        Duration::from_secs(LEASE_SECONDS * 3),
-        || async { holder(&leases).await.as_deref() == Some("replica-b") },
-    )
-    .await;
+    let killed = Instant::now();
+    wait_for_leader(&leases, "replica-b", Duration::from_secs(LEASE_SECONDS * 3)).await;
+    let took = killed.elapsed();
     assert!(
         took <= Duration::from_secs(LEASE_SECONDS + LEASE_SECONDS / 3 + 3),
         "takeover took {took:?}"
@@ -92,14 +94,16 @@ async fn leader_election_and_crash_safety() {
     .unwrap();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), "istio-system");
-    meshop_testenv::wait_until("demo objects appear", Duration::from_secs(60), || async {
-        deployments
-            .get_opt("istio-ingressgateway")
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-    })
+    meshop_testenv::wait_until(
+        "the demo ingress gateway appears",
+        Duration::from_secs(60),
+        || async {
+            deployments
+                .get_opt("istio-ingressgateway")
+                .await?
+                .context("no Deployment istio-ingressgateway yet")
+        },
+    )
     .await;
     b.kill();
     let mid_way = !is_current(&api, "crash").await;
@@ -108,10 +112,8 @@ async fn leader_election_and_crash_safety() {
         !mid_way
     );
     let _c = start(cp, "replica-c");
-    meshop_testenv::wait_until("demo Ready after restart", Duration::from_secs(120), || {
-        is_current(&api, "crash")
-    })
-    .await;
+    meshop_testenv::wait_for_kstatus(&api, "crash", KStatus::Current, Duration::from_secs(120))
+        .await;
 
     // Exactly the rendered objects exist, each once, each owned by the MeshInstall.
     let mi = api.get("crash").await.unwrap();

@@ -2,30 +2,15 @@
 //! profile switch and delete with nothing but the RBAC of its ServiceAccount (impersonated
 //! against the real API server), without a single Forbidden.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use meshop::api::MeshInstall;
-use meshop::controller::status::{KStatus, kstatus};
+use meshop::controller::status::KStatus;
 use serde_json::json;
 
 const SA: &str = "system:serviceaccount:meshop-system:meshop";
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, kube::Error>>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await.unwrap_or(false) {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_works_with_its_own_rbac_only() {
@@ -98,14 +83,8 @@ async fn operator_works_with_its_own_rbac_only() {
     let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
         "metadata": {"name": "rbac"}, "spec": {"profile": "production", "components": {"cni": {"enabled": true}}}})).unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
-    let current = |api: Api<MeshInstall>| async move {
-        let mi = api.get("rbac").await?;
-        Ok(kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current)
-    };
-    wait_for("production Ready", Duration::from_secs(120), || {
-        current(api.clone())
-    })
-    .await;
+    meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
+        .await;
     api.patch(
         "rbac",
         &PatchParams::default(),
@@ -113,14 +92,14 @@ async fn operator_works_with_its_own_rbac_only() {
     )
     .await
     .unwrap();
-    wait_for("demo Ready", Duration::from_secs(120), || {
-        current(api.clone())
-    })
-    .await;
+    meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
+        .await;
     api.delete("rbac", &DeleteParams::default()).await.unwrap();
-    wait_for("MeshInstall deleted", Duration::from_secs(120), || {
-        let api = api.clone();
-        async move { Ok(api.get_opt("rbac").await?.is_none()) }
+    meshop_testenv::wait_until("MeshInstall deleted", Duration::from_secs(120), || async {
+        match api.get_opt("rbac").await? {
+            None => Ok(()),
+            Some(mi) => anyhow::bail!("still there, finalizers {:?}", mi.metadata.finalizers),
+        }
     })
     .await;
 

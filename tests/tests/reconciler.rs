@@ -3,14 +3,14 @@
 //! invalid specs, and deletion that leaves nothing behind.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use meshop::api::MeshInstall;
-use meshop::controller::status::{KStatus, kstatus};
+use meshop::controller::status::KStatus;
 use serde_json::json;
 
 const NS: &str = "istio-system";
@@ -38,47 +38,8 @@ fn mesh(name: &str, spec: serde_json::Value) -> MeshInstall {
         .unwrap()
 }
 
-/// Polls until `check` returns Some, failing with the last state after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(state) if Instant::now() > deadline => {
-                panic!("{what}: not reached within {timeout:?}; last state: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
-
-/// Waits until kstatus classifies the MeshInstall as `want` (Current: observedGeneration caught
-/// up, Ready, not Reconciling or Stalled; Failed: Stalled).
-async fn wait_kstatus(
-    api: &Api<MeshInstall>,
-    name: &str,
-    want: KStatus,
-    timeout: Duration,
-) -> MeshInstall {
-    eventually(&format!("MeshInstall {name} {want:?}"), timeout, || async {
-        let mi = api.get(name).await.map_err(|e| e.to_string())?;
-        match kstatus(mi.metadata.generation, mi.status.as_ref()) {
-            got if got == want => Ok(mi),
-            other => Err(format!(
-                "{other:?}: {:?}",
-                mi.status.as_ref().map(|s| &s.conditions)
-            )),
-        }
-    })
-    .await
-}
-
 async fn wait_current(api: &Api<MeshInstall>, name: &str, timeout: Duration) -> MeshInstall {
-    wait_kstatus(api, name, KStatus::Current, timeout).await
+    meshop_testenv::wait_for_kstatus(api, name, KStatus::Current, timeout).await
 }
 
 async fn deployment_names(client: &Client) -> BTreeSet<String> {
@@ -175,17 +136,13 @@ async fn install_drift_switch_conflict_and_delete() {
         .delete("istio-ingressgateway", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
+    meshop_testenv::wait_until(
         "gateway Service recreated",
         Duration::from_secs(30),
         || async {
-            match services
-                .get_opt("istio-ingressgateway")
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            match services.get_opt("istio-ingressgateway").await? {
                 Some(s) if s.metadata.uid != old_uid => Ok(()),
-                other => Err(format!("{:?}", other.map(|s| s.metadata.uid))),
+                other => Err(anyhow::anyhow!("{:?}", other.map(|s| s.metadata.uid))),
             }
         },
     )
@@ -194,8 +151,8 @@ async fn install_drift_switch_conflict_and_delete() {
     let image = json!({ "spec": { "template": { "spec": { "containers": [{ "name": "discovery", "image": "example.com/not-istio:1" }] } } } });
     deployments.patch("istiod", &PatchParams::apply("someone-else").force(), &Patch::Apply(&json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "istiod" }, "spec": image["spec"] }))).await.unwrap();
-    eventually("istiod image restored", Duration::from_secs(30), || async {
-        let d = deployments.get("istiod").await.map_err(|e| e.to_string())?;
+    meshop_testenv::wait_until("istiod image restored", Duration::from_secs(30), || async {
+        let d = deployments.get("istiod").await?;
         let image = d.spec.unwrap().template.spec.unwrap().containers[0]
             .image
             .clone()
@@ -203,21 +160,18 @@ async fn install_drift_switch_conflict_and_delete() {
         if image.ends_with(&format!("/pilot:{}", meshop::versions::default_version())) {
             Ok(())
         } else {
-            Err(image)
+            Err(anyhow::anyhow!("image {image}"))
         }
     })
     .await;
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    eventually("DriftCorrected event", Duration::from_secs(30), || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
+    meshop_testenv::wait_until("DriftCorrected event", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await?;
         let reasons: Vec<_> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
         if reasons.iter().any(|r| r == "DriftCorrected") {
             Ok(())
         } else {
-            Err(format!("{reasons:?}"))
+            Err(anyhow::anyhow!("{reasons:?}"))
         }
     })
     .await;
@@ -312,7 +266,9 @@ async fn install_drift_switch_conflict_and_delete() {
     )
     .await
     .unwrap();
-    let stalled = wait_kstatus(&api, "mesh-2", KStatus::Failed, Duration::from_secs(30)).await;
+    let stalled =
+        meshop_testenv::wait_for_kstatus(&api, "mesh-2", KStatus::Failed, Duration::from_secs(30))
+            .await;
     let stalled_condition = stalled
         .status
         .unwrap()
@@ -352,7 +308,9 @@ async fn install_drift_switch_conflict_and_delete() {
     )
     .await
     .unwrap();
-    let old = wait_kstatus(&api, "old", KStatus::Failed, Duration::from_secs(30)).await;
+    let old =
+        meshop_testenv::wait_for_kstatus(&api, "old", KStatus::Failed, Duration::from_secs(30))
+            .await;
     let ready = old
         .status
         .unwrap()
@@ -370,16 +328,12 @@ async fn install_drift_switch_conflict_and_delete() {
     for name in ["old", "mesh-2", "mesh"] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    eventually("MeshInstalls gone", Duration::from_secs(120), || async {
-        let left = api
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items;
+    meshop_testenv::wait_until("MeshInstalls gone", Duration::from_secs(120), || async {
+        let left = api.list(&ListParams::default()).await?.items;
         if left.is_empty() {
             Ok(())
         } else {
-            Err(format!(
+            Err(anyhow::anyhow!(
                 "{:?}",
                 left.iter()
                     .map(|m| m.metadata.name.clone())
@@ -388,7 +342,7 @@ async fn install_drift_switch_conflict_and_delete() {
         }
     })
     .await;
-    eventually(
+    meshop_testenv::wait_until(
         "every managed object gone",
         Duration::from_secs(120),
         || async {
@@ -406,13 +360,13 @@ async fn install_drift_switch_conflict_and_delete() {
                         format!("{}/{}", resource.kind, o.metadata.name.unwrap_or_default())
                     })),
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
             if left.is_empty() {
                 Ok(())
             } else {
-                Err(left.join(", "))
+                Err(anyhow::anyhow!("left: {}", left.join(", ")))
             }
         },
     )

@@ -13,6 +13,8 @@ use meshop::api::{MeshInstall, WebhookState};
 use meshop::controller::status::{KStatus, kstatus};
 use serde_json::json;
 
+use anyhow::{Context, ensure};
+
 fn pod(name: &str, labels: serde_json::Value, host_network: bool) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": labels },
@@ -41,9 +43,9 @@ async fn labelled_namespace(client: &kube::Client, name: &str, labels: serde_jso
     // Pods need the namespace's default ServiceAccount, made by the controller manager.
     let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), name);
     meshop_testenv::wait_until(
-        "default ServiceAccount",
+        &format!("default ServiceAccount in {name}"),
         Duration::from_secs(30),
-        || async { sa.get_opt("default").await.ok().flatten().is_some() },
+        || async { sa.get_opt("default").await?.context("not created yet") },
     )
     .await;
 }
@@ -64,17 +66,17 @@ async fn webhook_injects_over_tls_and_honours_failure_policy() {
         "MeshInstall Ready with the webhook Active",
         Duration::from_secs(120),
         || async {
-            let Ok(mi) = api.get("inject").await else {
-                return false;
-            };
-            kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current
-                && mi
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.webhook.as_ref())
-                    .is_some_and(|w| {
+            let mi = api.get("inject").await?;
+            let status = kstatus(mi.metadata.generation, mi.status.as_ref());
+            let webhook = mi.status.and_then(|s| s.webhook);
+            ensure!(
+                status == KStatus::Current
+                    && webhook.as_ref().is_some_and(|w| {
                         w.state == WebhookState::Active && w.certificate_expiry.is_some()
-                    })
+                    }),
+                "{status:?}, webhook {webhook:?}"
+            );
+            Ok(())
         },
     )
     .await;
@@ -134,22 +136,33 @@ async fn webhook_injects_over_tls_and_honours_failure_policy() {
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "injected");
     meshop_testenv::wait_until(
-        "injected web pods Ready",
+        "2 injected web pods Ready",
         Duration::from_secs(90),
         || async {
-            let Ok(list) = pods.list(&ListParams::default().labels("app=web")).await else {
-                return false;
-            };
-            list.items.len() == 2
-                && list.items.iter().all(|p| {
-                    has_sidecar(p)
-                        && p.status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|cs| {
-                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                            })
+            let list = pods.list(&ListParams::default().labels("app=web")).await?;
+            let seen: Vec<(String, bool, bool)> = list
+                .items
+                .iter()
+                .map(|p| {
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        has_sidecar(p),
+                        ready,
+                    )
                 })
+                .collect();
+            ensure!(
+                seen.len() == 2 && seen.iter().all(|(_, sidecar, ready)| *sidecar && *ready),
+                "(pod, sidecar, ready): {seen:?}"
+            );
+            Ok(())
         },
     )
     .await;

@@ -14,6 +14,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 
+use anyhow::{Context, bail, ensure};
+
 /// The leaf certificate the webhook serves right now, verified against the CA meshop publishes.
 async fn served_certificate(addr: std::net::SocketAddr, ca_pem: &[u8]) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
@@ -49,28 +51,23 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
     let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
         "metadata": {"name": "rotation"}, "spec": {"profile": "minimal", "injection": {"failurePolicy": "Fail"}}})).unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
-    meshop_testenv::wait_until("webhook Active", Duration::from_secs(120), || async {
-        let Ok(mi) = api.get("rotation").await else {
-            return false;
-        };
-        kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current
-            && mi
-                .status
-                .as_ref()
-                .and_then(|s| s.webhook.as_ref())
-                .is_some_and(|w| w.state == WebhookState::Active)
-    })
+    let first_expiry = meshop_testenv::wait_until(
+        "MeshInstall Ready with the webhook Active",
+        Duration::from_secs(120),
+        || async {
+            let mi = api.get("rotation").await?;
+            let status = kstatus(mi.metadata.generation, mi.status.as_ref());
+            let webhook = mi.status.and_then(|s| s.webhook);
+            match &webhook {
+                Some(w) if status == KStatus::Current && w.state == WebhookState::Active => w
+                    .certificate_expiry
+                    .clone()
+                    .context("an Active webhook without a certificate expiry"),
+                _ => bail!("{status:?}, webhook {webhook:?}"),
+            }
+        },
+    )
     .await;
-    let first_expiry = api
-        .get("rotation")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .webhook
-        .unwrap()
-        .certificate_expiry
-        .unwrap();
 
     let ns: Namespace = serde_json::from_value(
         json!({"metadata": {"name": "rotating", "labels": {"istio-injection": "enabled"}}}),
@@ -83,9 +80,14 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(client.clone(), "rotating");
     meshop_testenv::wait_until(
-        "default ServiceAccount",
+        "default ServiceAccount in rotating",
         Duration::from_secs(30),
-        || async { accounts.get_opt("default").await.ok().flatten().is_some() },
+        || async {
+            accounts
+                .get_opt("default")
+                .await?
+                .context("not created yet")
+        },
     )
     .await;
 
@@ -127,11 +129,17 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
         "status shows the renewed certificate",
         Duration::from_secs(30),
         || async {
-            let mi = api.get("rotation").await.unwrap();
-            mi.status
+            let expiry = api
+                .get("rotation")
+                .await?
+                .status
                 .and_then(|s| s.webhook)
-                .and_then(|w| w.certificate_expiry)
-                .is_some_and(|t| t.0 > first_expiry.0)
+                .and_then(|w| w.certificate_expiry);
+            ensure!(
+                expiry.as_ref().is_some_and(|t| t.0 > first_expiry.0),
+                "expiry {expiry:?}, first {first_expiry:?}"
+            );
+            Ok(())
         },
     )
     .await;
@@ -144,12 +152,13 @@ async fn certificate_rotates_while_the_api_server_keeps_calling() {
         "webhook registration removed",
         Duration::from_secs(60),
         || async {
-            hooks
-                .get_opt("meshop-sidecar-injector-rotation")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
+            match hooks.get_opt("meshop-sidecar-injector-rotation").await? {
+                None => Ok(()),
+                Some(h) => bail!(
+                    "still there, deletionTimestamp {:?}",
+                    h.metadata.deletion_timestamp
+                ),
+            }
         },
     )
     .await;

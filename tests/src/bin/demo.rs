@@ -3,13 +3,13 @@
 //! until Ctrl-C.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kube::api::{Api, Patch, PatchParams};
 use meshop::api::MeshInstall;
 use meshop::controller::status::{KStatus, kstatus};
-use meshop_testenv::{ControlPlane, Options};
+use meshop_testenv::{ControlPlane, GiveUp, Options, poll_until};
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -47,21 +47,26 @@ fn main() -> anyhow::Result<()> {
         )
         .await?;
         println!("==> waiting for MeshInstall {name} to become Ready");
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            operator
-                .check_running()
-                .with_context(|| format!("the operator stopped; see {}", log.display()))?;
-            let mi = api.get(&name).await?;
-            if kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("not Ready after 5 minutes; operator log: {}", log.display());
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        anyhow::Ok(())
+        poll_until(
+            &format!("MeshInstall {name} Ready (operator log: {})", log.display()),
+            Duration::from_secs(300),
+            || {
+                let alive = operator
+                    .check_running()
+                    .map_err(|e| anyhow::Error::from(GiveUp(e.context("the operator stopped"))));
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    alive?;
+                    let mi = api.get(&name).await?;
+                    match kstatus(mi.metadata.generation, mi.status.as_ref()) {
+                        KStatus::Current => Ok(()),
+                        other => bail!("{other:?}"),
+                    }
+                }
+            },
+        )
+        .await
     })?;
     let kubectl = |args: &[&str]| {
         let out = std::process::Command::new(&cp.binaries.kubectl)
