@@ -493,20 +493,9 @@ mod tests {
 
     mod components {
         use super::super::*;
-        use crate::api::MeshInstallSpec;
-        use crate::effective::{Installation, Owner};
 
         fn plan() -> Plan {
-            let spec: MeshInstallSpec = serde_yaml::from_str("profile: minimal").unwrap();
-            let install = Installation::resolve(
-                Owner {
-                    name: "m".into(),
-                    uid: None,
-                },
-                &spec,
-            )
-            .unwrap();
-            Plan::new(install, None)
+            crate::controller::plan::test_plan("profile: minimal")
         }
 
         fn observed(component: ComponentId, state: ObjectState, r: Option<(i32, i32)>) -> Observed {

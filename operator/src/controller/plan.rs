@@ -162,22 +162,29 @@ pub(crate) fn conflicting_owner<'a>(
         .map(|(_, name)| name)
 }
 
+/// The installation of a spec written as YAML, owned by MeshInstall `mesh`; for unit tests.
+#[cfg(test)]
+pub(crate) fn test_install(yaml: &str) -> Installation {
+    let spec: crate::api::MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+    let owner = crate::effective::Owner {
+        name: "mesh".into(),
+        uid: Some("uid-1".into()),
+    };
+    Installation::resolve(owner, &spec).unwrap()
+}
+
+/// The plan (without a webhook) of a spec written as YAML; for unit tests.
+#[cfg(test)]
+pub(crate) fn test_plan(yaml: &str) -> Plan {
+    Plan::new(test_install(yaml), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::MeshInstallSpec;
-    use crate::effective::Owner;
 
     fn install(yaml: &str) -> Installation {
-        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
-        Installation::resolve(
-            Owner {
-                name: "mesh".into(),
-                uid: Some("uid-1".into()),
-            },
-            &spec,
-        )
-        .unwrap()
+        test_install(yaml)
     }
 
     fn endpoint() -> WebhookEndpoint {

@@ -291,8 +291,7 @@ pub fn kstatus(generation: Option<i64>, status: Option<&MeshInstallStatus>) -> K
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ComponentState, MeshInstallSpec};
-    use crate::effective::{Installation, Owner};
+    use crate::api::ComponentState;
     use crate::render::Stage;
 
     fn report(outcome: Outcome) -> Report {
@@ -322,16 +321,7 @@ mod tests {
     }
 
     fn plan(yaml: &str) -> Plan {
-        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
-        let install = Installation::resolve(
-            Owner {
-                name: "m".into(),
-                uid: None,
-            },
-            &spec,
-        )
-        .unwrap();
-        Plan::new(install, None)
+        crate::controller::plan::test_plan(yaml)
     }
 
     #[test]
