@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;
+pub mod inventory;
 pub mod process;
 pub mod wait;
 

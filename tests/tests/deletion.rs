@@ -1,6 +1,8 @@
 //! Deleting a MeshInstall removes everything it created, cluster-scoped objects included; deleting
 //! the last one also removes what every MeshInstall shares (its control-plane namespace, Istio's
-//! CRDs).
+//! CRDs). The oracle is independent of meshop's own list of the kinds it manages: every resource
+//! type the API server reports through discovery is listed, and any object labelled with the
+//! MeshInstall's name or owned by its uid counts as left behind.
 //!
 //! A test binary of its own: shared objects go only when no other MeshInstall exists, which the
 //! parallel tests of reconciler.rs cannot promise.
@@ -11,11 +13,11 @@ use anyhow::ensure;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::DynamicObject;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use meshop::api::MeshInstall;
 use meshop::controller::status::KStatus;
 use meshop_testenv::LogsOnFailure;
+use meshop_testenv::inventory::{self, INSTANCE_LABEL};
 use serde_json::json;
 
 async fn create(api: &Api<MeshInstall>, name: &str, spec: serde_json::Value) -> String {
@@ -32,38 +34,16 @@ async fn create(api: &Api<MeshInstall>, name: &str, spec: serde_json::Value) -> 
         .unwrap()
 }
 
-/// meshop's objects labelled `app.kubernetes.io/instance=<instance>`, of every kind it manages.
-async fn labelled(client: &Client, instance: &str) -> anyhow::Result<Vec<String>> {
-    let mut left = Vec::new();
-    for (resource, _) in meshop::controller::managed_kinds() {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let selector =
-            format!("app.kubernetes.io/managed-by=meshop,app.kubernetes.io/instance={instance}");
-        match api.list(&ListParams::default().labels(&selector)).await {
-            Ok(list) => left.extend(list.items.into_iter().map(|o| {
-                format!(
-                    "{}/{}/{}",
-                    resource.kind,
-                    o.metadata.namespace.unwrap_or_default(),
-                    o.metadata.name.unwrap_or_default()
-                )
-            })),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(left)
-}
-
-/// Deletes a MeshInstall and waits until it and everything labelled with its name are gone.
-async fn delete_and_wait(client: &Client, api: &Api<MeshInstall>, name: &str) {
+/// Deletes a MeshInstall and waits until it and everything labelled with its name or owned by it
+/// are gone.
+async fn delete_and_wait(client: &Client, api: &Api<MeshInstall>, name: &str, uid: &str) {
     api.delete(name, &DeleteParams::default()).await.unwrap();
     meshop_testenv::wait_until(
         &format!("MeshInstall {name} and everything it created gone"),
         Duration::from_secs(180),
         || async {
             let mi = api.get_opt(name).await?;
-            let left = labelled(client, name).await?;
+            let left = inventory::left_of(client, name, uid).await?;
             ensure!(
                 mi.is_none() && left.is_empty(),
                 "MeshInstall present: {}, objects left: {left:?}",
@@ -103,13 +83,13 @@ async fn deletion_leaves_nothing_behind_and_the_last_one_takes_the_shared_object
     let api: Api<MeshInstall> = Api::all(client.clone());
 
     // Two meshes: one with as many kinds as a profile has (CNI adds a DaemonSet), one small.
-    create(
+    let a = create(
         &api,
         "del-a",
         json!({ "profile": "demo", "namespace": "del-a", "components": { "cni": { "enabled": true } } }),
     )
     .await;
-    create(
+    let b = create(
         &api,
         "del-b",
         json!({ "profile": "minimal", "namespace": "del-b" }),
@@ -120,9 +100,9 @@ async fn deletion_leaves_nothing_behind_and_the_last_one_takes_the_shared_object
             .await;
     }
 
-    // The listing sees what del-a created, namespaced and cluster-scoped, so an empty answer later
+    // The oracle sees what del-a created, namespaced and cluster-scoped, so an empty answer later
     // means deleted rather than never seen.
-    let before = labelled(&client, "del-a").await.unwrap();
+    let before = inventory::left_of(&client, "del-a", &a).await.unwrap();
     for key in [
         "Deployment/del-a/istiod",
         "DaemonSet/del-a/istio-cni-node",
@@ -137,7 +117,7 @@ async fn deletion_leaves_nothing_behind_and_the_last_one_takes_the_shared_object
     assert!(!istio_crds(&client).await.unwrap().is_empty());
 
     // Deleting del-a removes all of it and its namespace; what del-b uses stays.
-    delete_and_wait(&client, &api, "del-a").await;
+    delete_and_wait(&client, &api, "del-a", &a).await;
     meshop_testenv::wait_until(
         "namespace del-a deleted",
         Duration::from_secs(120),
@@ -156,17 +136,21 @@ async fn deletion_leaves_nothing_behind_and_the_last_one_takes_the_shared_object
         .await;
 
     // Deleting the last one removes the shared objects too.
-    delete_and_wait(&client, &api, "del-b").await;
+    delete_and_wait(&client, &api, "del-b", &b).await;
     meshop_testenv::wait_until(
         "shared objects deleted",
         Duration::from_secs(120),
         || async {
             let crds = istio_crds(&client).await?;
-            let shared = labelled(&client, "shared").await?;
+            let shared: Vec<String> = inventory::objects(&client, |o| o.has_instance("shared"))
+                .await?
+                .iter()
+                .map(inventory::ClusterObject::key)
+                .collect();
             let namespace = namespace_exists(&client, "del-b").await?;
             ensure!(
                 crds.is_empty() && shared.is_empty() && !namespace,
-                "Istio CRDs {crds:?}, labelled shared {shared:?}, namespace del-b present: {namespace}"
+                "Istio CRDs {crds:?}, labelled {INSTANCE_LABEL}=shared {shared:?}, namespace del-b present: {namespace}"
             );
             Ok(())
         },

@@ -314,13 +314,11 @@ async fn a_second_claim_on_a_revision_is_stalled_and_changes_nothing() {
         "{}",
         condition.message
     );
-    let created: Vec<_> = second
-        .deployments()
-        .list(&ListParams::default().labels("app.kubernetes.io/instance=claim-b"))
+    let uid = stalled.metadata.uid.unwrap();
+    let created = meshop_testenv::inventory::left_of(&second.client, second.name, &uid)
         .await
-        .unwrap()
-        .items;
-    assert!(created.is_empty(), "claim-b created Deployments");
+        .unwrap();
+    assert!(created.is_empty(), "claim-b created {created:?}");
     // The first claim is untouched.
     first.wait(KStatus::Current, Duration::from_secs(10)).await;
     second.delete().await;
@@ -347,6 +345,17 @@ async fn an_unsupported_version_is_stalled_with_a_clear_message() {
         ready.message.contains("1.5.0 is not supported"),
         "{}",
         ready.message
+    );
+    let created = meshop_testenv::inventory::left_of(
+        &mesh.client,
+        mesh.name,
+        old.metadata.uid.as_deref().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        created.is_empty(),
+        "an unsupported version created {created:?}"
     );
     mesh.delete().await;
 }
