@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;
+pub mod inventory;
 pub mod process;
 pub mod wait;
 
@@ -190,14 +191,26 @@ pub struct TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            print_logs_hint(&self.name);
+            print_logs_hint(&format!("in namespace {}", self.name));
+        }
+    }
+}
+
+/// Prints where the logs are if the test panics while this is alive; the string says which test
+/// (such as `MeshInstall drift`).
+pub struct LogsOnFailure(pub String);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_logs_hint(&self.0);
         }
     }
 }
 
 /// Prints where the shared control plane's logs are, for a failed test.
 pub fn print_logs_hint(context: &str) {
-    eprintln!("testenv: test in namespace {context} failed; component logs:");
+    eprintln!("testenv: test {context} failed; component logs:");
     if let Some(dir) = run_dir_of_this_process() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.path().extension().is_some_and(|e| e == "log") {
@@ -285,6 +298,20 @@ pub fn start_operator(
         process,
         health,
         webhook: hook,
+    })
+}
+
+/// One `meshop run` process for the whole test binary, against [`shared_with_controllers`],
+/// started on first use. Tests of one binary run in parallel and share it, as MeshInstalls in a
+/// cluster share one operator; it lives until the test process exits.
+pub fn shared_operator() -> &'static Operator {
+    static OPERATOR: OnceLock<Operator> = OnceLock::new();
+    OPERATOR.get_or_init(|| {
+        let cp = shared_with_controllers();
+        match start_operator(cp, "meshop-shared", &[]) {
+            Ok(operator) => operator,
+            Err(e) => panic!("testenv: could not start the operator: {e:#}"),
+        }
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use meshop::api::MeshInstall;
 use meshop::controller::status::{KStatus, kstatus};
 use meshop_testenv::process::Process;
@@ -130,37 +130,39 @@ async fn leader_election_and_crash_safety() {
         "MutatingWebhookConfiguration//{}",
         meshop::webhook::webhook_configuration_name(&install)
     ));
+    // Every resource type discovery reports, not meshop's own list of kinds: what the
+    // MeshInstall owns directly must be exactly what it renders, each object once.
+    let labelled = meshop_testenv::inventory::objects(&client, |o| {
+        o.has_instance("crash") || o.owned_by(&uid)
+    })
+    .await
+    .unwrap();
     let mut live = BTreeSet::new();
-    for resource in meshop::kinds::MANAGED_KINDS
-        .iter()
-        .map(|k| k.api_resource())
-    {
-        let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let items = match all
-            .list(&ListParams::default().labels("app.kubernetes.io/instance=crash"))
-            .await
-        {
-            Ok(list) => list.items,
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => panic!("{e}"),
-        };
-        for o in items {
-            let key = format!(
-                "{}/{}/{}",
-                resource.kind,
-                o.metadata.namespace.clone().unwrap_or_default(),
-                o.metadata.name.clone().unwrap_or_default()
-            );
-            let owners = o.metadata.owner_references.clone().unwrap_or_default();
-            assert!(
-                owners.iter().any(|r| r.uid == uid),
-                "{key} is not owned by the MeshInstall: {owners:?}"
-            );
-            assert!(live.insert(key.clone()), "{key} listed twice");
-        }
+    for o in labelled.iter().filter(|o| o.owned_by(&uid)) {
+        assert!(live.insert(o.key()), "{} listed twice", o.key());
     }
     assert_eq!(
         live, expected,
         "live objects differ from the rendered set (orphans or missing)"
+    );
+    // Objects that carry the label without being the MeshInstall's own are made by Kubernetes
+    // from them: owned by those (ReplicaSets, Pods, EndpointSlices), or, for the Endpoints of a
+    // Service, tied to it by name. None may be an orphan.
+    let orphans: Vec<String> = labelled
+        .iter()
+        .filter(|o| o.owners.is_empty())
+        .filter(|o| {
+            let service = format!(
+                "Service/{}/{}",
+                o.namespace.as_deref().unwrap_or(""),
+                o.name
+            );
+            !(o.kind == "Endpoints" && live.contains(&service))
+        })
+        .map(|o| o.key())
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "labelled objects without an owner: {orphans:?}"
     );
 }

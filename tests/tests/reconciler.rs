@@ -1,88 +1,128 @@
-//! The reconciler end to end, in controllers mode (Deployments really roll out under kwok):
-//! install, kstatus-correct status, drift repair, profile switches in place, revision ownership,
-//! invalid specs, and deletion that leaves nothing behind.
+//! The reconciler end to end, in controllers mode (Deployments really roll out under kwok), one
+//! concern per test: install and status, drift repair, profile switches in place, revision
+//! ownership, invalid specs. The tests run in parallel against one control plane and one
+//! operator process (`meshop run`), as MeshInstalls in a cluster share one operator. MeshInstalls
+//! are cluster-scoped, so each test has its own MeshInstall name and its own control-plane
+//! namespace (`spec.namespace`): no test sees another's objects, and the first failure hides
+//! nothing. Deletion removes objects every MeshInstall shares, so it has a control plane of its
+//! own (deletion.rs).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use anyhow::{Context, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use meshop::api::MeshInstall;
 use meshop::controller::status::KStatus;
+use meshop_testenv::LogsOnFailure;
 use serde_json::json;
 
-const NS: &str = "istio-system";
+/// Ready takes longer with other tests installing meshes at the same time.
+const READY: Duration = Duration::from_secs(180);
 
-async fn start_operator(client: Client) -> tokio::task::JoinHandle<()> {
-    let options = meshop::controller::RunOptions {
-        health_addr: "127.0.0.1:0".parse().unwrap(),
-        leader_election: true,
-        lease_namespace: "default".into(),
-        identity: "reconciler-test".into(),
-        lease_duration: Duration::from_secs(15),
-        webhook_addr: None,
-        webhook_cert_lifetime: meshop::webhook::certs::DEFAULT_CERT_LIFETIME,
-        webhook_url: None,
-    };
-    tokio::spawn(async move {
-        if let Err(e) = meshop::controller::run(client, options).await {
-            eprintln!("operator stopped: {e:#}");
+/// A test's own MeshInstall: the shared control plane and operator, a client, and a logs hint
+/// printed if the test fails.
+struct Mesh {
+    client: Client,
+    api: Api<MeshInstall>,
+    name: &'static str,
+    namespace: &'static str,
+    _logs: LogsOnFailure,
+}
+
+impl Mesh {
+    /// Creates MeshInstall `name` with `spec` in control-plane namespace `namespace`.
+    async fn create(name: &'static str, namespace: &'static str, spec: serde_json::Value) -> Mesh {
+        let cp = meshop_testenv::shared_with_controllers();
+        meshop_testenv::shared_operator();
+        let client = cp.client().await.unwrap();
+        let api: Api<MeshInstall> = Api::all(client.clone());
+        let mut spec = spec;
+        spec["namespace"] = json!(namespace);
+        let mi: MeshInstall = serde_json::from_value(json!({
+            "apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
+            "metadata": { "name": name }, "spec": spec
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &mi).await.unwrap();
+        Mesh {
+            client,
+            api,
+            name,
+            namespace,
+            _logs: LogsOnFailure(format!("MeshInstall {name}")),
         }
-    })
-}
+    }
 
-fn mesh(name: &str, spec: serde_json::Value) -> MeshInstall {
-    serde_json::from_value(json!({ "apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall", "metadata": { "name": name }, "spec": spec }))
-        .unwrap()
-}
+    async fn wait(&self, want: KStatus, timeout: Duration) -> MeshInstall {
+        meshop_testenv::wait_for_kstatus(&self.api, self.name, want, timeout).await
+    }
 
-async fn wait_current(api: &Api<MeshInstall>, name: &str, timeout: Duration) -> MeshInstall {
-    meshop_testenv::wait_for_kstatus(api, name, KStatus::Current, timeout).await
-}
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), self.namespace)
+    }
 
-async fn deployment_names(client: &Client) -> BTreeSet<String> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=meshop"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|d| d.metadata.deletion_timestamp.is_none())
-        .map(|d| d.metadata.name.unwrap())
-        .collect()
+    /// meshop's Deployments in this mesh's namespace, except those being deleted.
+    async fn deployment_names(&self) -> BTreeSet<String> {
+        self.deployments()
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meshop"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|d| d.metadata.deletion_timestamp.is_none())
+            .map(|d| d.metadata.name.unwrap())
+            .collect()
+    }
+
+    async fn uid_of(&self, deployment: &str) -> String {
+        self.deployments()
+            .get(deployment)
+            .await
+            .unwrap()
+            .metadata
+            .uid
+            .unwrap()
+    }
+
+    async fn switch_profile(&self, profile: &str) {
+        self.api
+            .patch(
+                self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "profile": profile } })),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Deletes the MeshInstall so that the tests still running have the cluster to themselves.
+    async fn delete(self) {
+        let _ = self.api.delete(self.name, &DeleteParams::default()).await;
+    }
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-async fn switch_profile(api: &Api<MeshInstall>, name: &str, profile: &str) {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "profile": profile } })),
-    )
-    .await
-    .unwrap();
-}
+const DEMO_DEPLOYMENTS: [&str; 7] = [
+    "istiod",
+    "istio-ingressgateway",
+    "istio-egressgateway",
+    "prometheus",
+    "grafana",
+    "kiali",
+    "jaeger",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn install_drift_switch_conflict_and_delete() {
-    let cp = meshop_testenv::shared_with_controllers();
-    let client = cp.client().await.unwrap();
-    let _operator = start_operator(cp.client().await.unwrap()).await;
-    let api: Api<MeshInstall> = Api::all(client.clone());
-
-    // Install the demo profile and wait until kstatus reads Current.
-    api.create(
-        &PostParams::default(),
-        &mesh("mesh", json!({ "profile": "demo" })),
-    )
-    .await
-    .unwrap();
-    let mi = wait_current(&api, "mesh", Duration::from_secs(120)).await;
+async fn install_reaches_ready_with_honest_status() {
+    let mesh = Mesh::create("install", "rc-install", json!({ "profile": "demo" })).await;
+    let mi = mesh.wait(KStatus::Current, READY).await;
     let status = mi.status.clone().unwrap();
     assert_eq!(status.observed_generation, mi.metadata.generation);
     assert_eq!(
@@ -111,21 +151,22 @@ async fn install_drift_switch_conflict_and_delete() {
     {
         assert_eq!(c.ready_replicas, c.desired_replicas, "{c:?}");
     }
-    assert_eq!(
-        deployment_names(&client).await,
-        set(&[
-            "istiod",
-            "istio-ingressgateway",
-            "istio-egressgateway",
-            "prometheus",
-            "grafana",
-            "kiali",
-            "jaeger"
-        ])
-    );
+    assert_eq!(mesh.deployment_names().await, set(&DEMO_DEPLOYMENTS));
+    mesh.delete().await;
+}
 
-    // Drift: a deleted gateway Service comes back; an edited istiod Deployment is put back.
-    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired_and_reported() {
+    let mesh = Mesh::create(
+        "drift",
+        "rc-drift",
+        json!({ "profile": "minimal", "components": { "ingressGateway": { "enabled": true } } }),
+    )
+    .await;
+    mesh.wait(KStatus::Current, READY).await;
+
+    // A deleted gateway Service comes back.
+    let services: Api<Service> = Api::namespaced(mesh.client.clone(), mesh.namespace);
     let old_uid = services
         .get("istio-ingressgateway")
         .await
@@ -140,84 +181,89 @@ async fn install_drift_switch_conflict_and_delete() {
         "gateway Service recreated",
         Duration::from_secs(30),
         || async {
-            match services.get_opt("istio-ingressgateway").await? {
-                Some(s) if s.metadata.uid != old_uid => Ok(()),
-                other => Err(anyhow::anyhow!("{:?}", other.map(|s| s.metadata.uid))),
-            }
+            let uid = services
+                .get_opt("istio-ingressgateway")
+                .await?
+                .context("Service istio-ingressgateway absent")?
+                .metadata
+                .uid;
+            ensure!(uid != old_uid, "still the old Service {uid:?}");
+            Ok(())
         },
     )
     .await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    let image = json!({ "spec": { "template": { "spec": { "containers": [{ "name": "discovery", "image": "example.com/not-istio:1" }] } } } });
-    deployments.patch("istiod", &PatchParams::apply("someone-else").force(), &Patch::Apply(&json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "istiod" }, "spec": image["spec"] }))).await.unwrap();
+
+    // An istiod Deployment edited by someone else is put back.
+    let deployments = mesh.deployments();
+    deployments
+        .patch(
+            "istiod",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "istiod" },
+                "spec": { "template": { "spec": { "containers": [
+                    { "name": "discovery", "image": "example.com/not-istio:1" }
+                ] } } }
+            })),
+        )
+        .await
+        .unwrap();
     meshop_testenv::wait_until("istiod image restored", Duration::from_secs(30), || async {
         let d = deployments.get("istiod").await?;
-        let image = d.spec.unwrap().template.spec.unwrap().containers[0]
-            .image
-            .clone()
+        let image = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.image)
             .unwrap_or_default();
-        if image.ends_with(&format!("/pilot:{}", meshop::versions::default_version())) {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("image {image}"))
-        }
+        ensure!(
+            image.ends_with(&format!("/pilot:{}", meshop::versions::default_version())),
+            "image {image}"
+        );
+        Ok(())
     })
     .await;
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    meshop_testenv::wait_until("DriftCorrected event", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await?;
-        let reasons: Vec<_> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
-        if reasons.iter().any(|r| r == "DriftCorrected") {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!("{reasons:?}"))
-        }
-    })
-    .await;
-    wait_current(&api, "mesh", Duration::from_secs(60)).await;
 
-    // Profile switches converge; the gateway that stays is updated in place, never recreated.
-    let gateway_uid = deployments
-        .get("istio-ingressgateway")
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
-    let istiod_uid = deployments
-        .get("istiod")
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    // ...and the repair is reported on this MeshInstall.
+    let events: Api<Event> = Api::namespaced(mesh.client.clone(), "default");
+    meshop_testenv::wait_until("DriftCorrected event", Duration::from_secs(30), || async {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(mesh.name))
+            .filter_map(|e| e.reason)
+            .collect();
+        ensure!(
+            reasons.iter().any(|r| r == "DriftCorrected"),
+            "reasons {reasons:?}"
+        );
+        Ok(())
+    })
+    .await;
+    mesh.wait(KStatus::Current, Duration::from_secs(60)).await;
+    mesh.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_switches_converge_in_place() {
+    let mesh = Mesh::create("switch", "rc-switch", json!({ "profile": "demo" })).await;
+    mesh.wait(KStatus::Current, READY).await;
+    let istiod_uid = mesh.uid_of("istiod").await;
+    let gateway_uid = mesh.uid_of("istio-ingressgateway").await;
     for (profile, expected) in [
         ("production", &["istiod", "istio-ingressgateway"][..]),
         ("performance", &["istiod", "istio-ingressgateway"][..]),
         ("minimal", &["istiod"][..]),
-        (
-            "demo",
-            &[
-                "istiod",
-                "istio-ingressgateway",
-                "istio-egressgateway",
-                "prometheus",
-                "grafana",
-                "kiali",
-                "jaeger",
-            ][..],
-        ),
+        ("demo", &DEMO_DEPLOYMENTS[..]),
     ] {
-        switch_profile(&api, "mesh", profile).await;
-        let mi = wait_current(&api, "mesh", Duration::from_secs(180)).await;
-        assert_eq!(
-            mi.status.as_ref().unwrap().profile.as_deref(),
-            Some(profile)
-        );
+        mesh.switch_profile(profile).await;
+        let mi = mesh.wait(KStatus::Current, READY).await;
+        let status = mi.status.as_ref().unwrap();
+        assert_eq!(status.profile.as_deref(), Some(profile));
         if profile == "production" || profile == "performance" {
             // Ready means the autoscalers' minimum of 2 istiod replicas really runs.
-            let status = mi.status.as_ref().unwrap();
             let istiod = status
                 .components
                 .iter()
@@ -229,88 +275,68 @@ async fn install_drift_switch_conflict_and_delete() {
             );
         }
         assert_eq!(
-            deployment_names(&client).await,
+            mesh.deployment_names().await,
             set(expected),
             "after switching to {profile}"
         );
         assert_eq!(
-            deployments
-                .get("istiod")
-                .await
-                .unwrap()
-                .metadata
-                .uid
-                .unwrap(),
+            mesh.uid_of("istiod").await,
             istiod_uid,
             "istiod recreated on {profile}"
         );
-        if profile != "minimal" && profile != "demo" {
+        if profile == "production" || profile == "performance" {
+            // The gateway that stays is updated in place, never recreated.
             assert_eq!(
-                deployments
-                    .get("istio-ingressgateway")
-                    .await
-                    .unwrap()
-                    .metadata
-                    .uid
-                    .unwrap(),
+                mesh.uid_of("istio-ingressgateway").await,
                 gateway_uid,
                 "the ingress gateway Deployment must be updated in place when switching to {profile}"
             );
         }
     }
+    mesh.delete().await;
+}
 
-    // One MeshInstall owns a revision: a second claim is Stalled and changes nothing.
-    api.create(
-        &PostParams::default(),
-        &mesh("mesh-2", json!({ "profile": "minimal" })),
-    )
-    .await
-    .unwrap();
-    let stalled =
-        meshop_testenv::wait_for_kstatus(&api, "mesh-2", KStatus::Failed, Duration::from_secs(30))
-            .await;
-    let stalled_condition = stalled
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_claim_on_a_revision_is_stalled_and_changes_nothing() {
+    let first = Mesh::create("claim-a", "rc-claim", json!({ "profile": "minimal" })).await;
+    first.wait(KStatus::Current, READY).await;
+    let second = Mesh::create("claim-b", "rc-claim", json!({ "profile": "minimal" })).await;
+    let stalled = second.wait(KStatus::Failed, Duration::from_secs(60)).await;
+    let condition = stalled
         .status
         .unwrap()
         .conditions
         .into_iter()
         .find(|c| c.type_ == "Stalled")
         .unwrap();
-    assert_eq!(stalled_condition.reason, "RevisionConflict");
+    assert_eq!(condition.reason, "RevisionConflict");
     assert!(
-        stalled_condition
+        condition
             .message
-            .contains("already installed by MeshInstall mesh"),
+            .contains("already installed by MeshInstall claim-a"),
         "{}",
-        stalled_condition.message
+        condition.message
     );
-    let dynamic: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        NS,
-        &kube::api::ApiResource::erase::<Deployment>(&()),
-    );
-    assert!(
-        dynamic
-            .list(&ListParams::default().labels("app.kubernetes.io/instance=mesh-2"))
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    let uid = stalled.metadata.uid.unwrap();
+    let created = meshop_testenv::inventory::left_of(&second.client, second.name, &uid)
+        .await
+        .unwrap();
+    assert!(created.is_empty(), "claim-b created {created:?}");
+    // The first claim is untouched.
+    first.wait(KStatus::Current, Duration::from_secs(10)).await;
+    second.delete().await;
+    first.delete().await;
+}
 
-    // An unsupported version is reported, not retried in a loop.
-    api.create(
-        &PostParams::default(),
-        &mesh(
-            "old",
-            json!({ "profile": "minimal", "namespace": "old-mesh", "version": "1.5.0" }),
-        ),
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_version_is_stalled_with_a_clear_message() {
+    let mesh = Mesh::create(
+        "old",
+        "rc-old",
+        json!({ "profile": "minimal", "version": "1.5.0" }),
     )
-    .await
-    .unwrap();
-    let old =
-        meshop_testenv::wait_for_kstatus(&api, "old", KStatus::Failed, Duration::from_secs(30))
-            .await;
+    .await;
+    let old = mesh.wait(KStatus::Failed, Duration::from_secs(60)).await;
     let ready = old
         .status
         .unwrap()
@@ -319,56 +345,23 @@ async fn install_drift_switch_conflict_and_delete() {
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert!(
-        ready.message.contains("1.5.0 is not supported"),
+        ready
+            .message
+            .contains("1.5.0 is not a version meshop knows")
+            && ready.message.contains("1.31.1"),
         "{}",
         ready.message
     );
-
-    // Deleting removes everything meshop created, cluster-scoped objects included.
-    for name in ["old", "mesh-2", "mesh"] {
-        api.delete(name, &DeleteParams::default()).await.unwrap();
-    }
-    meshop_testenv::wait_until("MeshInstalls gone", Duration::from_secs(120), || async {
-        let left = api.list(&ListParams::default()).await?.items;
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!(
-                "{:?}",
-                left.iter()
-                    .map(|m| m.metadata.name.clone())
-                    .collect::<Vec<_>>()
-            ))
-        }
-    })
-    .await;
-    meshop_testenv::wait_until(
-        "every managed object gone",
-        Duration::from_secs(120),
-        || async {
-            let mut left = Vec::new();
-            for resource in meshop::kinds::MANAGED_KINDS
-                .iter()
-                .map(|k| k.api_resource())
-            {
-                let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-                match api
-                    .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meshop"))
-                    .await
-                {
-                    Ok(list) => left.extend(list.items.into_iter().map(|o| {
-                        format!("{}/{}", resource.kind, o.metadata.name.unwrap_or_default())
-                    })),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("left: {}", left.join(", ")))
-            }
-        },
+    let created = meshop_testenv::inventory::left_of(
+        &mesh.client,
+        mesh.name,
+        old.metadata.uid.as_deref().unwrap(),
     )
-    .await;
+    .await
+    .unwrap();
+    assert!(
+        created.is_empty(),
+        "an unsupported version created {created:?}"
+    );
+    mesh.delete().await;
 }
