@@ -71,11 +71,6 @@ fn granted_rules() -> Vec<PolicyRule> {
     let spec: MeshInstallSpec =
         serde_yaml::from_str("profile: demo\ncomponents: {cni: {enabled: true}}\n")
             .expect("static spec");
-    let spec = MeshInstallSpec {
-        hub: crate::api::DEFAULT_HUB.into(),
-        namespace: crate::api::DEFAULT_NAMESPACE.into(),
-        ..spec
-    };
     let install = Installation::resolve(
         Owner {
             name: "rbac".into(),

@@ -14,40 +14,13 @@ use meshop::api::MeshInstall;
 use meshop::controller::status::KStatus;
 use meshop_testenv::GiveUp;
 use serde_json::json;
-use tokio::sync::OnceCell;
 
 const READY: Duration = Duration::from_secs(120);
 
-/// One operator for the whole test binary, started on first use.
+/// The binary's shared `meshop run` process, and a client.
 async fn operator() -> Client {
-    static STARTED: OnceCell<()> = OnceCell::const_new();
-    let cp = meshop_testenv::shared_with_controllers();
-    STARTED
-        .get_or_init(|| async {
-            let options = meshop::controller::RunOptions {
-                health_addr: "127.0.0.1:0".parse().unwrap(),
-                leader_election: false,
-                lease_namespace: "default".into(),
-                identity: "versions-test".into(),
-                lease_duration: Duration::from_secs(15),
-                webhook_addr: None,
-                webhook_cert_lifetime: meshop::webhook::certs::DEFAULT_CERT_LIFETIME,
-                webhook_url: None,
-            };
-            // The operator (and its client) live on a runtime of their own thread, so they outlive
-            // each test's runtime.
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Runtime::new().unwrap();
-                rt.block_on(async move {
-                    let client = cp.client().await.unwrap();
-                    if let Err(e) = meshop::controller::run(client, options).await {
-                        eprintln!("operator stopped: {e:#}");
-                    }
-                });
-            });
-        })
-        .await;
-    cp.client().await.unwrap()
+    meshop_testenv::shared_operator();
+    meshop_testenv::shared_with_controllers().client().await.unwrap()
 }
 
 async fn create(api: &Api<MeshInstall>, name: &str, spec: serde_json::Value) {
