@@ -20,7 +20,10 @@ const READY: Duration = Duration::from_secs(120);
 /// The binary's shared `meshop run` process, and a client.
 async fn operator() -> Client {
     meshop_testenv::shared_operator();
-    meshop_testenv::shared_with_controllers().client().await.unwrap()
+    meshop_testenv::shared_with_controllers()
+        .client()
+        .await
+        .unwrap()
 }
 
 async fn create(api: &Api<MeshInstall>, name: &str, spec: serde_json::Value) {
