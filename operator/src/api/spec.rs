@@ -548,8 +548,10 @@ pub struct Injection {
     pub proxy: Option<ProxySettings>,
 }
 
-/// How the sidecar proxy runs in the pod. The pod annotation sidecar.istio.io/nativeSidecar
-/// ("true" or "false") overrides any mode for that pod.
+/// How the sidecar proxy runs in the pod: native (an init container with restartPolicy Always),
+/// classic (an ordinary container) or auto (native where the nodes' kubelets are 1.33 or newer, as
+/// Istio decides). The pod annotation sidecar.istio.io/nativeSidecar ("true" or "false")
+/// overrides any mode for that pod.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SidecarMode {
