@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Map, Value};
 
-use super::{InjectError, InjectionConfig, keys, quantity};
+use super::{InjectError, InjectionConfig, keys, quantity, quoted};
 use crate::istio_proxy::{self, ports};
 
 /// The sidecar's settings for one pod: the mesh defaults with the pod's annotations applied.
@@ -194,7 +194,7 @@ fn resources(
             return Err(InjectError::annotation(
                 rk,
                 rv,
-                format!("the request is above the limit {lk}={lv:?}"),
+                format!("the request is above the limit {lk}={}", quoted(lv)),
             ));
         }
     }
@@ -305,7 +305,7 @@ fn port_list(key: &str, value: &str, star_ok: bool) -> Result<String, InjectErro
             return Err(InjectError::annotation(
                 key,
                 value,
-                format!("{item:?} is not a port number (1-65535)"),
+                format!("{} is not a port number (1-65535)", quoted(item)),
             ));
         }
     }
@@ -323,7 +323,7 @@ fn cidr_list(key: &str, value: &str, star_ok: bool) -> Result<String, InjectErro
             return Err(InjectError::annotation(
                 key,
                 value,
-                format!("{item:?} is not a CIDR such as 10.0.0.0/8"),
+                format!("{} is not a CIDR such as 10.0.0.0/8", quoted(item)),
             ));
         }
     }

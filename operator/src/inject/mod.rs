@@ -20,7 +20,7 @@ mod template;
 mod workload;
 
 #[cfg(test)]
-mod hostile_tests;
+pub(crate) mod hostile_tests;
 #[cfg(test)]
 mod testutil;
 
@@ -184,6 +184,15 @@ pub enum InjectError {
 /// How much of a refused annotation value an error repeats: enough to recognise it, while a
 /// megabyte of junk does not become a megabyte of admission response.
 const QUOTED_VALUE_CHARS: usize = 100;
+
+/// `value` as an error message quotes it: escaped (no raw newline or NUL reaches a log line or
+/// an admission response) and cut after [`QUOTED_VALUE_CHARS`] characters.
+pub(crate) fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_VALUE_CHARS) {
+        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
+    }
+}
 
 impl InjectError {
     fn annotation(annotation: &str, value: &str, reason: impl Into<String>) -> Self {

@@ -298,6 +298,61 @@ mod tests {
     }
 
     #[test]
+    fn hostile_annotation_values_are_refused_or_stay_strings_in_the_patch() {
+        use crate::inject::hostile_tests::{Expectations, HONOURED, check_refusal, hostile_values};
+        let v = view();
+        let snapshot = v.snapshot();
+        let object = |key: &str, value: Option<&str>| {
+            let mut p = pod(json!({"app": "web"}));
+            if let Some(val) = value {
+                p["metadata"]["annotations"] = json!({ (key): val });
+            }
+            p
+        };
+        let mut outcomes = (0, 0);
+        for (key, benign) in HONOURED {
+            let patched = |value: Option<&str>| -> Result<Value, String> {
+                let original = object(key, value);
+                // Through the wire format, as the API server sends it.
+                let review: kube::core::admission::AdmissionReview<DynamicObject> =
+                    serde_json::from_value(json!({
+                        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                        "request": {
+                            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "resource": {"group": "", "version": "v1", "resource": "pods"},
+                            "namespace": "apps", "operation": "CREATE",
+                            "userInfo": {"username": "tester"}, "object": original
+                        }
+                    }))
+                    .map_err(|e| e.to_string())?;
+                let resp = admit(review.try_into().map_err(|_| "no request")?, &snapshot);
+                if !resp.allowed {
+                    return Err(resp.result.message);
+                }
+                let patch: json_patch::Patch =
+                    serde_json::from_slice(&resp.patch.ok_or("no patch")?).unwrap();
+                let mut doc = original;
+                json_patch::patch(&mut doc, &patch).unwrap();
+                Ok(doc)
+            };
+            let expect = Expectations::new(key, benign, "", |v| patched(v).unwrap());
+            for value in hostile_values().iter().filter(|v| v.len() < 100_000) {
+                match patched(Some(value)) {
+                    Ok(doc) => {
+                        outcomes.0 += 1;
+                        expect.check(key, value, &doc, "");
+                    }
+                    Err(message) => {
+                        outcomes.1 += 1;
+                        check_refusal(key, value, &message);
+                    }
+                }
+            }
+        }
+        assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
+    }
+
+    #[test]
     fn rev_labels_pick_the_revision_namespace_first() {
         let v = view();
         // The namespace's istio.io/rev beats the pod's.
