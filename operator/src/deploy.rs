@@ -45,6 +45,8 @@ fn own_rules() -> Vec<PolicyRule> {
             &["get", "update", "patch"],
         ),
         policy_rule(&["meshop.dev"], &["meshinstalls/finalizers"], &["update"]),
+        // The webhook's view reads kubelet versions for sidecarMode auto.
+        policy_rule(&[""], &["nodes"], &["list", "watch"]),
     ];
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
     for kind in crate::kinds::MANAGED_KINDS {

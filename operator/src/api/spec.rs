@@ -533,7 +533,8 @@ pub struct Injection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// native runs the proxy as a Kubernetes native sidecar (an init container with restartPolicy
-    /// Always, started before and stopped after the app); classic runs it as an ordinary container.
+    /// Always, started before and stopped after the app); classic runs it as an ordinary container;
+    /// auto picks native where the nodes' kubelets are 1.33 or newer, as Istio does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar_mode: Option<SidecarMode>,
     /// How traffic is redirected to the proxy: iptables adds the istio-init container (needs
@@ -549,7 +550,10 @@ pub struct Injection {
     pub proxy: Option<ProxySettings>,
 }
 
-/// How the sidecar proxy runs in the pod.
+/// How the sidecar proxy runs in the pod: native (an init container with restartPolicy Always),
+/// classic (an ordinary container) or auto (native where the nodes' kubelets are 1.33 or newer, as
+/// Istio decides). The pod annotation sidecar.istio.io/nativeSidecar ("true" or "false")
+/// overrides any mode for that pod.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SidecarMode {
@@ -557,6 +561,11 @@ pub enum SidecarMode {
     Native,
     /// An ordinary container next to the application.
     Classic,
+    /// Native where the kubelet supports it, as Istio decides: a pod already bound to a node is
+    /// native when that node's kubelet is 1.33 or newer; any other pod is native only when every
+    /// node's kubelet is 1.33 or newer. Offline (meshop inject -f), where no nodes are known, it
+    /// is native.
+    Auto,
 }
 
 /// How traffic is captured into the proxy.

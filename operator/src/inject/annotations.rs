@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Map, Value};
 
-use super::{InjectError, InjectionConfig, keys, quantity};
+use super::{InjectError, InjectionConfig, keys, quantity, quoted};
 use crate::istio_proxy::{self, ports};
 
 /// The sidecar's settings for one pod: the mesh defaults with the pod's annotations applied.
@@ -19,9 +19,8 @@ pub(crate) struct Settings {
     pub(crate) resources: ResourceRequirements,
     pub(crate) log_level: String,
     pub(crate) agent_log_level: String,
-    pub(crate) concurrency: Option<i32>,
     pub(crate) hold_application: bool,
-    /// The PROXY_CONFIG handed to pilot-agent.
+    /// The PROXY_CONFIG handed to pilot-agent, `concurrency` included.
     pub(crate) proxy_config: Map<String, Value>,
     pub(crate) rewrite_probes: bool,
     pub(crate) redirect: Redirect,
@@ -43,6 +42,30 @@ const LOG_LEVELS: [&str; 8] = [
     "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
 ];
 
+/// pilot-agent's levels (`--log_output_level`); anything else stops the agent at start.
+const AGENT_LOG_LEVELS: [&str; 6] = ["debug", "info", "warn", "error", "fatal", "none"];
+
+/// `level` or `scope:level`, comma-separated, as pilot-agent reads `--log_output_level`.
+fn valid_agent_log_level(v: &str) -> bool {
+    v.split(',').all(|item| {
+        let (scope, level) = item.split_once(':').unwrap_or(("default", item));
+        !scope.is_empty()
+            && scope
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && AGENT_LOG_LEVELS.contains(&level)
+    })
+}
+
+/// The characters of an image reference (`registry:5000/path/name:tag@sha256:hex`), no more:
+/// the value lands in the `image` field, and nothing else may ride along with it.
+fn valid_image(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 512
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+}
+
 /// Reads the pod's annotations on top of `cfg`.
 pub(crate) fn settings(
     annotations: &BTreeMap<String, String>,
@@ -51,11 +74,11 @@ pub(crate) fn settings(
     let get = |key: &str| annotations.get(key).map(String::as_str);
 
     let image = match get(keys::PROXY_IMAGE) {
-        Some(v) if v.trim().is_empty() || v.contains(char::is_whitespace) => {
+        Some(v) if !valid_image(v) => {
             return Err(InjectError::annotation(
                 keys::PROXY_IMAGE,
                 v,
-                "an image reference cannot be empty or contain spaces",
+                "expected an image reference such as registry.local/istio/proxyv2:1.31.1 (letters, digits and ._-/:@ only)",
             ));
         }
         Some(v) => v.to_string(),
@@ -75,11 +98,14 @@ pub(crate) fn settings(
     };
 
     let agent_log_level = match get(keys::AGENT_LOG_LEVEL) {
-        Some(v) if v.is_empty() || v.contains(char::is_whitespace) => {
+        Some(v) if !valid_agent_log_level(v) => {
             return Err(InjectError::annotation(
                 keys::AGENT_LOG_LEVEL,
                 v,
-                "expected scope:level pairs such as default:debug",
+                format!(
+                    "expected level or scope:level pairs such as default:debug,xds:info; levels are {}",
+                    AGENT_LOG_LEVELS.join(", ")
+                ),
             ));
         }
         Some(v) => v.to_string(),
@@ -106,7 +132,6 @@ pub(crate) fn settings(
     let ProxyConfig {
         config: proxy_config,
         hold: hold_application,
-        concurrency,
     } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
 
     Ok(Settings {
@@ -114,7 +139,6 @@ pub(crate) fn settings(
         resources: resources(annotations, cfg)?,
         log_level,
         agent_log_level,
-        concurrency,
         hold_application,
         proxy_config,
         rewrite_probes,
@@ -170,7 +194,7 @@ fn resources(
             return Err(InjectError::annotation(
                 rk,
                 rv,
-                format!("the request is above the limit {lk}={lv:?}"),
+                format!("the request is above the limit {lk}={}", quoted(lv)),
             ));
         }
     }
@@ -181,15 +205,15 @@ fn resources(
     })
 }
 
-/// The merged PROXY_CONFIG and the two settings of it that also shape the pod.
+/// The merged PROXY_CONFIG and the setting of it that also shapes the pod.
 struct ProxyConfig {
     config: Map<String, Value>,
     hold: bool,
-    concurrency: Option<i32>,
 }
 
 /// PROXY_CONFIG: the discovery address, then the mesh's hold / concurrency, then the pod's
-/// `proxy.istio.io/config` on top (YAML or JSON).
+/// `proxy.istio.io/config` on top (YAML or JSON). Istio's template passes concurrency here, not
+/// as pilot-agent's old `--concurrency` flag.
 fn proxy_config(
     annotation: Option<&str>,
     cfg: &InjectionConfig,
@@ -220,11 +244,10 @@ fn proxy_config(
     if hold {
         config.insert("holdApplicationUntilProxyStarts".into(), Value::Bool(true));
     }
-    Ok(ProxyConfig {
-        config,
-        hold,
-        concurrency,
-    })
+    if let Some(n) = concurrency {
+        config.insert("concurrency".into(), Value::from(n));
+    }
+    Ok(ProxyConfig { config, hold })
 }
 
 fn redirect(annotations: &BTreeMap<String, String>) -> Result<Redirect, InjectError> {
@@ -282,7 +305,7 @@ fn port_list(key: &str, value: &str, star_ok: bool) -> Result<String, InjectErro
             return Err(InjectError::annotation(
                 key,
                 value,
-                format!("{item:?} is not a port number (1-65535)"),
+                format!("{} is not a port number (1-65535)", quoted(item)),
             ));
         }
     }
@@ -300,7 +323,7 @@ fn cidr_list(key: &str, value: &str, star_ok: bool) -> Result<String, InjectErro
             return Err(InjectError::annotation(
                 key,
                 value,
-                format!("{item:?} is not a CIDR such as 10.0.0.0/8"),
+                format!("{} is not a CIDR such as 10.0.0.0/8", quoted(item)),
             ));
         }
     }
@@ -477,7 +500,7 @@ mod tests {
         )])
         .unwrap();
         assert!(s.hold_application);
-        assert_eq!(s.concurrency, Some(4));
+        assert_eq!(s.proxy_config["concurrency"], 4);
         assert_eq!(
             s.proxy_config["holdApplicationUntilProxyStarts"],
             Value::Bool(true)

@@ -11,9 +11,12 @@ use serde_json::{Map, Value};
 use super::annotations::Settings;
 use super::identity::Workload;
 use super::{InjectionConfig, names};
-use crate::api::{SidecarMode, TrafficCapture};
-use crate::istio_proxy::{self, Mode, UID, ports};
-use crate::k8s::{env, resource_env};
+use crate::api::TrafficCapture;
+use crate::istio_proxy::{self, Mode, UID, ports, resource_env};
+use crate::k8s::env;
+
+/// Envoy's per-component log levels, Istio's default (`global.proxy.componentLogLevel`).
+const COMPONENT_LOG_LEVEL: &str = "misc:error";
 
 /// What istio-proxy's environment describes besides the mesh settings.
 pub(crate) struct PodFacts<'a> {
@@ -61,14 +64,18 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// The istio-proxy container.
-pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
+/// The istio-proxy container; `native` makes it a native sidecar (an init container with
+/// restartPolicy Always). Concurrency travels in `PROXY_CONFIG`, as in Istio's template.
+pub(crate) fn proxy(
+    s: &Settings,
+    cfg: &InjectionConfig,
+    facts: &PodFacts,
+    native: bool,
+) -> Container {
     let mut args = istio_proxy::agent_args(Mode::Sidecar);
     args.push(format!("--proxyLogLevel={}", s.log_level));
+    args.push(format!("--proxyComponentLogLevel={COMPONENT_LOG_LEVEL}"));
     args.push(format!("--log_output_level={}", s.agent_log_level));
-    if let Some(n) = s.concurrency {
-        args.extend(["--concurrency".to_string(), n.to_string()]);
-    }
 
     let app_ports: Vec<&ContainerPort> = facts
         .app_containers
@@ -81,7 +88,6 @@ pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
         .map(|c| c.name.as_str())
         .collect();
     let mut env_vars = [
-        vec![env("JWT_POLICY", "third-party-jwt")],
         istio_proxy::ca_env(cfg.discovery_address()),
         istio_proxy::pod_env(),
         vec![
@@ -107,18 +113,42 @@ pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
         env_vars.push(env("ISTIO_KUBE_APP_PROBERS", to_json(facts.probers)));
     }
 
-    let native = cfg.sidecar_mode == SidecarMode::Native;
-    // A classic sidecar has no start ordering; the postStart hook blocks the next container's start
-    // until Envoy is ready, which is why the proxy then goes first.
-    let lifecycle = (!native && s.hold_application).then(|| Lifecycle {
-        post_start: Some(LifecycleHandler {
-            exec: Some(ExecAction {
-                command: Some(vec!["pilot-agent".into(), "wait".into()]),
-            }),
-            ..Default::default()
+    let exec = |command: &[&str]| LifecycleHandler {
+        exec: Some(ExecAction {
+            command: Some(command.iter().map(|c| c.to_string()).collect()),
         }),
         ..Default::default()
-    });
+    };
+    let lifecycle = if native {
+        // Kubernetes stops a native sidecar only after the app containers; preStop runs when the
+        // pod starts shutting down, so Envoy drains its connections while the app finishes.
+        let debug_port = format!("--debug-port={}", ports::AGENT_STATUS);
+        Some(Lifecycle {
+            pre_stop: Some(exec(&[
+                "pilot-agent",
+                "request",
+                &debug_port,
+                "POST",
+                "drain",
+            ])),
+            ..Default::default()
+        })
+    } else if s.hold_application {
+        // A classic sidecar has no start ordering; the postStart hook blocks the next container's
+        // start until Envoy is ready, which is why the proxy then goes first.
+        Some(Lifecycle {
+            post_start: Some(exec(&["pilot-agent", "wait"])),
+            ..Default::default()
+        })
+    } else {
+        None
+    };
+    let mut mounts = istio_proxy::proxy_mounts();
+    let after_ca = mounts
+        .iter()
+        .position(|m| m.name == "istiod-ca-cert")
+        .map_or(mounts.len(), |i| i + 1);
+    mounts.insert(after_ca, istio_proxy::crl_mount());
 
     Container {
         name: names::PROXY.into(),
@@ -132,7 +162,7 @@ pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
         lifecycle,
         restart_policy: native.then(|| "Always".into()),
         security_context: Some(unprivileged()),
-        volume_mounts: Some(istio_proxy::proxy_mounts()),
+        volume_mounts: Some(mounts),
         ..Default::default()
     }
 }
@@ -156,7 +186,7 @@ pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     if let Some(p) = &r.exclude_outbound_ports {
         flag("-o", p.clone());
     }
-    args.push("--log_output_level=default:info".into());
+    args.push(format!("--log_output_level={}", s.agent_log_level));
 
     let cni = cfg.traffic_capture == TrafficCapture::Cni;
     let security_context = if cni {
@@ -196,7 +226,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::api::SidecarMode;
     use crate::inject::annotations::settings;
+    use crate::inject::native::is_native;
     use crate::inject::testutil::{cfg, typical_pod};
 
     fn build(c: &InjectionConfig, annotations: &[(&str, &str)]) -> (Container, Container) {
@@ -215,7 +247,8 @@ mod tests {
             app_containers: &apps,
             probers: &probers,
         };
-        (proxy(&s, c, &facts), init(&s, c))
+        let native = is_native(None, c.sidecar_mode, None, None).unwrap();
+        (proxy(&s, c, &facts, native), init(&s, c))
     }
 
     fn env_map(c: &Container) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
@@ -246,11 +279,13 @@ mod tests {
                 "--domain",
                 "$(POD_NAMESPACE).svc.cluster.local",
                 "--proxyLogLevel=debug",
+                "--proxyComponentLogLevel=misc:error",
                 "--log_output_level=default:info",
-                "--concurrency",
-                "2"
             ]
         );
+        let pc = p.env.iter().flatten().find(|e| e.name == "PROXY_CONFIG");
+        let pc: Value = serde_json::from_str(pc.unwrap().value.as_deref().unwrap()).unwrap();
+        assert_eq!(pc["concurrency"], 2, "concurrency travels in PROXY_CONFIG");
         let port = &p.ports.unwrap()[0];
         assert_eq!(
             (port.container_port, port.name.as_deref()),
@@ -317,6 +352,64 @@ mod tests {
     }
 
     #[test]
+    fn istio_1_30_environment_facts() {
+        let (p, _) = build(&cfg(), &[]);
+        let env = env_map(&p);
+        assert!(
+            !env.contains_key("JWT_POLICY"),
+            "gone from the template since Istio 1.22"
+        );
+        for (name, resource) in [
+            ("ISTIO_CPU_LIMIT", "limits.cpu"),
+            ("GOMEMLIMIT", "limits.memory"),
+            ("GOMAXPROCS", "limits.cpu"),
+        ] {
+            let r = env[name]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .resource_field_ref
+                .as_ref()
+                .unwrap();
+            assert_eq!(r.resource, resource, "{name}");
+            assert_eq!(
+                r.divisor,
+                Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    "1".into()
+                )),
+                "{name}"
+            );
+        }
+        let pc: Value =
+            serde_json::from_str(env["PROXY_CONFIG"].value.as_deref().unwrap()).unwrap();
+        assert!(
+            pc.get("concurrency").is_none(),
+            "unset concurrency is left to the proxy"
+        );
+        assert!(
+            !p.args
+                .unwrap()
+                .iter()
+                .any(|a| a.starts_with("--concurrency"))
+        );
+    }
+
+    #[test]
+    fn agent_log_level_reaches_istio_init_too() {
+        let (p, i) = build(
+            &cfg(),
+            &[("sidecar.istio.io/agentLogLevel", "default:debug")],
+        );
+        for c in [p, i] {
+            assert!(
+                c.args
+                    .unwrap()
+                    .contains(&"--log_output_level=default:debug".to_string())
+            );
+        }
+    }
+
+    #[test]
     fn revision_and_hold_show_in_the_proxy_config() {
         let c = InjectionConfig {
             revision: "canary".into(),
@@ -366,14 +459,43 @@ mod tests {
         );
         assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
         assert_eq!(p.resources, Some(cfg().proxy_resources));
-        assert_eq!(p.volume_mounts.unwrap().len(), 8);
+        let mounts = p.volume_mounts.unwrap();
+        assert_eq!(mounts.len(), 9);
+        let crl = mounts
+            .iter()
+            .position(|m| m.name == "istio-ca-crl")
+            .unwrap();
+        assert_eq!(mounts[crl].mount_path, "/var/run/secrets/istio/crl");
+        assert_eq!(mounts[crl - 1].name, "istiod-ca-cert");
     }
 
     #[test]
     fn native_and_classic_modes() {
         let (p, _) = build(&cfg(), &[]);
         assert_eq!(p.restart_policy.as_deref(), Some("Always"));
-        assert!(p.lifecycle.is_none());
+        let lc = p.lifecycle.unwrap();
+        assert!(lc.post_start.is_none());
+        assert_eq!(
+            lc.pre_stop.unwrap().exec.unwrap().command.unwrap(),
+            [
+                "pilot-agent",
+                "request",
+                "--debug-port=15020",
+                "POST",
+                "drain"
+            ],
+            "a native sidecar drains when the pod starts shutting down"
+        );
+        // Holding the app needs no hook natively: Kubernetes starts the app after the startup probe.
+        let (p, _) = build(
+            &InjectionConfig {
+                hold_application_until_proxy_starts: true,
+                ..cfg()
+            },
+            &[],
+        );
+        let lc = p.lifecycle.unwrap();
+        assert!(lc.post_start.is_none() && lc.pre_stop.is_some());
         let classic = InjectionConfig {
             sidecar_mode: SidecarMode::Classic,
             ..cfg()

@@ -11,6 +11,7 @@
 mod annotations;
 mod containers;
 mod identity;
+mod native;
 mod patch;
 mod probes;
 mod quantity;
@@ -18,6 +19,8 @@ mod selection;
 mod template;
 mod workload;
 
+#[cfg(test)]
+pub(crate) mod hostile_tests;
 #[cfg(test)]
 mod testutil;
 
@@ -27,9 +30,10 @@ use crate::api::{ProxyLogLevel, SidecarMode, TrafficCapture};
 use crate::effective::Installation;
 use crate::istio_proxy;
 
+pub use native::{KubeletVersion, Kubelets};
 pub use patch::patch;
 pub(crate) use selection::{Decision, SkipReason, decide, protected_namespaces, select_revision};
-pub use template::inject;
+pub use template::{inject, inject_on};
 pub use workload::inject_yaml_stream;
 
 /// Names of the containers and volumes meshop adds; also recorded in `sidecar.istio.io/status`.
@@ -42,6 +46,7 @@ pub(crate) mod names {
 /// Pod labels and annotations the engine reads or writes.
 pub(crate) mod keys {
     pub const INJECT: &str = "sidecar.istio.io/inject";
+    pub const NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
     pub const STATUS: &str = "sidecar.istio.io/status";
     pub const REV: &str = "istio.io/rev";
     pub const NAMESPACE_INJECTION: &str = "istio-injection";
@@ -85,7 +90,8 @@ pub struct InjectionConfig {
     pub control_plane_namespace: String,
     /// SPIFFE trust domain, such as `cluster.local`.
     pub trust_domain: String,
-    /// Native (init container with restartPolicy Always) or classic sidecar.
+    /// Native (init container with restartPolicy Always), classic, or auto (native where the
+    /// nodes' kubelets are 1.33 or newer; see [`inject_on`]).
     pub sidecar_mode: SidecarMode,
     /// iptables init container or the Istio CNI node agent.
     pub traffic_capture: TrafficCapture,
@@ -175,11 +181,28 @@ pub enum InjectError {
     InvalidDocument(String),
 }
 
+/// How much of a refused annotation value an error repeats: enough to recognise it, while a
+/// megabyte of junk does not become a megabyte of admission response.
+const QUOTED_VALUE_CHARS: usize = 100;
+
+/// `value` as an error message quotes it: escaped (no raw newline or NUL reaches a log line or
+/// an admission response) and cut after [`QUOTED_VALUE_CHARS`] characters.
+pub(crate) fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_VALUE_CHARS) {
+        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
+    }
+}
+
 impl InjectError {
     fn annotation(annotation: &str, value: &str, reason: impl Into<String>) -> Self {
+        let value = match value.char_indices().nth(QUOTED_VALUE_CHARS) {
+            Some((cut, _)) => format!("{}... ({} bytes in all)", &value[..cut], value.len()),
+            None => value.to_string(),
+        };
         InjectError::InvalidAnnotation {
             annotation: annotation.to_string(),
-            value: value.to_string(),
+            value,
             reason: reason.into(),
         }
     }

@@ -214,6 +214,11 @@ mod tests {
                 traffic_capture: TrafficCapture::Cni,
                 ..cfg()
             },
+            InjectionConfig {
+                sidecar_mode: SidecarMode::Classic,
+                traffic_capture: TrafficCapture::Cni,
+                ..cfg()
+            },
         ];
         for c in &modes {
             roundtrip(&typical_pod(), c);
@@ -252,7 +257,7 @@ mod tests {
             got.iter()
                 .filter(|g| g.starts_with("add /spec/volumes/-"))
                 .count(),
-            8
+            9
         );
         // Probes change in place; nothing else about the app container is touched.
         assert!(

@@ -1,6 +1,8 @@
 //! Parsing of Kubernetes resource quantities (`100m`, `1.5Gi`, `2e3`), so a bad annotation is
 //! refused with a clear message instead of producing a pod the API server rejects later.
 
+use super::quoted;
+
 /// The value of a non-negative quantity, as a float: precise enough to compare a request with a
 /// limit, which is all it is used for. `Err` explains what is wrong.
 pub(crate) fn parse(s: &str) -> Result<f64, String> {
@@ -18,16 +20,27 @@ pub(crate) fn parse(s: &str) -> Result<f64, String> {
     }
     if !valid_decimal(digits) {
         return Err(format!(
-            "{s:?} is not a quantity such as 100m, 0.5, 128Mi or 1G"
+            "{} is not a quantity such as 100m, 0.5, 128Mi or 1G",
+            quoted(s)
         ));
     }
     let value: f64 = digits
         .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
-    Ok(value
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| format!("{} is not a number meshop can use", quoted(s)))?;
+    let value = value
         * multiplier(suffix).ok_or_else(|| {
-            format!("unknown unit {suffix:?} in {s:?}; use m, k, M, G, Ki, Mi, Gi, ...")
-        })?)
+            format!(
+                "unknown unit {} in {}; use m, k, M, G, Ki, Mi, Gi, ...",
+                quoted(suffix),
+                quoted(s)
+            )
+        })?;
+    if !value.is_finite() {
+        return Err(format!("{} is too large", quoted(s)));
+    }
+    Ok(value)
 }
 
 /// `123`, `1.5`, `.5` or `5.`, digits only.

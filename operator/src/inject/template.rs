@@ -7,8 +7,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 
 use super::identity::{self, Workload};
+use super::native::{self, Kubelets};
 use super::{InjectError, InjectionConfig, annotations, containers, keys, names, probes};
-use crate::api::{SidecarMode, TrafficCapture};
+use crate::api::TrafficCapture;
 use crate::istio_proxy::{self, ports};
 use crate::revision;
 
@@ -27,16 +28,28 @@ struct Status<'a> {
 /// Returns `pod` with the sidecar injected. A pod that is already injected is returned unchanged.
 /// The pod's namespace (`metadata.namespace`, `default` if unset) names its workload in telemetry;
 /// the webhook should set it from the admission request, where a new pod's own field may be empty.
+/// No nodes are known here, so `sidecarMode: auto` means native (see [`inject_on`]).
 pub fn inject(pod: &Pod, cfg: &InjectionConfig) -> Result<Pod, InjectError> {
-    inject_as(pod, cfg, None)
+    inject_as(pod, cfg, None, None)
+}
+
+/// [`inject`] in a cluster whose nodes' kubelets are `kubelets`: `sidecarMode: auto` is decided
+/// by them, as Istio decides it.
+pub fn inject_on(
+    pod: &Pod,
+    cfg: &InjectionConfig,
+    kubelets: &Kubelets,
+) -> Result<Pod, InjectError> {
+    inject_as(pod, cfg, None, Some(kubelets))
 }
 
 /// [`inject`], with the owning workload given by the caller (the offline injector knows it from the
-/// document) instead of worked out from the pod's owner references.
+/// document) instead of worked out from the pod's owner references, and the nodes when known.
 pub(super) fn inject_as(
     pod: &Pod,
     cfg: &InjectionConfig,
     workload: Option<Workload>,
+    kubelets: Option<&Kubelets>,
 ) -> Result<Pod, InjectError> {
     let empty = BTreeMap::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
@@ -50,7 +63,7 @@ pub(super) fn inject_as(
     if spec.containers.is_empty() {
         return Err(InjectError::InvalidPod("it has no containers".into()));
     }
-    let added_volumes = istio_proxy::sidecar_volumes();
+    let added_volumes = added_volumes();
     check_names(
         &spec.containers,
         spec.init_containers.as_deref().unwrap_or_default(),
@@ -59,6 +72,14 @@ pub(super) fn inject_as(
     )?;
 
     let settings = annotations::settings(pod_annotations, cfg)?;
+    let native = native::is_native(
+        pod_annotations
+            .get(keys::NATIVE_SIDECAR)
+            .map(String::as_str),
+        cfg.sidecar_mode,
+        kubelets,
+        spec.node_name.as_deref(),
+    )?;
     let namespace = pod
         .metadata
         .namespace
@@ -66,7 +87,6 @@ pub(super) fn inject_as(
         .filter(|n| !n.is_empty())
         .unwrap_or("default");
     let workload = workload.unwrap_or_else(|| identity::workload_of(pod));
-    let native = cfg.sidecar_mode == SidecarMode::Native;
 
     let mut out = pod.clone();
     let Some(out_spec) = out.spec.as_mut() else {
@@ -83,7 +103,7 @@ pub(super) fn inject_as(
         app_containers: &out_spec.containers,
         probers: &probers,
     };
-    let proxy = containers::proxy(&settings, cfg, &facts);
+    let proxy = containers::proxy(&settings, cfg, &facts, native);
     let init = containers::init(&settings, cfg);
     let first_app = spec.containers[0].name.clone();
 
@@ -99,14 +119,17 @@ pub(super) fn inject_as(
         revision: revision::name(&cfg.revision),
     };
 
-    // Init containers: redirect first, then a native proxy, so the pod's own init containers
-    // already run inside the mesh.
+    // Init container order, as Istio orders it. Native: the redirect, then the proxy, then the
+    // pod's own, which so run inside the mesh. Classic: istio-validation first (it must hold back
+    // everything else until the CNI redirect is in place), istio-init last, so the pod's own init
+    // containers are not black-holed by a redirect to a proxy that is not running yet.
     let own_inits = out_spec.init_containers.take().unwrap_or_default();
     let mut inits = Vec::with_capacity(own_inits.len() + 2);
-    inits.push(init);
     if native {
         status.init_containers.push(names::PROXY);
+        inits.push(init);
         inits.push(proxy);
+        inits.extend(own_inits);
     } else {
         status.containers.push(names::PROXY);
         if settings.hold_application {
@@ -114,8 +137,14 @@ pub(super) fn inject_as(
         } else {
             out_spec.containers.push(proxy);
         }
+        if cfg.traffic_capture == TrafficCapture::Cni {
+            inits.push(init);
+            inits.extend(own_inits);
+        } else {
+            inits.extend(own_inits);
+            inits.push(init);
+        }
     }
-    inits.extend(own_inits);
     out_spec.init_containers = Some(inits);
     out_spec
         .volumes
@@ -136,6 +165,14 @@ pub(super) fn inject_as(
         serde_json::to_string(&status).unwrap_or_default(),
     );
     Ok(out)
+}
+
+/// The volumes injection adds: the proxy's (shared with gateways) and the optional CRL ConfigMap,
+/// which only sidecars mount.
+fn added_volumes() -> Vec<k8s_openapi::api::core::v1::Volume> {
+    let mut v = istio_proxy::sidecar_volumes();
+    v.push(istio_proxy::crl_volume());
+    v
 }
 
 /// Refuses a pod that already uses a name the sidecar needs (one pass over the pod).
@@ -182,8 +219,16 @@ fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
     labels
         .entry(keys::TLS_MODE.into())
         .or_insert_with(|| "istio".into());
-    labels.insert(keys::CANONICAL_NAME.into(), name);
+    labels.insert(keys::CANONICAL_NAME.into(), canonical_name(&name).into());
     labels.insert(keys::CANONICAL_REVISION.into(), revision);
+}
+
+/// A label value fit for `service.istio.io/canonical-name`, as Istio 1.31 makes it: at most 63
+/// characters, without leading or trailing `-`, `_` or `.` (a long workload name cut in the
+/// middle of `reviews-v1-...` would otherwise end in `-`, which the API server refuses).
+fn canonical_name(name: &str) -> &str {
+    let cut = name.char_indices().nth(63).map_or(name.len(), |(i, _)| i);
+    name[..cut].trim_matches(['-', '_', '.'])
 }
 
 fn set_annotations(
@@ -242,6 +287,7 @@ fn set_cni_annotations(annotations: &mut BTreeMap<String, String>, r: &annotatio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::SidecarMode;
     use crate::inject::testutil::{cfg, pod_with, typical_pod};
     use serde_json::{Value, json};
 
@@ -279,7 +325,7 @@ mod tests {
             json!({
                 "initContainers": ["istio-init", "istio-proxy"],
                 "containers": [],
-                "volumes": ["workload-socket", "credential-socket", "workload-certs", "istio-envoy", "istio-data", "istio-podinfo", "istio-token", "istiod-ca-cert"],
+                "volumes": ["workload-socket", "credential-socket", "workload-certs", "istio-envoy", "istio-data", "istio-podinfo", "istio-token", "istiod-ca-cert", "istio-ca-crl"],
                 "imagePullSecrets": null,
                 "revision": "default"
             })
@@ -290,7 +336,7 @@ mod tests {
             .flatten()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(vols.len(), 9);
+        assert_eq!(vols.len(), 10);
         assert_eq!(vols[0], "tmp");
     }
 
@@ -302,7 +348,11 @@ mod tests {
         };
         let p = inject(&typical_pod(), &classic).unwrap();
         let spec = p.spec.as_ref().unwrap();
-        assert_eq!(names_of(&spec.init_containers), ["istio-init", "migrate"]);
+        assert_eq!(
+            names_of(&spec.init_containers),
+            ["migrate", "istio-init"],
+            "istio-init last, so the pod's own init containers are not black-holed"
+        );
         assert_eq!(
             names_of(&Some(spec.containers.clone())),
             ["reviews", "sidecar-logger", "istio-proxy"]
@@ -321,6 +371,130 @@ mod tests {
         assert_eq!(
             p.metadata.annotations.as_ref().unwrap()[keys::DEFAULT_CONTAINER],
             "reviews"
+        );
+    }
+
+    #[test]
+    fn classic_cni_keeps_validation_first() {
+        let c = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            traffic_capture: TrafficCapture::Cni,
+            ..cfg()
+        };
+        let p = inject(&typical_pod(), &c).unwrap();
+        assert_eq!(
+            names_of(&p.spec.unwrap().init_containers),
+            ["istio-validation", "migrate"],
+            "validation must hold back the pod's own init containers until the CNI redirect is up"
+        );
+        let native = InjectionConfig {
+            sidecar_mode: SidecarMode::Native,
+            ..c
+        };
+        let p = inject(&typical_pod(), &native).unwrap();
+        assert_eq!(
+            names_of(&p.spec.unwrap().init_containers),
+            ["istio-validation", "istio-proxy", "migrate"]
+        );
+    }
+
+    fn proxy_is_native(p: &Pod) -> bool {
+        let spec = p.spec.as_ref().unwrap();
+        let native = names_of(&spec.init_containers).contains(&"istio-proxy");
+        assert_ne!(
+            native,
+            spec.containers.iter().any(|c| c.name == "istio-proxy"),
+            "exactly one istio-proxy"
+        );
+        native
+    }
+
+    #[test]
+    fn the_native_sidecar_annotation_overrides_the_mode() {
+        for mode in [SidecarMode::Native, SidecarMode::Classic, SidecarMode::Auto] {
+            let c = InjectionConfig {
+                sidecar_mode: mode,
+                ..cfg()
+            };
+            let on = pod_with(&[], &[(keys::NATIVE_SIDECAR, "true")]);
+            let off = pod_with(&[], &[(keys::NATIVE_SIDECAR, "false")]);
+            assert!(proxy_is_native(&inject(&on, &c).unwrap()), "{mode:?}");
+            assert!(!proxy_is_native(&inject(&off, &c).unwrap()), "{mode:?}");
+            let old: Kubelets = [("n", Some("v1.31.0"))].into_iter().collect();
+            assert!(proxy_is_native(&inject_on(&on, &c, &old).unwrap()));
+        }
+        let e = inject(&pod_with(&[], &[(keys::NATIVE_SIDECAR, "sure")]), &cfg()).unwrap_err();
+        assert!(
+            e.to_string().contains("sidecar.istio.io/nativeSidecar"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn auto_follows_the_kubelets() {
+        let auto = InjectionConfig {
+            sidecar_mode: SidecarMode::Auto,
+            ..cfg()
+        };
+        let mixed: Kubelets = [("new", Some("v1.34.2")), ("old", Some("v1.32.7"))]
+            .into_iter()
+            .collect();
+        let unbound = typical_pod();
+        assert!(!proxy_is_native(
+            &inject_on(&unbound, &auto, &mixed).unwrap()
+        ));
+        let mut bound = typical_pod();
+        bound.spec.as_mut().unwrap().node_name = Some("new".into());
+        let p = inject_on(&bound, &auto, &mixed).unwrap();
+        assert!(proxy_is_native(&p));
+        assert_eq!(
+            names_of(&p.spec.unwrap().init_containers),
+            ["istio-init", "istio-proxy", "migrate"]
+        );
+        bound.spec.as_mut().unwrap().node_name = Some("old".into());
+        let p = inject_on(&bound, &auto, &mixed).unwrap();
+        assert!(!proxy_is_native(&p));
+        assert_eq!(
+            names_of(&p.spec.unwrap().init_containers),
+            ["migrate", "istio-init"]
+        );
+        let current: Kubelets = [("a", Some("v1.33.0")), ("b", Some("v1.36.1"))]
+            .into_iter()
+            .collect();
+        assert!(proxy_is_native(
+            &inject_on(&unbound, &auto, &current).unwrap()
+        ));
+        // Offline there are no nodes to ask: auto is native (docs/injection.md says why).
+        assert!(proxy_is_native(&inject(&unbound, &auto).unwrap()));
+        // Fixed modes ignore the nodes.
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
+        assert!(!proxy_is_native(
+            &inject_on(&unbound, &classic, &current).unwrap()
+        ));
+        assert!(proxy_is_native(
+            &inject_on(&unbound, &cfg(), &mixed).unwrap()
+        ));
+    }
+
+    #[test]
+    fn canonical_names_are_valid_label_values() {
+        assert_eq!(canonical_name("reviews"), "reviews");
+        assert_eq!(canonical_name("_x.-"), "x");
+        let long = format!("{}-{}", "a".repeat(62), "tail");
+        assert_eq!(
+            canonical_name(&long),
+            "a".repeat(62),
+            "cut at 63, the dash dropped"
+        );
+        let mut p = pod_with(&[], &[]);
+        p.metadata.name = Some(format!("{}-x", "w".repeat(70)));
+        let out = inject(&p, &cfg()).unwrap();
+        assert_eq!(
+            out.metadata.labels.unwrap()[keys::CANONICAL_NAME],
+            "w".repeat(63)
         );
     }
 

@@ -132,7 +132,7 @@ fn plan_into(
     if let Decision::Skip(_) = offline_decide(&pod) {
         return Ok(());
     }
-    let injected = inject_as(&pod, cfg, workload).map_err(|e| match e {
+    let injected = inject_as(&pod, cfg, workload, None).map_err(|e| match e {
         InjectError::InvalidPod(m) => InjectError::InvalidPod(format!("{what}: {m}")),
         other => other,
     })?;

@@ -9,11 +9,12 @@
 mod volumes;
 
 use k8s_openapi::api::core::v1::{ContainerPort, EnvVar};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Map, Value};
 
 use crate::k8s::{env, field_env};
 
-pub(crate) use volumes::{proxy_mounts, sidecar_volumes};
+pub(crate) use volumes::{crl_mount, crl_volume, proxy_mounts, sidecar_volumes};
 
 /// The container's name.
 pub(crate) const CONTAINER: &str = "istio-proxy";
@@ -95,6 +96,20 @@ pub(crate) fn envoy_prometheus_port() -> ContainerPort {
 /// The start of `PROXY_CONFIG`: where istiod is. Callers merge their own fields on top.
 pub(crate) fn proxy_config(discovery_address: String) -> Map<String, Value> {
     Map::from_iter([("discoveryAddress".into(), Value::String(discovery_address))])
+}
+
+/// An env var from the container's own resources with `divisor: "1"` written out, as Istio's
+/// templates write it since 1.28: whole CPUs (rounded up) for `limits.cpu`, bytes for memory.
+pub(crate) fn resource_env(name: &str, resource: &str) -> EnvVar {
+    let mut e = crate::k8s::resource_env(name, resource);
+    if let Some(r) = e
+        .value_from
+        .as_mut()
+        .and_then(|v| v.resource_field_ref.as_mut())
+    {
+        r.divisor = Some(Quantity("1".into()));
+    }
+    e
 }
 
 /// `PROXY_CONFIG` as the agent reads it (JSON).
@@ -204,6 +219,16 @@ mod tests {
         assert_eq!(
             e.value.as_deref(),
             Some(r#"{"discoveryAddress":"istiod.x.svc:15012"}"#)
+        );
+    }
+
+    #[test]
+    fn resource_env_writes_the_divisor() {
+        let e = resource_env("GOMEMLIMIT", "limits.memory");
+        let r = e.value_from.unwrap().resource_field_ref.unwrap();
+        assert_eq!(
+            (r.resource.as_str(), r.divisor),
+            ("limits.memory", Some(Quantity("1".into())))
         );
     }
 

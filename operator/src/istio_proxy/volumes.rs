@@ -81,6 +81,27 @@ pub(crate) fn sidecar_volumes() -> Vec<Volume> {
     ]
 }
 
+/// The certificate revocation list istiod publishes for a plugged-in CA, as Istio 1.30 and 1.31
+/// mount it into sidecars (not gateways). Optional: without the ConfigMap the pod starts as usual.
+pub(crate) fn crl_volume() -> Volume {
+    Volume {
+        name: CRL_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: "istio-ca-crl".into(),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Where a sidecar mounts [`crl_volume`]: beside the root certificate.
+pub(crate) fn crl_mount() -> VolumeMount {
+    mount(CRL_VOLUME, "/var/run/secrets/istio/crl", false)
+}
+
+const CRL_VOLUME: &str = "istio-ca-crl";
+
 /// Where istio-proxy mounts them.
 pub(crate) fn proxy_mounts() -> Vec<VolumeMount> {
     vec![
@@ -135,6 +156,17 @@ mod tests {
         );
         let ca = vols.iter().find(|v| v.name == "istiod-ca-cert").unwrap();
         assert_eq!(ca.config_map.as_ref().unwrap().name, "istio-ca-root-cert");
+        let crl = crl_volume();
+        let cm = crl.config_map.as_ref().unwrap();
+        assert_eq!(
+            (crl.name.as_str(), cm.name.as_str(), cm.optional),
+            ("istio-ca-crl", "istio-ca-crl", Some(true))
+        );
+        assert_eq!(crl_mount().name, crl.name);
+        assert!(
+            !vols.iter().any(|v| v.name == crl.name),
+            "gateways do not mount the CRL"
+        );
         let envoy = vols.iter().find(|v| v.name == "istio-envoy").unwrap();
         assert_eq!(
             envoy.empty_dir.as_ref().unwrap().medium.as_deref(),

@@ -4,8 +4,8 @@
 //!
 //! The path of a pod: [`select_revision`] says which revision its labels ask for, the snapshot
 //! gives that revision's settings, [`inject::decide`] applies the vetoes (protected namespace,
-//! opt-out, hostNetwork, already injected), and [`inject::inject`] plus [`inject::patch`] build
-//! the JSON patch.
+//! opt-out, hostNetwork, already injected), and [`inject::inject_on`] (with the nodes' kubelet
+//! versions, which decide `sidecarMode: auto`) plus [`inject::patch`] build the JSON patch.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
@@ -112,7 +112,7 @@ pub(crate) fn decide(
     }
     match inject::decide(&namespace, ns_labels, &pod, &rc.config) {
         Decision::Skip(reason) => Verdict::Unchanged(Unchanged::Skipped(reason)),
-        Decision::Inject => match inject::inject(&pod, &rc.config) {
+        Decision::Inject => match inject::inject_on(&pod, &rc.config, view.kubelets()) {
             Ok(injected) => Verdict::Injected {
                 revision: revision.into(),
                 patch: inject::patch(&pod, &injected),
@@ -243,6 +243,113 @@ mod tests {
         assert_eq!(resp.uid, "uid-1");
         let patch: json_patch::Patch = serde_json::from_slice(&resp.patch.unwrap()).unwrap();
         assert!(!patch.0.is_empty());
+    }
+
+    /// Where the injected pod's istio-proxy is: `initContainers` (native) or `containers`.
+    fn proxy_list(v: &View, namespace: &str, object: Value) -> &'static str {
+        let Verdict::Injected { patch, .. } = verdict(v, namespace, object.clone()) else {
+            panic!("expected a sidecar");
+        };
+        let mut doc = object;
+        json_patch::patch(&mut doc, &patch).unwrap();
+        let has = |list: &str| {
+            doc["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == "istio-proxy")
+        };
+        match (has("initContainers"), has("containers")) {
+            (true, false) => "initContainers",
+            (false, true) => "containers",
+            other => panic!("istio-proxy in {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auto_mode_asks_the_watched_nodes() {
+        let v = view();
+        let mut auto = install("");
+        auto.injection.sidecar_mode = crate::api::SidecarMode::Auto;
+        v.set_install("mesh", &auto);
+        v.set_node("new", Some("v1.35.0"));
+        v.set_node("old", Some("v1.32.3"));
+        let on = |node: Option<&str>| {
+            let mut p = pod(json!({}));
+            if let Some(n) = node {
+                p["spec"]["nodeName"] = json!(n);
+            }
+            p
+        };
+        assert_eq!(proxy_list(&v, "apps", on(None)), "containers");
+        assert_eq!(proxy_list(&v, "apps", on(Some("new"))), "initContainers");
+        assert_eq!(proxy_list(&v, "apps", on(Some("old"))), "containers");
+        let mut forced = on(None);
+        forced["metadata"]["annotations"] = json!({(keys::NATIVE_SIDECAR): "true"});
+        assert_eq!(proxy_list(&v, "apps", forced), "initContainers");
+        v.remove_node("old");
+        assert_eq!(proxy_list(&v, "apps", on(None)), "initContainers");
+
+        let mut bad = on(None);
+        bad["metadata"]["annotations"] = json!({(keys::NATIVE_SIDECAR): "maybe"});
+        let resp = admit(request("apps", bad), &v.snapshot());
+        assert!(!resp.allowed);
+        assert!(resp.result.message.contains("nativeSidecar"), "{resp:?}");
+    }
+
+    #[test]
+    fn hostile_annotation_values_are_refused_or_stay_strings_in_the_patch() {
+        use crate::inject::hostile_tests::{Expectations, HONOURED, check_refusal, hostile_values};
+        let v = view();
+        let snapshot = v.snapshot();
+        let object = |key: &str, value: Option<&str>| {
+            let mut p = pod(json!({"app": "web"}));
+            if let Some(val) = value {
+                p["metadata"]["annotations"] = json!({ (key): val });
+            }
+            p
+        };
+        let mut outcomes = (0, 0);
+        for (key, benign) in HONOURED {
+            let patched = |value: Option<&str>| -> Result<Value, String> {
+                let original = object(key, value);
+                // Through the wire format, as the API server sends it.
+                let review: kube::core::admission::AdmissionReview<DynamicObject> =
+                    serde_json::from_value(json!({
+                        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                        "request": {
+                            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "resource": {"group": "", "version": "v1", "resource": "pods"},
+                            "namespace": "apps", "operation": "CREATE",
+                            "userInfo": {"username": "tester"}, "object": original
+                        }
+                    }))
+                    .map_err(|e| e.to_string())?;
+                let resp = admit(review.try_into().map_err(|_| "no request")?, &snapshot);
+                if !resp.allowed {
+                    return Err(resp.result.message);
+                }
+                let patch: json_patch::Patch =
+                    serde_json::from_slice(&resp.patch.ok_or("no patch")?).unwrap();
+                let mut doc = original;
+                json_patch::patch(&mut doc, &patch).unwrap();
+                Ok(doc)
+            };
+            let expect = Expectations::new(key, benign, "", |v| patched(v).unwrap());
+            for value in hostile_values().iter().filter(|v| v.len() < 100_000) {
+                match patched(Some(value)) {
+                    Ok(doc) => {
+                        outcomes.0 += 1;
+                        expect.check(key, value, &doc, "");
+                    }
+                    Err(message) => {
+                        outcomes.1 += 1;
+                        check_refusal(key, value, &message);
+                    }
+                }
+            }
+        }
+        assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! meshop's sidecar-injection admission webhook, served by the operator process over TLS.
 //!
 //! Three layers answer an AdmissionReview, each testable on its own:
-//! - `view`: the watched cache. Watches on Namespaces (labels only) and MeshInstalls feed a
-//!   [`View`]; a decision reads one consistent `Snapshot` of it, so no admission request waits on
-//!   the API server.
+//! - `view`: the watched cache. Watches on Namespaces (labels only), MeshInstalls and Nodes
+//!   (kubelet versions only, for `sidecarMode: auto`) feed a [`View`]; a decision reads one
+//!   consistent `Snapshot` of it, so no admission request waits on the API server.
 //! - `http`: the axum [`router`] (`POST /inject`, `GET /healthz`), body limits, status codes,
-//!   and the encoding of the answer. It answers 503 until both watches have listed, so the API
+//!   and the encoding of the answer. It answers 503 until every watch has listed, so the API
 //!   server applies `failurePolicy` instead of admitting pods on a guess.
 //! - `admission`: the pure decision, AdmissionRequest + snapshot -> AdmissionResponse: which
 //!   revision the labels ask for (`inject::select_revision`), that revision's settings,

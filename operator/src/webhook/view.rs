@@ -1,6 +1,7 @@
-//! What the webhook knows about the cluster: namespace labels and each MeshInstall's injection
-//! settings, kept current by watches so an admission request never waits on the API server (the
-//! API server waits on us, with a short timeout). A decision reads one [`Snapshot`].
+//! What the webhook knows about the cluster: namespace labels, each MeshInstall's injection
+//! settings and each node's kubelet version (for `sidecarMode: auto`), kept current by watches so
+//! an admission request never waits on the API server (the API server waits on us, with a short
+//! timeout). A decision reads one [`Snapshot`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,16 +9,18 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
+use serde::Deserialize;
 
 use crate::api::MeshInstall;
 use crate::effective::Installation;
-use crate::inject::InjectionConfig;
+use crate::inject::{InjectionConfig, Kubelets};
 use crate::revision;
 
 type Labels = BTreeMap<String, String>;
@@ -53,15 +56,78 @@ impl RevisionConfig {
     }
 }
 
+/// A Node as the view decodes it: its name and kubelet version. The rest of the object (images,
+/// conditions, addresses, ...) is skipped while decoding, never held.
+#[derive(Clone, Debug, Deserialize)]
+struct NodeKubelet {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    status: Option<NodeKubeletStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeKubeletStatus {
+    #[serde(default)]
+    node_info: Option<NodeKubeletInfo>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeKubeletInfo {
+    #[serde(default)]
+    kubelet_version: Option<String>,
+}
+
+impl NodeKubelet {
+    fn kubelet_version(&self) -> Option<&str> {
+        self.status
+            .as_ref()?
+            .node_info
+            .as_ref()?
+            .kubelet_version
+            .as_deref()
+    }
+}
+
+// Served from the `nodes` endpoint like the full type.
+impl k8s_openapi::Resource for NodeKubelet {
+    const API_VERSION: &'static str =
+        <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str =
+        <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str =
+        <k8s_openapi::api::core::v1::Node as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::Metadata for NodeKubelet {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// The view at one instant: everything one admission decision reads, consistent with itself.
-/// Taking one costs two `Arc` clones; writers copy a map only while a snapshot of it is alive.
+/// Taking one costs three `Arc` clones; writers copy a map only while a snapshot of it is alive.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Snapshot {
     namespaces: Arc<Namespaces>,
     installs: Arc<Installs>,
+    kubelets: Arc<Kubelets>,
 }
 
 impl Snapshot {
+    /// The nodes' kubelet versions, which decide `sidecarMode: auto`.
+    pub(crate) fn kubelets(&self) -> &Kubelets {
+        &self.kubelets
+    }
+
     /// The labels of a namespace the watch has seen.
     pub(crate) fn namespace_labels(&self, name: &str) -> Option<&Labels> {
         self.namespaces.get(name)
@@ -83,8 +149,10 @@ impl Snapshot {
 struct Inner {
     namespaces: RwLock<Arc<Namespaces>>,
     installs: RwLock<Arc<Installs>>,
+    kubelets: RwLock<Arc<Kubelets>>,
     namespaces_synced: AtomicBool,
     installs_synced: AtomicBool,
+    nodes_synced: AtomicBool,
 }
 
 /// The watched cache. Cheap to clone; shared by the watch feeders and the HTTP handler.
@@ -127,17 +195,29 @@ impl View {
         Arc::make_mut(&mut write(&self.inner.installs)).remove(name);
     }
 
-    /// Marks both watches as having listed everything (tests, and callers that fill the view
+    /// Records (or replaces) node `name`'s kubelet version (`status.nodeInfo.kubeletVersion`).
+    pub fn set_node(&self, name: &str, kubelet_version: Option<&str>) {
+        Arc::make_mut(&mut write(&self.inner.kubelets)).set(name, kubelet_version);
+    }
+
+    pub(crate) fn remove_node(&self, name: &str) {
+        Arc::make_mut(&mut write(&self.inner.kubelets)).remove(name);
+    }
+
+    /// Marks every watch as having listed everything (tests, and callers that fill the view
     /// themselves).
     pub fn mark_synced(&self) {
         self.inner.namespaces_synced.store(true, Ordering::SeqCst);
         self.inner.installs_synced.store(true, Ordering::SeqCst);
+        self.inner.nodes_synced.store(true, Ordering::SeqCst);
     }
 
-    /// Whether both watches have completed their first list. Until then answers would be guesses.
+    /// Whether every watch has completed its first list. Until then answers would be guesses
+    /// (without the nodes, `auto` would pick a sidecar mode the pod's kubelet may not run).
     pub(crate) fn is_synced(&self) -> bool {
         self.inner.namespaces_synced.load(Ordering::SeqCst)
             && self.inner.installs_synced.load(Ordering::SeqCst)
+            && self.inner.nodes_synced.load(Ordering::SeqCst)
     }
 
     /// What the view holds now.
@@ -145,6 +225,7 @@ impl View {
         Snapshot {
             namespaces: read(&self.inner.namespaces).clone(),
             installs: read(&self.inner.installs).clone(),
+            kubelets: read(&self.inner.kubelets).clone(),
         }
     }
 
@@ -157,10 +238,16 @@ impl View {
         *write(&self.inner.installs) = Arc::new(all);
         self.inner.installs_synced.store(true, Ordering::SeqCst);
     }
+
+    fn replace_kubelets(&self, all: Kubelets) {
+        *write(&self.inner.kubelets) = Arc::new(all);
+        self.inner.nodes_synced.store(true, Ordering::SeqCst);
+    }
 }
 
-/// Starts the watches that keep a [`View`] current: namespace metadata (labels only) and
-/// MeshInstalls. They retry with backoff forever; the tasks end when the runtime does.
+/// Starts the watches that keep a [`View`] current: namespace metadata (labels only),
+/// MeshInstalls and nodes (kubelet versions only). They retry with backoff forever; the tasks end
+/// when the runtime does.
 pub(crate) fn spawn_view(client: Client) -> View {
     let view = View::new();
     let ns_stream = watcher::watcher(
@@ -169,10 +256,39 @@ pub(crate) fn spawn_view(client: Client) -> View {
     )
     .default_backoff();
     tokio::spawn(feed_namespaces(view.clone(), ns_stream));
-    let mi_stream = watcher::watcher(Api::<MeshInstall>::all(client), watcher::Config::default())
-        .default_backoff();
+    let mi_stream = watcher::watcher(
+        Api::<MeshInstall>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
     tokio::spawn(feed_installs(view.clone(), mi_stream));
+    let node_stream = watcher::watcher(Api::<NodeKubelet>::all(client), watcher::Config::default())
+        .default_backoff();
+    tokio::spawn(feed_nodes(view.clone(), node_stream));
     view
+}
+
+async fn feed_nodes<S>(view: View, stream: S)
+where
+    S: Stream<Item = Result<Event<NodeKubelet>, watcher::Error>>,
+{
+    // As for namespaces: a relist swaps in a fresh map, so nodes removed meanwhile are gone.
+    let mut relist: Option<Kubelets> = None;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist = Some(Kubelets::default()),
+            Ok(Event::InitApply(n)) => {
+                if let Some(k) = relist.as_mut() {
+                    k.set(&n.name_any(), n.kubelet_version());
+                }
+            }
+            Ok(Event::InitDone) => view.replace_kubelets(relist.take().unwrap_or_default()),
+            Ok(Event::Apply(n)) => view.set_node(&n.name_any(), n.kubelet_version()),
+            Ok(Event::Delete(n)) => view.remove_node(&n.name_any()),
+            Err(e) => tracing::warn!(error = %e, "webhook node watch failed; retrying"),
+        }
+    }
 }
 
 async fn feed_namespaces<S>(view: View, stream: S)
@@ -333,6 +449,12 @@ pub(crate) mod tests {
             Ok(Event::InitDone),
         ];
         feed_installs(v.clone(), futures::stream::iter(mi_events)).await;
+        assert!(!v.is_synced(), "nodes not listed yet");
+        feed_nodes(
+            v.clone(),
+            futures::stream::iter(vec![Ok(Event::Init), Ok(Event::InitDone)]),
+        )
+        .await;
         assert!(v.is_synced());
         let s = v.snapshot();
         assert_eq!(
@@ -349,6 +471,81 @@ pub(crate) mod tests {
         )
         .await;
         assert!(v.snapshot().revision("blue").is_none());
+    }
+
+    fn node(name: &str, kubelet: &str) -> NodeKubelet {
+        // Decoded from a whole Node, as the API server sends it.
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+            "spec": {"podCIDR": "10.0.0.0/24"},
+            "status": {
+                "nodeInfo": {"kubeletVersion": kubelet, "containerRuntimeVersion": "containerd://2.1.0"},
+                "images": [{"names": ["docker.io/istio/proxyv2:1.31.1"], "sizeBytes": 1}],
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_node_watch_keeps_kubelet_versions_and_gates_readiness() {
+        let v = View::new();
+        v.set_namespace("apps", BTreeMap::new());
+        feed_namespaces(
+            v.clone(),
+            futures::stream::iter(vec![Ok(Event::Init), Ok(Event::InitDone)]),
+        )
+        .await;
+        feed_installs(
+            v.clone(),
+            futures::stream::iter(vec![Ok(Event::Init), Ok(Event::InitDone)]),
+        )
+        .await;
+        assert!(!v.is_synced(), "the node watch has not listed yet");
+        assert_eq!(node("a", "v1.33.4").kubelet_version(), Some("v1.33.4"));
+        let nameless: NodeKubelet =
+            serde_json::from_value(json!({"metadata": {"name": "bare"}})).unwrap();
+        assert_eq!(nameless.kubelet_version(), None);
+
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(node("a", "v1.34.0"))),
+            Ok(Event::InitApply(node("b", "v1.32.9"))),
+            Ok(Event::InitDone),
+        ];
+        feed_nodes(v.clone(), futures::stream::iter(events)).await;
+        assert!(v.is_synced());
+        let s = v.snapshot();
+        assert_eq!(s.kubelets().len(), 2);
+        assert!(!s.kubelets().native_for(None), "b is too old");
+        assert!(s.kubelets().native_for(Some("a")));
+
+        let events = vec![
+            Ok(Event::Apply(node("b", "v1.33.0"))),
+            Ok(Event::Apply(node("c", "v1.31.2"))),
+            Ok(Event::Delete(node("c", "v1.31.2"))),
+        ];
+        feed_nodes(v.clone(), futures::stream::iter(events)).await;
+        assert!(
+            v.snapshot().kubelets().native_for(None),
+            "b upgraded, c gone"
+        );
+        assert!(
+            !s.kubelets().native_for(None),
+            "an older snapshot keeps its instant"
+        );
+
+        // A relist drops nodes deleted while the watch was down.
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(node("d", "v1.30.0"))),
+            Ok(Event::InitDone),
+        ];
+        feed_nodes(v.clone(), futures::stream::iter(events)).await;
+        let s = v.snapshot();
+        assert_eq!(s.kubelets().len(), 1);
+        assert!(!s.kubelets().native_for(Some("a")), "a is gone; d decides");
     }
 
     #[test]
