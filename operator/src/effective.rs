@@ -170,7 +170,15 @@ impl Installation {
             },
             injection: Injection {
                 enabled: injection.enabled.unwrap_or(true),
-                sidecar_mode: injection.sidecar_mode.unwrap_or(SidecarMode::Classic),
+                // Istio's own default since 1.27 (ENABLE_NATIVE_SIDECARS=auto), where the catalog
+                // says the version has it.
+                sidecar_mode: injection.sidecar_mode.unwrap_or(
+                    if resolved.minor.native_sidecars_by_default {
+                        SidecarMode::Auto
+                    } else {
+                        SidecarMode::Classic
+                    },
+                ),
                 traffic_capture: injection
                     .traffic_capture
                     .unwrap_or(TrafficCapture::Iptables),

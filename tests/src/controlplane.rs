@@ -294,6 +294,7 @@ impl ControlPlane {
     }
 
     async fn create_nodes(&mut self, client: &Client) -> Result<()> {
+        const FAKE_KUBELET_VERSION: &str = "v1.36.3";
         let nodes: Api<Node> = Api::all(client.clone());
         for i in 0..self.options.nodes {
             let name = format!("kwok-node-{i}");
@@ -313,7 +314,11 @@ impl ControlPlane {
                 },
                 "status": {
                     "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
-                    "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" }
+                    "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+                    // A kubelet of the control plane's own version, as a real node would report
+                    // (kwok keeps it; otherwise it reports its own version, which no kubelet has).
+                    // The injector's sidecarMode auto reads it.
+                    "nodeInfo": { "kubeletVersion": FAKE_KUBELET_VERSION, "operatingSystem": "linux", "architecture": "amd64" }
                 }
             }))?;
             nodes

@@ -86,15 +86,13 @@ async fn auto_sidecar_mode_follows_the_nodes_kubelets() {
         "MeshInstall Ready with the webhook Active",
         Duration::from_secs(120),
         || async {
-            let Ok(mi) = api.get("auto").await else {
-                return false;
-            };
-            kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current
-                && mi
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.webhook.as_ref())
-                    .is_some_and(|w| w.state == WebhookState::Active)
+            let mi = api.get("auto").await?;
+            let current = kstatus(mi.metadata.generation, mi.status.as_ref()) == KStatus::Current;
+            let webhook = mi.status.as_ref().and_then(|s| s.webhook.as_ref());
+            match webhook {
+                Some(w) if current && w.state == WebhookState::Active => Ok(()),
+                _ => anyhow::bail!("current {current}, webhook {webhook:?}"),
+            }
         },
     )
     .await;
@@ -113,7 +111,12 @@ async fn auto_sidecar_mode_follows_the_nodes_kubelets() {
     meshop_testenv::wait_until(
         "default ServiceAccount",
         Duration::from_secs(30),
-        || async { sa.get_opt("default").await.ok().flatten().is_some() },
+        || async {
+            sa.get_opt("default")
+                .await?
+                .map(|_| ())
+                .ok_or_else(|| anyhow::anyhow!("not created yet"))
+        },
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "auto-apps");
@@ -175,9 +178,11 @@ async fn auto_sidecar_mode_follows_the_nodes_kubelets() {
         "unbound pods native after the upgrade",
         Duration::from_secs(30),
         || async {
-            admitted(pod("after", None, json!({})))
-                .await
-                .is_ok_and(|p| placement(&p).0 == "native")
+            let p = admitted(pod("after", None, json!({}))).await?;
+            match placement(&p).0 {
+                "native" => Ok(()),
+                other => anyhow::bail!("sidecar is {other}"),
+            }
         },
     )
     .await;
