@@ -170,15 +170,9 @@ impl Installation {
             },
             injection: Injection {
                 enabled: injection.enabled.unwrap_or(true),
-                // Istio's own default since 1.27 (ENABLE_NATIVE_SIDECARS=auto), where the catalog
-                // says the version has it.
-                sidecar_mode: injection.sidecar_mode.unwrap_or(
-                    if resolved.minor.native_sidecars_by_default {
-                        SidecarMode::Auto
-                    } else {
-                        SidecarMode::Classic
-                    },
-                ),
+                sidecar_mode: injection
+                    .sidecar_mode
+                    .unwrap_or_else(|| default_sidecar_mode(resolved.minor)),
                 traffic_capture: injection
                     .traffic_capture
                     .unwrap_or(TrafficCapture::Iptables),
@@ -219,6 +213,16 @@ impl Installation {
 
     pub fn image(&self, name: &str) -> String {
         format!("{}/{}:{}", self.hub, name, self.version)
+    }
+}
+
+/// Istio's own default for a version: `auto` (ENABLE_NATIVE_SIDECARS=auto, native where every
+/// kubelet is 1.33+) where the catalog says the version has it (1.27 on), else classic.
+fn default_sidecar_mode(minor: &versions::Minor) -> SidecarMode {
+    if minor.native_sidecars_by_default {
+        SidecarMode::Auto
+    } else {
+        SidecarMode::Classic
     }
 }
 
@@ -344,6 +348,37 @@ mod tests {
         let newest = resolve("profile: demo").unwrap();
         assert_eq!(newest.version, crate::versions::default_version());
         assert_eq!(newest.revision, "");
+    }
+
+    #[test]
+    fn the_sidecar_mode_defaults_to_what_the_version_defaults_to() {
+        let minor = |native| crate::versions::Minor {
+            minor: "1.26".into(),
+            released: None,
+            support: crate::versions::Support::Supported,
+            end_of_life: None,
+            kubernetes: None,
+            native_sidecars_by_default: native,
+            images_only_on_docker_hub: false,
+            patches: Vec::new(),
+        };
+        assert_eq!(default_sidecar_mode(&minor(true)), SidecarMode::Auto);
+        assert_eq!(default_sidecar_mode(&minor(false)), SidecarMode::Classic);
+        // Every supported version defaults to native sidecars, so every profile that does not
+        // pin a mode gets auto; production and performance pin native.
+        assert_eq!(
+            resolve("profile: demo").unwrap().injection.sidecar_mode,
+            SidecarMode::Auto
+        );
+        assert_eq!(
+            resolve("profile: production")
+                .unwrap()
+                .injection
+                .sidecar_mode,
+            SidecarMode::Native
+        );
+        let pinned = resolve("profile: demo\ninjection: {sidecarMode: classic}").unwrap();
+        assert_eq!(pinned.injection.sidecar_mode, SidecarMode::Classic);
     }
 
     #[test]

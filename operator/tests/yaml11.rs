@@ -204,6 +204,20 @@ fn generated_documents() -> Vec<(String, String)> {
         }
         out.push((what, text));
     }
+    // `meshop inject` writes the user's workload back: its label and annotation values too.
+    let dir = std::env::temp_dir().join(format!("meshop-yaml11-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let workload = dir.join("deploy.yaml");
+    std::fs::write(
+        &workload,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, labels: {flag: \"on\"}}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web, octal: \"0777\", time: \"12:30\"}, annotations: {note: \"yes\", \"null\": \"~\"}}\n    spec:\n      containers: [{name: web, image: nginx, args: [\"off\", \"1e3\"]}]\n",
+    )
+    .unwrap();
+    out.push((
+        "meshop inject".into(),
+        meshop::cli::inject(&workload, None, None).unwrap(),
+    ));
+    std::fs::remove_dir_all(&dir).ok();
     for dir in ["crds", "deploy", "operator/tests/golden", "docs/examples"] {
         for path in yaml_files(&root().join(dir)) {
             out.push((

@@ -49,7 +49,7 @@ pub fn inject_yaml_stream(input: &str, cfg: &InjectionConfig) -> Result<String, 
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(&doc).map_err(|e| bad(e.to_string()))?);
+        out.push_str(&crate::yaml::to_string(&doc).map_err(|e| bad(e.to_string()))?);
     }
     Ok(out)
 }
