@@ -57,7 +57,8 @@ fn dry_run(args: &[String]) -> Result<String, String> {
 #[test]
 fn pilot_agent_accepts_every_capture_setting_and_reads_it_as_meant() {
     // (annotations, rules that must be printed, rules that must not)
-    let cases: &[(&[(&str, &str)], &[&str], &[&str])] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             &[],
             &[
