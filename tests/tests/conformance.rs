@@ -248,13 +248,11 @@ fn api_defaults_in_probes(mut v: Value) -> Value {
             if let Some(get) = probe.get_mut("httpGet").and_then(Value::as_object_mut) {
                 get.entry("scheme").or_insert(Value::String("HTTP".into()));
             }
-            if probe.get("httpGet").is_some()
-                || probe.get("tcpSocket").is_some()
-                || probe.get("grpc").is_some()
-            {
-                if let Some(p) = probe.as_object_mut() {
-                    p.entry("timeoutSeconds").or_insert(Value::from(1));
-                }
+            let network = ["httpGet", "tcpSocket", "grpc"]
+                .iter()
+                .any(|k| probe.get(*k).is_some());
+            if let Some(p) = probe.as_object_mut().filter(|_| network) {
+                p.entry("timeoutSeconds").or_insert(Value::from(1));
             }
         }
     }
