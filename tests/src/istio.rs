@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Secret, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, KeyToPath, Secret, ServiceAccount, Volume,
+};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::config::Kubeconfig;
@@ -24,7 +26,7 @@ use crate::process::Process;
 use crate::wait::{GiveUp, poll_until};
 
 /// How to get the binaries, for error messages.
-const HOW_TO_BUILD: &str = "build them with `make testenv` (tests/testenv/build-istio.sh, 15-20 \
+const HOW_TO_BUILD: &str = "build them with `make testenv` (tests/testenv/build-istio.sh, 7-10 \
      minutes cold) or point MESHOP_ISTIO_BIN at a directory holding pilot-discovery, istioctl and \
      pilot-agent";
 
@@ -415,12 +417,14 @@ async fn mount_volumes(
                 .get_opt(&source.name)
                 .await?;
             match found {
-                Some(cm) => cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect(),
+                Some(cm) => select_items(
+                    cm.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect(),
+                    source.items.as_deref(),
+                ),
                 None if source.optional == Some(true) => BTreeMap::new(),
                 None => bail!(
                     "volume {}: ConfigMap {} is missing",
@@ -434,12 +438,15 @@ async fn mount_volumes(
                 .get_opt(&name)
                 .await?;
             match found {
-                Some(secret) => secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect(),
+                Some(secret) => select_items(
+                    secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect(),
+                    source.items.as_deref(),
+                ),
                 None if source.optional == Some(true) => BTreeMap::new(),
                 None => bail!("volume {}: Secret {name} is missing", volume.name),
             }
@@ -469,11 +476,30 @@ async fn mount_volumes(
                 volume.name
             );
         };
-        for (key, content) in files {
-            std::fs::write(dir.join(key), content)?;
+        for (path, content) in files {
+            let file = dir.join(path);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(file, content)?;
         }
     }
     Ok(())
+}
+
+/// The files a ConfigMap or Secret volume shows: every key, or only the listed `items` at their
+/// paths.
+fn select_items(
+    mut data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> BTreeMap<String, Vec<u8>> {
+    match items {
+        None => data,
+        Some(items) => items
+            .iter()
+            .filter_map(|i| data.remove(&i.key).map(|v| (i.path.clone(), v)))
+            .collect(),
+    }
 }
 
 /// A plain HTTP/1.0 GET on loopback (the server closes the connection after answering).

@@ -53,7 +53,7 @@ for kv in "buildVersion=${ISTIO_BUILD_VERSION}" "buildGitRevision=${ISTIO_MODULE
   ldflags+=" -X istio.io/istio/pkg/version.${kv}"
 done
 
-log "building Istio ${ISTIO_MODULE_VERSION} into ${OUT} (cold build takes 15-20 minutes on 2 cores)"
+log "building Istio ${ISTIO_MODULE_VERSION} into ${OUT} (a cold build takes 7-10 minutes on 2 cores)"
 log "downloading istio.io/istio@${ISTIO_MODULE_VERSION}"
 go mod download "istio.io/istio@${ISTIO_MODULE_VERSION}"
 for b in "${BINARIES[@]}"; do
