@@ -25,8 +25,9 @@ test: tools testenv ## Unit and integration tests against a real kube-apiserver 
 unit: ## Unit tests only (no control plane).
 	$(CARGO) test --workspace --locked --lib --bins
 
-testenv: tools ## Build (or reuse) etcd, kube-apiserver, controllers, kubectl and kwok in ~/.cache/meshop.
+testenv: tools ## Build (or reuse) etcd, kube-apiserver, controllers, kubectl, kwok and Istio's istiod, istioctl, pilot-agent in ~/.cache/meshop.
 	@bash tests/testenv/build.sh >/dev/null
+	@bash tests/testenv/build-istio.sh >/dev/null
 
 build: ## Build the meshop binary (target/release/meshop).
 	$(CARGO) build --release -p meshop

@@ -13,6 +13,7 @@ pub mod binaries;
 pub mod certs;
 pub mod controlplane;
 pub mod inventory;
+pub mod istio;
 pub mod process;
 pub mod wait;
 

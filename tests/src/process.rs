@@ -52,12 +52,28 @@ impl Process {
         log: &Path,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<Process> {
+        Self::spawn_in(name, program, args, log, env, None)
+    }
+
+    /// Like [`Process::spawn`], in working directory `cwd` when given (for programs that resolve
+    /// paths such as `./var/run/secrets/...` against it, as Istio's do).
+    pub fn spawn_in(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+        cwd: Option<&Path>,
+    ) -> Result<Process> {
         let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
         }
         // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
         unsafe {

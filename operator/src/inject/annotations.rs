@@ -30,7 +30,10 @@ pub(crate) struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Redirect {
     pub(crate) include_inbound_ports: String,
-    /// Always starts with the proxy's own ports.
+    /// The user's excluded inbound ports and the agent's status port, in Istio's order: what the
+    /// CNI node agent reads from the pod annotation.
+    pub(crate) exclude_inbound_ports_annotation: String,
+    /// What istio-init excludes: Envoy's Prometheus and health ports, then the annotation's.
     pub(crate) exclude_inbound_ports: String,
     pub(crate) include_outbound_ranges: String,
     pub(crate) exclude_outbound_ranges: String,
@@ -252,31 +255,28 @@ fn proxy_config(
 
 fn redirect(annotations: &BTreeMap<String, String>) -> Result<Redirect, InjectError> {
     let get = |key: &str| annotations.get(key).map(String::as_str);
-    let own_ports = format!(
-        "{},{},{}",
-        ports::ENVOY_PROMETHEUS,
-        ports::HEALTH,
-        ports::AGENT_STATUS
-    );
-    let exclude_inbound_ports = match get(keys::EXCLUDE_INBOUND_PORTS)
+    // Istio's order: Envoy's own ports, the user's, then the agent's status port last.
+    let user_ports = get(keys::EXCLUDE_INBOUND_PORTS)
         .map(|v| port_list(keys::EXCLUDE_INBOUND_PORTS, v, false))
-    {
-        Some(extra) => {
-            let extra = extra?;
-            if extra.is_empty() {
-                own_ports
-            } else {
-                format!("{own_ports},{extra}")
-            }
-        }
-        None => own_ports,
+        .transpose()?
+        .unwrap_or_default();
+    let exclude_inbound_ports_annotation = if user_ports.is_empty() {
+        ports::AGENT_STATUS.to_string()
+    } else {
+        format!("{user_ports},{}", ports::AGENT_STATUS)
     };
+    let exclude_inbound_ports = format!(
+        "{},{},{exclude_inbound_ports_annotation}",
+        ports::ENVOY_PROMETHEUS,
+        ports::HEALTH
+    );
     Ok(Redirect {
         include_inbound_ports: get(keys::INCLUDE_INBOUND_PORTS)
             .map(|v| port_list(keys::INCLUDE_INBOUND_PORTS, v, true))
             .transpose()?
             .unwrap_or_else(|| "*".into()),
         exclude_inbound_ports,
+        exclude_inbound_ports_annotation,
         include_outbound_ranges: get(keys::INCLUDE_OUTBOUND_IP_RANGES)
             .map(|v| cidr_list(keys::INCLUDE_OUTBOUND_IP_RANGES, v, true))
             .transpose()?
@@ -462,7 +462,8 @@ mod tests {
         .unwrap();
         let r = s.redirect;
         assert_eq!(r.include_inbound_ports, "8080,9090");
-        assert_eq!(r.exclude_inbound_ports, "15090,15021,15020,9999");
+        assert_eq!(r.exclude_inbound_ports, "15090,15021,9999,15020");
+        assert_eq!(r.exclude_inbound_ports_annotation, "9999,15020");
         assert_eq!(r.include_outbound_ranges, "10.0.0.0/8,fd00::/8");
         assert_eq!(r.exclude_outbound_ranges, "169.254.169.254/32");
         assert_eq!(r.exclude_outbound_ports.as_deref(), Some("3306,5432"));

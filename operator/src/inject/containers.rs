@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(i.image.as_deref(), Some("docker.io/istio/proxyv2:1.28.2"));
         assert_eq!(
             i.args.unwrap().join(" "),
-            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i * -x  -b * -d 15090,15021,15020,8081 -o 3306 --log_output_level=default:info"
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i * -x  -b * -d 15090,15021,8081,15020 -o 3306 --log_output_level=default:info"
         );
         let sc = i.security_context.unwrap();
         let caps = sc.capabilities.unwrap();

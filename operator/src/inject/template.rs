@@ -271,7 +271,10 @@ fn set_cni_annotations(annotations: &mut BTreeMap<String, String>, r: &annotatio
     };
     set(keys::INTERCEPTION_MODE, "REDIRECT");
     set(keys::INCLUDE_INBOUND_PORTS, &r.include_inbound_ports);
-    set(keys::EXCLUDE_INBOUND_PORTS, &r.exclude_inbound_ports);
+    set(
+        keys::EXCLUDE_INBOUND_PORTS,
+        &r.exclude_inbound_ports_annotation,
+    );
     set(keys::INCLUDE_OUTBOUND_IP_RANGES, &r.include_outbound_ranges);
     if !r.exclude_outbound_ranges.is_empty() {
         set(keys::EXCLUDE_OUTBOUND_IP_RANGES, &r.exclude_outbound_ranges);
@@ -544,7 +547,7 @@ mod tests {
             "no container may add capabilities with CNI: {caps:?}"
         );
         let a = out.metadata.annotations.as_ref().unwrap();
-        assert_eq!(a[keys::EXCLUDE_INBOUND_PORTS], "15090,15021,15020");
+        assert_eq!(a[keys::EXCLUDE_INBOUND_PORTS], "15020");
         assert_eq!(a[keys::INCLUDE_OUTBOUND_IP_RANGES], "*");
         assert_eq!(a[keys::EXCLUDE_OUTBOUND_PORTS], "3306");
         assert_eq!(a[keys::INTERCEPTION_MODE], "REDIRECT");

@@ -342,11 +342,9 @@ fn render_addon(install: &Installation, settings: &Settings, addon: Addon) -> Ve
                 },
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
-                        labels: Some(common::pod_labels(install, c, &selector)),
-                        annotations: Some(BTreeMap::from([(
-                            "sidecar.istio.io/inject".to_string(),
-                            "false".to_string(),
-                        )])),
+                        labels: Some(common::no_sidecar(common::pod_labels(
+                            install, c, &selector,
+                        ))),
                         ..Default::default()
                     }),
                     spec: Some(PodSpec {

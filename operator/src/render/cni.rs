@@ -115,11 +115,9 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(common::pod_labels(install, C, &selector)),
-                    annotations: Some(BTreeMap::from([(
-                        "sidecar.istio.io/inject".to_string(),
-                        "false".to_string(),
-                    )])),
+                    labels: Some(common::no_sidecar(common::pod_labels(
+                        install, C, &selector,
+                    ))),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {

@@ -51,16 +51,25 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         &name,
         cluster_rules(),
     ));
-    // The self-signed CA keeps its key in a Secret of the control-plane namespace.
     out.extend(common::role_for(
         install,
         C,
         &name,
-        vec![policy_rule(
-            &[""],
-            &["secrets"],
-            &["get", "list", "watch", "create", "update", "delete"],
-        )],
+        vec![
+            // The self-signed CA keeps its key in a Secret of the control-plane namespace.
+            policy_rule(
+                &[""],
+                &["secrets"],
+                &["get", "list", "watch", "create", "update", "delete"],
+            ),
+            // Per-revision leader elections (Gateway API status and deployment controllers) hold
+            // Leases here; Istio's lease lock only gets, creates and updates them.
+            policy_rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "create", "update"],
+            ),
+        ],
     ));
     out.push(Rendered::new(
         C,
@@ -108,6 +117,18 @@ fn cluster_rules() -> Vec<PolicyRule> {
             &["apiextensions.k8s.io"],
             &["customresourcedefinitions"],
             READ,
+        ),
+        // istiod's revision-tag and default-revision watchers and its validation controller
+        // inform on webhook configurations, and its startup waits for those informers to sync.
+        // Reading is enough while it manages neither webhook (INJECTION_WEBHOOK_CONFIG_NAME is
+        // empty and meshop installs no validating webhook for it).
+        policy_rule(
+            &["admissionregistration.k8s.io"],
+            &[
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+            ],
+            &["list", "watch"],
         ),
         // The root certificate is published to every namespace as a ConfigMap.
         policy_rule(

@@ -51,6 +51,9 @@ pub fn mesh_config(install: &Installation) -> serde_json::Value {
     json!({
         "accessLogFile": if mesh.access_logging { "/dev/stdout" } else { "" },
         "defaultConfig": proxy,
+        // Without a default metrics provider (and no Telemetry resource, which meshop does not
+        // render) sidecars emit none of Istio's standard metrics such as istio_requests_total.
+        "defaultProviders": { "metrics": ["prometheus"] },
         "enablePrometheusMerge": true,
         "rootNamespace": install.namespace,
         "trustDomain": mesh.trust_domain,
@@ -105,5 +108,32 @@ fn peer_authentication(install: &Installation) -> Rendered {
         namespaced: true,
         shared: false,
         object,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Profile;
+
+    #[test]
+    fn every_profile_names_prometheus_as_the_default_metrics_provider() {
+        for profile in Profile::ALL {
+            let spec: crate::api::MeshInstallSpec =
+                serde_json::from_value(json!({ "profile": profile })).unwrap();
+            let install = Installation::resolve(
+                crate::effective::Owner {
+                    name: "m".into(),
+                    uid: None,
+                },
+                &spec,
+            )
+            .unwrap();
+            assert_eq!(
+                mesh_config(&install)["defaultProviders"]["metrics"],
+                json!(["prometheus"]),
+                "{profile:?}"
+            );
+        }
     }
 }
