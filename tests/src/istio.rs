@@ -26,7 +26,7 @@ use crate::process::Process;
 use crate::wait::{GiveUp, poll_until};
 
 /// How to get the binaries, for error messages.
-const HOW_TO_BUILD: &str = "build them with `make testenv` (tests/testenv/build-istio.sh, 7-10 \
+const HOW_TO_BUILD: &str = "build them with `make istio` (tests/testenv/build-istio.sh, 7-10 \
      minutes cold) or point MESHOP_ISTIO_BIN at a directory holding pilot-discovery, istioctl and \
      pilot-agent";
 
