@@ -18,17 +18,17 @@ pub fn to_string<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_yaml:
     if quoted.is_empty() {
         return serde_yaml::to_string(&tree);
     }
-    // Each ambiguous string becomes a placeholder that serde_yaml writes plain, then is swapped
-    // for the quoted original; a placeholder prefix that occurs nowhere else keeps the swap exact.
+    // Each ambiguous string becomes a marker that serde_yaml writes plain, then is swapped
+    // for the quoted original; a marker prefix that occurs nowhere else keeps the swap exact.
     let prefix = (0u32..)
         .map(|salt| format!("meshopyamlquoted{salt}x"))
         .find(|p| !mentions(&tree, p))
         .expect("some salt is unused");
-    let placeholder = |i: usize| format!("{prefix}{i:08}");
+    let marker = |i: usize| format!("{prefix}{i:08}");
     let mut next = 0;
     replace_ambiguous(&mut tree, &mut |_| {
         next += 1;
-        placeholder(next - 1)
+        marker(next - 1)
     });
     let text = serde_yaml::to_string(&tree)?;
     let mut out = String::with_capacity(text.len() + 2 * quoted.len());
@@ -110,7 +110,7 @@ pub fn yaml11_ambiguous(s: &str) -> bool {
 }
 
 fn lost_track() -> serde_yaml::Error {
-    serde::ser::Error::custom("YAML quoting lost track of a placeholder")
+    serde::ser::Error::custom("YAML quoting lost track of a marker")
 }
 
 fn single_quoted(s: &str) -> String {
@@ -233,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn a_placeholder_look_alike_in_the_data_is_left_alone() {
+    fn a_marker_look_alike_in_the_data_is_left_alone() {
         let doc = json!({"a": "meshopyamlquoted0x00000000", "b": "no"});
         let text = to_string(&doc).unwrap();
         let back: serde_json::Value = serde_yaml::from_str(&text).unwrap();

@@ -17,20 +17,29 @@ pub struct Binaries {
     pub kwok: PathBuf,
 }
 
+/// Runs `tests/testenv/<script>` (which builds or reuses a cache, logging to stderr) and returns
+/// the directory it prints.
+pub(crate) fn run_build_script(script: &str) -> Result<PathBuf> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testenv")
+        .join(script);
+    let output = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed", script.display());
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
 impl Binaries {
     /// `KUBEBUILDER_ASSETS` when set (the envtest convention), else the versioned cache that
     /// `tests/testenv/build.sh` fills, building it first when it is missing.
     pub fn locate() -> Result<Binaries> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testenv/build.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("run {}", script.display()))?;
-        if !output.status.success() {
-            bail!("{} failed; see the lines above", script.display());
-        }
-        let dir = PathBuf::from(String::from_utf8(output.stdout)?.trim());
+        let dir = run_build_script("build.sh")
+            .map_err(|e| anyhow::anyhow!("{e:#}; see the lines above"))?;
         let bin = |name: &str| dir.join(name);
         let binaries = Binaries {
             etcd: bin("etcd"),

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -52,19 +51,11 @@ impl IstioBinaries {
     }
 
     fn run_script() -> Result<IstioBinaries> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testenv/build-istio.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("run {}", script.display()))?;
-        if !output.status.success() {
-            bail!(
-                "Istio's binaries are missing and {} failed (see the lines above): {HOW_TO_BUILD}",
-                script.display()
-            );
-        }
-        let dir = PathBuf::from(String::from_utf8(output.stdout)?.trim());
+        let dir = crate::binaries::run_build_script("build-istio.sh").map_err(|e| {
+            anyhow::anyhow!(
+                "Istio's binaries are missing and {e:#} (see the lines above): {HOW_TO_BUILD}"
+            )
+        })?;
         let binaries = IstioBinaries {
             pilot_discovery: dir.join("pilot-discovery"),
             istioctl: dir.join("istioctl"),

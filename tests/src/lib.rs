@@ -324,3 +324,17 @@ pub struct Operator {
     /// Address of the HTTPS injection webhook.
     pub webhook: std::net::SocketAddr,
 }
+
+/// The messages of the Events with `reason` about the object named `name` (any namespace).
+pub async fn event_notes(client: &Client, name: &str, reason: &str) -> Result<Vec<String>> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(client.clone());
+    Ok(events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.message)
+        .collect())
+}

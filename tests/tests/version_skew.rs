@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use meshop::api::MeshInstall;
 use meshop::controller::status::KStatus;
 use serde_json::json;
@@ -124,16 +124,9 @@ async fn meshes_installed_by_an_older_meshop() {
         .image
         .clone();
     assert_eq!(image.as_deref(), Some("docker.io/istio/pilot:1.31.1"));
-    let changed: Vec<String> = Api::<Event>::all(client)
-        .list(&ListParams::default())
+    let changed = meshop_testenv::event_notes(&client, "alias", "VersionChanged")
         .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("alias"))
-        .filter(|e| e.reason.as_deref() == Some("VersionChanged"))
-        .filter_map(|e| e.message)
-        .collect();
+        .unwrap();
     assert!(
         changed.iter().any(|m| m.contains("1.31.0 to 1.31.1")),
         "{changed:?}"

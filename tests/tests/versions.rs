@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use meshop::api::MeshInstall;
@@ -201,17 +201,9 @@ async fn an_in_place_upgrade_keeps_uids_and_rolls_istiod_first() {
         gateway_svc_uid
     );
     // An event names both releases.
-    let events: Api<Event> = Api::all(client);
-    let notes: Vec<String> = events
-        .list(&ListParams::default())
+    let notes = meshop_testenv::event_notes(&client, "v-upgrade", "VersionChanged")
         .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("v-upgrade"))
-        .filter(|e| e.reason.as_deref() == Some("VersionChanged"))
-        .filter_map(|e| e.message)
-        .collect();
+        .unwrap();
     assert!(
         notes
             .iter()

@@ -147,9 +147,10 @@ impl Context {
 
     /// The other MeshInstalls that are not being deleted, from the controller's cache (no API call).
     fn live_meshes<'a>(&self, mi: &'a MeshInstall) -> impl Iterator<Item = Arc<MeshInstall>> + 'a {
-        self.meshes.state().into_iter().filter(move |o| {
-            o.metadata.uid != mi.metadata.uid && o.metadata.deletion_timestamp.is_none()
-        })
+        self.meshes
+            .state()
+            .into_iter()
+            .filter(move |o| plan::is_live_other(mi, o))
     }
 
     /// Publishes an Event on the MeshInstall; a failure to publish is logged, never fatal.

@@ -137,6 +137,12 @@ fn component_settings(install: &Installation, component: ComponentId) -> Option<
     })
 }
 
+/// Whether `other` is another MeshInstall than `mine` that is not being deleted: the ones whose
+/// claims and shared objects still count.
+pub(crate) fn is_live_other(mine: &MeshInstall, other: &MeshInstall) -> bool {
+    other.metadata.uid != mine.metadata.uid && other.metadata.deletion_timestamp.is_none()
+}
+
 /// The oldest other MeshInstall that already claims this one's control-plane namespace and
 /// revision: one MeshInstall owns a (namespace, revision), and the oldest claim wins (ties broken
 /// by name, so two replicas of the operator decide alike).
@@ -154,7 +160,7 @@ pub(crate) fn conflicting_owner<'a>(
     let me = claim(mine);
     others
         .into_iter()
-        .filter(|o| o.metadata.uid != mine.metadata.uid && o.metadata.deletion_timestamp.is_none())
+        .filter(|o| is_live_other(mine, o))
         .filter(|o| o.spec.namespace == install.namespace && o.spec.revision == install.revision)
         .map(claim)
         .filter(|theirs| *theirs < me)

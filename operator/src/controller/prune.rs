@@ -9,7 +9,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PropagationPolicy};
 
 use crate::kinds::{self, ManagedKind};
-use crate::render::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, SHARED_INSTANCE};
+use crate::render::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
 
 /// An object found in the cluster with meshop's labels.
 #[derive(Clone, Debug)]
@@ -141,9 +141,6 @@ pub(crate) async fn delete_all(
     }
     Ok(deleted)
 }
-
-/// The label value shared objects carry.
-pub(crate) const SHARED: &str = SHARED_INSTANCE;
 
 #[cfg(test)]
 mod tests {

@@ -288,7 +288,7 @@ async fn cleanup(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         .into_iter()
         .filter(|n| !used.contains(n))
         .collect();
-    let shared = prune::list_labelled(&ctx.client, prune::SHARED)
+    let shared = prune::list_labelled(&ctx.client, crate::render::SHARED_INSTANCE)
         .await
         .map_err(Error::Cleanup)?;
     prune::delete_all(
