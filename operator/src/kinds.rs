@@ -177,6 +177,15 @@ pub const MANAGED_KINDS: &[ManagedKind] = &[
         "mutatingwebhookconfigurations",
     )
     .cluster_scoped(),
+    // istiod's Istio-config validation; unwatched: istiod itself writes to it (caBundle,
+    // failurePolicy), and a watch would wake the controller for each of those writes.
+    ManagedKind::new(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+    )
+    .cluster_scoped(),
 ];
 
 /// The table entry of a kind, by API group and kind name.

@@ -181,7 +181,7 @@ fn generated_documents() -> Vec<(String, String)> {
             .collect();
         let want: Vec<serde_json::Value> = objects
             .iter()
-            .map(|o| serde_json::to_value(&o.object).unwrap())
+            .map(|o| serde_json::to_value(o.creation_object()).unwrap())
             .collect();
         assert_eq!(
             back, want,

@@ -34,6 +34,10 @@ pub struct Options {
     pub install_crds: bool,
     /// Where logs, certificates, the kubeconfig and etcd's data go.
     pub dir: Option<PathBuf>,
+    /// The Service IP range. The API server calls a webhook registered by Service at the
+    /// Service's ClusterIP, so a loopback range (such as 127.100.0.0/24) lets it reach a webhook
+    /// served by a local process listening on that address.
+    pub service_cidr: String,
 }
 
 impl Default for Options {
@@ -43,6 +47,7 @@ impl Default for Options {
             nodes: 3,
             install_crds: true,
             dir: None,
+            service_cidr: "10.0.0.0/24".to_string(),
         }
     }
 }
@@ -135,7 +140,7 @@ impl ControlPlane {
                 "--service-account-signing-key-file={}",
                 pki.service_account_key.display()
             ),
-            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            format!("--service-cluster-ip-range={}", self.options.service_cidr),
             "--authorization-mode=RBAC".to_string(),
             "--allow-privileged=true".to_string(),
             "--endpoint-reconciler-type=none".to_string(),

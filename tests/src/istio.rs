@@ -146,6 +146,21 @@ impl LocalIstiod {
         deployment: &str,
         name: &str,
     ) -> Result<LocalIstiod> {
+        Self::start_serving_https_at(cp, client, binaries, namespace, deployment, name, None).await
+    }
+
+    /// [`LocalIstiod::start`], with its HTTPS webhook listener (validation, injection) at `https`
+    /// instead of a free loopback port: at its Service's ClusterIP and port, the API server's
+    /// calls to the webhooks it registers by Service reach it.
+    pub async fn start_serving_https_at(
+        cp: &ControlPlane,
+        client: &Client,
+        binaries: &IstioBinaries,
+        namespace: &str,
+        deployment: &str,
+        name: &str,
+        https: Option<SocketAddr>,
+    ) -> Result<LocalIstiod> {
         let d = Api::<Deployment>::namespaced(client.clone(), namespace)
             .get(deployment)
             .await
@@ -194,14 +209,17 @@ impl LocalIstiod {
         )
         .await?;
 
-        let (http, grpc, secure_grpc, https, monitoring, ctrlz) = (
-            free_addr()?,
+        let (http, grpc, secure_grpc, monitoring, ctrlz) = (
             free_addr()?,
             free_addr()?,
             free_addr()?,
             free_addr()?,
             free_addr()?,
         );
+        let https = match https {
+            Some(addr) => addr,
+            None => free_addr()?,
+        };
         let mut args = without_flags(
             container.args.as_deref().unwrap_or_default(),
             REPLACED_FLAGS,

@@ -166,8 +166,14 @@ fn established(crd: &CustomResourceDefinition) -> Readiness {
 
 /// A stable identity of an applied object's content: it changes when the object was recreated
 /// (uid) or its spec edited (generation), or, for kinds without a generation, on any write.
-pub(crate) fn fingerprint(object: &DynamicObject) -> String {
+/// An object whose fields are partly another controller's ([`Rendered::initial`]: istiod writes
+/// its validating webhooks' CA bundle and failure policy) changes by design, so only its
+/// recreation counts.
+pub(crate) fn fingerprint(planned: &Rendered, object: &DynamicObject) -> String {
     let uid = object.metadata.uid.as_deref().unwrap_or_default();
+    if planned.initial.is_some() {
+        return uid.to_string();
+    }
     match object.metadata.generation {
         Some(g) => format!("{uid}/g{g}"),
         None => format!(
@@ -480,15 +486,26 @@ mod tests {
         let mut d = deployment(1, 1, 1, 1);
         d.metadata.uid = Some("u".into());
         d.metadata.resource_version = Some("10".into());
-        assert_eq!(fingerprint(&d), "u/g2");
+        let planned = Rendered {
+            component: ComponentId::Istiod,
+            resource: kube::api::ApiResource::erase::<k8s_openapi::api::apps::v1::Deployment>(&()),
+            namespaced: true,
+            shared: false,
+            object: d.clone(),
+            initial: None,
+        };
+        assert_eq!(fingerprint(&planned, &d), "u/g2");
         d.metadata.resource_version = Some("11".into());
         assert_eq!(
-            fingerprint(&d),
+            fingerprint(&planned, &d),
             "u/g2",
             "a status write is not a spec change"
         );
+        // Fields shared with another controller: its writes are not drift, recreation is.
+        let shared = planned.clone().with_initial(serde_json::json!({}));
+        assert_eq!(fingerprint(&shared, &d), "u");
         d.metadata.generation = None;
-        assert_eq!(fingerprint(&d), "u/rv11");
+        assert_eq!(fingerprint(&planned, &d), "u/rv11");
     }
 
     mod components {

@@ -186,7 +186,7 @@ async fn apply_stages(ctx: &Context, plan: &Plan, generation: Option<i64>) -> Pa
                 Ok(applied) => {
                     pass.record
                         .fingerprints
-                        .insert(object.key(), assess::fingerprint(&applied));
+                        .insert(object.key(), assess::fingerprint(object, &applied));
                     pass.observed.push(Observed::new(object, &applied, plan));
                 }
                 Err(e) => {

@@ -17,7 +17,7 @@ use super::common::{
     with_user_env,
 };
 use super::istio_crds::{gateway_api_rule, istio_rules};
-use super::{ComponentId, Rendered};
+use super::{ComponentId, Rendered, validation};
 use crate::effective::Installation;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
@@ -49,7 +49,7 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         C,
         &cluster_name(install),
         &name,
-        cluster_rules(),
+        cluster_rules(install),
     ));
     out.extend(common::role_for(
         install,
@@ -69,6 +69,9 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
                 &["leases"],
                 &["get", "create", "update"],
             ),
+            // Before failing validation closed, istiod proves the API server reaches its webhook
+            // with a dry-run create of a known-bad Gateway in its own namespace.
+            policy_rule(&["networking.istio.io"], &["gateways"], &["create"]),
         ],
     ));
     out.push(Rendered::new(
@@ -87,7 +90,15 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
-fn cluster_rules() -> Vec<PolicyRule> {
+/// A rule on one named object (`resourceNames`): get, update, patch, delete only.
+fn named_rule(group: &str, resource: &str, verbs: &[&str], name: &str) -> PolicyRule {
+    PolicyRule {
+        resource_names: Some(vec![name.to_string()]),
+        ..policy_rule(&[group], &[resource], verbs)
+    }
+}
+
+fn cluster_rules(install: &Installation) -> Vec<PolicyRule> {
     const STATUS: &[&str] = &["get", "update", "patch"];
     // Mesh configuration, and status written back to it.
     let mut rules = istio_rules(READ, None);
@@ -120,8 +131,7 @@ fn cluster_rules() -> Vec<PolicyRule> {
         ),
         // istiod's revision-tag and default-revision watchers and its validation controller
         // inform on webhook configurations, and its startup waits for those informers to sync.
-        // Reading is enough while it manages neither webhook (INJECTION_WEBHOOK_CONFIG_NAME is
-        // empty and meshop installs no validating webhook for it).
+        // It manages no injection webhook (INJECTION_WEBHOOK_CONFIG_NAME is empty: meshop injects).
         policy_rule(
             &["admissionregistration.k8s.io"],
             &[
@@ -129,6 +139,14 @@ fn cluster_rules() -> Vec<PolicyRule> {
                 "validatingwebhookconfigurations",
             ],
             &["list", "watch"],
+        ),
+        // Its validation controller writes the CA bundle and failure policy of its own validating
+        // webhook configuration, and only that one.
+        named_rule(
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            &["get", "update"],
+            &validation::name(install),
         ),
         // The root certificate is published to every namespace as a ConfigMap.
         policy_rule(
@@ -178,9 +196,17 @@ fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> De
             format!("{}", install.mesh.trace_sampling),
         ),
         env("PILOT_ENABLE_ANALYSIS", "false"),
+        // Gateway API "automated deployment" would have istiod create Deployments, Services and
+        // ServiceAccounts in any namespace; meshop deploys the gateways itself and keeps istiod
+        // from writing workloads. istiod still programs Gateway API resources bound to them.
+        env("PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER", "false"),
         env("CLUSTER_ID", "Kubernetes"),
         // meshop serves sidecar injection itself; istiod must not manage an injection webhook.
         env("INJECTION_WEBHOOK_CONFIG_NAME", ""),
+        // Non-empty turns istiod's validation controller on. In the Istio versions meshop installs
+        // the controller finds its configuration by the label istio.io/rev=<REVISION>; the name is
+        // given anyway so the variable names the configuration that is istiod's.
+        env("VALIDATION_WEBHOOK_CONFIG_NAME", validation::name(install)),
         env(
             "ISTIOD_CUSTOM_HOST",
             format!("{}.{}.svc", name, install.namespace),

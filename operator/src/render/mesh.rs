@@ -108,6 +108,7 @@ fn peer_authentication(install: &Installation) -> Rendered {
         namespaced: true,
         shared: false,
         object,
+        initial: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod gateway;
 mod istio_crds;
 mod istiod;
 mod mesh;
+mod validation;
 mod webhook;
 
 use std::fmt;
@@ -148,6 +149,10 @@ pub struct Rendered {
     /// label `shared`; deleted by the finalizer of the last MeshInstall using them.
     pub shared: bool,
     pub object: DynamicObject,
+    /// Fields set only when meshop creates the object and then left to another controller (a
+    /// partial object, such as istiod's `failurePolicy` on its validating webhooks). meshop's
+    /// regular apply never carries them, so it never takes them back.
+    pub initial: Option<serde_json::Value>,
 }
 
 impl Rendered {
@@ -163,7 +168,33 @@ impl Rendered {
             namespaced: object.meta().namespace.is_some(),
             shared: false,
             object: serde_json::from_value(value).expect("a serialized object is a DynamicObject"),
+            initial: None,
         }
+    }
+
+    /// Sets the fields applied only at creation (see [`Rendered::initial`]).
+    pub fn with_initial(mut self, initial: serde_json::Value) -> Rendered {
+        self.initial = Some(initial);
+        self
+    }
+
+    /// The object as meshop creates it: the applied fields plus the initial ones.
+    pub fn creation_object(&self) -> DynamicObject {
+        let mut object = self.object.clone();
+        if let Some(initial) = &self.initial {
+            merge(&mut object.data, initial);
+        }
+        object
+    }
+
+    /// The initial fields alone as an apply patch of this object (identity plus those fields),
+    /// for the field manager that keeps them until another controller changes them.
+    pub fn initial_patch(&self) -> Option<DynamicObject> {
+        let initial = self.initial.as_ref()?;
+        let mut patch = DynamicObject::new(self.name(), &self.resource);
+        patch.metadata.namespace = self.object.metadata.namespace.clone();
+        patch.data = initial.clone();
+        Some(patch)
     }
 
     pub fn stage(&self) -> Stage {
@@ -211,6 +242,7 @@ pub fn render_with_injector(
     objects.extend(istio_crds(install));
     if install.istiod.enabled {
         objects.extend(istiod::render(install));
+        objects.push(validation::render(install));
         objects.extend(mesh::render(install));
     }
     if install.ingress_gateway.enabled {
@@ -249,10 +281,39 @@ fn sort_key(o: &Rendered) -> (Stage, u8, ComponentId, Option<&str>, &str) {
     )
 }
 
+/// Merges `overlay` into `base`: objects key by key, and lists of named items (`name` keys, as
+/// in webhook lists) item by item; anything else is replaced.
+fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
+    use serde_json::Value;
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (key, value) in o {
+                match b.get_mut(key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        b.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) if o.iter().all(|i| i.get("name").is_some()) => {
+            for item in o {
+                match b.iter_mut().find(|x| x.get("name") == item.get("name")) {
+                    Some(existing) => merge(existing, item),
+                    None => b.push(item.clone()),
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
 /// Multi-document YAML of the objects, as `meshop render` prints it (quoted for YAML 1.1 readers
 /// such as kubectl, see [`crate::yaml`]).
 pub fn to_yaml(objects: &[Rendered]) -> String {
-    crate::yaml::documents(objects.iter().map(|o| &o.object)).expect("objects always serialize")
+    // As created: a user applying this output gets what meshop would create.
+    let created: Vec<DynamicObject> = objects.iter().map(Rendered::creation_object).collect();
+    crate::yaml::documents(created.iter()).expect("objects always serialize")
 }
 
 impl Rendered {

@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         nodes,
         install_crds: true,
         dir,
+        ..Options::default()
     })?;
     println!(
         "control plane ready: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok ({nodes} nodes)"
