@@ -2,7 +2,6 @@
 //! namespaces it injects. Gathering is [`super::snapshot::gather`]; [`views`] and [`text`] are pure.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -27,9 +26,6 @@ pub struct StatusArgs {
     pub operator_namespace: String,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Read a saved MeshInstall list instead of a cluster (for scripts and tests).
-    #[arg(long, hide = true)]
-    pub from_file: Option<PathBuf>,
 }
 
 /// One MeshInstall as `meshop status` shows it.
@@ -280,34 +276,19 @@ pub fn text(views: &[MeshView]) -> String {
 }
 
 pub async fn run(args: StatusArgs) -> Result<String> {
-    let snapshot = match &args.from_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)?;
-            let meshes: Vec<MeshInstall> = serde_yaml::from_str(&text)?;
-            Snapshot {
-                meshes,
-                ..Default::default()
-            }
-        }
-        None => {
-            let client = args.cluster.client().await?;
-            let scope = Scope {
-                operator_namespace: &args.operator_namespace,
-                namespace: args.namespace.as_deref(),
-                probes: false,
-            };
-            let s = snapshot::gather(&client, &scope).await;
-            if let Some(e) = s.errors.get("version") {
-                bail!("cannot reach the Kubernetes API server: {e}");
-            }
-            if s.meshinstall_crd.is_none() {
-                bail!(
-                    "the MeshInstall CRD is not installed: run `meshop check` for what to do"
-                );
-            }
-            s
-        }
+    let client = args.cluster.client().await?;
+    let scope = Scope {
+        operator_namespace: &args.operator_namespace,
+        namespace: args.namespace.as_deref(),
+        probes: false,
     };
+    let snapshot = snapshot::gather(&client, &scope).await;
+    if let Some(e) = snapshot.errors.get("version") {
+        bail!("cannot reach the Kubernetes API server: {e}");
+    }
+    if snapshot.meshinstall_crd.is_none() {
+        bail!("the MeshInstall CRD is not installed: run `meshop check` for what to do");
+    }
     let views = views(&snapshot, args.name.as_deref());
     if let Some(name) = &args.name
         && views.is_empty()
