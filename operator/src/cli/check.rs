@@ -651,7 +651,7 @@ fn webhook_reachable(s: &Snapshot) -> Verdict {
     match &s.probe {
         None => Verdict::skip("not probed"),
         Some(InjectionProbe::NoNamespace) => Verdict::skip(
-            "no namespace is labelled for injection: nothing to send a dry-run pod to",
+            "no namespace is labelled for a revision a MeshInstall injects: nothing to send a dry-run pod to",
         ),
         Some(InjectionProbe::Injected(ns)) => Verdict::pass(format!(
             "a dry-run pod in {ns} came back with a sidecar: the API server reaches the webhook"

@@ -102,7 +102,7 @@ pub struct WebhookSecret {
 /// What a dry-run pod creation in an injection namespace came back with: the webhook's real answer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InjectionProbe {
-    /// No namespace is labelled for injection: nothing to try.
+    /// No namespace is labelled for a revision a MeshInstall injects: nothing to try.
     NoNamespace,
     /// The dry-run pod came back from namespace `.0` with a sidecar.
     Injected(String),
@@ -327,7 +327,23 @@ pub async fn gather(client: &Client, scope: &Scope<'_>) -> Snapshot {
             }
         }
         super::cluster::progress("asking the webhook to inject a dry-run pod");
-        s.probe = Some(probe_injection(client, &s.injection_namespaces).await);
+        // Only a namespace whose revision a MeshInstall injects says anything about the webhook.
+        let injecting: Vec<InjectionNamespace> = s
+            .injection_namespaces
+            .iter()
+            .filter(|ns| {
+                s.meshes.iter().any(|mi| {
+                    crate::revision::name(&mi.spec.revision) == ns.revision
+                        && mi
+                            .status
+                            .as_ref()
+                            .and_then(|st| st.webhook.as_ref())
+                            .is_some_and(|w| w.state != crate::api::WebhookState::Disabled)
+                })
+            })
+            .cloned()
+            .collect();
+        s.probe = Some(probe_injection(client, &injecting).await);
     }
     s
 }
