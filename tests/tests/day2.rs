@@ -480,7 +480,11 @@ fn status_shows_components_webhook_and_data_plane() {
         assert!(out.contains("  Health:     Current\n"), "{out}");
         assert!(out.contains("    istiod "), "{out}");
         assert!(out.contains("  Webhook:  Active, certificate expires "), "{out}");
-        assert!(out.contains(&format!("    day2-status  {version}  1\n")), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["day2-status", &version, "1"]),
+            "{out}"
+        );
         assert!(
             out.contains("  Without sidecar (1; restart them to inject):\n    day2-status/bare\n"),
             "{out}"
@@ -517,8 +521,8 @@ fn status_shows_components_webhook_and_data_plane() {
     });
 }
 
-/// What the reconciler's apply touched, by key: the uid and the time of meshop's last change
-/// (its managedFields entry; an apply that changes nothing writes nothing).
+/// The objects meshop applied, by key: the uid and the time of meshop's last change (its
+/// managedFields entry; an apply that changes nothing writes nothing).
 async fn touched(
     client: &Client,
     instance: &str,
@@ -530,16 +534,15 @@ async fn touched(
     })
     .await
     .unwrap();
-    let mut out = BTreeMap::new();
-    for o in objects {
-        let time = o
-            .managers
-            .get(&format!("{}:Apply", meshop::controller::FIELD_MANAGER))
-            .cloned()
-            .unwrap_or_default();
-        out.insert(o.key(), (o.uid.clone(), time));
-    }
-    out
+    // Only what meshop applied: pods, ReplicaSets and endpoints inherit its labels too.
+    let applier = format!("{}:Apply", meshop::controller::FIELD_MANAGER);
+    objects
+        .into_iter()
+        .filter_map(|o| {
+            let time = o.managers.get(&applier)?.clone();
+            Some((o.key(), (o.uid.clone(), time)))
+        })
+        .collect()
 }
 
 fn keys(value: &Value) -> BTreeSet<String> {
