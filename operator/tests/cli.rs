@@ -193,8 +193,17 @@ fn convert_prints_the_meshinstall_after_what_was_not_carried() {
     assert!(ok, "{err}");
     assert!(out.starts_with("# Not carried (5 setting(s)):\n"), "{out}");
     assert!(out.contains("#   spec.components.ingressGateways[internal-gateway] = "));
-    assert!(out.contains("\nkind: MeshInstall\n") && out.contains("  name: ha\n"), "{out}");
-    let (ok, out, _) = meshop(&["convert", "-f", "operator/tests/convert/ambient.yaml", "-o", "json"]);
+    assert!(
+        out.contains("\nkind: MeshInstall\n") && out.contains("  name: ha\n"),
+        "{out}"
+    );
+    let (ok, out, _) = meshop(&[
+        "convert",
+        "-f",
+        "operator/tests/convert/ambient.yaml",
+        "-o",
+        "json",
+    ]);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok && value["meshInstall"]["spec"]["profile"] == "minimal");
     assert!(value["notCarried"].as_array().unwrap().len() >= 3);
@@ -206,10 +215,22 @@ fn convert_prints_the_meshinstall_after_what_was_not_carried() {
 fn offline_diff_of_a_profile_switch_and_a_version_change() {
     let (ok, out, err) = meshop(&["diff", "--from-profile", "demo", "--to-profile", "minimal"]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("profile demo -> profile minimal: 0 created, "), "{out}");
-    assert!(out.contains("\n  - Deployment/istio-system/istio-egressgateway\n"), "{out}");
+    assert!(
+        out.starts_with("profile demo -> profile minimal: 0 created, "),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n  - Deployment/istio-system/istio-egressgateway\n"),
+        "{out}"
+    );
     let (ok, out, err) = meshop(&[
-        "diff", "-f", "docs/examples/production.yaml", "--to-version", "1.30", "-o", "json",
+        "diff",
+        "-f",
+        "docs/examples/production.yaml",
+        "--to-version",
+        "1.30",
+        "-o",
+        "json",
     ]);
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -224,10 +245,27 @@ fn offline_diff_of_a_profile_switch_and_a_version_change() {
             && f["after"].as_str().unwrap().ends_with(":1.30.5")
     }));
     // --exit-code: differences make the exit status 1, none make it 0.
-    let (ok, _, _) = meshop(&["diff", "--from-profile", "demo", "--to-profile", "minimal", "--exit-code"]);
+    let (ok, _, _) = meshop(&[
+        "diff",
+        "--from-profile",
+        "demo",
+        "--to-profile",
+        "minimal",
+        "--exit-code",
+    ]);
     assert!(!ok);
-    let (ok, out, _) = meshop(&["diff", "--from-profile", "demo", "--to-profile", "demo", "--exit-code"]);
-    assert!(ok && out.contains(": 0 created, 0 changed, 0 pruned"), "{out}");
+    let (ok, out, _) = meshop(&[
+        "diff",
+        "--from-profile",
+        "demo",
+        "--to-profile",
+        "demo",
+        "--exit-code",
+    ]);
+    assert!(
+        ok && out.contains(": 0 created, 0 changed, 0 pruned"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -247,7 +285,13 @@ fn cluster_commands_without_a_cluster_fail_with_a_clear_error() {
     for args in [
         vec!["status", "--kubeconfig", kubeconfig],
         vec!["check", "--kubeconfig", kubeconfig],
-        vec!["diff", "-f", "docs/examples/production.yaml", "--kubeconfig", kubeconfig],
+        vec![
+            "diff",
+            "-f",
+            "docs/examples/production.yaml",
+            "--kubeconfig",
+            kubeconfig,
+        ],
     ] {
         let (ok, _, err) = meshop(&args);
         assert!(!ok && err.contains("read kubeconfig"), "{args:?}: {err}");

@@ -27,7 +27,10 @@ fn not_carried(c: &Conversion) -> Vec<(&str, &str)> {
 fn default_profile_with_tuned_istiod_and_gateway() {
     let c = corpus("default-tuned");
     let s = spec(&c);
-    assert_eq!(c.mesh_install.metadata.name.as_deref(), Some("control-plane"));
+    assert_eq!(
+        c.mesh_install.metadata.name.as_deref(),
+        Some("control-plane")
+    );
     assert_eq!(s["profile"], "minimal");
     assert_eq!(s["hub"], "registry.example.com/istio");
     assert_eq!(s["version"], "1.31.1");
@@ -39,11 +42,17 @@ fn default_profile_with_tuned_istiod_and_gateway() {
         s["components"]["istiod"]["autoscale"],
         json!({ "enabled": true, "minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70 })
     );
-    assert_eq!(s["components"]["istiod"]["resources"]["requests"]["memory"], "3Gi");
+    assert_eq!(
+        s["components"]["istiod"]["resources"]["requests"]["memory"],
+        "3Gi"
+    );
     let ingress = &s["components"]["ingressGateway"];
     assert_eq!(ingress["enabled"], true);
     assert_eq!(ingress["service"]["type"], "LoadBalancer");
-    assert_eq!(ingress["service"]["ports"][1], json!({ "name": "https", "port": 443, "targetPort": 8443 }));
+    assert_eq!(
+        ingress["service"]["ports"][1],
+        json!({ "name": "https", "port": 443, "targetPort": 8443 })
+    );
     assert_eq!(
         ingress["service"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"],
         "nlb"
@@ -80,7 +89,10 @@ fn demo_canary_with_sidecar_values() {
     assert_eq!(
         left,
         vec![
-            ("spec.values.global.logging.level", "a Helm chart value meshop has no setting for"),
+            (
+                "spec.values.global.logging.level",
+                "a Helm chart value meshop has no setting for"
+            ),
             (
                 "spec.values.sidecarInjectorWebhook.rewriteAppHTTPProbe",
                 "a Helm chart value meshop has no setting for"
@@ -95,7 +107,10 @@ fn ha_settings_carry_and_the_second_ingress_gateway_does_not() {
     let s = spec(&c);
     let istiod = &s["components"]["istiod"];
     assert_eq!(istiod["replicas"], 3);
-    assert_eq!(istiod["podDisruptionBudget"], json!({ "enabled": true, "minAvailable": 2 }));
+    assert_eq!(
+        istiod["podDisruptionBudget"],
+        json!({ "enabled": true, "minAvailable": 2 })
+    );
     assert_eq!(istiod["nodeSelector"]["node-role.example/infra"], "true");
     assert_eq!(istiod["tolerations"][0]["key"], "dedicated");
     assert!(istiod["affinity"]["podAntiAffinity"].is_object());
@@ -105,7 +120,10 @@ fn ha_settings_carry_and_the_second_ingress_gateway_does_not() {
         json!({ "enabled": true, "minReplicas": 3, "maxReplicas": 10, "targetCPUUtilizationPercentage": 60 })
     );
     assert_eq!(ingress["env"][0]["name"], "ISTIO_META_ROUTER_MODE");
-    assert_eq!(s["components"]["egressGateway"]["resources"]["requests"]["cpu"], "100m");
+    assert_eq!(
+        s["components"]["egressGateway"]["resources"]["requests"]["cpu"],
+        "100m"
+    );
     let left = not_carried(&c);
     let find = |path: &str| {
         left.iter()
@@ -113,10 +131,14 @@ fn ha_settings_carry_and_the_second_ingress_gateway_does_not() {
             .unwrap_or_else(|| panic!("{path} not listed in {left:?}"))
             .1
     };
-    assert!(find("spec.components.ingressGateways[internal-gateway]").contains("one ingress gateway"));
+    assert!(
+        find("spec.components.ingressGateways[internal-gateway]").contains("one ingress gateway")
+    );
     assert!(find("spec.components.pilot.k8s.priorityClassName").contains("priority"));
     assert!(find("spec.components.pilot.k8s.strategy.rollingUpdate.maxSurge").contains("rollout"));
-    assert!(find("spec.components.ingressGateways[istio-ingressgateway].k8s.overlays").contains("undo"));
+    assert!(
+        find("spec.components.ingressGateways[istio-ingressgateway].k8s.overlays").contains("undo")
+    );
     assert_eq!(left.len(), 5, "{left:?}");
 }
 
@@ -136,8 +158,13 @@ fn ambient_is_not_built_and_says_so() {
         "spec.components.ztunnel.enabled",
         "ambient mode (ztunnel) is not built in meshop yet"
     )));
-    assert!(left.iter().any(|(p, r)| *p == "spec.components.cni.namespace" && r.contains("control-plane namespace")));
-    assert!(left.iter().any(|(p, _)| *p == "spec.values.cni.ambient.enabled"));
+    assert!(left.iter().any(
+        |(p, r)| *p == "spec.components.cni.namespace" && r.contains("control-plane namespace")
+    ));
+    assert!(
+        left.iter()
+            .any(|(p, _)| *p == "spec.values.cni.ambient.enabled")
+    );
 }
 
 #[test]
@@ -161,17 +188,29 @@ fn a_legacy_file_keeps_addons_mtls_and_autoscaling_and_drops_its_version() {
     assert_eq!(s["injection"]["trafficCapture"], "cni");
     assert_eq!(s["components"]["cni"], json!({ "enabled": true }));
     let left = not_carried(&c);
-    assert_eq!(left.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec!["spec.installPackagePath", "spec.tag"]);
+    assert_eq!(
+        left.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec!["spec.installPackagePath", "spec.tag"]
+    );
 }
 
 /// Every corpus output is a MeshInstall the CRD schema and meshop's resolver accept (convert
 /// checks the latter itself; here the YAML round trip of the text output too).
 #[test]
 fn every_output_is_an_installable_meshinstall() {
-    for name in ["default-tuned", "demo-canary", "ha-gateways", "ambient", "legacy-addons"] {
+    for name in [
+        "default-tuned",
+        "demo-canary",
+        "ha-gateways",
+        "ambient",
+        "legacy-addons",
+    ] {
         let c = corpus(name);
         let text = meshop::cli::convert::text(&c).unwrap();
-        assert!(text.starts_with("# "), "{name}: the not-carried list comes first");
+        assert!(
+            text.starts_with("# "),
+            "{name}: the not-carried list comes first"
+        );
         let back: MeshInstall = serde_yaml::from_str(&text).unwrap();
         assert_eq!(back.spec, c.mesh_install.spec, "{name}");
         meshop::effective::Installation::from_mesh(&back).unwrap();

@@ -59,7 +59,11 @@ fn check(cp: &ControlPlane, extra: &[&str]) -> (bool, BTreeMap<String, String>, 
     let (ok, out, err) = meshop(cp, &args);
     let report: Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("check -o json: {e}\nstdout: {out}\nstderr: {err}"));
-    assert_eq!(report["passed"], json!(ok), "exit status follows the report");
+    assert_eq!(
+        report["passed"],
+        json!(ok),
+        "exit status follows the report"
+    );
     let severities = report["checks"]
         .as_array()
         .unwrap()
@@ -142,12 +146,16 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => panic!("delete {name}: {e}"),
     }
-    wait_until(&format!("{name} deleted"), Duration::from_secs(60), || async {
-        match api.get_opt(name).await? {
-            None => Ok(()),
-            Some(_) => bail!("still there"),
-        }
-    })
+    wait_until(
+        &format!("{name} deleted"),
+        Duration::from_secs(60),
+        || async {
+            match api.get_opt(name).await? {
+                None => Ok(()),
+                Some(_) => bail!("still there"),
+            }
+        },
+    )
     .await;
 }
 
@@ -200,13 +208,25 @@ fn check_without_meshop_installed_fails_the_crd_and_operator_checks() {
     // The text report: numbered, grouped, with what to do.
     let (ok, out, _) = meshop(&bare, &["check", "--operator-namespace", OPERATOR_NS]);
     assert!(!ok);
-    assert!(out.starts_with("pre: before an install\n   1. ok    kubernetes-version"), "{out}");
+    assert!(
+        out.starts_with("pre: before an install\n   1. ok    kubernetes-version"),
+        "{out}"
+    );
     assert!(out.contains("\npost: the installed mesh\n"), "{out}");
-    assert!(out.contains("fix: install meshop: `meshop crd | kubectl apply --server-side -f -`"), "{out}");
+    assert!(
+        out.contains("fix: install meshop: `meshop crd | kubectl apply --server-side -f -`"),
+        "{out}"
+    );
     // A user who may not install: permissions fail, through kubeconfig impersonation.
     let text = std::fs::read_to_string(&bare.kubeconfig).unwrap();
-    let nobody = text.replace("    client-key-data:", "    as: nobody\n    client-key-data:");
-    assert_ne!(text, nobody, "the kubeconfig has an admin user to impersonate from");
+    let nobody = text.replace(
+        "    client-key-data:",
+        "    as: nobody\n    client-key-data:",
+    );
+    assert_ne!(
+        text, nobody,
+        "the kubeconfig has an admin user to impersonate from"
+    );
     let path = bare.dir.join("kubeconfig-nobody");
     std::fs::write(&path, nobody).unwrap();
     let out = std::process::Command::new(meshop_testenv::meshop_binary().unwrap())
@@ -246,11 +266,19 @@ fn check_passes_on_a_healthy_mesh_and_fails_in_each_broken_state() {
         pods.create(&PostParams::default(), &pod("early", "day2-late"))
             .await
             .unwrap();
-        namespace(&client, "day2-late", json!({ "istio-injection": "enabled" })).await;
+        namespace(
+            &client,
+            "day2-late",
+            json!({ "istio-injection": "enabled" }),
+        )
+        .await;
         let (ok, checks, report) = check(cp, &[]);
         assert!(!ok);
         assert_eq!(checks["sidecars"], "fail");
-        assert!(message(&report, "sidecars").contains("day2-late/early"), "{report:#}");
+        assert!(
+            message(&report, "sidecars").contains("day2-late/early"),
+            "{report:#}"
+        );
         // Scoped with -n to another namespace, it is not seen.
         let (_, checks, _) = check(cp, &["-n", "day2-apps"]);
         assert_eq!(checks["sidecars"], "pass");
@@ -356,12 +384,18 @@ fn check_passes_on_a_healthy_mesh_and_fails_in_each_broken_state() {
             "spec": { "profile": "minimal", "namespace": "day2-stalled", "version": "1.5.0" }
         }))
         .unwrap();
-        meshes.create(&PostParams::default(), &stalled).await.unwrap();
+        meshes
+            .create(&PostParams::default(), &stalled)
+            .await
+            .unwrap();
         wait_for_kstatus(&meshes, "day2-stalled", KStatus::Failed, READY).await;
         let (ok, checks, report) = check(cp, &[]);
         assert!(!ok);
         assert_eq!(checks["meshinstalls-ready"], "fail");
-        assert!(message(&report, "meshinstalls-ready").contains("day2-stalled is Failed"), "{report:#}");
+        assert!(
+            message(&report, "meshinstalls-ready").contains("day2-stalled is Failed"),
+            "{report:#}"
+        );
         delete(&meshes, "day2-stalled").await;
 
         // The webhook unreachable: the registration pointed at a closed port.
@@ -373,18 +407,29 @@ fn check_passes_on_a_healthy_mesh_and_fails_in_each_broken_state() {
             hook["failurePolicy"] = json!("Fail");
         }
         hooks
-            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "webhooks": broken })))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "webhooks": broken })),
+            )
             .await
             .unwrap();
         let (ok, checks, report) = check(cp, &[]);
         let restore = serde_json::to_value(&saved).unwrap()["webhooks"].clone();
         hooks
-            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "webhooks": restore })))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "webhooks": restore })),
+            )
             .await
             .unwrap();
         assert!(!ok);
         assert_eq!(checks["webhook-reachable"], "fail", "{report:#}");
-        assert!(message(&report, "webhook-reachable").contains("refused"), "{report:#}");
+        assert!(
+            message(&report, "webhook-reachable").contains("refused"),
+            "{report:#}"
+        );
 
         // The operator's namespace as another install would have it: a Lease nobody renews, no
         // certificate, then an expired one.
@@ -408,9 +453,15 @@ fn check_passes_on_a_healthy_mesh_and_fails_in_each_broken_state() {
         let (ok, checks, report) = check(cp, &["--operator-namespace", "day2-op"]);
         assert!(!ok);
         assert_eq!(checks["operator-leading"], "fail");
-        assert!(message(&report, "operator-leading").contains("has expired"), "{report:#}");
+        assert!(
+            message(&report, "operator-leading").contains("has expired"),
+            "{report:#}"
+        );
         assert_eq!(checks["webhook-certificate"], "fail");
-        assert!(message(&report, "webhook-certificate").contains("day2-op/meshop-webhook-tls is missing"));
+        assert!(
+            message(&report, "webhook-certificate")
+                .contains("day2-op/meshop-webhook-tls is missing")
+        );
         let secrets: Api<Secret> = Api::namespaced(client.clone(), "day2-op");
         secrets
             .create(&PostParams::default(), &expired_secret("day2-op"))
@@ -418,7 +469,10 @@ fn check_passes_on_a_healthy_mesh_and_fails_in_each_broken_state() {
             .unwrap();
         let (_, checks, report) = check(cp, &["--operator-namespace", "day2-op"]);
         assert_eq!(checks["webhook-certificate"], "fail");
-        assert!(message(&report, "webhook-certificate").contains("expired at 2020-02-01"), "{report:#}");
+        assert!(
+            message(&report, "webhook-certificate").contains("expired at 2020-02-01"),
+            "{report:#}"
+        );
 
         healthy("every broken state undone");
     });
@@ -455,7 +509,12 @@ fn status_shows_components_webhook_and_data_plane() {
         pods.create(&PostParams::default(), &pod("bare", "day2-status"))
             .await
             .unwrap();
-        namespace(&client, "day2-status", json!({ "istio-injection": "enabled" })).await;
+        namespace(
+            &client,
+            "day2-status",
+            json!({ "istio-injection": "enabled" }),
+        )
+        .await;
         let injected = pods
             .create(&PostParams::default(), &pod("web", "day2-status"))
             .await
@@ -468,18 +527,32 @@ fn status_shows_components_webhook_and_data_plane() {
                 .unwrap_or_default()
                 .iter()
                 .any(|c| c.name == "istio-proxy")
-                || pods.get("web").await.unwrap().spec.unwrap().containers.len() > 1,
+                || pods
+                    .get("web")
+                    .await
+                    .unwrap()
+                    .spec
+                    .unwrap()
+                    .containers
+                    .len()
+                    > 1,
             "the webhook injected web"
         );
 
         let (ok, out, err) = meshop(cp, &["status", "day2", "-n", "day2-status"]);
         assert!(ok, "{err}");
-        assert!(out.starts_with("MeshInstall day2\n  Profile:    minimal\n"), "{out}");
+        assert!(
+            out.starts_with("MeshInstall day2\n  Profile:    minimal\n"),
+            "{out}"
+        );
         assert!(out.contains(&format!("  Version:    {version}\n")), "{out}");
         assert!(out.contains("  Revision:   default\n"), "{out}");
         assert!(out.contains("  Health:     Current\n"), "{out}");
         assert!(out.contains("    istiod "), "{out}");
-        assert!(out.contains("  Webhook:  Active, certificate expires "), "{out}");
+        assert!(
+            out.contains("  Webhook:  Active, certificate expires "),
+            "{out}"
+        );
         assert!(
             out.lines()
                 .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["day2-status", &version, "1"]),
@@ -512,7 +585,10 @@ fn status_shows_components_webhook_and_data_plane() {
         let (ok, out, _) = meshop(cp, &["status", "day2", "-o", "yaml"]);
         assert!(ok && out.contains("- name: day2\n"), "{out}");
         let (ok, _, err) = meshop(cp, &["status", "no-such-mesh"]);
-        assert!(!ok && err.contains("MeshInstall no-such-mesh not found"), "{err}");
+        assert!(
+            !ok && err.contains("MeshInstall no-such-mesh not found"),
+            "{err}"
+        );
 
         Api::<Namespace>::all(client.clone())
             .delete("day2-status", &DeleteParams::default())
@@ -550,7 +626,12 @@ fn keys(value: &Value) -> BTreeSet<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().or_else(|| v["key"].as_str()).unwrap().to_string())
+        .map(|v| {
+            v.as_str()
+                .or_else(|| v["key"].as_str())
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
@@ -562,9 +643,7 @@ fn diff_of_a_profile_switch_names_what_the_reconciler_then_does() {
     let _logs = LogsOnFailure("meshop diff".into());
     meshop_testenv::block_on(async {
         let client = cp.client().await.unwrap();
-        let spec = |profile: &str| {
-            json!({ "profile": profile, "namespace": "diff-system", "revision": "diffrev" })
-        };
+        let spec = |profile: &str| json!({ "profile": profile, "namespace": "diff-system", "revision": "diffrev" });
         let mi = create_mesh(&client, "diffswitch", spec("production")).await;
         let uid = mi.metadata.uid.clone().unwrap();
 
@@ -578,7 +657,15 @@ fn diff_of_a_profile_switch_names_what_the_reconciler_then_does() {
         let file = file.to_str().unwrap();
         let (ok, out, err) = meshop(
             cp,
-            &["diff", "-f", file, "-o", "json", "--operator-namespace", OPERATOR_NS],
+            &[
+                "diff",
+                "-f",
+                file,
+                "-o",
+                "json",
+                "--operator-namespace",
+                OPERATOR_NS,
+            ],
         );
         assert!(ok, "{err}");
         let report: Value = serde_json::from_str(&out).unwrap();
@@ -590,18 +677,38 @@ fn diff_of_a_profile_switch_names_what_the_reconciler_then_does() {
         // production -> demo: the egress gateway and the addons come, istiod and the ingress
         // gateway change in place, the autoscalers and disruption budgets go.
         assert!(
-            created.iter().any(|k| k.starts_with("Deployment/diff-system/istio-egressgateway")),
+            created
+                .iter()
+                .any(|k| k.starts_with("Deployment/diff-system/istio-egressgateway")),
             "{report:#}"
         );
-        assert!(changed.iter().any(|k| k.starts_with("Deployment/diff-system/istiod")), "{report:#}");
-        assert!(pruned.iter().any(|k| k.starts_with("HorizontalPodAutoscaler/")), "{report:#}");
-        assert!(pruned.iter().any(|k| k.starts_with("PodDisruptionBudget/")), "{report:#}");
+        assert!(
+            changed
+                .iter()
+                .any(|k| k.starts_with("Deployment/diff-system/istiod")),
+            "{report:#}"
+        );
+        assert!(
+            pruned
+                .iter()
+                .any(|k| k.starts_with("HorizontalPodAutoscaler/")),
+            "{report:#}"
+        );
+        assert!(
+            pruned.iter().any(|k| k.starts_with("PodDisruptionBudget/")),
+            "{report:#}"
+        );
         // Field-level: istiod's resources change, and no bookkeeping field is listed.
         let istiod = report["changed"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["key"].as_str().unwrap().starts_with("Deployment/diff-system/istiod"))
+            .find(|c| {
+                c["key"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Deployment/diff-system/istiod")
+            })
             .unwrap();
         let paths: Vec<&str> = istiod["fields"]
             .as_array()
@@ -681,9 +788,19 @@ fn diff_of_a_profile_switch_names_what_the_reconciler_then_does() {
         // Against the converged cluster, the same file is a no-op.
         let (ok, out, err) = meshop(
             cp,
-            &["diff", "-f", file, "--operator-namespace", OPERATOR_NS, "--exit-code"],
+            &[
+                "diff",
+                "-f",
+                file,
+                "--operator-namespace",
+                OPERATOR_NS,
+                "--exit-code",
+            ],
         );
         assert!(ok, "{out}\n{err}");
-        assert!(out.starts_with("MeshInstall diffswitch: 0 created, 0 changed, 0 pruned, "), "{out}");
+        assert!(
+            out.starts_with("MeshInstall diffswitch: 0 created, 0 changed, 0 pruned, "),
+            "{out}"
+        );
     });
 }

@@ -511,12 +511,13 @@ fn components(s: &Snapshot) -> Verdict {
         return Verdict::skip("no component reported yet");
     }
     if short.is_empty() {
-        Verdict::pass(format!(
-            "{total} component(s) at their desired replicas"
-        ))
+        Verdict::pass(format!("{total} component(s) at their desired replicas"))
     } else {
         Verdict::fail(
-            format!("components short of their desired replicas: {}", list(&short)),
+            format!(
+                "components short of their desired replicas: {}",
+                list(&short)
+            ),
             "`kubectl -n <control-plane namespace> get pods` and `kubectl describe` of the failing ones show why (image pulls, scheduling, resources)",
         )
     }
@@ -567,9 +568,7 @@ fn webhook_registered(s: &Snapshot) -> Verdict {
             None => bad.push(format!(
                 "MutatingWebhookConfiguration meshop-sidecar-injector-{name} is missing"
             )),
-            Some(None) => bad.push(format!(
-                "meshop-sidecar-injector-{name} has no caBundle"
-            )),
+            Some(None) => bad.push(format!("meshop-sidecar-injector-{name} has no caBundle")),
             Some(Some(_)) => {}
         }
     }
@@ -723,14 +722,20 @@ fn proxy_versions(s: &Snapshot) -> Verdict {
         let Some(control) = versions.get(rev) else {
             continue;
         };
-        let Some(proxy) = pod.proxy_version.as_ref().and_then(|v| v.parse::<Version>().ok())
+        let Some(proxy) = pod
+            .proxy_version
+            .as_ref()
+            .and_then(|v| v.parse::<Version>().ok())
         else {
             continue;
         };
         if proxy == *control {
             continue;
         }
-        let entry = format!("{}/{} ({proxy}, control plane {control})", pod.namespace, pod.name);
+        let entry = format!(
+            "{}/{} ({proxy}, control plane {control})",
+            pod.namespace, pod.name
+        );
         // Istio lets the control plane run one minor ahead of its proxies, never behind.
         match control.minors_ahead_of(&proxy) {
             0 | 1 => behind.push(entry),
@@ -788,12 +793,7 @@ pub fn text(results: &[CheckResult]) -> String {
             }
         }
     }
-    let count = |sev| {
-        results
-            .iter()
-            .filter(|r| r.verdict.severity == sev)
-            .count()
-    };
+    let count = |sev| results.iter().filter(|r| r.verdict.severity == sev).count();
     out.push_str(&format!(
         "\n{} passed, {} warning(s), {} failed, {} skipped\n",
         count(Severity::Pass),
@@ -824,9 +824,7 @@ pub async fn run(args: CheckArgs) -> Result<Outcome> {
     };
     let snapshot = snapshot::gather(&client, &scope).await;
     let results = run_checks(&snapshot, &groups);
-    let passed = results
-        .iter()
-        .all(|r| r.verdict.severity != Severity::Fail);
+    let passed = results.iter().all(|r| r.verdict.severity != Severity::Fail);
     let stdout = match args.output.encode(&Report {
         passed,
         checks: &results,

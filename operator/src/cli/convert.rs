@@ -106,14 +106,8 @@ const REASONS: &[(&str, &str)] = &[
         ".k8s.overlays",
         "patches of rendered objects are not supported: meshop would undo them on the next pass",
     ),
-    (
-        ".k8s.volumes",
-        "extra volumes are not supported",
-    ),
-    (
-        ".k8s.volumeMounts",
-        "extra volumes are not supported",
-    ),
+    (".k8s.volumes", "extra volumes are not supported"),
+    (".k8s.volumeMounts", "extra volumes are not supported"),
     (
         ".k8s.imagePullPolicy",
         "meshop uses the image pull policy Kubernetes defaults to for tagged images",
@@ -126,10 +120,7 @@ const REASONS: &[(&str, &str)] = &[
         ".k8s.service",
         "only the Service's type and ports are carried",
     ),
-    (
-        ".hub",
-        "meshop uses one hub for every component (spec.hub)",
-    ),
+    (".hub", "meshop uses one hub for every component (spec.hub)"),
     (
         ".tag",
         "meshop runs one version for every component (spec.version)",
@@ -522,8 +513,12 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         }
     }
     let ingress = take(&mut src, "components.ingressGateways");
-    if let Some(mut g) = gateways(ingress, "ingress", "spec.components.ingressGateways", &mut notes)
-    {
+    if let Some(mut g) = gateways(
+        ingress,
+        "ingress",
+        "spec.components.ingressGateways",
+        &mut notes,
+    ) {
         // Istio's default profile enables its ingress gateway; the list entry decides now.
         if let Some(Value::Object(existing)) = components.remove("ingressGateway") {
             for (k, v) in existing {
@@ -533,7 +528,12 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         components.insert("ingressGateway".into(), Value::Object(g));
     }
     let egress = take(&mut src, "components.egressGateways");
-    if let Some(g) = gateways(egress, "egress", "spec.components.egressGateways", &mut notes) {
+    if let Some(g) = gateways(
+        egress,
+        "egress",
+        "spec.components.egressGateways",
+        &mut notes,
+    ) {
         components.insert("egressGateway".into(), Value::Object(g));
     }
     // The addons of Istio 1.6-1.7 (removed in 1.8), still found in old files.
@@ -571,9 +571,16 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     {
         proxy.insert("concurrency".into(), c);
     }
-    if let Some(hold) = take(&mut src, "meshConfig.defaultConfig.holdApplicationUntilProxyStarts")
-        .or_else(|| take(&mut src, "values.global.proxy.holdApplicationUntilProxyStarts"))
-    {
+    if let Some(hold) = take(
+        &mut src,
+        "meshConfig.defaultConfig.holdApplicationUntilProxyStarts",
+    )
+    .or_else(|| {
+        take(
+            &mut src,
+            "values.global.proxy.holdApplicationUntilProxyStarts",
+        )
+    }) {
         proxy.insert("holdApplicationUntilProxyStarts".into(), hold);
     }
 
@@ -610,7 +617,9 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         && as_bool(&cni) == Some(true)
     {
         injection.insert("trafficCapture".into(), json!("cni"));
-        components.entry("cni").or_insert_with(|| json!({ "enabled": true }));
+        components
+            .entry("cni")
+            .or_insert_with(|| json!({ "enabled": true }));
     }
     // Istio's HPA values for istiod (the chart's, set by older files instead of k8s.hpaSpec).
     let mut pilot_autoscale = Map::new();
@@ -763,7 +772,9 @@ mod tests {
 
     #[test]
     fn the_default_profile_is_minimal_with_an_ingress_gateway() {
-        let c = conv("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: x}\nspec: {}\n");
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: x}\nspec: {}\n",
+        );
         let spec = &c.mesh_install.spec;
         assert_eq!(spec.profile, crate::api::Profile::Minimal);
         let ingress = spec.components.as_ref().unwrap().ingress_gateway.as_ref();
@@ -793,8 +804,13 @@ mod tests {
         assert!(reason("spec.components.ztunnel.enabled").contains("ambient"));
         assert!(reason("spec.components.pilot.k8s.priorityClassName").contains("priority"));
         assert!(reason("spec.values.global.logging.level").contains("chart value"));
-        assert!(reason("spec.components.ingressGateways[x].k8s.service.externalTrafficPolicy")
-            .contains("type and ports"));
-        assert_eq!(reason("spec.somethingNew"), "meshop has no equivalent setting");
+        assert!(
+            reason("spec.components.ingressGateways[x].k8s.service.externalTrafficPolicy")
+                .contains("type and ports")
+        );
+        assert_eq!(
+            reason("spec.somethingNew"),
+            "meshop has no equivalent setting"
+        );
     }
 }

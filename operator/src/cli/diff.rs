@@ -297,7 +297,7 @@ pub fn text(report: &Report) -> String {
 }
 
 fn finish(report: Report, args: &DiffArgs) -> Result<Outcome> {
-    let success = !(args.exit_code && !report.is_empty());
+    let success = !args.exit_code || report.is_empty();
     let stdout = match args.output.encode(&report)? {
         Some(encoded) => encoded,
         None => text(&report),
@@ -337,7 +337,9 @@ fn offline_report(args: &DiffArgs) -> Result<Report> {
             format!("profile {}", profile.name()),
             super::installation(None, Some(profile), None)?,
         ),
-        (None, None, None) => bail!("give the MeshInstall before: --from FILE, --from-profile or -f"),
+        (None, None, None) => {
+            bail!("give the MeshInstall before: --from FILE, --from-profile or -f")
+        }
     };
     let (to_label, to_install) = match (&args.to, args.to_profile, &args.to_version) {
         (Some(path), _, version) => (
@@ -416,12 +418,10 @@ async fn webhook_endpoint(
             .unwrap_or_default();
         return Ok(Some(endpoint(hook.client_config, ca)));
     }
-    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
-        client.clone(),
-        operator_namespace,
-    )
-    .get_opt(crate::webhook::SECRET_NAME)
-    .await?;
+    let secret =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), operator_namespace)
+            .get_opt(crate::webhook::SECRET_NAME)
+            .await?;
     let Some(ca) = secret
         .and_then(|s| s.data)
         .and_then(|d| d.get(crate::webhook::CA_CRT).cloned())
@@ -504,9 +504,7 @@ pub async fn cluster_report(
             (None, Ok(_)) => report.created.push(object.key()),
             // Its namespace is created by an earlier object of the same apply; a dry run
             // cannot see that.
-            (None, Err(kube::Error::Api(e))) if e.code == 404 => {
-                report.created.push(object.key())
-            }
+            (None, Err(kube::Error::Api(e))) if e.code == 404 => report.created.push(object.key()),
             (_, Err(e)) => bail!("the API server refuses {}: {e}", object.key()),
             (Some(current), Ok(after)) => {
                 let fields = field_changes(&json(&current)?, &json(&after)?);

@@ -91,9 +91,7 @@ enum Command {
     /// setting it could not carry, with why.
     Convert(convert::ConvertArgs),
     /// Print a shell completion script (bash, zsh or fish).
-    Completion {
-        shell: completion::Shell,
-    },
+    Completion { shell: completion::Shell },
 }
 
 #[derive(Subcommand, Debug)]

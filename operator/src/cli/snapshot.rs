@@ -149,7 +149,11 @@ pub struct Scope<'a> {
 
 /// The permissions installing meshop needs: (verb, group, resource).
 pub const INSTALL_PERMISSIONS: &[(&str, &str, &str)] = &[
-    ("create", "apiextensions.k8s.io", "customresourcedefinitions"),
+    (
+        "create",
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+    ),
     ("create", "", "namespaces"),
     ("create", "rbac.authorization.k8s.io", "clusterroles"),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
@@ -162,12 +166,18 @@ pub const INSTALL_PERMISSIONS: &[(&str, &str, &str)] = &[
 ];
 
 /// Lists `K` everywhere, or records why it could not.
-async fn list<K>(client: &Client, what: &'static str, errors: &mut BTreeMap<&'static str, String>)
-    -> Vec<K>
+async fn list<K>(
+    client: &Client,
+    what: &'static str,
+    errors: &mut BTreeMap<&'static str, String>,
+) -> Vec<K>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match Api::<K>::all(client.clone()).list(&ListParams::default()).await {
+    match Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
         Ok(list) => list.items,
         Err(e) => {
             errors.insert(what, e.to_string());
@@ -262,7 +272,8 @@ pub async fn gather(client: &Client, scope: &Scope<'_>) -> Snapshot {
                     .map(PodView::new),
             ),
             Err(e) => {
-                s.errors.insert("pods", format!("namespace {}: {e}", ns.name));
+                s.errors
+                    .insert("pods", format!("namespace {}: {e}", ns.name));
             }
         }
     }

@@ -374,7 +374,10 @@ status:
             out.contains("Webhook:  Active, certificate expires 2027-02-23T10:00:00Z"),
             "{out}"
         );
-        assert!(out.contains("    shop       1.30.5 (differs from the control plane)  1\n"), "{out}");
+        assert!(
+            out.contains("    shop       1.30.5 (differs from the control plane)  1\n"),
+            "{out}"
+        );
         assert!(out.contains("    shop       1.31.1"), "{out}");
         assert!(out.contains("Without sidecar (1; restart them to inject):\n    shop/d\n"));
         assert!(views(&s, Some("other")).is_empty());

@@ -86,8 +86,8 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 
 /// A healthy installed mesh: every check passes.
 fn healthy() -> (Snapshot, CertBundle) {
-    let bundle = CertBundle::generate(&["localhost".into()], Duration::from_secs(3600 * 24 * 90))
-        .unwrap();
+    let bundle =
+        CertBundle::generate(&["localhost".into()], Duration::from_secs(3600 * 24 * 90)).unwrap();
     let s = Snapshot {
         now: Some(SystemTime::now()),
         kubernetes: Some((1, 34, "v1.34.1".into())),
@@ -144,13 +144,22 @@ fn a_healthy_cluster_passes_every_check() {
     let results = run_checks(&s, &[Group::Pre, Group::Post]);
     assert_eq!(results.len(), CHECKS.len());
     for r in &results {
-        assert_eq!(r.verdict.severity, Severity::Pass, "{} {:?}", r.name, r.verdict);
+        assert_eq!(
+            r.verdict.severity,
+            Severity::Pass,
+            "{} {:?}",
+            r.name,
+            r.verdict
+        );
     }
     // Numbers are positions, stable across groups.
     assert_eq!(results[0].number, 1);
     assert_eq!(results.last().unwrap().number, CHECKS.len());
     let out = text(&results);
-    assert!(out.contains(&format!("{} passed, 0 warning(s), 0 failed", CHECKS.len())), "{out}");
+    assert!(
+        out.contains(&format!("{} passed, 0 warning(s), 0 failed", CHECKS.len())),
+        "{out}"
+    );
 }
 
 #[test]
@@ -161,7 +170,11 @@ fn kubernetes_outside_every_supported_range_fails() {
     assert_eq!(v.severity, Severity::Fail);
     assert!(v.hint.unwrap().contains("Istio 1.31 on 1.32-1.36"));
     s.errors.insert("version", "connection refused".into());
-    assert!(verdict("kubernetes-version", &s).message.contains("connection refused"));
+    assert!(
+        verdict("kubernetes-version", &s)
+            .message
+            .contains("connection refused")
+    );
 }
 
 #[test]
@@ -180,8 +193,10 @@ fn missing_permissions_fail_and_name_what() {
 fn istio_installed_by_other_means_is_found() {
     let (mut s, _) = healthy();
     s.istiods = vec![
-        serde_json::from_value(json!({ "metadata": { "name": "istiod", "namespace": "istio-system",
-            "labels": { "app": "istiod" } } }))
+        serde_json::from_value(
+            json!({ "metadata": { "name": "istiod", "namespace": "istio-system",
+            "labels": { "app": "istiod" } } }),
+        )
         .unwrap(),
     ];
     let v = verdict("existing-istio", &s);
@@ -207,7 +222,11 @@ fn an_injector_of_another_istio_fails() {
     ));
     let v = verdict("conflicting-webhooks", &s);
     assert_eq!(v.severity, Severity::Fail);
-    assert!(v.message.contains("istio-sidecar-injector"), "{}", v.message);
+    assert!(
+        v.message.contains("istio-sidecar-injector"),
+        "{}",
+        v.message
+    );
 }
 
 #[test]
@@ -250,7 +269,11 @@ fn an_absent_or_expired_lease_fails() {
     assert_eq!(v.severity, Severity::Fail);
     assert!(v.message.contains("expired"), "{}", v.message);
     s.lease = None;
-    assert!(verdict("operator-leading", &s).message.contains("not running"));
+    assert!(
+        verdict("operator-leading", &s)
+            .message
+            .contains("not running")
+    );
 }
 
 #[test]
@@ -266,7 +289,11 @@ fn a_mesh_not_ready_and_short_components_fail() {
     assert!(v.message.contains("waiting for istiod"), "{}", v.message);
     let v = verdict("components", &s);
     assert_eq!(v.severity, Severity::Fail);
-    assert!(v.message.contains("mesh/istiod Progressing (0/1 ready)"), "{}", v.message);
+    assert!(
+        v.message.contains("mesh/istiod Progressing (0/1 ready)"),
+        "{}",
+        v.message
+    );
     s.meshes.clear();
     assert_eq!(verdict("meshinstalls-ready", &s).severity, Severity::Warn);
 }
@@ -370,5 +397,10 @@ fn json_report_carries_number_group_and_hint() {
         .unwrap();
     assert_eq!(lease["severity"], "fail");
     assert_eq!(lease["group"], "post");
-    assert!(lease["hint"].as_str().unwrap().contains("kubectl -n meshop-system"));
+    assert!(
+        lease["hint"]
+            .as_str()
+            .unwrap()
+            .contains("kubectl -n meshop-system")
+    );
 }
