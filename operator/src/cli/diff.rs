@@ -254,6 +254,12 @@ fn short(value: &Option<Value>) -> String {
     }
 }
 
+/// The lines of a multi-line string value.
+fn text_lines(value: &Option<Value>) -> Option<Vec<&str>> {
+    let text = value.as_ref()?.as_str()?;
+    text.contains('\n').then(|| text.lines().collect())
+}
+
 /// The text report.
 pub fn text(report: &Report) -> String {
     let mut out = format!(
@@ -278,12 +284,24 @@ pub fn text(report: &Report) -> String {
         for c in &report.changed {
             out.push_str(&format!("  ~ {}\n", c.key));
             for f in &c.fields {
-                out.push_str(&format!(
-                    "      {}: {} -> {}\n",
-                    f.path,
-                    short(&f.before),
-                    short(&f.after)
-                ));
+                match (text_lines(&f.before), text_lines(&f.after)) {
+                    // Embedded documents (mesh config, scripts): the lines that differ.
+                    (Some(a), Some(b)) => {
+                        out.push_str(&format!("      {}:\n", f.path));
+                        for line in a.iter().filter(|l| !b.contains(l)) {
+                            out.push_str(&format!("        - {line}\n"));
+                        }
+                        for line in b.iter().filter(|l| !a.contains(l)) {
+                            out.push_str(&format!("        + {line}\n"));
+                        }
+                    }
+                    _ => out.push_str(&format!(
+                        "      {}: {} -> {}\n",
+                        f.path,
+                        short(&f.before),
+                        short(&f.after)
+                    )),
+                }
             }
         }
     }
@@ -615,6 +633,8 @@ mod tests {
         });
         let out = text(&report);
         assert!(out.starts_with("demo -> minimal: 0 created, "), "{out}");
+        // The mesh config is a YAML document in a ConfigMap: its changed lines are shown.
+        assert!(out.contains("      data.mesh:\n        - accessLogFile: /dev/stdout\n"), "{out}");
         assert!(out.contains("\n  - Deployment/istio-system/istio-egressgateway\n"));
     }
 

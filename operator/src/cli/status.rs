@@ -61,8 +61,11 @@ pub struct ConditionView {
 pub struct ComponentView {
     pub name: String,
     pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
@@ -70,7 +73,9 @@ pub struct ComponentView {
 #[serde(rename_all = "camelCase")]
 pub struct WebhookView {
     pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate_expiry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
