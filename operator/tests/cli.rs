@@ -297,3 +297,32 @@ fn cluster_commands_without_a_cluster_fail_with_a_clear_error() {
         assert!(!ok && err.contains("read kubeconfig"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn check_against_an_api_server_that_does_not_answer_fails_once_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("meshop-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\n\
+         users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let (ok, out, err) = meshop(&["check", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    assert!(!ok, "{err}");
+    assert!(
+        out.contains("   1. FAIL  kubernetes-version    cannot read version"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 passed, 0 warning(s), 1 failed, 14 skipped"),
+        "{out}"
+    );
+    let (ok, _, err) = meshop(&["status", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("cannot reach the Kubernetes API server"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

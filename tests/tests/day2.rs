@@ -584,6 +584,11 @@ fn status_shows_components_webhook_and_data_plane() {
 
         let (ok, out, _) = meshop(cp, &["status", "day2", "-o", "yaml"]);
         assert!(ok && out.contains("- name: day2\n"), "{out}");
+        // kubectl's --context: the kubeconfig's own context works, another is refused.
+        let (ok, out, err) = meshop(cp, &["status", "day2", "--context", "testenv"]);
+        assert!(ok && out.starts_with("MeshInstall day2\n"), "{err}");
+        let (ok, _, err) = meshop(cp, &["status", "day2", "--context", "elsewhere"]);
+        assert!(!ok && err.contains("elsewhere"), "{err}");
         let (ok, _, err) = meshop(cp, &["status", "no-such-mesh"]);
         assert!(
             !ok && err.contains("MeshInstall no-such-mesh not found"),

@@ -634,7 +634,10 @@ mod tests {
         let out = text(&report);
         assert!(out.starts_with("demo -> minimal: 0 created, "), "{out}");
         // The mesh config is a YAML document in a ConfigMap: its changed lines are shown.
-        assert!(out.contains("      data.mesh:\n        - accessLogFile: /dev/stdout\n"), "{out}");
+        assert!(
+            out.contains("      data.mesh:\n        - accessLogFile: /dev/stdout\n"),
+            "{out}"
+        );
         assert!(out.contains("\n  - Deployment/istio-system/istio-egressgateway\n"));
     }
 

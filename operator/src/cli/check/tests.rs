@@ -404,3 +404,19 @@ fn json_report_carries_number_group_and_hint() {
             .contains("kubectl -n meshop-system")
     );
 }
+
+#[test]
+fn an_unreachable_api_server_fails_once_and_skips_the_rest() {
+    let s = Snapshot {
+        errors: [("version", "connection refused".to_string())].into(),
+        ..Default::default()
+    };
+    let results = run_checks(&s, &[Group::Pre, Group::Post]);
+    assert_eq!(results[0].verdict.severity, Severity::Fail);
+    assert!(results[0].verdict.message.contains("connection refused"));
+    assert!(
+        results[1..]
+            .iter()
+            .all(|r| r.verdict.severity == Severity::Skip)
+    );
+}
