@@ -447,15 +447,24 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        match crate::versions::catalog().resolve(Some(&text)) {
-            Ok(_) => {
-                spec.insert("version".into(), json!(text));
-            }
-            Err(e) => notes.add(
+        if tag.is_number() {
+            // YAML reads an unquoted 1.30 as the number 1.3: guessing the minor back is unsafe.
+            notes.add(
                 "spec.tag",
                 tag,
-                format!("{e}; left out, so meshop installs its newest supported release"),
-            ),
+                "a number, not a version: YAML reads an unquoted 1.30 as 1.3; quote the tag and convert again",
+            );
+        } else {
+            match crate::versions::catalog().resolve(Some(&text)) {
+                Ok(_) => {
+                    spec.insert("version".into(), json!(text));
+                }
+                Err(e) => notes.add(
+                    "spec.tag",
+                    tag,
+                    format!("{e}; left out, so meshop installs its newest supported release"),
+                ),
+            }
         }
     }
     let namespace =
@@ -797,6 +806,15 @@ mod tests {
         assert_eq!(c.mesh_install.spec.version, None);
         assert_eq!(paths(&c), vec!["spec.tag"]);
         assert!(c.not_carried[0].reason.contains("newest supported"));
+    }
+
+    #[test]
+    fn an_unquoted_minor_tag_is_not_guessed() {
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: {tag: 1.30, profile: minimal}\n",
+        );
+        assert_eq!(c.mesh_install.spec.version, None);
+        assert!(c.not_carried[0].reason.contains("quote the tag"));
     }
 
     #[test]
