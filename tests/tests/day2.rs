@@ -159,6 +159,17 @@ where
     .await;
 }
 
+async fn poll_gone(pods: &Api<Pod>, name: &str) {
+    let _ =
+        meshop_testenv::poll_until(&format!("{name} gone"), Duration::from_secs(30), || async {
+            match pods.get_opt(name).await? {
+                None => Ok(()),
+                Some(_) => bail!("still there"),
+            }
+        })
+        .await;
+}
+
 fn pod(name: &str, ns: &str) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -178,6 +189,25 @@ async fn healthy_mesh(client: &Client) -> MeshInstall {
     )
     .await;
     namespace(client, "day2-apps", json!({ "istio-injection": "enabled" })).await;
+    // The webhook answers from its watch of namespace labels: wait until it has seen the label.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "day2-apps");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_until(
+        "the webhook injects in day2-apps",
+        Duration::from_secs(30),
+        || async {
+            let created = pods.create(&dry_run, &pod("probe", "day2-apps")).await?;
+            if meshop::cli::snapshot::PodView::new(&created).has_sidecar {
+                Ok(())
+            } else {
+                bail!("a dry-run pod came back without a sidecar")
+            }
+        },
+    )
+    .await;
     mi
 }
 
@@ -515,29 +545,26 @@ fn status_shows_components_webhook_and_data_plane() {
             json!({ "istio-injection": "enabled" }),
         )
         .await;
-        let injected = pods
-            .create(&PostParams::default(), &pod("web", "day2-status"))
-            .await
-            .unwrap();
-        assert!(
-            injected
-                .spec
-                .unwrap()
-                .init_containers
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.name == "istio-proxy")
-                || pods
-                    .get("web")
-                    .await
-                    .unwrap()
-                    .spec
-                    .unwrap()
-                    .containers
-                    .len()
-                    > 1,
-            "the webhook injected web"
-        );
+        // The webhook answers from its watch of namespace labels, which may lag the label by a
+        // moment: a pod created before it caught up is retried.
+        wait_until(
+            "web created with a sidecar",
+            Duration::from_secs(30),
+            || async {
+                let created = pods
+                    .create(&PostParams::default(), &pod("web", "day2-status"))
+                    .await?;
+                let view = meshop::cli::snapshot::PodView::new(&created);
+                if view.has_sidecar {
+                    return Ok(());
+                }
+                pods.delete("web", &DeleteParams::default().grace_period(0))
+                    .await?;
+                poll_gone(&pods, "web").await;
+                bail!("created without a sidecar")
+            },
+        )
+        .await;
 
         let (ok, out, err) = meshop(cp, &["status", "day2", "-n", "day2-status"]);
         assert!(ok, "{err}");
