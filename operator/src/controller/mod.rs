@@ -4,8 +4,8 @@
 //! (pure) -> [`prune`] -> [`status`] (pure, one write). This file holds the shared [`Context`], the
 //! error policy and the wiring of `meshop run`.
 
-pub(crate) mod apply;
-pub(crate) mod assess;
+mod apply;
+mod assess;
 pub mod leader;
 pub(crate) mod plan;
 pub(crate) mod prune;
