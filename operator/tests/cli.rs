@@ -186,3 +186,143 @@ fn render_and_inject_work_for_every_supported_version() {
         "{err}"
     );
 }
+
+#[test]
+fn convert_prints_the_meshinstall_after_what_was_not_carried() {
+    let (ok, out, err) = meshop(&["convert", "-f", "operator/tests/convert/ha-gateways.yaml"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("# Not carried (5 setting(s)):\n"), "{out}");
+    assert!(out.contains("#   spec.components.ingressGateways[internal-gateway] = "));
+    assert!(
+        out.contains("\nkind: MeshInstall\n") && out.contains("  name: ha\n"),
+        "{out}"
+    );
+    let (ok, out, _) = meshop(&[
+        "convert",
+        "-f",
+        "operator/tests/convert/ambient.yaml",
+        "-o",
+        "json",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && value["meshInstall"]["spec"]["profile"] == "minimal");
+    assert!(value["notCarried"].as_array().unwrap().len() >= 3);
+    let (ok, _, err) = meshop(&["convert", "-f", "docs/examples/production.yaml"]);
+    assert!(!ok && err.contains("not an IstioOperator"), "{err}");
+}
+
+#[test]
+fn offline_diff_of_a_profile_switch_and_a_version_change() {
+    let (ok, out, err) = meshop(&["diff", "--from-profile", "demo", "--to-profile", "minimal"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("profile demo -> profile minimal: 0 created, "),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n  - Deployment/istio-system/istio-egressgateway\n"),
+        "{out}"
+    );
+    let (ok, out, err) = meshop(&[
+        "diff",
+        "-f",
+        "docs/examples/production.yaml",
+        "--to-version",
+        "1.30",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let istiod = report["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "Deployment/istio-system/istiod")
+        .expect("istiod changes");
+    assert!(istiod["fields"].as_array().unwrap().iter().any(|f| {
+        f["path"] == "spec.template.spec.containers[discovery].image"
+            && f["after"].as_str().unwrap().ends_with(":1.30.5")
+    }));
+    // --exit-code: differences make the exit status 1, none make it 0.
+    let (ok, _, _) = meshop(&[
+        "diff",
+        "--from-profile",
+        "demo",
+        "--to-profile",
+        "minimal",
+        "--exit-code",
+    ]);
+    assert!(!ok);
+    let (ok, out, _) = meshop(&[
+        "diff",
+        "--from-profile",
+        "demo",
+        "--to-profile",
+        "demo",
+        "--exit-code",
+    ]);
+    assert!(
+        ok && out.contains(": 0 created, 0 changed, 0 pruned"),
+        "{out}"
+    );
+}
+
+#[test]
+fn completion_scripts_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = meshop(&["completion", shell]);
+        assert!(ok && out.contains("convert"), "{shell}: {err}");
+    }
+    let (ok, _, err) = meshop(&["completion", "powershell"]);
+    assert!(!ok && err.contains("invalid value"), "{err}");
+}
+
+#[test]
+fn cluster_commands_without_a_cluster_fail_with_a_clear_error() {
+    let missing = std::env::temp_dir().join("meshop-no-such-kubeconfig");
+    let kubeconfig = missing.to_str().unwrap();
+    for args in [
+        vec!["status", "--kubeconfig", kubeconfig],
+        vec!["check", "--kubeconfig", kubeconfig],
+        vec![
+            "diff",
+            "-f",
+            "docs/examples/production.yaml",
+            "--kubeconfig",
+            kubeconfig,
+        ],
+    ] {
+        let (ok, _, err) = meshop(&args);
+        assert!(!ok && err.contains("read kubeconfig"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn check_against_an_api_server_that_does_not_answer_fails_once_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("meshop-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\n\
+         users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let (ok, out, err) = meshop(&["check", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    assert!(!ok, "{err}");
+    assert!(
+        out.contains("   1. FAIL  kubernetes-version    cannot read version"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 passed, 0 warning(s), 1 failed, 14 skipped"),
+        "{out}"
+    );
+    let (ok, _, err) = meshop(&["status", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("cannot reach the Kubernetes API server"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

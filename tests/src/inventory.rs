@@ -24,6 +24,10 @@ pub struct ClusterObject {
     pub owners: Vec<String>,
     /// It has a deletionTimestamp (finalizers still pending).
     pub deleting: bool,
+    pub uid: String,
+    /// Per field manager and operation (`meshop:Apply`), the time of its last change (from
+    /// managedFields).
+    pub managers: BTreeMap<String, String>,
 }
 
 impl ClusterObject {
@@ -83,6 +87,18 @@ pub async fn objects(
                         .map(|o| o.uid)
                         .collect(),
                     deleting: meta.deletion_timestamp.is_some(),
+                    uid: meta.uid.unwrap_or_default(),
+                    managers: meta
+                        .managed_fields
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|m| {
+                            Some((
+                                format!("{}:{}", m.manager?, m.operation?),
+                                m.time?.0.to_string(),
+                            ))
+                        })
+                        .collect(),
                 };
                 if keep(&object) {
                     out.push(object);

@@ -14,6 +14,9 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tracing::{info, warn};
 
+/// The name of the leader Lease, in the operator's namespace.
+pub const LEASE_NAME: &str = "meshop-leader";
+
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
     pub namespace: String,

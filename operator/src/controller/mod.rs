@@ -7,8 +7,8 @@
 mod apply;
 mod assess;
 pub mod leader;
-mod plan;
-mod prune;
+pub(crate) mod plan;
+pub(crate) mod prune;
 mod reconcile;
 pub mod status;
 
@@ -242,7 +242,7 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
             client.clone(),
             leader::LeaseConfig {
                 namespace: options.lease_namespace.clone(),
-                name: "meshop-leader".into(),
+                name: leader::LEASE_NAME.into(),
                 identity: options.identity.clone(),
                 lease_duration: options.lease_duration,
                 renew: options.lease_duration / 3,

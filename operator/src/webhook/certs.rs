@@ -295,6 +295,19 @@ pub(crate) fn validity(pem: &str) -> Result<(SystemTime, SystemTime), CertError>
     })
 }
 
+/// Whether the first certificate in `cert_pem` is signed by the first one in `ca_pem` (used by
+/// `meshop check` to compare the served certificate with the caBundle the API server trusts).
+pub(crate) fn issued_by(cert_pem: &str, ca_pem: &str) -> Result<bool, CertError> {
+    let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    let ca = ca
+        .parse_x509()
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    with_cert(cert_pem, |leaf| {
+        leaf.verify_signature(Some(ca.public_key())).is_ok()
+    })
+}
+
 /// The DNS names and IP addresses of the first certificate in `pem`.
 pub(crate) fn cert_sans(pem: &str) -> Result<Vec<String>, CertError> {
     with_cert(pem, |c| {
@@ -368,6 +381,10 @@ mod tests {
         let leaf = leaf.parse_x509().unwrap();
         assert!(leaf.verify_signature(Some(ca.public_key())).is_ok());
         assert!(ca.is_ca() && !leaf.is_ca());
+        assert!(issued_by(&b.cert_pem, &b.ca_pem).unwrap());
+        let other = CertBundle::generate(&sans(), Duration::from_secs(3600)).unwrap();
+        assert!(!issued_by(&b.cert_pem, &other.ca_pem).unwrap());
+        assert!(issued_by("not a pem", &b.ca_pem).is_err());
     }
 
     #[test]

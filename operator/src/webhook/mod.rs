@@ -37,6 +37,6 @@ pub use certs::{CertBundle, CertError};
 pub use http::router;
 pub(crate) use server::spawn_rotation;
 pub use server::{CertResolver, bind, serve_listener};
-pub(crate) use store::load_or_create;
+pub(crate) use store::{CA_CRT, SECRET_NAME, TLS_CRT, load_or_create};
 pub use view::View;
 pub(crate) use view::spawn_view;

@@ -1,4 +1,4 @@
-//! Offline commands: everything here works without a cluster.
+//! Offline commands (render, inject, profile): everything here works without a cluster.
 
 use std::io::Read;
 use std::path::Path;
