@@ -14,6 +14,7 @@ pub mod certs;
 pub mod controlplane;
 pub mod inventory;
 pub mod istio;
+pub mod judges;
 pub mod process;
 pub mod wait;
 
