@@ -70,6 +70,10 @@ pub fn files() -> Vec<GeneratedFile> {
         }),
         GeneratedFile::new("deploy/crd.yaml", || Ok(crate::api::crd_yaml())),
         GeneratedFile::new("deploy/rbac.yaml", || Ok(crate::deploy::rbac_yaml())),
+        GeneratedFile::new(
+            "deploy/operator.yaml",
+            || Ok(crate::deploy::operator_yaml()),
+        ),
         GeneratedFile::section(
             "docs/profiles.md",
             PROFILE_TABLE_BEGIN,
@@ -93,6 +97,21 @@ pub fn files() -> Vec<GeneratedFile> {
                 move || crate::cli::render(None, Some(Profile::Demo), Some(&version), None),
             ));
         }
+    }
+    // The Helm chart, from the same code as deploy/.
+    let chart = crate::chart::files().expect("the chart generates");
+    for (path, _) in chart {
+        files.push(GeneratedFile::new(
+            format!("{}/{path}", crate::chart::CHART_DIR),
+            move || {
+                let files = crate::chart::files()?;
+                Ok(files
+                    .into_iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, text)| text)
+                    .unwrap_or_default())
+            },
+        ));
     }
     files.push(GeneratedFile::section(
         "docs/versions.md",
