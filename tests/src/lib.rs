@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;
+pub mod helm;
 pub mod inventory;
 pub mod istio;
 pub mod judges;
