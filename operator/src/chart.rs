@@ -254,8 +254,6 @@ version: '{v}'
 appVersion: '{v}'
 kubeVersion: '>=1.32.0-0'
 keywords: [istio, service-mesh, operator]
-sources:
-  - https://github.com/meshop/meshop
 annotations:
   artifacthub.io/license: Apache-2.0
 "
