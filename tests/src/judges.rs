@@ -24,8 +24,8 @@ pub struct Judges {
 pub struct Verdicts {
     /// `sigs.k8s.io/cli-utils` kstatus `Compute`: Current, InProgress, Failed, Terminating...
     pub kstatus: String,
-    /// Flux's CEL status evaluator with the shipped `healthCheckExprs` (`Error` when an
-    /// expression cannot be evaluated, which Flux reports as Unknown and keeps waiting).
+    /// Flux's CEL status evaluator with the shipped `healthCheckExprs`: Unknown when an
+    /// expression cannot be evaluated, as Flux reports it (and keeps waiting).
     pub flux_cel: String,
     /// Flux's kstatus fork, which `wait: true` uses when no expression is given.
     pub flux_wait: String,

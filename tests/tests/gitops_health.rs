@@ -197,7 +197,7 @@ async fn every_state_reads_the_same_to_kstatus_flux_and_argocd() {
         &rows[0],
         InProgress,
         "Current",
-        "Error",
+        "Unknown",
         "Current",
         "Progressing",
     );

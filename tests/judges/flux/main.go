@@ -52,8 +52,9 @@ func main() {
 		fail(err)
 	}
 	if res, err := evaluator.Evaluate(context.Background(), &obj); err != nil {
-		// Flux reports an evaluation error as a failed health check and keeps waiting.
-		out["cel"] = "Error"
+		// Flux's status reader turns an evaluation error into Unknown (with the error) and keeps
+		// waiting (fluxcd/cli-utils statusreaders, errResourceToResourceStatus).
+		out["cel"] = "Unknown"
 		out["message"] = err.Error()
 	} else {
 		out["cel"] = res.Status.String()
