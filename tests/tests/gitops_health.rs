@@ -301,6 +301,40 @@ async fn a_gitops_field_manager_and_meshop_never_fight() {
     )
     .await;
 
+    // Settled: no write for 10 s. Writes meshop makes after its first Current (its last status
+    // touches) are reported here, not counted as a fight.
+    let mut last = serde_json::to_value(&settled).unwrap();
+    let mut quiet_since = Instant::now();
+    let settle_start = Instant::now();
+    let mut settling_writes = 0;
+    while quiet_since.elapsed() < Duration::from_secs(10) {
+        assert!(
+            settle_start.elapsed() < Duration::from_secs(90),
+            "gh-ssa never stopped being written: {settling_writes} writes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = serde_json::to_value(api.get("gh-ssa").await.unwrap()).unwrap();
+        if now["metadata"]["resourceVersion"] != last["metadata"]["resourceVersion"] {
+            settling_writes += 1;
+            let changed: Vec<&String> = ["spec", "status", "metadata"]
+                .iter()
+                .flat_map(|part| now[part].as_object().into_iter().flatten())
+                .filter(|(k, v)| {
+                    k.as_str() != "resourceVersion"
+                        && k.as_str() != "managedFields"
+                        && [&last["spec"], &last["status"], &last["metadata"]]
+                            .iter()
+                            .all(|old| old.get(k.as_str()) != Some(v))
+                })
+                .map(|(k, _)| k)
+                .collect();
+            eprintln!("field ownership: write after Current changed {changed:?}");
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let settled: MeshInstall = serde_json::from_value(last).unwrap();
+
     // The window: the GitOps tool re-applies every 5 s (a sync), the test reads every second.
     let start = Instant::now();
     let mut versions = vec![settled.metadata.resource_version.clone()];
@@ -320,7 +354,7 @@ async fn a_gitops_field_manager_and_meshop_never_fight() {
     }
     let last = api.get("gh-ssa").await.unwrap();
     eprintln!(
-        "field ownership: {} s window, {applies} GitOps applies, {} resourceVersion change(s)",
+        "field ownership: {settling_writes} write(s) while settling, then a {} s window, {applies} GitOps applies, {} resourceVersion change(s)",
         window.as_secs(),
         versions.len() - 1
     );
