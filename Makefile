@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help demo cluster test unit testenv istio build generate crds golden bench loadtest lint fmt clean-testenv tools
+.PHONY: help demo cluster test unit testenv istio helm judges image chart build generate crds golden bench loadtest lint fmt clean-testenv tools
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ demo: tools testenv ## The main job: control plane, operator, a demo MeshInstall
 cluster: tools testenv ## Start a local control plane (controllers mode, CRDs installed) until Ctrl-C.
 	$(CARGO) run -q -p meshop-testenv --bin meshop-cluster
 
-test: tools testenv istio ## Unit and integration tests against a real kube-apiserver and Istio's binaries (built when not cached).
+test: tools testenv istio helm judges ## Unit and integration tests against a real kube-apiserver, Istio's binaries, helm and the GitOps judges (built when not cached).
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked --no-fail-fast
 
@@ -31,10 +31,22 @@ testenv: tools ## Build (or reuse) etcd, kube-apiserver, controllers, kubectl an
 istio: tools ## Build (or reuse) Istio's pilot-discovery, istioctl and pilot-agent in ~/.cache/meshop (the tests' outside judges).
 	@bash tests/testenv/build-istio.sh >/dev/null
 
+helm: tools ## Build (or reuse) helm from helm.sh/helm/v3 in ~/.cache/meshop (the chart tests run it).
+	@bash tests/testenv/build-helm.sh >/dev/null
+
+judges: tools ## Build (or reuse) the GitOps judges (kstatus, Flux CEL, Argo CD Lua) in ~/.cache/meshop.
+	@bash tests/testenv/build-judges.sh >/dev/null
+
+image: tools ## Build the operator image with no container engine: target/image/oci/ (OCI layout) and meshop-<version>.oci.tar.
+	@bash image/build.sh
+
+chart: tools helm generate ## Regenerate, lint and package the Helm chart into target/chart/meshop-<version>.tgz.
+	@h="$$(bash tests/testenv/build-helm.sh)/helm"; $$h lint --strict deploy/chart/meshop && $$h package deploy/chart/meshop -d $${CARGO_TARGET_DIR:-target}/chart
+
 build: ## Build the meshop binary (target/release/meshop).
 	$(CARGO) build --release -p meshop
 
-generate: ## Write every generated file: crds/, deploy/crd.yaml, deploy/rbac.yaml, golden files, docs tables.
+generate: ## Write every generated file: crds/, deploy/ (CRD, RBAC, operator, Helm chart), golden files, docs tables.
 	$(CARGO) run -q -p meshop --example generate
 
 crds: generate ## Alias of generate.

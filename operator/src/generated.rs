@@ -62,6 +62,18 @@ pub const PROFILE_TABLE_END: &str = "<!-- END GENERATED -->";
 /// The generated table of docs/versions.md starts at this line (and ends like the profile table).
 pub const VERSION_TABLE_BEGIN: &str = "<!-- BEGIN GENERATED: version table (make generate) -->\n";
 
+/// The files of deploy/gitops/ and the marker each is quoted after in docs/gitops.md.
+const GITOPS_SNIPPETS: [(&str, &str); 2] = [
+    (
+        "<!-- BEGIN GENERATED: deploy/gitops/argocd-cm.yaml (make generate) -->\n",
+        include_str!("../../deploy/gitops/argocd-cm.yaml"),
+    ),
+    (
+        "<!-- BEGIN GENERATED: deploy/gitops/flux-kustomization.yaml (make generate) -->\n",
+        include_str!("../../deploy/gitops/flux-kustomization.yaml"),
+    ),
+];
+
 /// Every generated file.
 pub fn files() -> Vec<GeneratedFile> {
     let mut files = vec![
@@ -70,6 +82,10 @@ pub fn files() -> Vec<GeneratedFile> {
         }),
         GeneratedFile::new("deploy/crd.yaml", || Ok(crate::api::crd_yaml())),
         GeneratedFile::new("deploy/rbac.yaml", || Ok(crate::deploy::rbac_yaml())),
+        GeneratedFile::new(
+            "deploy/operator.yaml",
+            || Ok(crate::deploy::operator_yaml()),
+        ),
         GeneratedFile::section(
             "docs/profiles.md",
             PROFILE_TABLE_BEGIN,
@@ -94,6 +110,36 @@ pub fn files() -> Vec<GeneratedFile> {
             ));
         }
     }
+    // The Helm chart, from the same code as deploy/.
+    let chart = crate::chart::files().expect("the chart generates");
+    for (path, _) in chart {
+        files.push(GeneratedFile::new(
+            format!("{}/{path}", crate::chart::CHART_DIR),
+            move || {
+                let files = crate::chart::files()?;
+                Ok(files
+                    .into_iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, text)| text)
+                    .unwrap_or_default())
+            },
+        ));
+    }
+    // The shipped GitOps snippets, quoted in docs/gitops.md exactly as tested.
+    files.push(GeneratedFile {
+        path: "docs/gitops.md".into(),
+        generate: Box::new(|current| {
+            let mut text = current
+                .context("docs/gitops.md must exist: it is partly hand-written")?
+                .to_string();
+            for (begin, content) in GITOPS_SNIPPETS {
+                let section = format!("```yaml\n{content}```\n");
+                text = splice(&text, begin, PROFILE_TABLE_END, &section)
+                    .context("in docs/gitops.md")?;
+            }
+            Ok(text)
+        }),
+    });
     files.push(GeneratedFile::section(
         "docs/versions.md",
         VERSION_TABLE_BEGIN,

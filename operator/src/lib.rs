@@ -2,6 +2,7 @@
 //! `MeshInstall` resource.
 
 pub mod api;
+pub mod chart;
 pub mod cli;
 pub mod controller;
 pub mod deploy;

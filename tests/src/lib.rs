@@ -12,8 +12,10 @@
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;
+pub mod helm;
 pub mod inventory;
 pub mod istio;
+pub mod judges;
 pub mod process;
 pub mod wait;
 

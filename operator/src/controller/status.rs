@@ -263,7 +263,10 @@ pub enum KStatus {
     Failed,
 }
 
-/// Computes the kstatus of a MeshInstall from its generation and status alone.
+/// Computes the kstatus of a MeshInstall from its generation and status alone. It agrees with
+/// kstatus itself (sigs.k8s.io/cli-utils `status.Compute`) in every state meshop writes, except one
+/// on purpose: with no status at all kstatus says Current (no condition it knows), this says
+/// InProgress. tests/tests/gitops_health.rs checks both against the real library.
 pub fn kstatus(generation: Option<i64>, status: Option<&MeshInstallStatus>) -> KStatus {
     let Some(status) = status else {
         return KStatus::InProgress;
