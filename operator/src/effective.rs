@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
     Component, FailurePolicy, GatewayComponent, GatewayPort, MeshInstall, MeshInstallSpec,
-    MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel, ServiceType,
+    MigrationMode, MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel, ServiceType,
     SidecarMode, TrafficCapture, UpdateStrategy,
 };
 use crate::profiles::{self, ProfileError};
@@ -28,6 +28,8 @@ pub enum SpecError {
     DefaultRevisionName,
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error("revision {0:?} with the release appended is longer than 50 characters; shorten spec.revision")]
+    RevisionTooLong(String),
 }
 
 /// Which MeshInstall the objects belong to (for labels and owner references).
@@ -48,6 +50,8 @@ pub struct Installation {
     pub namespace: String,
     pub revision: String,
     pub update_strategy: UpdateStrategy,
+    /// Revision-based upgrades (read only with [`UpdateStrategy::RevisionBased`]).
+    pub upgrade: UpgradeSettings,
     pub istiod: Settings,
     pub ingress_gateway: Settings,
     pub egress_gateway: Settings,
@@ -98,6 +102,20 @@ pub struct Service {
     pub ports: Vec<GatewayPort>,
 }
 
+/// Resolved `spec.upgrade`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpgradeSettings {
+    /// Every tag, `default` first, then the spec's in its order.
+    pub tags: Vec<String>,
+    pub mode: MigrationMode,
+    pub max_concurrent: usize,
+    pub grace_period: std::time::Duration,
+}
+
+/// How long an unused old revision is kept when the spec does not say: long enough to roll back
+/// without recreating it after a typical canary soak, short enough not to pile up.
+pub const DEFAULT_RETIREMENT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mesh {
     pub mtls: MtlsMode,
@@ -131,12 +149,47 @@ impl Installation {
 
     /// Resolves a spec: layers the profile under it and fills in every value.
     pub fn resolve(owner: Owner, spec: &MeshInstallSpec) -> Result<Installation, SpecError> {
-        let resolved = versions::catalog().resolve(spec.version.as_deref())?;
+        Installation::resolve_at(owner, spec, spec.version.as_deref())
+    }
+
+    /// Resolves a spec as if its `version` were `version`: how a revision-based install renders
+    /// its older revisions (each at its own release, everything else from the spec).
+    pub fn resolve_at(
+        owner: Owner,
+        spec: &MeshInstallSpec,
+        version: Option<&str>,
+    ) -> Result<Installation, SpecError> {
+        let resolved = versions::catalog().resolve(version)?;
         let version = resolved.version.to_string();
         // The CRD refuses it too; this covers offline rendering.
         if spec.revision == crate::revision::DEFAULT {
             return Err(SpecError::DefaultRevisionName);
         }
+        let revision = match spec.update_strategy {
+            UpdateStrategy::InPlace => spec.revision.clone(),
+            UpdateStrategy::RevisionBased => {
+                let name = crate::revision::versioned(&spec.revision, &version);
+                // Room for istiod-<revision>-<namespace> style names and webhook names.
+                if name.len() > 50 {
+                    return Err(SpecError::RevisionTooLong(name));
+                }
+                name
+            }
+        };
+        let upgrade_spec = spec.upgrade.clone().unwrap_or_default();
+        let workloads = upgrade_spec.workloads.clone().unwrap_or_default();
+        let upgrade = UpgradeSettings {
+            tags: std::iter::once(crate::revision::DEFAULT.to_string())
+                .chain(upgrade_spec.tags.iter().cloned())
+                .collect(),
+            mode: workloads.mode.unwrap_or_default(),
+            max_concurrent: workloads.max_concurrent.unwrap_or(1).max(1) as usize,
+            grace_period: upgrade_spec
+                .retirement_grace_period_seconds
+                .map_or(DEFAULT_RETIREMENT_GRACE, |s| {
+                    std::time::Duration::from_secs(s.max(0) as u64)
+                }),
+        };
         let layered = profiles::layered(spec)?;
         let components = layered.components.clone().unwrap_or_default();
         let addons = components.addons.clone().unwrap_or_default();
@@ -149,8 +202,9 @@ impl Installation {
             version,
             hub: layered.hub.clone(),
             namespace: layered.namespace.clone(),
-            revision: layered.revision.clone(),
+            revision,
             update_strategy: layered.update_strategy,
+            upgrade,
             istiod: settings(components.istiod.as_ref(), None),
             ingress_gateway: gateway(components.ingress_gateway.as_ref()),
             egress_gateway: gateway(components.egress_gateway.as_ref()),

@@ -7,9 +7,11 @@
 mod apply;
 mod assess;
 pub mod leader;
+mod migrate;
 mod plan;
 mod prune;
 mod reconcile;
+mod revisions;
 pub mod status;
 
 use std::collections::HashMap;

@@ -38,6 +38,32 @@ impl Plan {
     pub fn new(install: Installation, webhook: Option<WebhookEndpoint>) -> Plan {
         let webhook = webhook.filter(|_| install.injection.enabled);
         let objects = render::render_with_injector(&install, webhook.as_ref().map(|w| &w.injector));
+        Plan::of(install, objects, webhook)
+    }
+
+    /// A revision-based install: the target revision (`install`) with everything it runs, the
+    /// control planes of the `older` revisions still listed in status, and one injection
+    /// registration for every revision and tag.
+    pub fn revision_based(
+        install: Installation,
+        older: &[Installation],
+        webhook: Option<WebhookEndpoint>,
+    ) -> Plan {
+        let webhook = webhook.filter(|_| install.injection.enabled);
+        let routes: Vec<&str> = std::iter::once(install.revision.as_str())
+            .chain(older.iter().map(|o| o.revision.as_str()))
+            .chain(install.upgrade.tags.iter().map(String::as_str))
+            .collect();
+        let objects = render::render_revision_based(
+            &install,
+            older,
+            webhook.as_ref().map(|w| &w.injector),
+            &routes,
+        );
+        Plan::of(install, objects, webhook)
+    }
+
+    fn of(install: Installation, objects: Vec<Rendered>, webhook: Option<WebhookEndpoint>) -> Plan {
         let replica_floors = objects
             .iter()
             .filter(|o| o.kind() == "Deployment")
@@ -161,7 +187,11 @@ pub(crate) fn conflicting_owner<'a>(
     others
         .into_iter()
         .filter(|o| is_live_other(mine, o))
-        .filter(|o| o.spec.namespace == install.namespace && o.spec.revision == install.revision)
+        .filter(|o| {
+            o.spec.namespace == install.namespace
+                && o.spec.revision == mine.spec.revision
+                && o.spec.update_strategy == mine.spec.update_strategy
+        })
         .map(claim)
         .filter(|theirs| *theirs < me)
         .min()
