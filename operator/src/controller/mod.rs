@@ -12,6 +12,7 @@ mod plan;
 mod prune;
 mod reconcile;
 mod revisions;
+mod upgrade;
 pub mod status;
 
 use std::collections::HashMap;
@@ -59,6 +60,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} owned object(s) still being deleted")]
     CleanupPending(usize),
+    #[error("revision-based upgrade (listing proxies or restarting workloads): {0}")]
+    Upgrade(#[source] kube::Error),
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl Error {
             Error::Cleanup(_) => "cleanup",
             Error::Status(_) => "status",
             Error::CleanupPending(_) => "cleanup_pending",
+            Error::Upgrade(_) => "upgrade",
             Error::Finalizer(e) => match e.as_ref() {
                 F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.metric_label(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",

@@ -10,7 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::assess::{ApplyFailure, Waiting};
 use super::plan::Plan;
-use crate::api::{ComponentStatus, MeshInstallStatus, WebhookState, WebhookStatus, condition};
+use crate::api::{
+    ComponentStatus, MeshInstallStatus, MigrationStatus, RevisionStatus, WebhookState,
+    WebhookStatus, condition,
+};
 
 /// What a reconcile pass concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +129,15 @@ pub(crate) struct Report {
     pub applied: Option<AppliedSpec>,
     pub components: Option<Vec<ComponentStatus>>,
     pub webhook: Option<WebhookStatus>,
+    /// Revision-based installs: the revisions and the migration (`None` keeps the old status).
+    pub upgrade: Option<UpgradeReport>,
+}
+
+/// What a pass of a revision-based install found about its revisions and workloads.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub(crate) struct UpgradeReport {
+    pub revisions: Vec<RevisionStatus>,
+    pub migration: Option<MigrationStatus>,
 }
 
 impl Report {
@@ -139,6 +151,7 @@ impl Report {
             applied: None,
             components: None,
             webhook: None,
+            upgrade: None,
         }
     }
 }
@@ -163,6 +176,10 @@ pub(crate) fn next_status(
     }
     if let Some(webhook) = report.webhook {
         status.webhook = Some(webhook);
+    }
+    if let Some(upgrade) = report.upgrade {
+        status.revisions = upgrade.revisions;
+        status.migration = upgrade.migration;
     }
     status
 }
@@ -300,6 +317,7 @@ mod tests {
             applied: None,
             components: None,
             webhook: None,
+            upgrade: None,
         }
     }
 
@@ -408,6 +426,7 @@ mod tests {
                 ..Default::default()
             }]),
             webhook: Some(WebhookStatus::default()),
+            upgrade: None,
         };
         let first = next_status(None, Some(1), full);
         let stalled = next_status(
