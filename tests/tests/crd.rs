@@ -188,7 +188,7 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
         (
             "a tag that is not a DNS label",
             json!({"profile": "demo", "updateStrategy": "RevisionBased", "upgrade": {"tags": ["Prod"]}}),
-            "a tag is a DNS label",
+            "spec.upgrade.tags[0]: Invalid value",
         ),
         (
             "workload migration mode unknown",

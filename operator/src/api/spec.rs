@@ -274,10 +274,9 @@ pub struct Upgrade {
     /// tag points at the newest ready revision: namespaces labelled istio.io/rev=<tag> follow it
     /// there without relabelling. istio.io/rev=<revision> pins a namespace to one revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(t, size(t) <= 40 && t.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("a tag is a DNS label of at most 40 characters"))]
-    #[x_kube(validation = Rule::new("self.all(t, t != 'default')").message("the default tag always exists; list only other tags"))]
-    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u == t))").message("tags must be unique"))]
+    #[schemars(length(max = 16), inner(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 40)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("!('default' in self)").message("the default tag always exists; list only other tags"))]
     pub tags: Vec<Tag>,
 
     /// How workloads move to the new revision's proxy.

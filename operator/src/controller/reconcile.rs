@@ -296,10 +296,12 @@ async fn write_status(ctx: &Context, mi: &MeshInstall, report: Report) -> Result
         return Ok(());
     }
     let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    let old = serde_json::to_value(&mi.status).unwrap_or_default();
+    let new = serde_json::to_value(&next).unwrap_or_default();
     api.patch_status(
         &mi.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": next })),
+        &Patch::Merge(json!({ "status": status::merge_patch(&old, &new) })),
     )
     .await
     .map_err(Error::Status)?;

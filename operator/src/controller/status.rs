@@ -184,6 +184,26 @@ pub(crate) fn next_status(
     status
 }
 
+/// The JSON merge patch (RFC 7386) that turns status `old` into `new`: `new` itself, plus a
+/// `null` for every field `old` has and `new` leaves out (serde skips empty fields, and a merge
+/// patch keeps whatever it does not mention: a finished migration would otherwise stay listed).
+pub(crate) fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in n {
+                out.insert(k.clone(), merge_patch(o.get(k).unwrap_or(&Value::Null), v));
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
 /// The outcome of a pass that applied what it could: an apply error or a stage still rolling out
 /// is progress (with the reason), else the mesh is Ready.
 pub(crate) fn outcome(
@@ -409,6 +429,21 @@ mod tests {
             condition_of(&changed, "Ready").last_transition_time.0,
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH
         );
+    }
+
+    #[test]
+    fn the_status_patch_removes_what_the_new_status_leaves_out() {
+        use serde_json::json;
+        let old = json!({"version": "1.30.5", "migration": {"target": "a", "pending": ["x"]},
+            "revisions": [{"name": "a"}, {"name": "b"}], "webhook": {"state": "Active", "message": "m"}});
+        let new = json!({"version": "1.31.1", "revisions": [{"name": "a"}],
+            "webhook": {"state": "Active"}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"version": "1.31.1", "migration": null, "revisions": [{"name": "a"}],
+                "webhook": {"state": "Active", "message": null}})
+        );
+        assert_eq!(merge_patch(&serde_json::Value::Null, &new), new);
     }
 
     #[test]
