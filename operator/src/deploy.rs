@@ -64,7 +64,11 @@ fn own_rules() -> Vec<PolicyRule> {
     rules.extend(
         crate::kinds::MIGRATION_ACCESS
             .iter()
-            .filter(|a| !crate::kinds::MANAGED_KINDS.iter().any(|k| k.plural == a.plural))
+            .filter(|a| {
+                !crate::kinds::MANAGED_KINDS
+                    .iter()
+                    .any(|k| k.plural == a.plural)
+            })
             .map(|a| policy_rule(&[a.group], &[a.plural], a.verbs)),
     );
     rules.push(policy_rule(

@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
     Component, FailurePolicy, GatewayComponent, GatewayPort, MeshInstall, MeshInstallSpec,
-    MigrationMode, MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel, ServiceType,
-    SidecarMode, TrafficCapture, UpdateStrategy,
+    MigrationMode, MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel,
+    ServiceType, SidecarMode, TrafficCapture, UpdateStrategy,
 };
 use crate::profiles::{self, ProfileError};
 use crate::versions;
@@ -28,7 +28,9 @@ pub enum SpecError {
     DefaultRevisionName,
     #[error(transparent)]
     Profile(#[from] ProfileError),
-    #[error("revision {0:?} with the release appended is longer than 50 characters; shorten spec.revision")]
+    #[error(
+        "revision {0:?} with the release appended is longer than 50 characters; shorten spec.revision"
+    )]
     RevisionTooLong(String),
 }
 

@@ -68,7 +68,13 @@ pub fn rolled_out(d: &Deployment) -> bool {
 
 /// Waits until every pod in `namespace` (not being deleted) runs `revision`'s proxy and there are
 /// `count` of them.
-pub async fn wait_pods_on(client: &Client, namespace: &str, revision: &str, count: usize, timeout: Duration) {
+pub async fn wait_pods_on(
+    client: &Client,
+    namespace: &str,
+    revision: &str,
+    count: usize,
+    timeout: Duration,
+) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     crate::wait_until(
         &format!("{count} pods in {namespace} on revision {revision}"),
@@ -95,7 +101,8 @@ pub async fn wait_pods_on(client: &Client, namespace: &str, revision: &str, coun
 pub async fn create_deployments(client: &Client, namespace: &str, names: &[&str]) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     for name in names {
-        api.create(&PostParams::default(), &deployment(name)).await?;
+        api.create(&PostParams::default(), &deployment(name))
+            .await?;
     }
     crate::poll_until(
         &format!("Deployments in {namespace} rolled out"),

@@ -104,7 +104,8 @@ async fn watch(client: kube::Client, seen: Arc<Mutex<Seen>>) {
             }
             for (pod, rev) in on_revision {
                 if !istiods.contains(&format!("istiod-{rev}")) {
-                    s.violations.push(format!("pod {pod} runs {rev}, whose istiod is gone"));
+                    s.violations
+                        .push(format!("pod {pod} runs {rev}, whose istiod is gone"));
                 }
             }
             let gone: Vec<String> = s.present.difference(&istiods).cloned().collect();
@@ -118,7 +119,11 @@ async fn watch(client: kube::Client, seen: Arc<Mutex<Seen>>) {
 }
 
 fn revision<'a>(mi: &'a MeshInstall, name: &str) -> Option<&'a RevisionStatus> {
-    mi.status.as_ref()?.revisions.iter().find(|r| r.name == name)
+    mi.status
+        .as_ref()?
+        .revisions
+        .iter()
+        .find(|r| r.name == name)
 }
 
 /// One way of the canary: from revision `from` to `version` (revision `to`).
@@ -153,7 +158,8 @@ async fn move_to(
                 .filter_map(|d| d.metadata.name)
                 .collect();
             ensure!(
-                names.contains(&format!("istiod-{from}")) && names.contains(&format!("istiod-{to}")),
+                names.contains(&format!("istiod-{from}"))
+                    && names.contains(&format!("istiod-{to}")),
                 "{names:?}"
             );
             Ok(())
@@ -239,8 +245,9 @@ async fn move_to(
         after >= GRACE,
         "istiod-{from} retired {after:?} after its last pod left; the grace period is {GRACE:?}"
     );
-    let mi = meshop_testenv::wait_for_kstatus(&api, MESH, KStatus::Current, Duration::from_secs(60))
-        .await;
+    let mi =
+        meshop_testenv::wait_for_kstatus(&api, MESH, KStatus::Current, Duration::from_secs(60))
+            .await;
     let status = mi.status.unwrap();
     let names: Vec<&str> = status.revisions.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, [to]);
@@ -253,9 +260,16 @@ async fn move_to(
         .list(&ListParams::default().labels("app=istio-ingressgateway"))
         .await
         .unwrap();
-    for p in gw.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    for p in gw
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
         let image = p.spec.as_ref().unwrap().containers[0].image.clone();
-        assert_eq!(image.as_deref(), Some(format!("docker.io/istio/proxyv2:{version}").as_str()));
+        assert_eq!(
+            image.as_deref(),
+            Some(format!("docker.io/istio/proxyv2:{version}").as_str())
+        );
     }
     let s = seen.lock().unwrap();
     assert_eq!(
@@ -290,16 +304,26 @@ async fn canary_upgrade_and_rollback() {
     }))
     .unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
-    let mi = meshop_testenv::wait_for_kstatus(&api, MESH, KStatus::Current, Duration::from_secs(120))
-        .await;
+    let mi =
+        meshop_testenv::wait_for_kstatus(&api, MESH, KStatus::Current, Duration::from_secs(120))
+            .await;
     let first = revision(&mi, "1-30-5").expect("revision named after the release");
     assert_eq!(first.tags, ["default", "prod"]);
     assert!(first.ready);
 
     apps::labelled_namespace(&client, APPS, json!({ "istio-injection": "enabled" })).await;
     apps::labelled_namespace(&client, TAGGED, json!({ "istio.io/rev": "prod" })).await;
-    apps::create_deployments(&client, APPS, &WORKLOADS).await.unwrap();
-    apps::wait_pods_on(&client, APPS, "1-30-5", WORKLOADS.len(), Duration::from_secs(30)).await;
+    apps::create_deployments(&client, APPS, &WORKLOADS)
+        .await
+        .unwrap();
+    apps::wait_pods_on(
+        &client,
+        APPS,
+        "1-30-5",
+        WORKLOADS.len(),
+        Duration::from_secs(30),
+    )
+    .await;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watcher = tokio::spawn(watch(client.clone(), seen.clone()));
@@ -313,15 +337,43 @@ async fn canary_upgrade_and_rollback() {
                 .unwrap()
         }
     };
-    assert!(events("TagsMoved").await.iter().any(|n| n.contains("from revision 1-30-5 to 1-31-1")));
+    assert!(
+        events("TagsMoved")
+            .await
+            .iter()
+            .any(|n| n.contains("from revision 1-30-5 to 1-31-1"))
+    );
+    // One event per restart.
     let restarted = events("WorkloadRestarted").await;
-    assert!(restarted.len() >= WORKLOADS.len(), "{restarted:?}");
-    assert!(events("RevisionRetired").await.iter().any(|n| n.contains("1-30-5")));
+    for w in WORKLOADS {
+        assert!(
+            restarted.iter().any(|n| n.contains(&format!(
+                "restarted Deployment/apps/{w} onto revision 1-31-1"
+            ))),
+            "{restarted:?}"
+        );
+    }
+    assert!(
+        events("RevisionRetired")
+            .await
+            .iter()
+            .any(|n| n.contains("1-30-5"))
+    );
 
     // Rollback: the same way back, and the newer revision is retired the same way.
     move_to(&client, &seen, "1-31-1", "1.30.5", "1-30-5").await;
-    assert!(events("TagsMoved").await.iter().any(|n| n.contains("from revision 1-31-1 to 1-30-5")));
-    assert!(events("RevisionRetired").await.iter().any(|n| n.contains("1-31-1")));
+    assert!(
+        events("TagsMoved")
+            .await
+            .iter()
+            .any(|n| n.contains("from revision 1-31-1 to 1-30-5"))
+    );
+    assert!(
+        events("RevisionRetired")
+            .await
+            .iter()
+            .any(|n| n.contains("1-31-1"))
+    );
     watcher.abort();
     operator
         .process

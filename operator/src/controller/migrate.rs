@@ -154,7 +154,8 @@ fn template_annotation(meta: Option<&ObjectMeta>, key: &str) -> Option<String> {
 }
 
 fn restarted_long_ago(meta: Option<&ObjectMeta>, now: Timestamp) -> bool {
-    let Some(at) = template_annotation(meta, RESTARTED_AT).and_then(|t| t.parse::<Timestamp>().ok())
+    let Some(at) =
+        template_annotation(meta, RESTARTED_AT).and_then(|t| t.parse::<Timestamp>().ok())
     else {
         return false;
     };
@@ -179,7 +180,8 @@ impl Workload {
         let template = spec.and_then(|s| s.template.metadata.as_ref());
         let want = spec.and_then(|s| s.replicas).unwrap_or(1);
         let status = d.status.clone().unwrap_or_default();
-        let observed = status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+        let observed =
+            status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
         let complete = observed
             && status.updated_replicas.unwrap_or(0) >= want
             && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
@@ -213,7 +215,8 @@ impl Workload {
         let template = spec.and_then(|s| s.template.metadata.as_ref());
         let want = spec.and_then(|s| s.replicas).unwrap_or(1);
         let status = s.status.clone().unwrap_or_default();
-        let observed = status.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0);
+        let observed =
+            status.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0);
         let complete = observed
             && status.update_revision.is_some()
             && status.update_revision == status.current_revision
@@ -230,7 +233,8 @@ impl Workload {
     pub fn from_daemon_set(d: &DaemonSet, now: Timestamp) -> Workload {
         let template = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
         let status = d.status.clone().unwrap_or_default();
-        let observed = status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+        let observed =
+            status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
         let want = status.desired_number_scheduled;
         let complete = observed
             && status.updated_number_scheduled.unwrap_or(0) >= want
@@ -323,7 +327,10 @@ pub(crate) fn plan(inputs: &Inputs<'_>) -> MigrationPlan {
         if pod.revision == inputs.target || inputs.skip_namespaces.contains(&pod.namespace) {
             continue;
         }
-        let ns_labels = inputs.namespace_labels.get(&pod.namespace).unwrap_or(&empty);
+        let ns_labels = inputs
+            .namespace_labels
+            .get(&pod.namespace)
+            .unwrap_or(&empty);
         let as_pod = Pod {
             metadata: ObjectMeta {
                 labels: Some(pod.labels.clone()),
@@ -450,7 +457,12 @@ mod tests {
             workload("pinned", "e", None, Rollout::Complete),
         );
         pods.push(pod("other", &[], "theirs", Some("f")));
-        pods.push(pod("istio-system", &[], "old", Some("istio-ingressgateway")));
+        pods.push(pod(
+            "istio-system",
+            &[],
+            "old",
+            Some("istio-ingressgateway"),
+        ));
         // A bare pod (no workload) following the tag: nothing to restart.
         pods.push(pod("apps", &[], "old", None));
         pods.push(pod("apps", &[], "new", Some("z")));
@@ -485,8 +497,20 @@ mod tests {
     fn usage_counts_proxies_and_workloads_of_this_install_only() {
         let p = run(&cluster(), MigrationMode::Manual, 1);
         assert_eq!(p.usage.len(), 2, "theirs is another install's");
-        assert_eq!(p.usage["old"], Usage { pods: 11, workloads: 6 });
-        assert_eq!(p.usage["new"], Usage { pods: 1, workloads: 1 });
+        assert_eq!(
+            p.usage["old"],
+            Usage {
+                pods: 11,
+                workloads: 6
+            }
+        );
+        assert_eq!(
+            p.usage["new"],
+            Usage {
+                pods: 1,
+                workloads: 1
+            }
+        );
     }
 
     #[test]
@@ -527,7 +551,10 @@ mod tests {
             deploy("apps", "a"),
             workload("apps", "a", Some("older"), Rollout::Progressing),
         );
-        assert_eq!(run(&c, MigrationMode::Rollout, 1).restart, vec![deploy("apps", "b")]);
+        assert_eq!(
+            run(&c, MigrationMode::Rollout, 1).restart,
+            vec![deploy("apps", "b")]
+        );
     }
 
     #[test]
@@ -535,14 +562,22 @@ mod tests {
         let mut c = cluster();
         c.workloads.insert(
             deploy("apps", "b"),
-            workload("apps", "b", Some("new"), Rollout::Failed("deadline exceeded".into())),
+            workload(
+                "apps",
+                "b",
+                Some("new"),
+                Rollout::Failed("deadline exceeded".into()),
+            ),
         );
         let p = run(&c, MigrationMode::Rollout, 3);
         assert_eq!(
             p.failed,
             Some((deploy("apps", "b"), "deadline exceeded".into()))
         );
-        assert!(p.restart.is_empty(), "nothing more restarts while one fails");
+        assert!(
+            p.restart.is_empty(),
+            "nothing more restarts while one fails"
+        );
         // Fixed: its rollout completes and the next ones start.
         c.workloads.insert(
             deploy("apps", "b"),
@@ -553,7 +588,11 @@ mod tests {
         assert_eq!(p.failed, None);
         assert_eq!(
             p.restart,
-            vec![deploy("apps", "a"), deploy("apps", "c"), deploy("apps", "d")]
+            vec![
+                deploy("apps", "a"),
+                deploy("apps", "c"),
+                deploy("apps", "d")
+            ]
         );
     }
 
@@ -581,9 +620,13 @@ mod tests {
         let p = ProxyPod::from_meta(&injected).unwrap();
         assert_eq!(p.revision, "1-30-5");
         assert_eq!(p.owner, Some(deploy("apps", "web")));
-        let gateway = meta(json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istio-ingressgateway"}}));
+        let gateway = meta(
+            json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istio-ingressgateway"}}),
+        );
         assert_eq!(ProxyPod::from_meta(&gateway).unwrap().revision, "1-31-1");
-        let istiod = meta(json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istiod"}}));
+        let istiod = meta(
+            json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istiod"}}),
+        );
         assert_eq!(ProxyPod::from_meta(&istiod), None, "istiod runs no proxy");
         let plain = meta(json!({"namespace": "apps", "labels": {"app": "web"}}));
         assert_eq!(ProxyPod::from_meta(&plain), None);
@@ -592,7 +635,10 @@ mod tests {
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "pg", "uid": "u", "controller": true}]
         }));
         assert_eq!(
-            ProxyPod::from_meta(&sts).unwrap().owner.map(|o| o.to_string()),
+            ProxyPod::from_meta(&sts)
+                .unwrap()
+                .owner
+                .map(|o| o.to_string()),
             Some("StatefulSet/db/pg".into())
         );
     }
@@ -607,14 +653,20 @@ mod tests {
             }))
             .unwrap()
         };
-        let done = Workload::from_deployment(&d(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2})));
+        let done = Workload::from_deployment(&d(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        ));
         assert_eq!(done.rollout, Rollout::Complete);
         assert_eq!(done.restarted_for.as_deref(), Some("new"));
-        let rolling = Workload::from_deployment(&d(json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2})));
+        let rolling = Workload::from_deployment(&d(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2}),
+        ));
         assert_eq!(rolling.rollout, Rollout::Progressing);
-        let stuck = Workload::from_deployment(&d(json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+        let stuck = Workload::from_deployment(&d(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
             "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                "message": "ReplicaSet \"web-1\" has timed out progressing."}]})));
+                "message": "ReplicaSet \"web-1\" has timed out progressing."}]}),
+        ));
         assert_eq!(
             stuck.rollout,
             Rollout::Failed("ReplicaSet \"web-1\" has timed out progressing.".into())
@@ -626,7 +678,10 @@ mod tests {
             "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 0, "currentRevision": "a", "updateRevision": "b"}
         }))
         .unwrap();
-        assert_eq!(Workload::from_stateful_set(&sts, t(599)).rollout, Rollout::Progressing);
+        assert_eq!(
+            Workload::from_stateful_set(&sts, t(599)).rollout,
+            Rollout::Progressing
+        );
         assert!(matches!(
             Workload::from_stateful_set(&sts, t(600)).rollout,
             Rollout::Failed(_)

@@ -12,8 +12,8 @@ mod plan;
 mod prune;
 mod reconcile;
 mod revisions;
-mod upgrade;
 pub mod status;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -161,11 +161,25 @@ impl Context {
 
     /// Publishes an Event on the MeshInstall; a failure to publish is logged, never fatal.
     async fn event(&self, mi: &MeshInstall, type_: EventType, reason: &str, note: &str) {
+        self.event_on(mi, type_, reason, reason, note).await
+    }
+
+    /// [`Context::event`] for one step of several of a kind (a tag move, a workload restart):
+    /// the recorder folds events with the same reason and action into one series that keeps the
+    /// first note, so each step gets its own `action` and stays readable in `kubectl describe`.
+    async fn event_on(
+        &self,
+        mi: &MeshInstall,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
-            action: reason.into(),
+            action: action.chars().take(128).collect(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &mi.object_ref(&())).await {

@@ -102,7 +102,9 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
                     install.revision
                 )
             } else {
-                format!("{direction} Istio {from} to {to} in place: istiod first, then the gateways")
+                format!(
+                    "{direction} Istio {from} to {to} in place: istiod first, then the gateways"
+                )
             };
             info!(%from, %to, "version change");
             ctx.event(mi, EventType::Normal, "VersionChanged", &note)

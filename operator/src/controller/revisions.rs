@@ -43,7 +43,11 @@ pub(crate) fn live_revisions(
 /// and everything of its pass applied and ready), so namespaces never follow a tag to an istiod
 /// that cannot serve them; until then they stay where the status says they were. A first
 /// install has nowhere else to point.
-pub(crate) fn active_revision(previous: &[RevisionStatus], target: &str, target_ready: bool) -> String {
+pub(crate) fn active_revision(
+    previous: &[RevisionStatus],
+    target: &str,
+    target_ready: bool,
+) -> String {
     if target_ready {
         return target.to_string();
     }
@@ -81,7 +85,10 @@ pub(crate) fn retirement(
     }
     let since = unused_since.unwrap_or(now);
     let Ok(grace) = k8s_openapi::jiff::SignedDuration::try_from(grace) else {
-        return Retirement::Grace { since, until: since };
+        return Retirement::Grace {
+            since,
+            until: since,
+        };
     };
     let until = since.checked_add(grace).unwrap_or(Timestamp::MAX);
     if now >= until {
@@ -146,9 +153,8 @@ mod tests {
     fn a_revision_retires_only_unused_and_after_the_grace_period() {
         let t = |s: i64| Timestamp::from_second(s).unwrap();
         let grace = Duration::from_secs(60);
-        let rule = |name, pods, since, now| {
-            retirement(name, "new", "new", pods, since, t(now), grace)
-        };
+        let rule =
+            |name, pods, since, now| retirement(name, "new", "new", pods, since, t(now), grace);
         // Pods use it: kept, whatever the clock says.
         assert_eq!(rule("old", 1, Some(t(0)), 10_000), Retirement::InUse);
         // The target and the tagged revision are never retired.

@@ -71,7 +71,10 @@ pub(crate) async fn observe(
     let mut retired = Vec::new();
     let mut grace = BTreeMap::new();
     let mut unresolved = None;
-    for r in revisions::live_revisions(previous, &target).into_iter().skip(1) {
+    for r in revisions::live_revisions(previous, &target)
+        .into_iter()
+        .skip(1)
+    {
         let using = pods.iter().filter(|p| p.revision == r.name).count();
         let since = previous
             .iter()
@@ -125,7 +128,11 @@ async fn list_proxy_pods(client: &Client) -> Result<Vec<ProxyPod>, kube::Error> 
     let mut params = ListParams::default().limit(500);
     loop {
         let page = api.list_metadata(&params).await?;
-        out.extend(page.items.iter().filter_map(|p| ProxyPod::from_meta(&p.metadata)));
+        out.extend(
+            page.items
+                .iter()
+                .filter_map(|p| ProxyPod::from_meta(&p.metadata)),
+        );
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(out),
@@ -166,8 +173,14 @@ pub(crate) async fn advance(
             install.upgrade.grace_period.as_secs()
         );
         info!(revision = %name, "revision retired");
-        ctx.event(mi, EventType::Normal, "RevisionRetired", &note)
-            .await;
+        ctx.event_on(
+            mi,
+            EventType::Normal,
+            "RevisionRetired",
+            &format!("Retire {name}"),
+            &note,
+        )
+        .await;
     }
     let previous: &[RevisionStatus] = mi.status.as_ref().map_or(&[], |s| &s.revisions);
     if !previous.iter().any(|r| r.name == target) {
@@ -184,8 +197,14 @@ pub(crate) async fn advance(
                     .join(", ")
             }
         );
-        ctx.event(mi, EventType::Normal, "RevisionCreated", &note)
-            .await;
+        ctx.event_on(
+            mi,
+            EventType::Normal,
+            "RevisionCreated",
+            &format!("Create {target}"),
+            &note,
+        )
+        .await;
     }
     let tags_moved = active != seen.previous_active && !previous.is_empty();
     if tags_moved {
@@ -194,7 +213,14 @@ pub(crate) async fn advance(
             install.upgrade.tags.join(", "),
             seen.previous_active
         );
-        ctx.event(mi, EventType::Normal, "TagsMoved", &note).await;
+        ctx.event_on(
+            mi,
+            EventType::Normal,
+            "TagsMoved",
+            &format!("MoveTags {active}"),
+            &note,
+        )
+        .await;
     }
 
     let names: BTreeSet<String> = seen.live.iter().map(|r| r.name.clone()).collect();
@@ -248,13 +274,25 @@ pub(crate) async fn advance(
             install.upgrade.max_concurrent
         );
         info!(workload = %w, %target, "workload restarted");
-        ctx.event(mi, EventType::Normal, "WorkloadRestarted", &note)
-            .await;
+        ctx.event_on(
+            mi,
+            EventType::Normal,
+            "WorkloadRestarted",
+            &format!("Restart {w} {target}"),
+            &note,
+        )
+        .await;
     }
     if let Some((w, why)) = &plan.failed {
         let note = format!("{w} did not become ready after its restart onto {target}: {why}");
-        ctx.event(mi, EventType::Warning, "MigrationStalled", &note)
-            .await;
+        ctx.event_on(
+            mi,
+            EventType::Warning,
+            "MigrationStalled",
+            &format!("Stall {w} {target}"),
+            &note,
+        )
+        .await;
     }
 
     let istiod_ready = |name: &str| {
@@ -355,7 +393,9 @@ pub(crate) async fn advance(
     let retiring: Vec<String> = seen
         .grace
         .iter()
-        .map(|(name, (_, until))| format!("revision {name} retires at {until} unless a pod uses it"))
+        .map(|(name, (_, until))| {
+            format!("revision {name} retires at {until} unless a pod uses it")
+        })
         .collect();
     let note = (seen.live.len() > 1).then(|| {
         let mut parts = vec![message];
