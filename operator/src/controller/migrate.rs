@@ -370,13 +370,17 @@ pub(crate) fn plan(inputs: &Inputs<'_>) -> MigrationPlan {
     }
     for c in candidates {
         match inputs.workloads.get(c) {
-            // Gone since the pods were listed, or its pods are leftovers of a finished rollout.
+            // Gone since the pods were listed.
             None => {}
-            Some(w) if w.restarted_for.as_deref() == Some(inputs.target) => {
-                if w.rollout == Rollout::Complete {
-                    out.unmoved.push(c.clone());
-                }
+            // Restarted for the target and done, yet its pods still run an older revision.
+            Some(w)
+                if w.restarted_for.as_deref() == Some(inputs.target)
+                    && w.rollout == Rollout::Complete =>
+            {
+                out.unmoved.push(c.clone())
             }
+            // Restarted for the target, rolling out (counted above).
+            Some(w) if w.restarted_for.as_deref() == Some(inputs.target) => {}
             Some(_) => out.pending.push(c.clone()),
         }
     }

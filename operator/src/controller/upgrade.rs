@@ -359,6 +359,15 @@ pub(crate) async fn advance(
             waiting_for.len()
         ),
     };
+    let message = if plan.unmoved.is_empty() {
+        message
+    } else {
+        let names: Vec<String> = plan.unmoved.iter().map(ToString::to_string).collect();
+        format!(
+            "{message}; restarted for {target} but still on an older revision (check the namespace's istio.io/rev label): {}",
+            names.join(", ")
+        )
+    };
     let migration = (seen.live.len() > 1).then(|| MigrationStatus {
         target: target.to_string(),
         mode: format!("{:?}", install.upgrade.mode),
