@@ -438,6 +438,57 @@ mod tests {
     }
 
     #[test]
+    fn revision_based_revisions_are_named_after_the_resolved_release() {
+        let rb = "profile: minimal\nupdateStrategy: RevisionBased\n";
+        // An alias and the release it means name the same revision: stable across alias moves.
+        let alias = resolve(&format!("{rb}version: \"1.31\"")).unwrap();
+        let exact = resolve(&format!("{rb}version: 1.31.1")).unwrap();
+        assert_eq!(alias.revision, "1-31-1");
+        assert_eq!(exact.revision, alias.revision);
+        assert_eq!(alias.istiod_name(), "istiod-1-31-1");
+        assert_eq!(
+            resolve(&format!("{rb}version: \"1.30\"")).unwrap().revision,
+            "1-30-5"
+        );
+        let prefixed = resolve(&format!("{rb}version: 1.30.5\nrevision: blue")).unwrap();
+        assert_eq!(prefixed.revision, "blue-1-30-5");
+        // resolve_at: an older revision of the same spec, at its own release.
+        let spec: MeshInstallSpec = serde_yaml::from_str(&format!("{rb}version: 1.31.1")).unwrap();
+        let owner = Owner {
+            name: "t".into(),
+            uid: None,
+        };
+        let older = Installation::resolve_at(owner, &spec, Some("1.30.5")).unwrap();
+        assert_eq!(
+            (older.revision.as_str(), older.version.as_str()),
+            ("1-30-5", "1.30.5")
+        );
+        // In place, the revision stays what the spec says.
+        assert_eq!(
+            resolve("profile: minimal\nversion: \"1.31\"")
+                .unwrap()
+                .revision,
+            ""
+        );
+        let long = format!("{rb}revision: {}", "r".repeat(50));
+        assert!(matches!(resolve(&long), Err(SpecError::RevisionTooLong(_))));
+    }
+
+    #[test]
+    fn upgrade_settings_default_to_manual_one_at_a_time_and_an_hour() {
+        let i = resolve("profile: minimal\nupdateStrategy: RevisionBased").unwrap();
+        assert_eq!(i.upgrade.tags, ["default"]);
+        assert_eq!(i.upgrade.mode, MigrationMode::Manual);
+        assert_eq!(i.upgrade.max_concurrent, 1);
+        assert_eq!(i.upgrade.grace_period, DEFAULT_RETIREMENT_GRACE);
+        let set = resolve("profile: minimal\nupdateStrategy: RevisionBased\nupgrade: {tags: [prod], workloads: {mode: Rollout, maxConcurrent: 3}, retirementGracePeriodSeconds: 30}").unwrap();
+        assert_eq!(set.upgrade.tags, ["default", "prod"]);
+        assert_eq!(set.upgrade.mode, MigrationMode::Rollout);
+        assert_eq!(set.upgrade.max_concurrent, 3);
+        assert_eq!(set.upgrade.grace_period, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
     fn the_default_revision_is_not_named() {
         let err = resolve("profile: minimal\nrevision: default\n").unwrap_err();
         assert!(matches!(err, SpecError::DefaultRevisionName), "{err}");

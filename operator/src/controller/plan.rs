@@ -292,6 +292,74 @@ mod tests {
     }
 
     #[test]
+    fn a_revision_based_plan_runs_older_control_planes_beside_the_target() {
+        let yaml = "profile: minimal\nversion: 1.31.1\nupdateStrategy: RevisionBased\n\
+            components: {ingressGateway: {enabled: true}}\nupgrade: {tags: [prod]}\n";
+        let target = install(yaml);
+        let spec: crate::api::MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+        let older = Installation::resolve_at(target.owner.clone(), &spec, Some("1.30.5")).unwrap();
+        let plan = Plan::revision_based(target, std::slice::from_ref(&older), Some(endpoint()));
+        let keys = plan.keys();
+        for key in [
+            "Deployment/istio-system/istiod-1-31-1",
+            "Deployment/istio-system/istiod-1-30-5",
+            "ConfigMap/istio-system/istio-1-30-5",
+            "ServiceAccount/istio-system/istiod-1-30-5",
+        ] {
+            assert!(keys.contains(key), "{key} missing");
+        }
+        let image = |name: &str| {
+            let d = plan.objects.iter().find(|o| o.key() == name).unwrap();
+            d.object.data["spec"]["template"]["spec"]["containers"][0]["image"].clone()
+        };
+        assert_eq!(
+            image("Deployment/istio-system/istiod-1-30-5"),
+            "docker.io/istio/pilot:1.30.5"
+        );
+        // One gateway, on the target revision, one stage after the istiods.
+        assert_eq!(
+            image("Deployment/istio-system/istio-ingressgateway"),
+            "docker.io/istio/proxyv2:1.31.1"
+        );
+        // One registration routing both revisions and every tag to the injector.
+        let hooks: Vec<String> = plan
+            .objects
+            .iter()
+            .filter(|o| o.kind() == "MutatingWebhookConfiguration")
+            .flat_map(|o| {
+                o.object.data["webhooks"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|w| w["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        for name in ["1-31-1", "1-30-5", "default", "prod"] {
+            assert!(
+                hooks.contains(&format!("rev.namespace.{name}.sidecar-injector.meshop.dev")),
+                "{name}: {hooks:?}"
+            );
+        }
+        assert!(hooks.contains(&"namespace.sidecar-injector.meshop.dev".to_string()));
+        // Every older object is this MeshInstall's, so prune and cleanup find it.
+        let old_istiod = plan
+            .objects
+            .iter()
+            .find(|o| o.key() == "Deployment/istio-system/istiod-1-30-5")
+            .unwrap();
+        assert_eq!(
+            old_istiod
+                .object
+                .metadata
+                .owner_references
+                .as_ref()
+                .unwrap()[0]
+                .uid,
+            "uid-1"
+        );
+    }
+
+    #[test]
     fn keys_are_what_pruning_keeps() {
         let plan = Plan::new(install("profile: demo"), None);
         assert_eq!(plan.keys().len(), plan.objects.len(), "keys are unique");
