@@ -184,19 +184,14 @@ pub(crate) async fn advance(
     }
     let previous: &[RevisionStatus] = mi.status.as_ref().map_or(&[], |s| &s.revisions);
     if !previous.iter().any(|r| r.name == target) {
-        let note = format!(
-            "running revision {target} (Istio {}) beside {}",
-            install.version,
-            if previous.is_empty() {
-                "nothing".to_string()
-            } else {
-                previous
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
+        let mut note = format!("running revision {target} (Istio {})", install.version);
+        if !previous.is_empty() {
+            let names: Vec<&str> = previous.iter().map(|r| r.name.as_str()).collect();
+            note.push_str(&format!(
+                " beside {}; the tags move to it once it is ready",
+                names.join(", ")
+            ));
+        }
         ctx.event_on(
             mi,
             EventType::Normal,
