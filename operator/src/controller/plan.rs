@@ -148,6 +148,29 @@ pub(crate) fn version_move(installed: Option<&str>, install: &Installation) -> V
     }
 }
 
+/// Why a pass refuses to switch an installed mesh between update strategies, if it does. An
+/// in-place control plane is not adopted as the first revision of a revision-based install (nor
+/// the other way round): rendering the other strategy would prune the running istiod as soon as
+/// its replacement is ready, before any workload has moved. A mesh is installed when status
+/// shows a version; a revision-based one always records its revisions with it.
+pub(crate) fn strategy_switch(
+    status: Option<&crate::api::MeshInstallStatus>,
+    strategy: crate::api::UpdateStrategy,
+) -> Option<String> {
+    use crate::api::UpdateStrategy;
+    let status = status?;
+    status.version.as_ref()?;
+    match (strategy, status.revisions.is_empty()) {
+        (UpdateStrategy::RevisionBased, true) => Some(
+            "this mesh was installed in place (updateStrategy InPlace, or RevisionBased by a meshop that ignored it); switching an installed mesh to RevisionBased would remove its istiod before workloads move: set InPlace back, and create a new RevisionBased MeshInstall in another namespace to move namespaces to".into(),
+        ),
+        (UpdateStrategy::InPlace, false) => Some(
+            "this mesh was installed with updateStrategy RevisionBased; switching it to InPlace would remove its revisions while pods use them: set RevisionBased back".into(),
+        ),
+        _ => None,
+    }
+}
+
 /// The resolved settings behind a component's workload.
 fn component_settings(install: &Installation, component: ComponentId) -> Option<&Settings> {
     Some(match component {
@@ -356,6 +379,40 @@ mod tests {
                 .unwrap()[0]
                 .uid,
             "uid-1"
+        );
+    }
+
+    #[test]
+    fn an_installed_mesh_keeps_its_update_strategy() {
+        use crate::api::{MeshInstallStatus, RevisionStatus, UpdateStrategy};
+        let in_place = MeshInstallStatus {
+            version: Some("1.30.5".into()),
+            ..Default::default()
+        };
+        let revision_based = MeshInstallStatus {
+            version: Some("1.30.5".into()),
+            revisions: vec![RevisionStatus {
+                name: "1-30-5".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(strategy_switch(Some(&in_place), UpdateStrategy::RevisionBased).is_some());
+        assert!(strategy_switch(Some(&revision_based), UpdateStrategy::InPlace).is_some());
+        assert_eq!(
+            strategy_switch(Some(&in_place), UpdateStrategy::InPlace),
+            None
+        );
+        assert_eq!(
+            strategy_switch(Some(&revision_based), UpdateStrategy::RevisionBased),
+            None
+        );
+        // Nothing installed yet: either strategy may start.
+        assert_eq!(strategy_switch(None, UpdateStrategy::RevisionBased), None);
+        let fresh = MeshInstallStatus::default();
+        assert_eq!(
+            strategy_switch(Some(&fresh), UpdateStrategy::RevisionBased),
+            None
         );
     }
 

@@ -87,6 +87,9 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     }
 
     let revision_based = install.update_strategy == UpdateStrategy::RevisionBased;
+    if let Some(message) = plan::strategy_switch(mi.status.as_ref(), install.update_strategy) {
+        return stall(ctx, mi, "StrategyChange", message).await;
+    }
     let installed = mi.status.as_ref().and_then(|s| s.version.as_deref());
     match plan::version_move(installed, &install) {
         plan::VersionMove::Refused(e) => return stall(ctx, mi, "VersionSkew", e.to_string()).await,
