@@ -61,6 +61,17 @@ fn own_rules() -> Vec<PolicyRule> {
             .into_iter()
             .map(|(group, plurals)| policy_rule(&[group], &plurals, MANAGE)),
     );
+    // Revision-based upgrades list proxies' pods and restart application workloads.
+    rules.extend(
+        crate::kinds::MIGRATION_ACCESS
+            .iter()
+            .filter(|a| {
+                !crate::kinds::MANAGED_KINDS
+                    .iter()
+                    .any(|k| k.plural == a.plural)
+            })
+            .map(|a| policy_rule(&[a.group], &[a.plural], a.verbs)),
+    );
     rules.push(policy_rule(
         &["events.k8s.io"],
         &["events"],
@@ -415,6 +426,34 @@ mod tests {
             for verb in ["get", "list", "watch", "create", "patch", "delete"] {
                 assert!(granted(verb), "{} {} not granted", verb, kind.plural);
             }
+        }
+    }
+
+    #[test]
+    fn workload_migration_is_granted_and_no_more() {
+        let rules = cluster_role().rules.unwrap();
+        let verbs = |group: &str, plural: &str| -> Vec<String> {
+            let mut v: Vec<String> = rules
+                .iter()
+                .filter(|r| r.api_groups.iter().flatten().any(|g| g == group))
+                .filter(|r| r.resources.iter().flatten().any(|p| p == plural))
+                .flat_map(|r| r.verbs.clone())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        for a in crate::kinds::MIGRATION_ACCESS {
+            let granted = verbs(a.group, a.plural);
+            for verb in a.verbs {
+                assert!(granted.iter().any(|g| g == verb), "{verb} {}", a.plural);
+            }
+        }
+        // StatefulSets are only ever read and restarted, never created, replaced or deleted.
+        let sts = verbs("apps", "statefulsets");
+        assert!(sts.contains(&"patch".to_string()), "{sts:?}");
+        for verb in ["create", "update", "delete", "deletecollection"] {
+            assert!(!sts.iter().any(|v| v == verb), "{verb} statefulsets");
         }
     }
 }

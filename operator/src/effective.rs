@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
     Component, FailurePolicy, GatewayComponent, GatewayPort, MeshInstall, MeshInstallSpec,
-    MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel, ServiceType,
-    SidecarMode, TrafficCapture, UpdateStrategy,
+    MigrationMode, MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel,
+    ServiceType, SidecarMode, TrafficCapture, UpdateStrategy,
 };
 use crate::profiles::{self, ProfileError};
 use crate::versions;
@@ -28,6 +28,10 @@ pub enum SpecError {
     DefaultRevisionName,
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error(
+        "revision {0:?} with the release appended is longer than 50 characters; shorten spec.revision"
+    )]
+    RevisionTooLong(String),
 }
 
 /// Which MeshInstall the objects belong to (for labels and owner references).
@@ -48,6 +52,8 @@ pub struct Installation {
     pub namespace: String,
     pub revision: String,
     pub update_strategy: UpdateStrategy,
+    /// Revision-based upgrades (read only with [`UpdateStrategy::RevisionBased`]).
+    pub upgrade: UpgradeSettings,
     pub istiod: Settings,
     pub ingress_gateway: Settings,
     pub egress_gateway: Settings,
@@ -98,6 +104,20 @@ pub struct Service {
     pub ports: Vec<GatewayPort>,
 }
 
+/// Resolved `spec.upgrade`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpgradeSettings {
+    /// Every tag, `default` first, then the spec's in its order.
+    pub tags: Vec<String>,
+    pub mode: MigrationMode,
+    pub max_concurrent: usize,
+    pub grace_period: std::time::Duration,
+}
+
+/// How long an unused old revision is kept when the spec does not say: long enough to roll back
+/// without recreating it after a typical canary soak, short enough not to pile up.
+pub const DEFAULT_RETIREMENT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mesh {
     pub mtls: MtlsMode,
@@ -131,12 +151,47 @@ impl Installation {
 
     /// Resolves a spec: layers the profile under it and fills in every value.
     pub fn resolve(owner: Owner, spec: &MeshInstallSpec) -> Result<Installation, SpecError> {
-        let resolved = versions::catalog().resolve(spec.version.as_deref())?;
+        Installation::resolve_at(owner, spec, spec.version.as_deref())
+    }
+
+    /// Resolves a spec as if its `version` were `version`: how a revision-based install renders
+    /// its older revisions (each at its own release, everything else from the spec).
+    pub fn resolve_at(
+        owner: Owner,
+        spec: &MeshInstallSpec,
+        version: Option<&str>,
+    ) -> Result<Installation, SpecError> {
+        let resolved = versions::catalog().resolve(version)?;
         let version = resolved.version.to_string();
         // The CRD refuses it too; this covers offline rendering.
         if spec.revision == crate::revision::DEFAULT {
             return Err(SpecError::DefaultRevisionName);
         }
+        let revision = match spec.update_strategy {
+            UpdateStrategy::InPlace => spec.revision.clone(),
+            UpdateStrategy::RevisionBased => {
+                let name = crate::revision::versioned(&spec.revision, &version);
+                // Room for istiod-<revision>-<namespace> style names and webhook names.
+                if name.len() > 50 {
+                    return Err(SpecError::RevisionTooLong(name));
+                }
+                name
+            }
+        };
+        let upgrade_spec = spec.upgrade.clone().unwrap_or_default();
+        let workloads = upgrade_spec.workloads.clone().unwrap_or_default();
+        let upgrade = UpgradeSettings {
+            tags: std::iter::once(crate::revision::DEFAULT.to_string())
+                .chain(upgrade_spec.tags.iter().cloned())
+                .collect(),
+            mode: workloads.mode.unwrap_or_default(),
+            max_concurrent: workloads.max_concurrent.unwrap_or(1).max(1) as usize,
+            grace_period: upgrade_spec
+                .retirement_grace_period_seconds
+                .map_or(DEFAULT_RETIREMENT_GRACE, |s| {
+                    std::time::Duration::from_secs(s.max(0) as u64)
+                }),
+        };
         let layered = profiles::layered(spec)?;
         let components = layered.components.clone().unwrap_or_default();
         let addons = components.addons.clone().unwrap_or_default();
@@ -149,8 +204,9 @@ impl Installation {
             version,
             hub: layered.hub.clone(),
             namespace: layered.namespace.clone(),
-            revision: layered.revision.clone(),
+            revision,
             update_strategy: layered.update_strategy,
+            upgrade,
             istiod: settings(components.istiod.as_ref(), None),
             ingress_gateway: gateway(components.ingress_gateway.as_ref()),
             egress_gateway: gateway(components.egress_gateway.as_ref()),
@@ -379,6 +435,57 @@ mod tests {
         );
         let pinned = resolve("profile: demo\ninjection: {sidecarMode: classic}").unwrap();
         assert_eq!(pinned.injection.sidecar_mode, SidecarMode::Classic);
+    }
+
+    #[test]
+    fn revision_based_revisions_are_named_after_the_resolved_release() {
+        let rb = "profile: minimal\nupdateStrategy: RevisionBased\n";
+        // An alias and the release it means name the same revision: stable across alias moves.
+        let alias = resolve(&format!("{rb}version: \"1.31\"")).unwrap();
+        let exact = resolve(&format!("{rb}version: 1.31.1")).unwrap();
+        assert_eq!(alias.revision, "1-31-1");
+        assert_eq!(exact.revision, alias.revision);
+        assert_eq!(alias.istiod_name(), "istiod-1-31-1");
+        assert_eq!(
+            resolve(&format!("{rb}version: \"1.30\"")).unwrap().revision,
+            "1-30-5"
+        );
+        let prefixed = resolve(&format!("{rb}version: 1.30.5\nrevision: blue")).unwrap();
+        assert_eq!(prefixed.revision, "blue-1-30-5");
+        // resolve_at: an older revision of the same spec, at its own release.
+        let spec: MeshInstallSpec = serde_yaml::from_str(&format!("{rb}version: 1.31.1")).unwrap();
+        let owner = Owner {
+            name: "t".into(),
+            uid: None,
+        };
+        let older = Installation::resolve_at(owner, &spec, Some("1.30.5")).unwrap();
+        assert_eq!(
+            (older.revision.as_str(), older.version.as_str()),
+            ("1-30-5", "1.30.5")
+        );
+        // In place, the revision stays what the spec says.
+        assert_eq!(
+            resolve("profile: minimal\nversion: \"1.31\"")
+                .unwrap()
+                .revision,
+            ""
+        );
+        let long = format!("{rb}revision: {}", "r".repeat(50));
+        assert!(matches!(resolve(&long), Err(SpecError::RevisionTooLong(_))));
+    }
+
+    #[test]
+    fn upgrade_settings_default_to_manual_one_at_a_time_and_an_hour() {
+        let i = resolve("profile: minimal\nupdateStrategy: RevisionBased").unwrap();
+        assert_eq!(i.upgrade.tags, ["default"]);
+        assert_eq!(i.upgrade.mode, MigrationMode::Manual);
+        assert_eq!(i.upgrade.max_concurrent, 1);
+        assert_eq!(i.upgrade.grace_period, DEFAULT_RETIREMENT_GRACE);
+        let set = resolve("profile: minimal\nupdateStrategy: RevisionBased\nupgrade: {tags: [prod], workloads: {mode: Rollout, maxConcurrent: 3}, retirementGracePeriodSeconds: 30}").unwrap();
+        assert_eq!(set.upgrade.tags, ["default", "prod"]);
+        assert_eq!(set.upgrade.mode, MigrationMode::Rollout);
+        assert_eq!(set.upgrade.max_concurrent, 3);
+        assert_eq!(set.upgrade.grace_period, std::time::Duration::from_secs(30));
     }
 
     #[test]

@@ -214,6 +214,40 @@ pub fn deletion_order() -> Vec<&'static ManagedKind> {
     kinds
 }
 
+/// Access to objects meshop never creates: the application workloads a revision-based upgrade
+/// moves to the new revision (`controller::migrate`). Reading pods is metadata only (which
+/// revision each runs); restarting is a patch of the pod template's annotations. No create,
+/// update or delete: meshop cannot change what an application runs, only restart it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkloadAccess {
+    pub group: &'static str,
+    pub plural: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+pub const MIGRATION_ACCESS: &[WorkloadAccess] = &[
+    WorkloadAccess {
+        group: "",
+        plural: "pods",
+        verbs: &["list"],
+    },
+    WorkloadAccess {
+        group: "apps",
+        plural: "deployments",
+        verbs: &["list", "patch"],
+    },
+    WorkloadAccess {
+        group: "apps",
+        plural: "statefulsets",
+        verbs: &["list", "patch"],
+    },
+    WorkloadAccess {
+        group: "apps",
+        plural: "daemonsets",
+        verbs: &["list", "patch"],
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,20 @@ pub(crate) fn name(revision: &str) -> &str {
     }
 }
 
+/// The revision a revision-based install runs a release under: the release with dots turned
+/// into dashes (`1.31.1` -> `1-31-1`), after `prefix-` when `spec.revision` is set. It is made
+/// from the *resolved* release, never from `spec.version` as written, so an alias (`1.31`) names
+/// the release it means today and a move of the alias to a newer patch is a new revision (a
+/// canary), never an in-place change of the running one.
+pub(crate) fn versioned(prefix: &str, resolved_version: &str) -> String {
+    let release = resolved_version.replace('.', "-");
+    if prefix.is_empty() {
+        release
+    } else {
+        format!("{prefix}-{release}")
+    }
+}
+
 /// The suffix Istio appends to revisioned object names: `""` or `-<revision>`.
 pub(crate) fn suffix(revision: &str) -> String {
     if revision.is_empty() {
@@ -43,6 +57,12 @@ mod tests {
         assert_eq!(suffix("canary"), "-canary");
         assert_eq!(istiod(""), "istiod");
         assert_eq!(istiod("1-31-1"), "istiod-1-31-1");
+    }
+
+    #[test]
+    fn versioned_revisions_name_the_release() {
+        assert_eq!(versioned("", "1.31.1"), "1-31-1");
+        assert_eq!(versioned("prod", "1.30.5"), "prod-1-30-5");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod apps;
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;

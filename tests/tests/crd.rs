@@ -181,9 +181,19 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             "spec.updateStrategy: Unsupported value",
         ),
         (
-            "RevisionBased without revision",
-            json!({"profile": "demo", "updateStrategy": "RevisionBased"}),
-            "updateStrategy RevisionBased needs a non-empty revision",
+            "the default tag listed",
+            json!({"profile": "demo", "updateStrategy": "RevisionBased", "upgrade": {"tags": ["prod", "default"]}}),
+            "the default tag always exists",
+        ),
+        (
+            "a tag that is not a DNS label",
+            json!({"profile": "demo", "updateStrategy": "RevisionBased", "upgrade": {"tags": ["Prod"]}}),
+            "spec.upgrade.tags[0]: Invalid value",
+        ),
+        (
+            "workload migration mode unknown",
+            json!({"profile": "demo", "upgrade": {"workloads": {"mode": "Auto"}}}),
+            "spec.upgrade.workloads.mode: Unsupported value",
         ),
         (
             "unknown spec field",

@@ -94,6 +94,59 @@ async fn operator_works_with_its_own_rbac_only() {
     .unwrap();
     meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
         .await;
+
+    // A revision-based upgrade lists pods, namespaces and workloads cluster-wide and restarts a
+    // workload onto the new revision: all with the ServiceAccount's RBAC (an Error::Upgrade,
+    // such as a Forbidden, would keep it from ever being Current).
+    let canary: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
+        "metadata": {"name": "rbac-canary"}, "spec": {"profile": "minimal", "namespace": "rbac-canary",
+        "version": "1.30.5", "updateStrategy": "RevisionBased",
+        "upgrade": {"tags": ["rbac"], "workloads": {"mode": "Rollout"}, "retirementGracePeriodSeconds": 0}}})).unwrap();
+    api.create(&PostParams::default(), &canary).await.unwrap();
+    meshop_testenv::wait_for_kstatus(
+        &api,
+        "rbac-canary",
+        KStatus::Current,
+        Duration::from_secs(120),
+    )
+    .await;
+    meshop_testenv::apps::labelled_namespace(&admin, "rbac-apps", json!({"istio.io/rev": "rbac"}))
+        .await;
+    meshop_testenv::apps::create_deployments(&admin, "rbac-apps", &["web"])
+        .await
+        .unwrap();
+    meshop_testenv::apps::wait_pods_on(&admin, "rbac-apps", "1-30-5", 1, Duration::from_secs(30))
+        .await;
+    api.patch(
+        "rbac-canary",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"version": "1.31.1"}})),
+    )
+    .await
+    .unwrap();
+    meshop_testenv::apps::wait_pods_on(&admin, "rbac-apps", "1-31-1", 1, Duration::from_secs(120))
+        .await;
+    meshop_testenv::wait_until("old revision retired", Duration::from_secs(60), || async {
+        let mi = api.get("rbac-canary").await?;
+        let names: Vec<String> = mi
+            .status
+            .map(|s| s.revisions.into_iter().map(|r| r.name).collect())
+            .unwrap_or_default();
+        anyhow::ensure!(names == ["1-31-1"], "{names:?}");
+        Ok(())
+    })
+    .await;
+    meshop_testenv::wait_for_kstatus(
+        &api,
+        "rbac-canary",
+        KStatus::Current,
+        Duration::from_secs(60),
+    )
+    .await;
+    api.delete("rbac-canary", &DeleteParams::default())
+        .await
+        .unwrap();
+
     api.delete("rbac", &DeleteParams::default()).await.unwrap();
     meshop_testenv::wait_until("MeshInstall deleted", Duration::from_secs(120), || async {
         match api.get_opt("rbac").await? {
@@ -101,6 +154,17 @@ async fn operator_works_with_its_own_rbac_only() {
             Some(mi) => anyhow::bail!("still there, finalizers {:?}", mi.metadata.finalizers),
         }
     })
+    .await;
+    meshop_testenv::wait_until(
+        "MeshInstall rbac-canary deleted",
+        Duration::from_secs(120),
+        || async {
+            match api.get_opt("rbac-canary").await? {
+                None => Ok(()),
+                Some(mi) => anyhow::bail!("still there, finalizers {:?}", mi.metadata.finalizers),
+            }
+        },
+    )
     .await;
 
     // No apply ever failed: an ApplyFailed event would carry the Forbidden.

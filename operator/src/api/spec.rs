@@ -90,10 +90,6 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(
-    validation = Rule::new("self.updateStrategy != 'RevisionBased' || self.revision != ''")
-        .message("updateStrategy RevisionBased needs a non-empty revision"),
-)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshInstallSpec {
     /// The install profile: demo (everything, small, for trying Istio out), production (HA istiod and
@@ -132,9 +128,16 @@ pub struct MeshInstallSpec {
     pub revision: String,
 
     /// How a version change is rolled out: InPlace updates the running control plane; RevisionBased
-    /// runs the new version beside the old one under its own revision (canary upgrade).
+    /// runs the new version beside the old one under its own revision (canary upgrade), named
+    /// after the resolved release (1-31-1, or <revision>-1-31-1 when revision is set), moves the
+    /// tags to it once it is ready, and retires the old revision once no pod uses it.
     #[serde(default)]
     pub update_strategy: UpdateStrategy,
+
+    /// Revision-based upgrades: tags, workload migration and retirement of old revisions. Only
+    /// read with updateStrategy RevisionBased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<Upgrade>,
 
     /// Per-component overrides on top of the profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +173,7 @@ impl Default for MeshInstallSpec {
             namespace: default_namespace(),
             revision: String::new(),
             update_strategy: UpdateStrategy::default(),
+            upgrade: None,
             components: None,
             mesh_config: None,
             injection: None,
@@ -257,8 +261,62 @@ pub enum UpdateStrategy {
     /// Update the running control plane in place (rolling update of istiod and gateways).
     #[default]
     InPlace,
-    /// Run the new version beside the old one under its own revision; workloads move by relabelling.
+    /// Run the new version beside the old one under its own revision; tags move namespaces to it
+    /// once it is ready, and workloads follow when restarted (see spec.upgrade.workloads).
     RevisionBased,
+}
+
+/// Settings of revision-based upgrades (docs/upgrades.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Upgrade {
+    /// Tags besides "default" (which namespaces labelled istio-injection=enabled follow). Every
+    /// tag points at the newest ready revision: namespaces labelled istio.io/rev=<tag> follow it
+    /// there without relabelling. istio.io/rev=<revision> pins a namespace to one revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 40)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("!('default' in self)").message("the default tag always exists; list only other tags"))]
+    pub tags: Vec<Tag>,
+
+    /// How workloads move to the new revision's proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<WorkloadMigration>,
+
+    /// Seconds an old revision is kept after the last pod using it is gone, before it is
+    /// deleted (a window for rollback). An old revision is never deleted while a pod uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2592000))]
+    pub retirement_grace_period_seconds: Option<i64>,
+}
+
+/// A tag name: a DNS label (not "default", which always exists).
+pub type Tag = String;
+
+/// Workload migration to the new revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadMigration {
+    /// Manual only reports the workloads still on an old revision (restart them yourself, with
+    /// kubectl rollout restart); Rollout restarts them, a bounded number at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MigrationMode>,
+    /// Rollout mode: how many Deployments, StatefulSets and DaemonSets restart at once. meshop
+    /// waits for each restart to complete before starting another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_concurrent: Option<i32>,
+}
+
+/// How workloads move to a new revision.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum MigrationMode {
+    /// Report the workloads still on an old revision; restart nothing.
+    #[default]
+    Manual,
+    /// Restart them (kubectl.kubernetes.io/restartedAt), a bounded number at a time, stopping
+    /// (Stalled, naming the workload) when one fails to become ready.
+    Rollout,
 }
 
 /// Per-component overrides. Only these keys exist; an unknown key is refused.

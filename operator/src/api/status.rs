@@ -49,6 +49,69 @@ pub struct MeshInstallStatus {
     /// The sidecar injection webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookStatus>,
+
+    /// updateStrategy RevisionBased: every revision this MeshInstall runs, newest first, with
+    /// its release, the tags pointing at it and the proxies still using it. meshop also reads
+    /// this list back: it is the record of which older revisions still exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub revisions: Vec<RevisionStatus>,
+
+    /// updateStrategy RevisionBased: where moving workloads to the newest revision stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
+}
+
+/// One control-plane revision of a revision-based install.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    /// The revision's name (istiod-<name>, istio.io/rev=<name>).
+    pub name: String,
+    /// The Istio release it runs.
+    pub version: String,
+    /// The tags pointing at it (default: namespaces labelled istio-injection=enabled).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Whether its istiod is ready.
+    pub ready: bool,
+    /// Pods running this revision's proxy (sidecars and gateways).
+    #[serde(default)]
+    pub pods: i32,
+    /// Deployments, StatefulSets and DaemonSets with pods on this revision.
+    #[serde(default)]
+    pub workloads: i32,
+    /// For an older revision: since when no pod has used it. It is deleted once
+    /// spec.upgrade.retirementGracePeriodSeconds have passed since then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_since: Option<Time>,
+}
+
+/// Progress of moving workloads to the newest revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// The revision workloads are moved to.
+    pub target: String,
+    /// Manual or Rollout.
+    pub mode: String,
+    /// Workloads (Kind/namespace/name) whose pods still run an older revision's proxy and
+    /// would move to the target when restarted; at most 20 are listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+    /// How many workloads are pending in all.
+    #[serde(default)]
+    pub pending_count: i32,
+    /// Workloads restarted by meshop whose rollout is under way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarting: Vec<String>,
+    /// Pods running an older revision's proxy whose namespace or labels pin that revision
+    /// (istio.io/rev=<revision>): a restart would not move them, and their revision stays.
+    #[serde(default)]
+    pub pinned_pods: i32,
+    /// What is happening, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The state of one component.

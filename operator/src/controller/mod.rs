@@ -7,10 +7,13 @@
 mod apply;
 mod assess;
 pub mod leader;
+mod migrate;
 pub(crate) mod plan;
 pub(crate) mod prune;
 mod reconcile;
+mod revisions;
 pub mod status;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +60,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} owned object(s) still being deleted")]
     CleanupPending(usize),
+    #[error("revision-based upgrade (listing proxies or restarting workloads): {0}")]
+    Upgrade(#[source] kube::Error),
 }
 
 impl Error {
@@ -69,6 +74,7 @@ impl Error {
             Error::Cleanup(_) => "cleanup",
             Error::Status(_) => "status",
             Error::CleanupPending(_) => "cleanup_pending",
+            Error::Upgrade(_) => "upgrade",
             Error::Finalizer(e) => match e.as_ref() {
                 F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.metric_label(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
@@ -155,11 +161,25 @@ impl Context {
 
     /// Publishes an Event on the MeshInstall; a failure to publish is logged, never fatal.
     async fn event(&self, mi: &MeshInstall, type_: EventType, reason: &str, note: &str) {
+        self.event_on(mi, type_, reason, reason, note).await
+    }
+
+    /// [`Context::event`] for one step of several of a kind (a tag move, a workload restart):
+    /// the recorder folds events with the same reason and action into one series that keeps the
+    /// first note, so each step gets its own `action` and stays readable in `kubectl describe`.
+    async fn event_on(
+        &self,
+        mi: &MeshInstall,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
-            action: reason.into(),
+            action: action.chars().take(128).collect(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &mi.object_ref(&())).await {

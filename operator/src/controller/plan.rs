@@ -38,6 +38,32 @@ impl Plan {
     pub fn new(install: Installation, webhook: Option<WebhookEndpoint>) -> Plan {
         let webhook = webhook.filter(|_| install.injection.enabled);
         let objects = render::render_with_injector(&install, webhook.as_ref().map(|w| &w.injector));
+        Plan::of(install, objects, webhook)
+    }
+
+    /// A revision-based install: the target revision (`install`) with everything it runs, the
+    /// control planes of the `older` revisions still listed in status, and one injection
+    /// registration for every revision and tag.
+    pub fn revision_based(
+        install: Installation,
+        older: &[Installation],
+        webhook: Option<WebhookEndpoint>,
+    ) -> Plan {
+        let webhook = webhook.filter(|_| install.injection.enabled);
+        let routes: Vec<&str> = std::iter::once(install.revision.as_str())
+            .chain(older.iter().map(|o| o.revision.as_str()))
+            .chain(install.upgrade.tags.iter().map(String::as_str))
+            .collect();
+        let objects = render::render_revision_based(
+            &install,
+            older,
+            webhook.as_ref().map(|w| &w.injector),
+            &routes,
+        );
+        Plan::of(install, objects, webhook)
+    }
+
+    fn of(install: Installation, objects: Vec<Rendered>, webhook: Option<WebhookEndpoint>) -> Plan {
         let replica_floors = objects
             .iter()
             .filter(|o| o.kind() == "Deployment")
@@ -122,6 +148,29 @@ pub(crate) fn version_move(installed: Option<&str>, install: &Installation) -> V
     }
 }
 
+/// Why a pass refuses to switch an installed mesh between update strategies, if it does. An
+/// in-place control plane is not adopted as the first revision of a revision-based install (nor
+/// the other way round): rendering the other strategy would prune the running istiod as soon as
+/// its replacement is ready, before any workload has moved. A mesh is installed when status
+/// shows a version; a revision-based one always records its revisions with it.
+pub(crate) fn strategy_switch(
+    status: Option<&crate::api::MeshInstallStatus>,
+    strategy: crate::api::UpdateStrategy,
+) -> Option<String> {
+    use crate::api::UpdateStrategy;
+    let status = status?;
+    status.version.as_ref()?;
+    match (strategy, status.revisions.is_empty()) {
+        (UpdateStrategy::RevisionBased, true) => Some(
+            "this mesh was installed in place (updateStrategy InPlace, or RevisionBased by a meshop that ignored it); switching an installed mesh to RevisionBased would remove its istiod before workloads move: set InPlace back, and create a new RevisionBased MeshInstall in another namespace to move namespaces to".into(),
+        ),
+        (UpdateStrategy::InPlace, false) => Some(
+            "this mesh was installed with updateStrategy RevisionBased; switching it to InPlace would remove its revisions while pods use them: set RevisionBased back".into(),
+        ),
+        _ => None,
+    }
+}
+
 /// The resolved settings behind a component's workload.
 fn component_settings(install: &Installation, component: ComponentId) -> Option<&Settings> {
     Some(match component {
@@ -161,7 +210,11 @@ pub(crate) fn conflicting_owner<'a>(
     others
         .into_iter()
         .filter(|o| is_live_other(mine, o))
-        .filter(|o| o.spec.namespace == install.namespace && o.spec.revision == install.revision)
+        .filter(|o| {
+            o.spec.namespace == install.namespace
+                && o.spec.revision == mine.spec.revision
+                && o.spec.update_strategy == mine.spec.update_strategy
+        })
         .map(claim)
         .filter(|theirs| *theirs < me)
         .min()
@@ -259,6 +312,108 @@ mod tests {
         // No webhook served by this process: nothing to register either.
         let unserved = Plan::new(install("profile: minimal"), None);
         assert!(!unserved.components().contains(&ComponentId::Webhook));
+    }
+
+    #[test]
+    fn a_revision_based_plan_runs_older_control_planes_beside_the_target() {
+        let yaml = "profile: minimal\nversion: 1.31.1\nupdateStrategy: RevisionBased\n\
+            components: {ingressGateway: {enabled: true}}\nupgrade: {tags: [prod]}\n";
+        let target = install(yaml);
+        let spec: crate::api::MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+        let older = Installation::resolve_at(target.owner.clone(), &spec, Some("1.30.5")).unwrap();
+        let plan = Plan::revision_based(target, std::slice::from_ref(&older), Some(endpoint()));
+        let keys = plan.keys();
+        for key in [
+            "Deployment/istio-system/istiod-1-31-1",
+            "Deployment/istio-system/istiod-1-30-5",
+            "ConfigMap/istio-system/istio-1-30-5",
+            "ServiceAccount/istio-system/istiod-1-30-5",
+        ] {
+            assert!(keys.contains(key), "{key} missing");
+        }
+        let image = |name: &str| {
+            let d = plan.objects.iter().find(|o| o.key() == name).unwrap();
+            d.object.data["spec"]["template"]["spec"]["containers"][0]["image"].clone()
+        };
+        assert_eq!(
+            image("Deployment/istio-system/istiod-1-30-5"),
+            "docker.io/istio/pilot:1.30.5"
+        );
+        // One gateway, on the target revision, one stage after the istiods.
+        assert_eq!(
+            image("Deployment/istio-system/istio-ingressgateway"),
+            "docker.io/istio/proxyv2:1.31.1"
+        );
+        // One registration routing both revisions and every tag to the injector.
+        let hooks: Vec<String> = plan
+            .objects
+            .iter()
+            .filter(|o| o.kind() == "MutatingWebhookConfiguration")
+            .flat_map(|o| {
+                o.object.data["webhooks"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|w| w["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        for name in ["1-31-1", "1-30-5", "default", "prod"] {
+            assert!(
+                hooks.contains(&format!("rev.namespace.{name}.sidecar-injector.meshop.dev")),
+                "{name}: {hooks:?}"
+            );
+        }
+        assert!(hooks.contains(&"namespace.sidecar-injector.meshop.dev".to_string()));
+        // Every older object is this MeshInstall's, so prune and cleanup find it.
+        let old_istiod = plan
+            .objects
+            .iter()
+            .find(|o| o.key() == "Deployment/istio-system/istiod-1-30-5")
+            .unwrap();
+        assert_eq!(
+            old_istiod
+                .object
+                .metadata
+                .owner_references
+                .as_ref()
+                .unwrap()[0]
+                .uid,
+            "uid-1"
+        );
+    }
+
+    #[test]
+    fn an_installed_mesh_keeps_its_update_strategy() {
+        use crate::api::{MeshInstallStatus, RevisionStatus, UpdateStrategy};
+        let in_place = MeshInstallStatus {
+            version: Some("1.30.5".into()),
+            ..Default::default()
+        };
+        let revision_based = MeshInstallStatus {
+            version: Some("1.30.5".into()),
+            revisions: vec![RevisionStatus {
+                name: "1-30-5".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(strategy_switch(Some(&in_place), UpdateStrategy::RevisionBased).is_some());
+        assert!(strategy_switch(Some(&revision_based), UpdateStrategy::InPlace).is_some());
+        assert_eq!(
+            strategy_switch(Some(&in_place), UpdateStrategy::InPlace),
+            None
+        );
+        assert_eq!(
+            strategy_switch(Some(&revision_based), UpdateStrategy::RevisionBased),
+            None
+        );
+        // Nothing installed yet: either strategy may start.
+        assert_eq!(strategy_switch(None, UpdateStrategy::RevisionBased), None);
+        let fresh = MeshInstallStatus::default();
+        assert_eq!(
+            strategy_switch(Some(&fresh), UpdateStrategy::RevisionBased),
+            None
+        );
     }
 
     #[test]

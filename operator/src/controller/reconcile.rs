@@ -23,8 +23,8 @@ use super::assess::{self, AppliedRecord, ApplyFailure, Observed, Waiting};
 use super::plan::{self, Plan};
 use super::prune;
 use super::status::{self, Report};
-use super::{Context, Error, apply};
-use crate::api::MeshInstall;
+use super::{Context, Error, apply, upgrade};
+use crate::api::{MeshInstall, UpdateStrategy};
 use crate::effective::Installation;
 use crate::render::ComponentId;
 
@@ -86,6 +86,10 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         return stall(ctx, mi, "RevisionConflict", message).await;
     }
 
+    let revision_based = install.update_strategy == UpdateStrategy::RevisionBased;
+    if let Some(message) = plan::strategy_switch(mi.status.as_ref(), install.update_strategy) {
+        return stall(ctx, mi, "StrategyChange", message).await;
+    }
     let installed = mi.status.as_ref().and_then(|s| s.version.as_deref());
     match plan::version_move(installed, &install) {
         plan::VersionMove::Refused(e) => return stall(ctx, mi, "VersionSkew", e.to_string()).await,
@@ -95,9 +99,16 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
             } else {
                 "downgrading"
             };
-            let note = format!(
-                "{direction} Istio {from} to {to} in place: istiod first, then the gateways"
-            );
+            let note = if revision_based {
+                format!(
+                    "{direction} Istio {from} to {to} with revision {} beside the running one; the tags move once it is ready",
+                    install.revision
+                )
+            } else {
+                format!(
+                    "{direction} Istio {from} to {to} in place: istiod first, then the gateways"
+                )
+            };
             info!(%from, %to, "version change");
             ctx.event(mi, EventType::Normal, "VersionChanged", &note)
                 .await;
@@ -105,7 +116,21 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         plan::VersionMove::None => {}
     }
 
-    let plan = Plan::new(install, ctx.webhook_endpoint());
+    // Revision-based: count the proxies per revision and retire the unused old ones before
+    // planning, so a retired revision is simply not planned (and prune deletes it).
+    let upgrade_seen = if revision_based {
+        Some(
+            upgrade::observe(&ctx.client, mi, &install)
+                .await
+                .map_err(Error::Upgrade)?,
+        )
+    } else {
+        None
+    };
+    let plan = match &upgrade_seen {
+        Some(seen) => Plan::revision_based(install, &seen.older, ctx.webhook_endpoint()),
+        None => Plan::new(install, ctx.webhook_endpoint()),
+    };
     let pass = apply_stages(ctx, &plan, mi.metadata.generation).await;
 
     let uid = mi.metadata.uid.clone().unwrap_or_default();
@@ -130,12 +155,37 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     // Prune only once everything planned is applied and ready: a profile switch keeps the old
     // components serving until their replacements are.
     let converged = failure.is_none() && pass.waiting.is_none();
-    if converged {
+    // An older revision that no longer resolves is still running but not planned: pruning
+    // would delete a control plane its pods may use.
+    let unresolved = upgrade_seen.as_ref().and_then(|s| s.unresolved.clone());
+    if let Some(name) = &unresolved {
+        warn!(revision = %name, "older revision no longer resolves; not pruning");
+    }
+    if converged && unresolved.is_none() {
         prune(ctx, mi, &plan).await?;
     }
+    let advance = match &upgrade_seen {
+        Some(seen) => Some(
+            upgrade::advance(ctx, mi, &plan.install, seen, &pass.observed, converged)
+                .await
+                .map_err(Error::Upgrade)?,
+        ),
+        None => None,
+    };
 
     let was_ready = status::was_ready(mi.status.as_ref(), mi.metadata.generation);
-    let outcome = status::outcome(&plan, pass.waiting.as_ref(), failure, &drifted);
+    let mut outcome = status::outcome(&plan, pass.waiting.as_ref(), failure, &drifted);
+    if let Some(a) = &advance {
+        match (&a.outcome, &mut outcome) {
+            (Some(replaced), _) if converged => outcome = replaced.clone(),
+            (_, status::Outcome::Ready { message }) => {
+                if let Some(note) = &a.note {
+                    message.push_str(&format!("; {note}"));
+                }
+            }
+            _ => {}
+        }
+    }
     let registered = pass
         .observed
         .iter()
@@ -149,6 +199,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
             ctx.webhook.is_some(),
             registered,
         )),
+        upgrade: advance.as_ref().map(|a| a.report.clone()),
     };
     write_status(ctx, mi, report).await?;
 
@@ -165,7 +216,10 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.metrics
         .set_managed_objects(&mi.name_any(), plan.objects.len());
-    Ok(Action::requeue(RESYNC))
+    let requeue = advance
+        .and_then(|a| a.requeue)
+        .map_or(RESYNC, |r| r.min(RESYNC));
+    Ok(Action::requeue(requeue))
 }
 
 /// Applies the plan's stages in order, assessing each applied object; stops at the first stage
@@ -247,10 +301,12 @@ async fn write_status(ctx: &Context, mi: &MeshInstall, report: Report) -> Result
         return Ok(());
     }
     let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+    let old = serde_json::to_value(&mi.status).unwrap_or_default();
+    let new = serde_json::to_value(&next).unwrap_or_default();
     api.patch_status(
         &mi.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": next })),
+        &Patch::Merge(json!({ "status": status::merge_patch(&old, &new) })),
     )
     .await
     .map_err(Error::Status)?;

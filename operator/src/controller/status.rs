@@ -10,7 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::assess::{ApplyFailure, Waiting};
 use super::plan::Plan;
-use crate::api::{ComponentStatus, MeshInstallStatus, WebhookState, WebhookStatus, condition};
+use crate::api::{
+    ComponentStatus, MeshInstallStatus, MigrationStatus, RevisionStatus, WebhookState,
+    WebhookStatus, condition,
+};
 
 /// What a reconcile pass concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +129,15 @@ pub(crate) struct Report {
     pub applied: Option<AppliedSpec>,
     pub components: Option<Vec<ComponentStatus>>,
     pub webhook: Option<WebhookStatus>,
+    /// Revision-based installs: the revisions and the migration (`None` keeps the old status).
+    pub upgrade: Option<UpgradeReport>,
+}
+
+/// What a pass of a revision-based install found about its revisions and workloads.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub(crate) struct UpgradeReport {
+    pub revisions: Vec<RevisionStatus>,
+    pub migration: Option<MigrationStatus>,
 }
 
 impl Report {
@@ -139,6 +151,7 @@ impl Report {
             applied: None,
             components: None,
             webhook: None,
+            upgrade: None,
         }
     }
 }
@@ -164,7 +177,31 @@ pub(crate) fn next_status(
     if let Some(webhook) = report.webhook {
         status.webhook = Some(webhook);
     }
+    if let Some(upgrade) = report.upgrade {
+        status.revisions = upgrade.revisions;
+        status.migration = upgrade.migration;
+    }
     status
+}
+
+/// The JSON merge patch (RFC 7386) that turns status `old` into `new`: `new` itself, plus a
+/// `null` for every field `old` has and `new` leaves out (serde skips empty fields, and a merge
+/// patch keeps whatever it does not mention: a finished migration would otherwise stay listed).
+pub(crate) fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in n {
+                out.insert(k.clone(), merge_patch(o.get(k).unwrap_or(&Value::Null), v));
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
 }
 
 /// The outcome of a pass that applied what it could: an apply error or a stage still rolling out
@@ -303,6 +340,7 @@ mod tests {
             applied: None,
             components: None,
             webhook: None,
+            upgrade: None,
         }
     }
 
@@ -397,6 +435,21 @@ mod tests {
     }
 
     #[test]
+    fn the_status_patch_removes_what_the_new_status_leaves_out() {
+        use serde_json::json;
+        let old = json!({"version": "1.30.5", "migration": {"target": "a", "pending": ["x"]},
+            "revisions": [{"name": "a"}, {"name": "b"}], "webhook": {"state": "Active", "message": "m"}});
+        let new = json!({"version": "1.31.1", "revisions": [{"name": "a"}],
+            "webhook": {"state": "Active"}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"version": "1.31.1", "migration": null, "revisions": [{"name": "a"}],
+                "webhook": {"state": "Active", "message": null}})
+        );
+        assert_eq!(merge_patch(&serde_json::Value::Null, &new), new);
+    }
+
+    #[test]
     fn a_report_without_findings_keeps_what_status_said() {
         let full = Report {
             outcome: ready("ok"),
@@ -411,6 +464,7 @@ mod tests {
                 ..Default::default()
             }]),
             webhook: Some(WebhookStatus::default()),
+            upgrade: None,
         };
         let first = next_status(None, Some(1), full);
         let stalled = next_status(

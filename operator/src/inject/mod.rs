@@ -32,7 +32,9 @@ use crate::istio_proxy;
 
 pub use native::{KubeletVersion, Kubelets};
 pub use patch::patch;
-pub(crate) use selection::{Decision, SkipReason, decide, protected_namespaces, select_revision};
+pub(crate) use selection::{
+    Decision, SkipReason, decide_selected, protected_namespaces, select_revision,
+};
 pub use template::{inject, inject_on};
 pub use workload::inject_yaml_stream;
 

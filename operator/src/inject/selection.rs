@@ -57,6 +57,9 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// The whole selection rule in one call; the webhook, which resolves tags to revisions first,
+/// runs its two halves ([`select_revision`], then [`decide_selected`]).
+#[cfg_attr(not(test), allow(dead_code))]
 /// Decides whether the webhook injects `pod`, created in `namespace` whose labels are
 /// `namespace_labels`, for the control-plane revision in `cfg`.
 pub(crate) fn decide(
@@ -65,16 +68,26 @@ pub(crate) fn decide(
     pod: &Pod,
     cfg: &InjectionConfig,
 ) -> Decision {
-    if protected_namespaces(&cfg.control_plane_namespace).contains(&namespace) {
-        return Decision::Skip(SkipReason::ProtectedNamespace(namespace.to_string()));
-    }
-    if let Some(reason) = pod_veto(pod) {
+    if let Decision::Skip(reason) = decide_selected(namespace, pod, cfg) {
         return Decision::Skip(reason);
     }
     if selected(namespace_labels, pod, cfg) {
         Decision::Inject
     } else {
         Decision::Skip(SkipReason::NotSelected)
+    }
+}
+
+/// [`decide`] for a pod whose revision the caller has already chosen from its labels (the
+/// webhook, which resolved a tag to the revision `cfg` belongs to): only the protected
+/// namespaces and the pod's vetoes are checked.
+pub(crate) fn decide_selected(namespace: &str, pod: &Pod, cfg: &InjectionConfig) -> Decision {
+    if protected_namespaces(&cfg.control_plane_namespace).contains(&namespace) {
+        return Decision::Skip(SkipReason::ProtectedNamespace(namespace.to_string()));
+    }
+    match pod_veto(pod) {
+        Some(reason) => Decision::Skip(reason),
+        None => Decision::Inject,
     }
 }
 

@@ -265,6 +265,34 @@ pub fn render_with_injector(
     objects
 }
 
+/// A revision-based install: everything of `target` (its istiod, and the gateways, CNI and
+/// addons, which follow the newest revision and roll to it only once its istiod is ready, one
+/// stage later), the control plane (istiod and mesh config) of each `older` revision still
+/// running, and one injection registration routing every revision and tag in `routes`.
+pub fn render_revision_based(
+    target: &Installation,
+    older: &[Installation],
+    injector: Option<&InjectorEndpoint>,
+    routes: &[&str],
+) -> Vec<Rendered> {
+    let mut objects = render_with_injector(target, None);
+    for install in older.iter().filter(|i| i.istiod.enabled) {
+        let mut revision: Vec<Rendered> = istiod::render(install);
+        revision.extend(mesh::render(install));
+        for object in revision.iter_mut() {
+            common::finish(install, object);
+        }
+        objects.extend(revision);
+    }
+    if let Some(endpoint) = injector.filter(|_| target.injection.enabled) {
+        let mut registration = webhook::render_routes(target, endpoint, routes);
+        common::finish(target, &mut registration);
+        objects.push(registration);
+    }
+    sort(&mut objects);
+    objects
+}
+
 /// Puts objects in apply order: by stage, then by the kind's position in
 /// [`crate::kinds::MANAGED_KINDS`] (what others depend on first), then by component and name.
 pub fn sort(objects: &mut [Rendered]) {

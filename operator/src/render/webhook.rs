@@ -83,8 +83,48 @@ pub(super) fn render(install: &Installation, endpoint: &InjectorEndpoint) -> Ren
 /// its path defaults to [`WEBHOOK_PATH`] and its `caBundle` is set to `ca_bundle` (PEM).
 pub(crate) fn webhook_configuration(
     install: &Installation,
+    client_config: WebhookClientConfig,
+    ca_bundle: &[u8],
+) -> MutatingWebhookConfiguration {
+    let rev = revision::name(&install.revision);
+    webhook_configuration_for(
+        install,
+        client_config,
+        ca_bundle,
+        &[rev],
+        install.revision.is_empty(),
+    )
+}
+
+/// The registration of a revision-based install: one pair of `rev.*` webhooks per revision and
+/// per tag in `names`, plus the `istio-injection=enabled` and `sidecar.istio.io/inject=true`
+/// webhooks of the default tag. Every webhook sends pods to meshop's one injector, which resolves
+/// a tag to the revision it points at from its cache; moving a tag changes no registration.
+pub(super) fn render_routes(
+    install: &Installation,
+    endpoint: &InjectorEndpoint,
+    names: &[&str],
+) -> Rendered {
+    Rendered::new(
+        ComponentId::Webhook,
+        &webhook_configuration_for(
+            install,
+            endpoint.client_config.clone(),
+            endpoint.ca_bundle.as_bytes(),
+            names,
+            names.contains(&revision::DEFAULT),
+        ),
+    )
+}
+
+/// The configuration sending pods that select any of `names` (revisions or tags) to the injector;
+/// `default_hooks` adds the `istio-injection=enabled` and `sidecar.istio.io/inject=true` ones.
+fn webhook_configuration_for(
+    install: &Installation,
     mut client_config: WebhookClientConfig,
     ca_bundle: &[u8],
+    names: &[&str],
+    default_hooks: bool,
 ) -> MutatingWebhookConfiguration {
     client_config.ca_bundle = Some(ByteString(ca_bundle.to_vec()));
     if let Some(svc) = client_config.service.as_mut() {
@@ -132,7 +172,7 @@ pub(crate) fn webhook_configuration(
     };
 
     let mut webhooks = Vec::new();
-    if install.revision.is_empty() {
+    if default_hooks {
         webhooks.push(hook(
             format!("namespace.{SUFFIX}"),
             vec![
@@ -142,21 +182,23 @@ pub(crate) fn webhook_configuration(
             vec![not_opted_out()],
         ));
     }
-    webhooks.push(hook(
-        format!("rev.namespace.{rev}.{SUFFIX}"),
-        vec![
-            req(keys::REV, "In", &[rev]),
-            req(keys::NAMESPACE_INJECTION, "DoesNotExist", &[]),
-            not_protected(),
-        ],
-        vec![not_opted_out()],
-    ));
-    webhooks.push(hook(
-        format!("rev.object.{rev}.{SUFFIX}"),
-        unlabelled_ns(),
-        vec![req(keys::REV, "In", &[rev]), not_opted_out()],
-    ));
-    if install.revision.is_empty() {
+    for name in names {
+        webhooks.push(hook(
+            format!("rev.namespace.{name}.{SUFFIX}"),
+            vec![
+                req(keys::REV, "In", &[name]),
+                req(keys::NAMESPACE_INJECTION, "DoesNotExist", &[]),
+                not_protected(),
+            ],
+            vec![not_opted_out()],
+        ));
+        webhooks.push(hook(
+            format!("rev.object.{name}.{SUFFIX}"),
+            unlabelled_ns(),
+            vec![req(keys::REV, "In", &[name]), not_opted_out()],
+        ));
+    }
+    if default_hooks {
         webhooks.push(hook(
             format!("object.{SUFFIX}"),
             unlabelled_ns(),

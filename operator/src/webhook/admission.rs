@@ -3,7 +3,7 @@
 //! function of its inputs, so it is tested without a server.
 //!
 //! The path of a pod: [`select_revision`] says which revision its labels ask for, the snapshot
-//! gives that revision's settings, [`inject::decide`] applies the vetoes (protected namespace,
+//! gives that revision's settings, [`inject::decide_selected`] applies the vetoes (protected namespace,
 //! opt-out, hostNetwork, already injected), and [`inject::inject_on`] (with the nodes' kubelet
 //! versions, which decide `sidecarMode: auto`) plus [`inject::patch`] build the JSON patch.
 
@@ -110,7 +110,8 @@ pub(crate) fn decide(
     if !rc.enabled {
         return Verdict::Unchanged(Unchanged::InjectionDisabled(revision.into()));
     }
-    match inject::decide(&namespace, ns_labels, &pod, &rc.config) {
+    // select_revision chose the revision (a tag resolved to it in the snapshot): only vetoes remain.
+    match inject::decide_selected(&namespace, &pod, &rc.config) {
         Decision::Skip(reason) => Verdict::Unchanged(Unchanged::Skipped(reason)),
         Decision::Inject => match inject::inject_on(&pod, &rc.config, view.kubelets()) {
             Ok(injected) => Verdict::Injected {

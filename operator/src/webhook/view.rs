@@ -26,7 +26,73 @@ use crate::revision;
 type Labels = BTreeMap<String, String>;
 type Namespaces = HashMap<String, Labels>;
 /// By MeshInstall name, so deletes are exact.
-type Installs = BTreeMap<String, RevisionConfig>;
+type Installs = BTreeMap<String, MeshRevisions>;
+
+/// What one MeshInstall serves: one revision (in place), or every revision of a revision-based
+/// install with the tags pointing at them (from its `status.revisions`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MeshRevisions {
+    created: Option<Timestamp>,
+    revisions: Vec<RevisionConfig>,
+    /// Tag -> revision name.
+    tags: BTreeMap<String, String>,
+}
+
+impl MeshRevisions {
+    fn single(rc: RevisionConfig) -> MeshRevisions {
+        MeshRevisions {
+            created: rc.created,
+            revisions: vec![rc],
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// The revision called `name`, or the one the tag `name` points at.
+    fn lookup(&self, name: &str) -> Option<&RevisionConfig> {
+        let by_name = |n: &str| {
+            self.revisions
+                .iter()
+                .find(|rc| revision::name(&rc.config.revision) == n)
+        };
+        by_name(name).or_else(|| by_name(self.tags.get(name)?))
+    }
+
+    /// A MeshInstall's revisions. Revision-based: each revision its status lists, rendered at
+    /// its own release from the spec, with the tags the status records (the reconciler moves
+    /// them only once the new revision is ready). An invalid spec serves nothing.
+    fn of(mi: &MeshInstall) -> Option<MeshRevisions> {
+        let created = mi.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if mi.spec.update_strategy != crate::api::UpdateStrategy::RevisionBased {
+            return RevisionConfig::of(mi).map(MeshRevisions::single);
+        }
+        let owner = crate::effective::Owner {
+            name: mi.name_any(),
+            uid: mi.metadata.uid.clone(),
+        };
+        let listed = mi.status.iter().flat_map(|s| s.revisions.iter());
+        let mut out = MeshRevisions {
+            created,
+            revisions: Vec::new(),
+            tags: BTreeMap::new(),
+        };
+        for r in listed {
+            let Ok(install) =
+                Installation::resolve_at(owner.clone(), &mi.spec, Some(r.version.as_str()))
+            else {
+                continue;
+            };
+            // A spec.revision changed since: the listed revision is not this spec's any more.
+            if install.revision != r.name {
+                continue;
+            }
+            for tag in &r.tags {
+                out.tags.insert(tag.clone(), r.name.clone());
+            }
+            out.revisions.push(RevisionConfig::new(&install, created));
+        }
+        Some(out)
+    }
+}
 
 /// A revision's injection settings as the view holds them.
 #[derive(Clone, Debug, PartialEq)]
@@ -136,12 +202,15 @@ impl Snapshot {
     /// The settings of the revision called `name` ([`revision::name`]). Two MeshInstalls claiming
     /// one revision is a conflict the reconciler reports as Stalled for the younger one; here too
     /// the oldest claim (then the first by MeshInstall name) wins.
+    /// A tag (`default` included, which `istio-injection=enabled` selects) resolves to the
+    /// revision it points at in the same MeshInstall: moving a tag is a status change the watch
+    /// brings here, never an API call per request.
     pub(crate) fn revision(&self, name: &str) -> Option<&RevisionConfig> {
         self.installs
             .iter()
-            .filter(|(_, rc)| revision::name(&rc.config.revision) == name)
-            .min_by_key(|(mi, rc)| (rc.created, mi.as_str()))
-            .map(|(_, rc)| rc)
+            .filter_map(|(mi, m)| Some((m.created, mi.as_str(), m.lookup(name)?)))
+            .min_by_key(|(created, mi, _)| (*created, *mi))
+            .map(|(_, _, rc)| rc)
     }
 }
 
@@ -188,7 +257,11 @@ impl View {
     }
 
     fn set_revision_config(&self, name: &str, rc: RevisionConfig) {
-        Arc::make_mut(&mut write(&self.inner.installs)).insert(name.to_string(), rc);
+        self.set_mesh(name, MeshRevisions::single(rc));
+    }
+
+    fn set_mesh(&self, name: &str, mesh: MeshRevisions) {
+        Arc::make_mut(&mut write(&self.inner.installs)).insert(name.to_string(), mesh);
     }
 
     pub(crate) fn remove_install(&self, name: &str) {
@@ -325,13 +398,13 @@ where
         match ev {
             Ok(Event::Init) => relist = Some(BTreeMap::new()),
             Ok(Event::InitApply(mi)) => {
-                if let (Some(m), Some(rc)) = (relist.as_mut(), RevisionConfig::of(&mi)) {
-                    m.insert(mi.name_any(), rc);
+                if let (Some(m), Some(mesh)) = (relist.as_mut(), MeshRevisions::of(&mi)) {
+                    m.insert(mi.name_any(), mesh);
                 }
             }
             Ok(Event::InitDone) => view.replace_installs(relist.take().unwrap_or_default()),
-            Ok(Event::Apply(mi)) => match RevisionConfig::of(&mi) {
-                Some(rc) => view.set_revision_config(&mi.name_any(), rc),
+            Ok(Event::Apply(mi)) => match MeshRevisions::of(&mi) {
+                Some(mesh) => view.set_mesh(&mi.name_any(), mesh),
                 // An invalid spec injects nothing new; the reconciler reports it as Stalled.
                 None => view.remove_install(&mi.name_any()),
             },
@@ -562,6 +635,62 @@ pub(crate) mod tests {
         let after = v.snapshot();
         assert!(after.revision("default").is_none());
         assert_eq!(after.namespace_labels("apps"), Some(&BTreeMap::new()));
+    }
+
+    /// A revision-based MeshInstall whose status lists 1-31-1 and 1-30-5, the tags on `tagged`.
+    pub(crate) fn revision_based(tagged: &str) -> MeshInstall {
+        let mut mi = MeshInstall::new(
+            "canary",
+            serde_json::from_value(json!({"profile": "minimal", "version": "1.31",
+                "updateStrategy": "RevisionBased", "upgrade": {"tags": ["prod"]}}))
+            .unwrap(),
+        );
+        let tags = |name: &str| {
+            if name == tagged {
+                vec!["default".to_string(), "prod".to_string()]
+            } else {
+                vec![]
+            }
+        };
+        mi.status = Some(crate::api::MeshInstallStatus {
+            revisions: [("1-31-1", "1.31.1"), ("1-30-5", "1.30.5")]
+                .map(|(name, version)| crate::api::RevisionStatus {
+                    name: name.into(),
+                    version: version.into(),
+                    tags: tags(name),
+                    ready: true,
+                    ..Default::default()
+                })
+                .to_vec(),
+            ..Default::default()
+        });
+        mi
+    }
+
+    #[tokio::test]
+    async fn tags_resolve_to_the_revision_they_point_at_from_the_watched_status() {
+        let v = View::new();
+        let feed = |mi: MeshInstall| {
+            feed_installs(v.clone(), futures::stream::iter(vec![Ok(Event::Apply(mi))]))
+        };
+        feed(revision_based("1-31-1")).await;
+        let s = v.snapshot();
+        let version = |name: &str| s.revision(name).map(|rc| rc.config.version.clone());
+        assert_eq!(version("default").as_deref(), Some("1.31.1"));
+        assert_eq!(version("prod").as_deref(), Some("1.31.1"));
+        // A revision name pins, whatever the tags say.
+        assert_eq!(version("1-30-5").as_deref(), Some("1.30.5"));
+        assert_eq!(version("canary"), None, "no such tag or revision");
+        assert_eq!(
+            s.revision("default").unwrap().config.revision,
+            "1-31-1",
+            "the sidecar talks to istiod-1-31-1"
+        );
+        // The tag moves back (a rollback): the next snapshot follows, with no relabelling.
+        feed(revision_based("1-30-5")).await;
+        let s = v.snapshot();
+        assert_eq!(s.revision("default").unwrap().config.version, "1.30.5");
+        assert_eq!(s.revision("prod").unwrap().config.revision, "1-30-5");
     }
 
     #[test]

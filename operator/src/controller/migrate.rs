@@ -1,0 +1,694 @@
+//! Workload migration planner (pure): which Deployments, StatefulSets and DaemonSets run pods on
+//! an older revision's proxy, which of them a restart would move to the target revision, and which
+//! to restart now, a bounded number at a time. No client: the reconciler lists pods (metadata
+//! only) and workloads, calls [`plan`], and patches what it says.
+//!
+//! A pod's revision is what the injector recorded on it (the `istio.io/rev` annotation next to
+//! `sidecar.istio.io/status`), or, for gateways, their `istio.io/rev` label. A restart moves a
+//! workload only if its pods' labels and namespace select a tag or revision that resolves to the
+//! target; a workload pinned to an older revision (`istio.io/rev=<revision>`) is reported, never
+//! restarted (a restart would bring it back on the same revision, forever).
+//!
+//! meshop restarts a workload the way `kubectl rollout restart` does, by setting the pod template
+//! annotation `kubectl.kubernetes.io/restartedAt`, and also records the target revision in
+//! [`RESTARTED_FOR`]: that annotation is how a later pass (or another replica after a failover)
+//! knows which rollouts are meshop's and still under way, without memory of its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::MigrationMode;
+use crate::inject::{keys, select_revision};
+
+/// The annotation `kubectl rollout restart` writes on the pod template.
+pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+/// The pod-template annotation naming the revision meshop restarted a workload for.
+pub(crate) const RESTARTED_FOR: &str = "meshop.dev/restarted-for";
+/// How long a StatefulSet or DaemonSet restart may take before it counts as failed (Deployments
+/// have their own `progressDeadlineSeconds`, which the Deployment controller judges).
+pub(crate) const ROLLOUT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+/// At most this many workloads are named in status; the count says how many there are.
+pub(crate) const LISTED: usize = 20;
+
+/// The workload kinds meshop restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// One workload, by kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.name(), self.namespace, self.name)
+    }
+}
+
+/// A pod running a proxy, as the planner needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ProxyPod {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// The revision whose proxy it runs.
+    pub revision: String,
+    /// The workload that owns it, if any (a ReplicaSet's pods belong to its Deployment).
+    pub owner: Option<WorkloadRef>,
+}
+
+impl ProxyPod {
+    /// Reads a pod's metadata; `None` for pods without a proxy (istiod's own pods carry the
+    /// revision label too, but run no proxy) and pods already being deleted.
+    pub fn from_meta(meta: &ObjectMeta) -> Option<ProxyPod> {
+        if meta.deletion_timestamp.is_some() {
+            return None;
+        }
+        let labels = meta.labels.clone().unwrap_or_default();
+        let annotations = meta.annotations.as_ref();
+        let injected = annotations.is_some_and(|a| a.contains_key(keys::STATUS));
+        let revision = if injected {
+            annotations.and_then(|a| a.get(keys::REV)).cloned()
+        } else if labels.get("app").map(String::as_str) == Some("istiod") {
+            None
+        } else {
+            labels.get(keys::REV).cloned()
+        }?;
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let owner = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .and_then(|o| {
+                let kind = match o.kind.as_str() {
+                    // A Deployment's ReplicaSet is named <deployment>-<pod-template-hash>.
+                    "ReplicaSet" => {
+                        let hash = labels.get("pod-template-hash")?;
+                        let name = o.name.strip_suffix(&format!("-{hash}"))?;
+                        return Some(WorkloadRef {
+                            kind: WorkloadKind::Deployment,
+                            namespace: namespace.clone(),
+                            name: name.to_string(),
+                        });
+                    }
+                    "StatefulSet" => WorkloadKind::StatefulSet,
+                    "DaemonSet" => WorkloadKind::DaemonSet,
+                    _ => return None,
+                };
+                Some(WorkloadRef {
+                    kind,
+                    namespace: namespace.clone(),
+                    name: o.name.clone(),
+                })
+            });
+        Some(ProxyPod {
+            namespace,
+            labels,
+            revision,
+            owner,
+        })
+    }
+}
+
+/// Where a workload's rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Rollout {
+    Complete,
+    Progressing,
+    Failed(String),
+}
+
+/// A workload as the planner needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Workload {
+    pub id: WorkloadRef,
+    /// The revision meshop last restarted it for ([`RESTARTED_FOR`]).
+    pub restarted_for: Option<String>,
+    pub rollout: Rollout,
+}
+
+fn template_annotation(meta: Option<&ObjectMeta>, key: &str) -> Option<String> {
+    meta?.annotations.as_ref()?.get(key).cloned()
+}
+
+fn restarted_long_ago(meta: Option<&ObjectMeta>, now: Timestamp) -> bool {
+    let Some(at) =
+        template_annotation(meta, RESTARTED_AT).and_then(|t| t.parse::<Timestamp>().ok())
+    else {
+        return false;
+    };
+    let deadline = k8s_openapi::jiff::SignedDuration::try_from(ROLLOUT_DEADLINE)
+        .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+    at.checked_add(deadline).is_ok_and(|d| now >= d)
+}
+
+fn id(kind: WorkloadKind, meta: &ObjectMeta) -> WorkloadRef {
+    WorkloadRef {
+        kind,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+impl Workload {
+    /// A Deployment: complete once every replica runs the current template and is available;
+    /// failed when the Deployment controller says its progress deadline passed.
+    pub fn from_deployment(d: &Deployment) -> Workload {
+        let spec = d.spec.as_ref();
+        let template = spec.and_then(|s| s.template.metadata.as_ref());
+        let want = spec.and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        let observed =
+            status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+        let complete = observed
+            && status.updated_replicas.unwrap_or(0) >= want
+            && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
+            && status.available_replicas.unwrap_or(0) >= want;
+        let failed = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Progressing" && c.status == "False");
+        let rollout = match (complete, failed) {
+            (true, _) => Rollout::Complete,
+            (false, Some(c)) => Rollout::Failed(
+                c.message
+                    .clone()
+                    .or_else(|| c.reason.clone())
+                    .unwrap_or_else(|| "rollout failed".into()),
+            ),
+            (false, None) => Rollout::Progressing,
+        };
+        Workload {
+            id: id(WorkloadKind::Deployment, &d.metadata),
+            restarted_for: template_annotation(template, RESTARTED_FOR),
+            rollout,
+        }
+    }
+
+    /// A StatefulSet: complete once the update revision is current and every replica is ready;
+    /// failed after [`ROLLOUT_DEADLINE`] since meshop restarted it.
+    pub fn from_stateful_set(s: &StatefulSet, now: Timestamp) -> Workload {
+        let spec = s.spec.as_ref();
+        let template = spec.and_then(|s| s.template.metadata.as_ref());
+        let want = spec.and_then(|s| s.replicas).unwrap_or(1);
+        let status = s.status.clone().unwrap_or_default();
+        let observed =
+            status.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0);
+        let complete = observed
+            && status.update_revision.is_some()
+            && status.update_revision == status.current_revision
+            && status.ready_replicas.unwrap_or(0) >= want;
+        Workload {
+            id: id(WorkloadKind::StatefulSet, &s.metadata),
+            restarted_for: template_annotation(template, RESTARTED_FOR),
+            rollout: slow_rollout(complete, template, now),
+        }
+    }
+
+    /// A DaemonSet: complete once every scheduled node runs the current template, available;
+    /// failed after [`ROLLOUT_DEADLINE`] since meshop restarted it.
+    pub fn from_daemon_set(d: &DaemonSet, now: Timestamp) -> Workload {
+        let template = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+        let status = d.status.clone().unwrap_or_default();
+        let observed =
+            status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+        let want = status.desired_number_scheduled;
+        let complete = observed
+            && status.updated_number_scheduled.unwrap_or(0) >= want
+            && status.number_available.unwrap_or(0) >= want;
+        Workload {
+            id: id(WorkloadKind::DaemonSet, &d.metadata),
+            restarted_for: template_annotation(template, RESTARTED_FOR),
+            rollout: slow_rollout(complete, template, now),
+        }
+    }
+}
+
+fn slow_rollout(complete: bool, template: Option<&ObjectMeta>, now: Timestamp) -> Rollout {
+    if complete {
+        Rollout::Complete
+    } else if restarted_long_ago(template, now) {
+        Rollout::Failed(format!(
+            "not rolled out {} s after the restart",
+            ROLLOUT_DEADLINE.as_secs()
+        ))
+    } else {
+        Rollout::Progressing
+    }
+}
+
+/// Proxies on one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub pods: usize,
+    pub workloads: usize,
+}
+
+/// What the planner decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MigrationPlan {
+    /// Per revision of this install: the proxies on it.
+    pub usage: BTreeMap<String, Usage>,
+    /// Workloads on an older revision that a restart would move to the target, not yet
+    /// restarted for it (the ones restarted this pass included).
+    pub pending: Vec<WorkloadRef>,
+    /// Restart these now (Rollout mode only; never more than the bound allows).
+    pub restart: Vec<WorkloadRef>,
+    /// Restarted for the target, rollout under way.
+    pub restarting: Vec<WorkloadRef>,
+    /// Restarted for the target, rollout failed: the migration stops here.
+    pub failed: Option<(WorkloadRef, String)>,
+    /// Restarted for the target and rolled out, yet pods still run an older revision.
+    pub unmoved: Vec<WorkloadRef>,
+    /// Proxies on an older revision that no restart would move: pinned to it by label, or not
+    /// owned by a workload.
+    pub pinned_pods: usize,
+}
+
+/// The inputs of [`plan`].
+pub(crate) struct Inputs<'a> {
+    /// The revision workloads move to.
+    pub target: &'a str,
+    /// This install's revisions; pods on other revisions belong to other MeshInstalls.
+    pub revisions: &'a BTreeSet<String>,
+    /// What a tag or revision name a pod's labels select resolves to (`None`: not this
+    /// install's). Tags resolve to the revision they point at.
+    pub resolve: &'a dyn Fn(&str) -> Option<String>,
+    pub namespace_labels: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// Namespaces whose pods are never moved by restarting (the control plane's: gateways are
+    /// moved by rendering them at the new revision).
+    pub skip_namespaces: &'a BTreeSet<String>,
+    pub pods: &'a [ProxyPod],
+    pub workloads: &'a BTreeMap<WorkloadRef, Workload>,
+    pub mode: MigrationMode,
+    pub max_concurrent: usize,
+}
+
+/// Decides the migration step of one pass.
+pub(crate) fn plan(inputs: &Inputs<'_>) -> MigrationPlan {
+    let mut out = MigrationPlan::default();
+    let mut per_revision: BTreeMap<&str, BTreeSet<&WorkloadRef>> = BTreeMap::new();
+    let mut candidates: BTreeSet<&WorkloadRef> = BTreeSet::new();
+    for revision in inputs.revisions {
+        out.usage.insert(revision.clone(), Usage::default());
+    }
+    let empty = BTreeMap::new();
+    for pod in inputs.pods {
+        let Some(usage) = out.usage.get_mut(&pod.revision) else {
+            continue;
+        };
+        usage.pods += 1;
+        if let Some(owner) = &pod.owner {
+            per_revision.entry(&pod.revision).or_default().insert(owner);
+        }
+        if pod.revision == inputs.target || inputs.skip_namespaces.contains(&pod.namespace) {
+            continue;
+        }
+        let ns_labels = inputs
+            .namespace_labels
+            .get(&pod.namespace)
+            .unwrap_or(&empty);
+        let as_pod = Pod {
+            metadata: ObjectMeta {
+                labels: Some(pod.labels.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let moves = select_revision(ns_labels, &as_pod)
+            .and_then(|name| (inputs.resolve)(name))
+            .is_some_and(|r| r == inputs.target);
+        match (&pod.owner, moves) {
+            (Some(owner), true) => {
+                candidates.insert(owner);
+            }
+            _ => out.pinned_pods += 1,
+        }
+    }
+    for (revision, workloads) in per_revision {
+        if let Some(usage) = out.usage.get_mut(revision) {
+            usage.workloads = workloads.len();
+        }
+    }
+
+    // Rollouts meshop started for the target: under way, failed, or done.
+    for w in inputs.workloads.values() {
+        if w.restarted_for.as_deref() != Some(inputs.target) {
+            continue;
+        }
+        match &w.rollout {
+            Rollout::Progressing => out.restarting.push(w.id.clone()),
+            Rollout::Failed(why) if out.failed.is_none() => {
+                out.failed = Some((w.id.clone(), why.clone()))
+            }
+            Rollout::Failed(_) => out.restarting.push(w.id.clone()),
+            Rollout::Complete => {}
+        }
+    }
+    for c in candidates {
+        match inputs.workloads.get(c) {
+            // Gone since the pods were listed.
+            None => {}
+            // Restarted for the target and done, yet its pods still run an older revision.
+            Some(w)
+                if w.restarted_for.as_deref() == Some(inputs.target)
+                    && w.rollout == Rollout::Complete =>
+            {
+                out.unmoved.push(c.clone())
+            }
+            // Restarted for the target, rolling out (counted above).
+            Some(w) if w.restarted_for.as_deref() == Some(inputs.target) => {}
+            Some(_) => out.pending.push(c.clone()),
+        }
+    }
+    if inputs.mode == MigrationMode::Rollout && out.failed.is_none() {
+        let busy = out.restarting.len();
+        let free = inputs.max_concurrent.saturating_sub(busy);
+        out.restart = out.pending.iter().take(free).cloned().collect();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, labels: &[(&str, &str)], revision: &str, owner: Option<&str>) -> ProxyPod {
+        ProxyPod {
+            namespace: ns.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            revision: revision.into(),
+            owner: owner.map(|name| deploy(ns, name)),
+        }
+    }
+
+    fn deploy(ns: &str, name: &str) -> WorkloadRef {
+        WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn workload(ns: &str, name: &str, restarted_for: Option<&str>, rollout: Rollout) -> Workload {
+        Workload {
+            id: deploy(ns, name),
+            restarted_for: restarted_for.map(Into::into),
+            rollout,
+        }
+    }
+
+    struct Cluster {
+        namespaces: BTreeMap<String, BTreeMap<String, String>>,
+        pods: Vec<ProxyPod>,
+        workloads: BTreeMap<WorkloadRef, Workload>,
+    }
+
+    /// Namespace `apps` follows the default tag, `pinned` pins revision old, `other` follows
+    /// another MeshInstall's revision; deployments a..d in apps on old, e in pinned.
+    fn cluster() -> Cluster {
+        let ns = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let namespaces = BTreeMap::from([
+            ("apps".to_string(), ns(&[("istio-injection", "enabled")])),
+            ("pinned".to_string(), ns(&[("istio.io/rev", "old")])),
+            ("other".to_string(), ns(&[("istio.io/rev", "theirs")])),
+        ]);
+        let mut pods = Vec::new();
+        let mut workloads = BTreeMap::new();
+        for name in ["a", "b", "c", "d"] {
+            pods.push(pod("apps", &[], "old", Some(name)));
+            pods.push(pod("apps", &[], "old", Some(name)));
+            workloads.insert(
+                deploy("apps", name),
+                workload("apps", name, None, Rollout::Complete),
+            );
+        }
+        pods.push(pod("pinned", &[], "old", Some("e")));
+        workloads.insert(
+            deploy("pinned", "e"),
+            workload("pinned", "e", None, Rollout::Complete),
+        );
+        pods.push(pod("other", &[], "theirs", Some("f")));
+        pods.push(pod(
+            "istio-system",
+            &[],
+            "old",
+            Some("istio-ingressgateway"),
+        ));
+        // A bare pod (no workload) following the tag: nothing to restart.
+        pods.push(pod("apps", &[], "old", None));
+        pods.push(pod("apps", &[], "new", Some("z")));
+        Cluster {
+            namespaces,
+            pods,
+            workloads,
+        }
+    }
+
+    fn run(c: &Cluster, mode: MigrationMode, max: usize) -> MigrationPlan {
+        let revisions = BTreeSet::from(["old".to_string(), "new".to_string()]);
+        let resolve = |name: &str| match name {
+            "default" | "new" => Some("new".to_string()),
+            "old" => Some("old".to_string()),
+            _ => None,
+        };
+        plan(&Inputs {
+            target: "new",
+            revisions: &revisions,
+            resolve: &resolve,
+            namespace_labels: &c.namespaces,
+            skip_namespaces: &BTreeSet::from(["istio-system".to_string()]),
+            pods: &c.pods,
+            workloads: &c.workloads,
+            mode,
+            max_concurrent: max,
+        })
+    }
+
+    #[test]
+    fn usage_counts_proxies_and_workloads_of_this_install_only() {
+        let p = run(&cluster(), MigrationMode::Manual, 1);
+        assert_eq!(p.usage.len(), 2, "theirs is another install's");
+        assert_eq!(
+            p.usage["old"],
+            Usage {
+                pods: 11,
+                workloads: 6
+            }
+        );
+        assert_eq!(
+            p.usage["new"],
+            Usage {
+                pods: 1,
+                workloads: 1
+            }
+        );
+    }
+
+    #[test]
+    fn manual_mode_reports_and_restarts_nothing() {
+        let p = run(&cluster(), MigrationMode::Manual, 5);
+        assert_eq!(
+            p.pending,
+            ["a", "b", "c", "d"].map(|n| deploy("apps", n)).to_vec()
+        );
+        assert!(p.restart.is_empty());
+        // e is pinned to old, the bare pod has no workload: no restart moves them.
+        assert_eq!(p.pinned_pods, 2);
+    }
+
+    #[test]
+    fn rollout_restarts_at_most_the_bound_counting_rollouts_under_way() {
+        let mut c = cluster();
+        assert_eq!(
+            run(&c, MigrationMode::Rollout, 2).restart,
+            vec![deploy("apps", "a"), deploy("apps", "b")]
+        );
+        // a restarted and still rolling out: one slot left for the next.
+        c.workloads.insert(
+            deploy("apps", "a"),
+            workload("apps", "a", Some("new"), Rollout::Progressing),
+        );
+        let p = run(&c, MigrationMode::Rollout, 2);
+        assert_eq!(p.restarting, vec![deploy("apps", "a")]);
+        assert_eq!(p.restart, vec![deploy("apps", "b")]);
+        assert!(!p.pending.contains(&deploy("apps", "a")));
+        // A rollout under way whose old pods are already gone still takes its slot.
+        c.pods.retain(|p| p.owner != Some(deploy("apps", "a")));
+        let p = run(&c, MigrationMode::Rollout, 1);
+        assert_eq!(p.restarting, vec![deploy("apps", "a")]);
+        assert!(p.restart.is_empty());
+        // A restart made for another (earlier) target does not count.
+        c.workloads.insert(
+            deploy("apps", "a"),
+            workload("apps", "a", Some("older"), Rollout::Progressing),
+        );
+        assert_eq!(
+            run(&c, MigrationMode::Rollout, 1).restart,
+            vec![deploy("apps", "b")]
+        );
+    }
+
+    #[test]
+    fn a_failed_rollout_stops_the_migration_until_it_completes() {
+        let mut c = cluster();
+        c.workloads.insert(
+            deploy("apps", "b"),
+            workload(
+                "apps",
+                "b",
+                Some("new"),
+                Rollout::Failed("deadline exceeded".into()),
+            ),
+        );
+        let p = run(&c, MigrationMode::Rollout, 3);
+        assert_eq!(
+            p.failed,
+            Some((deploy("apps", "b"), "deadline exceeded".into()))
+        );
+        assert!(
+            p.restart.is_empty(),
+            "nothing more restarts while one fails"
+        );
+        // Fixed: its rollout completes and the next ones start.
+        c.workloads.insert(
+            deploy("apps", "b"),
+            workload("apps", "b", Some("new"), Rollout::Complete),
+        );
+        c.pods.retain(|p| p.owner != Some(deploy("apps", "b")));
+        let p = run(&c, MigrationMode::Rollout, 3);
+        assert_eq!(p.failed, None);
+        assert_eq!(
+            p.restart,
+            vec![
+                deploy("apps", "a"),
+                deploy("apps", "c"),
+                deploy("apps", "d")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_finished_restart_that_left_old_pods_is_not_restarted_again() {
+        let mut c = cluster();
+        c.workloads.insert(
+            deploy("apps", "a"),
+            workload("apps", "a", Some("new"), Rollout::Complete),
+        );
+        let p = run(&c, MigrationMode::Rollout, 4);
+        assert_eq!(p.unmoved, vec![deploy("apps", "a")]);
+        assert!(!p.restart.contains(&deploy("apps", "a")));
+    }
+
+    #[test]
+    fn pods_name_their_revision_and_workload() {
+        let meta = |v: serde_json::Value| serde_json::from_value::<ObjectMeta>(v).unwrap();
+        let injected = meta(json!({
+            "namespace": "apps",
+            "labels": {"app": "web", "pod-template-hash": "5d9f"},
+            "annotations": {"sidecar.istio.io/status": "{}", "istio.io/rev": "1-30-5"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9f", "uid": "u", "controller": true}]
+        }));
+        let p = ProxyPod::from_meta(&injected).unwrap();
+        assert_eq!(p.revision, "1-30-5");
+        assert_eq!(p.owner, Some(deploy("apps", "web")));
+        let gateway = meta(
+            json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istio-ingressgateway"}}),
+        );
+        assert_eq!(ProxyPod::from_meta(&gateway).unwrap().revision, "1-31-1");
+        let istiod = meta(
+            json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istiod"}}),
+        );
+        assert_eq!(ProxyPod::from_meta(&istiod), None, "istiod runs no proxy");
+        let plain = meta(json!({"namespace": "apps", "labels": {"app": "web"}}));
+        assert_eq!(ProxyPod::from_meta(&plain), None);
+        let sts = meta(json!({
+            "namespace": "db", "annotations": {"sidecar.istio.io/status": "{}", "istio.io/rev": "x"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "pg", "uid": "u", "controller": true}]
+        }));
+        assert_eq!(
+            ProxyPod::from_meta(&sts)
+                .unwrap()
+                .owner
+                .map(|o| o.to_string()),
+            Some("StatefulSet/db/pg".into())
+        );
+    }
+
+    #[test]
+    fn rollouts_are_judged_from_workload_status() {
+        let d = |status: serde_json::Value| -> Deployment {
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "apps", "generation": 2},
+                "spec": {"replicas": 2, "selector": {}, "template": {"metadata": {"annotations": {RESTARTED_FOR: "new"}}}},
+                "status": status
+            }))
+            .unwrap()
+        };
+        let done = Workload::from_deployment(&d(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        ));
+        assert_eq!(done.rollout, Rollout::Complete);
+        assert_eq!(done.restarted_for.as_deref(), Some("new"));
+        let rolling = Workload::from_deployment(&d(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2}),
+        ));
+        assert_eq!(rolling.rollout, Rollout::Progressing);
+        let stuck = Workload::from_deployment(&d(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": "ReplicaSet \"web-1\" has timed out progressing."}]}),
+        ));
+        assert_eq!(
+            stuck.rollout,
+            Rollout::Failed("ReplicaSet \"web-1\" has timed out progressing.".into())
+        );
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "pg", "namespace": "db", "generation": 1},
+            "spec": {"replicas": 1, "selector": {}, "serviceName": "pg", "template": {"metadata": {"annotations": {RESTARTED_AT: "1970-01-01T00:00:00Z"}}}},
+            "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 0, "currentRevision": "a", "updateRevision": "b"}
+        }))
+        .unwrap();
+        assert_eq!(
+            Workload::from_stateful_set(&sts, t(599)).rollout,
+            Rollout::Progressing
+        );
+        assert!(matches!(
+            Workload::from_stateful_set(&sts, t(600)).rollout,
+            Rollout::Failed(_)
+        ));
+    }
+}
