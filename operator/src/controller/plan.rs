@@ -364,6 +364,25 @@ mod tests {
             );
         }
         assert!(hooks.contains(&"namespace.sidecar-injector.meshop.dev".to_string()));
+        // Each revision's istiod validates its labelled config; the newest, which the default tag
+        // moves to, also what carries no revision label.
+        let validators = |name: &str| -> Vec<String> {
+            let c = plan.objects.iter().find(|o| o.key() == name).unwrap();
+            c.object.data["webhooks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            validators("ValidatingWebhookConfiguration//istio-validator-1-31-1-istio-system"),
+            ["rev.validation.istio.io", "validation.istio.io"]
+        );
+        assert_eq!(
+            validators("ValidatingWebhookConfiguration//istio-validator-1-30-5-istio-system"),
+            ["rev.validation.istio.io"]
+        );
         // Every older object is this MeshInstall's, so prune and cleanup find it.
         let old_istiod = plan
             .objects

@@ -242,7 +242,11 @@ pub fn render_with_injector(
     objects.extend(istio_crds(install));
     if install.istiod.enabled {
         objects.extend(istiod::render(install));
-        objects.push(validation::render(install));
+        // The default revision validates objects without a revision label; in a revision-based
+        // install that is the newest revision, which the `default` tag moves to.
+        let unlabelled = install.revision.is_empty()
+            || install.update_strategy == crate::api::UpdateStrategy::RevisionBased;
+        objects.push(validation::render(install, unlabelled));
         objects.extend(mesh::render(install));
     }
     if install.ingress_gateway.enabled {
@@ -278,6 +282,8 @@ pub fn render_revision_based(
     let mut objects = render_with_injector(target, None);
     for install in older.iter().filter(|i| i.istiod.enabled) {
         let mut revision: Vec<Rendered> = istiod::render(install);
+        // Objects labelled with an older revision are still validated by its istiod.
+        revision.push(validation::render(install, false));
         revision.extend(mesh::render(install));
         for object in revision.iter_mut() {
             common::finish(install, object);

@@ -103,8 +103,9 @@ fn webhook(
 }
 
 /// The registration, as meshop applies it on every pass (no `caBundle`, no `failurePolicy`), with
-/// `failurePolicy: Ignore` for each webhook as the fields set only at creation.
-pub(super) fn render(install: &Installation) -> Rendered {
+/// `failurePolicy: Ignore` for each webhook as the fields set only at creation. `unlabelled`: this
+/// revision also validates objects without an `istio.io/rev` label (the default revision's job).
+pub(super) fn render(install: &Installation, unlabelled: bool) -> Rendered {
     let revision = install.revision_label();
     let mut webhooks = vec![webhook(
         install,
@@ -112,7 +113,7 @@ pub(super) fn render(install: &Installation) -> Rendered {
         requirement(REV_LABEL, "In", &[revision]),
     )];
     // Objects without a revision label belong to the default revision, as with istioctl.
-    if install.revision.is_empty() {
+    if unlabelled {
         webhooks.push(webhook(
             install,
             UNLABELLED_WEBHOOK,
@@ -167,7 +168,7 @@ mod tests {
     #[test]
     fn meshop_never_applies_the_fields_istiod_owns() {
         for revision in ["", "canary"] {
-            let r = render(&install(revision));
+            let r = render(&install(revision), revision.is_empty());
             for w in webhooks(&r) {
                 assert!(w.get("failurePolicy").is_none(), "{w}");
                 assert!(w["clientConfig"].get("caBundle").is_none(), "{w}");
@@ -187,11 +188,11 @@ mod tests {
 
     #[test]
     fn istiod_finds_it_by_its_revision_label() {
-        let r = render(&install("canary"));
+        let r = render(&install("canary"), false);
         let labels = r.object.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["istio.io/rev"], "canary");
         assert_eq!(r.name(), "istio-validator-canary-istio-system");
-        let default = render(&install(""));
+        let default = render(&install(""), true);
         assert_eq!(
             default.object.metadata.labels.as_ref().unwrap()["istio.io/rev"],
             "default"
@@ -202,14 +203,14 @@ mod tests {
     #[test]
     fn only_the_default_revision_validates_unlabelled_objects() {
         let names = |revision| -> Vec<String> {
-            webhooks(&render(&install(revision)))
+            webhooks(&render(&install(revision), revision.is_empty()))
                 .iter()
                 .map(|w| w["name"].as_str().unwrap().to_string())
                 .collect()
         };
         assert_eq!(names(""), [REVISION_WEBHOOK, UNLABELLED_WEBHOOK]);
         assert_eq!(names("canary"), [REVISION_WEBHOOK]);
-        for w in webhooks(&render(&install("canary"))) {
+        for w in webhooks(&render(&install("canary"), false)) {
             let expressions = w["objectSelector"]["matchExpressions"].as_array().unwrap();
             assert!(expressions.contains(&json!({
                 "key": "app.kubernetes.io/managed-by", "operator": "NotIn", "values": ["meshop"]
