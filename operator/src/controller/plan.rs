@@ -364,8 +364,8 @@ mod tests {
             );
         }
         assert!(hooks.contains(&"namespace.sidecar-injector.meshop.dev".to_string()));
-        // Each revision's istiod validates its labelled config; the newest, which the default tag
-        // moves to, also what carries no revision label.
+        // Each revision's istiod validates the config labelled with its revision, whether it is
+        // the target or an older one: one webhook each, for the configuration's whole life.
         let validators = |name: &str| -> Vec<String> {
             let c = plan.objects.iter().find(|o| o.key() == name).unwrap();
             c.object.data["webhooks"]
@@ -377,7 +377,7 @@ mod tests {
         };
         assert_eq!(
             validators("ValidatingWebhookConfiguration//istio-validator-1-31-1-istio-system"),
-            ["rev.validation.istio.io", "validation.istio.io"]
+            ["rev.validation.istio.io"]
         );
         assert_eq!(
             validators("ValidatingWebhookConfiguration//istio-validator-1-30-5-istio-system"),

@@ -151,7 +151,8 @@ pub struct Rendered {
     pub object: DynamicObject,
     /// Fields set only when meshop creates the object and then left to another controller (a
     /// partial object, such as istiod's `failurePolicy` on its validating webhooks). meshop's
-    /// regular apply never carries them, so it never takes them back.
+    /// regular apply never carries them, so it never takes them back. A list item named here must
+    /// stay in the object for its whole life (its initial field keeps it alive).
     pub initial: Option<serde_json::Value>,
 }
 
@@ -242,11 +243,10 @@ pub fn render_with_injector(
     objects.extend(istio_crds(install));
     if install.istiod.enabled {
         objects.extend(istiod::render(install));
-        // The default revision validates objects without a revision label; in a revision-based
-        // install that is the newest revision, which the `default` tag moves to.
-        let unlabelled = install.revision.is_empty()
-            || install.update_strategy == crate::api::UpdateStrategy::RevisionBased;
-        objects.push(validation::render(install, unlabelled));
+        // The default revision validates objects without a revision label. A revision-based
+        // install has none: its revisions come and go, and a configuration's list of webhooks must
+        // not change over its life (see `validation::render`).
+        objects.push(validation::render(install, install.revision.is_empty()));
         objects.extend(mesh::render(install));
     }
     if install.ingress_gateway.enabled {

@@ -105,6 +105,10 @@ fn webhook(
 /// The registration, as meshop applies it on every pass (no `caBundle`, no `failurePolicy`), with
 /// `failurePolicy: Ignore` for each webhook as the fields set only at creation. `unlabelled`: this
 /// revision also validates objects without an `istio.io/rev` label (the default revision's job).
+///
+/// The list of webhooks of one configuration must never change: `meshop-initial` keeps owning a
+/// webhook's `failurePolicy` until istiod takes it over, so a webhook meshop stopped applying
+/// would be left behind as an invalid remnant (found by the canary test).
 pub(super) fn render(install: &Installation, unlabelled: bool) -> Rendered {
     let revision = install.revision_label();
     let mut webhooks = vec![webhook(
