@@ -27,7 +27,7 @@
 
 mod admission;
 pub mod certs;
-mod http;
+pub(crate) mod http;
 mod server;
 mod store;
 mod view;
