@@ -7,9 +7,12 @@
 //! opt-out, hostNetwork, already injected), and [`inject::inject_on`] (with the nodes' kubelet
 //! versions, which decide `sidecarMode: auto`) plus [`inject::patch`] build the JSON patch.
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
+use serde::de::value::MapDeserializer;
 use serde_json::value::RawValue;
 
 use super::view::Snapshot;
@@ -59,16 +62,59 @@ pub(crate) struct GroupVersionKind {
     pub kind: String,
 }
 
-/// The pod as the request carries it. apiVersion and kind are not checked (the request's `kind`
-/// already says Pod), as with the dynamic object the webhook decoded before.
-#[derive(Deserialize)]
-struct PodObject {
-    #[serde(default)]
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: Option<PodSpec>,
-    #[serde(default)]
-    status: Option<PodStatus>,
+/// The pod of a request, decoded into what injection needs. apiVersion and kind are not checked
+/// (the request's `kind` already says Pod). The containers' `env` is left undecoded: it is the one
+/// part of a pod that grows without bound (thousands of variables), and injection neither reads
+/// nor changes it, so it would only be decoded, copied into the injected pod, compared and
+/// dropped. Absent from both the pod and the injected pod, it is absent from the patch, exactly
+/// as an unchanged env is (a test holds the two patches equal).
+fn decode_pod(raw: &RawValue) -> Result<Pod, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Object<'a> {
+        #[serde(default)]
+        metadata: ObjectMeta,
+        #[serde(borrow, default)]
+        spec: Option<Fields<'a>>,
+        #[serde(default)]
+        status: Option<PodStatus>,
+    }
+    let Object {
+        metadata,
+        spec,
+        status,
+    } = serde_json::from_str(raw.get())?;
+    let spec = match spec {
+        None => None,
+        Some(mut fields) => {
+            let containers = fields.remove("containers").map(containers_without_env);
+            let init = fields.remove("initContainers").map(containers_without_env);
+            let mut spec = PodSpec::deserialize(MapDeserializer::new(fields.into_iter()))?;
+            spec.containers = containers.transpose()?.flatten().unwrap_or_default();
+            spec.init_containers = init.transpose()?.flatten();
+            Some(spec)
+        }
+    };
+    Ok(Pod {
+        metadata,
+        spec,
+        status,
+    })
+}
+
+/// A JSON object's fields, each still a slice of the request body.
+type Fields<'a> = BTreeMap<String, &'a RawValue>;
+
+fn containers_without_env(raw: &RawValue) -> Result<Option<Vec<Container>>, serde_json::Error> {
+    let Some(list) = serde_json::from_str::<Option<Vec<Fields<'_>>>>(raw.get())? else {
+        return Ok(None);
+    };
+    list.into_iter()
+        .map(|mut fields| {
+            fields.remove("env");
+            Container::deserialize(MapDeserializer::new(fields.into_iter()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// The webhook's answer to one request: what the AdmissionReview's `response` says.
@@ -144,16 +190,8 @@ pub(crate) fn decide(review_version: &str, req: &Request<'_>, view: &Snapshot) -
     let Some(object) = req.object.filter(|o| o.get() != "null") else {
         return Verdict::Denied("admission request carries no pod".into());
     };
-    let mut pod = match serde_json::from_str::<PodObject>(object.get()) {
-        Ok(PodObject {
-            metadata,
-            spec,
-            status,
-        }) => Pod {
-            metadata,
-            spec,
-            status,
-        },
+    let mut pod = match decode_pod(object) {
+        Ok(pod) => pod,
         Err(e) => return Verdict::Denied(format!("object is not a valid Pod: {e}")),
     };
     // Pods from a template have no namespace in the object yet; the request has it.
@@ -413,6 +451,66 @@ mod tests {
             }
         }
         assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
+    }
+
+    /// The webhook leaves the containers' env undecoded; its patch must be the engine's patch on
+    /// the whole pod, and a broken pod elsewhere is still refused.
+    #[test]
+    fn the_patch_without_decoding_env_is_the_patch_of_the_whole_pod() {
+        let v = view();
+        let env: Vec<Value> = (0..50)
+            .map(|i| json!({"name": format!("V{i}"), "value": "x"}))
+            .chain([
+                json!({"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            ])
+            .collect();
+        let mut pods = Vec::new();
+        for annotations in [json!({}), json!({(keys::REWRITE_PROBES): "false"})] {
+            pods.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "web-", "labels": {"app": "web"}, "annotations": annotations},
+                "spec": {
+                    "initContainers": [{"name": "setup", "image": "busybox", "env": env.clone()}],
+                    "containers": [
+                        {"name": "app", "image": "nginx", "env": env.clone(),
+                         "ports": [{"containerPort": 8080}],
+                         "readinessProbe": {"httpGet": {"path": "/", "port": 8080}}},
+                        {"name": "log", "image": "busybox", "env": []}
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}]
+                }
+            }));
+        }
+        pods.push(pod(json!({"app": "web"})));
+        for object in pods {
+            let Verdict::Injected { patch, .. } = verdict(&v, "apps", object.clone()) else {
+                panic!("expected a sidecar");
+            };
+            let mut whole: Pod = serde_json::from_value(object.clone()).unwrap();
+            whole.metadata.namespace = Some("apps".into());
+            let snapshot = v.snapshot();
+            let rc = snapshot.revision("default").unwrap();
+            let injected = inject::inject_on(&whole, &rc.config, snapshot.kubelets()).unwrap();
+            assert_eq!(
+                serde_json::to_value(&patch).unwrap(),
+                serde_json::to_value(inject::patch(&whole, &injected)).unwrap()
+            );
+            // The app's env reaches the injected pod untouched.
+            let before = object["spec"]["containers"][0].get("env").cloned();
+            let mut doc = object;
+            json_patch::patch(&mut doc, &patch).unwrap();
+            let app = doc["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "app")
+                .unwrap();
+            assert_eq!(app.get("env").cloned(), before);
+        }
+        let broken = json!({"metadata": {}, "spec": {"containers": [{"name": "a", "ports": "x"}]}});
+        assert!(
+            matches!(verdict(&v, "apps", broken), Verdict::Denied(m) if m.contains("not a valid Pod"))
+        );
     }
 
     #[test]
