@@ -26,9 +26,9 @@ use super::admission::{self, Review};
 use super::view::View;
 use crate::render::WEBHOOK_PATH;
 
-/// The largest AdmissionReview read. The API server refuses a write whose body is over 3 MiB
-/// (`--max-request-body-bytes`... see docs/performance.md) and etcd stores at most 1.5 MiB per
-/// object, so a review of any pod the API server can store (2,000 env vars are under 1 MiB) fits.
+/// The largest AdmissionReview read. The API server decodes write requests of at most 3 MiB (its
+/// default `MaxRequestBodyBytes`) and etcd takes at most 1.5 MiB per request, so a review of any
+/// pod the API server can store, with room for an UPDATE's old object, fits.
 pub(crate) const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 /// How much of an oversized body is still read (and thrown away) so that the client receives the
