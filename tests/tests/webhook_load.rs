@@ -15,7 +15,10 @@ fn the_load_tool_injects_through_the_api_server_over_http2() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for line in ["pods-webhook (webhook called): 4 pods", "pods-plain (webhook not called): 4 pods"] {
+    for line in [
+        "pods-webhook (webhook called): 4 pods",
+        "pods-plain (webhook not called): 4 pods",
+    ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }

@@ -143,6 +143,25 @@ fn pin(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every CPU of the machine.
+fn all_cpus() -> Vec<usize> {
+    // SAFETY: sysconf has no preconditions. (available_parallelism would answer for this
+    // thread's own, possibly pinned, set.)
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    (0..n).collect()
+}
+
+/// Runs `spawn` (which starts a process) with this thread pinned to the server CPUs, if given.
+fn spawn_pinned<T>(args: &Args, spawn: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let Some(c) = &args.server_cpus else {
+        return spawn();
+    };
+    pin(0, c)?;
+    let out = spawn();
+    pin(0, &all_cpus())?;
+    out
+}
+
 /// Pins `pid` and all its threads (Go and tokio start theirs before we get to pin them).
 fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
@@ -172,11 +191,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS")?
-        .parse()?)
+    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
 }
 
 /// The pod the load sends: two containers with ports and HTTP / TCP probes, owned by a
@@ -184,7 +199,9 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 fn pod_json(kind: &str, name: Option<&str>) -> Value {
     let mut env = vec![json!({ "name": "MODE", "value": "prod" })];
     if kind == "env2000" {
-        env.extend((0..2000).map(|i| json!({ "name": format!("VAR_{i}"), "value": format!("value-{i}") })));
+        env.extend(
+            (0..2000).map(|i| json!({ "name": format!("VAR_{i}"), "value": format!("value-{i}") })),
+        );
     }
     let mut metadata = json!({
         "labels": { "app": "web", "version": "v1", "pod-template-hash": "7d4c8b9f6" },
@@ -294,6 +311,8 @@ struct Report {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// Requests slower than 40 ms: the delayed-ACK timer's signature when Nagle holds a write.
+    over_40ms: usize,
     cpu_per_request: Option<Duration>,
 }
 
@@ -302,12 +321,13 @@ impl std::fmt::Display for Report {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "{:>7} requests {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms  server CPU/request {}",
+            "{:>7} requests {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms  >40 ms {:>4}  server CPU/request {}",
             self.requests,
             self.per_second,
             ms(self.p50),
             ms(self.p99),
             ms(self.max),
+            self.over_40ms,
             self.cpu_per_request
                 .map(|d| format!("{:.0} µs", d.as_secs_f64() * 1e6))
                 .unwrap_or_else(|| "-".into())
@@ -336,7 +356,8 @@ async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report
             .connect(ServerName::try_from(host.clone())?, tcp)
             .await?;
         let request = {
-            let (body, url, path, host) = (body.clone(), url.to_string(), path.clone(), host.clone());
+            let (body, url, path, host) =
+                (body.clone(), url.to_string(), path.clone(), host.clone());
             let http2 = args.http2;
             move || {
                 let builder = if http2 {
@@ -406,6 +427,10 @@ async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report
         p50: pct(0.50),
         p99: pct(0.99),
         max: *latencies.last().expect("not empty"),
+        over_40ms: latencies
+            .iter()
+            .filter(|l| **l > Duration::from_millis(40))
+            .count(),
         cpu_per_request: cpu.map(|c| c / latencies.len() as u32),
     })
 }
@@ -481,7 +506,11 @@ async fn with_cluster(args: Args) -> anyhow::Result<()> {
         })
     })?;
     let client = cp.client().await?;
-    let operator = meshop_testenv::start_operator(&cp, "meshop-load", &[])?;
+    // Pinned from its first instruction (a child inherits the spawning thread's CPUs), as
+    // `taskset` would: the runtime then sizes its worker threads to the CPUs it has.
+    let operator = spawn_pinned(&args, || {
+        meshop_testenv::start_operator(&cp, "meshop-load", &[])
+    })?;
     let meshop_pid = operator.process.pid();
     println!(
         "control plane in {}; meshop run (pid {meshop_pid}) webhook at https://{}/inject",
@@ -501,7 +530,13 @@ async fn with_cluster(args: Args) -> anyhow::Result<()> {
     Api::<MeshInstall>::all(client.clone())
         .create(&PostParams::default(), &mi)
         .await?;
-    namespace(&client, "load", json!({ "istio-injection": "enabled" }), controllers).await?;
+    namespace(
+        &client,
+        "load",
+        json!({ "istio-injection": "enabled" }),
+        controllers,
+    )
+    .await?;
     let meshop_url = format!("https://{}/inject", operator.webhook);
     // The webhook answers once its watches have listed and the MeshInstall is seen.
     let warm = Args {
@@ -522,17 +557,11 @@ async fn with_cluster(args: Args) -> anyhow::Result<()> {
     if args.scale {
         return scale(&client, meshop_pid).await;
     }
-    if let Some(c) = &args.server_cpus {
-        pin_process(meshop_pid, c)?;
-    }
     let mut targets = vec![("meshop".to_string(), meshop_url, meshop_pid)];
     let _istiod = if args.istiod {
-        let istiod = start_istiod(&cp, &client).await?;
+        let istiod = start_istiod(&args, &cp, &client).await?;
         let url = format!("https://{}/inject", istiod.https);
         let pid = istiod.process.pid();
-        if let Some(c) = &args.server_cpus {
-            pin_process(pid, c)?;
-        }
         meshop_testenv::poll_until("istiod's /inject injects", Duration::from_secs(60), || {
             let (warm, url) = (warm.clone(), url.clone());
             async move { load(&warm, &url, None).await.map(|_| ()) }
@@ -599,7 +628,11 @@ async fn namespace(
 
 /// istiod (pilot-discovery) run locally on what meshop installed, with Istio's own injector
 /// template and values (from `istioctl manifest generate`) in the ConfigMap it reads them from.
-async fn start_istiod(cp: &ControlPlane, client: &Client) -> anyhow::Result<LocalIstiod> {
+async fn start_istiod(
+    args: &Args,
+    cp: &ControlPlane,
+    client: &Client,
+) -> anyhow::Result<LocalIstiod> {
     let istio = IstioBinaries::locate()?;
     let ns = "istio-system";
     let meshes: Api<MeshInstall> = Api::all(client.clone());
@@ -631,7 +664,10 @@ async fn start_istiod(cp: &ControlPlane, client: &Client) -> anyhow::Result<Loca
             }
         }
     }
-    ensure!(data.len() == 2, "no istio-sidecar-injector in istioctl's manifest");
+    ensure!(
+        data.len() == 2,
+        "no istio-sidecar-injector in istioctl's manifest"
+    );
     let cm = ConfigMap {
         metadata: kube::api::ObjectMeta {
             name: Some("istio-sidecar-injector".into()),
@@ -643,7 +679,13 @@ async fn start_istiod(cp: &ControlPlane, client: &Client) -> anyhow::Result<Loca
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &cm)
         .await?;
-    let mut istiod = LocalIstiod::start(cp, client, &istio, ns, "istiod", "load").await?;
+    // Pinned from the start, so Go sizes GOMAXPROCS to the CPUs it has.
+    if let Some(c) = &args.server_cpus {
+        pin(0, c)?;
+    }
+    let started = LocalIstiod::start(cp, client, &istio, ns, "istiod", "load").await;
+    pin(0, &all_cpus())?;
+    let mut istiod = started?;
     istiod.wait_ready(Duration::from_secs(120)).await?;
     println!(
         "istiod (pid {}) injector at https://{}/inject",
@@ -656,9 +698,39 @@ async fn start_istiod(cp: &ControlPlane, client: &Client) -> anyhow::Result<Loca
 /// Creates `n` pods (8 at a time) in a namespace the webhook serves, then in one it does not
 /// (the API server calls no webhook there), and prints pods/s and create latency for each.
 async fn pod_creation(client: &Client, n: usize) -> anyhow::Result<()> {
-    namespace(client, "pods-webhook", json!({ "istio-injection": "enabled" }), true).await?;
+    // The API server calls the webhook once the MeshInstall's registration is applied.
+    let meshes: Api<MeshInstall> = Api::all(client.clone());
+    meshop_testenv::poll_until(
+        "the MeshInstall's webhook Active",
+        Duration::from_secs(300),
+        || {
+            let meshes = meshes.clone();
+            async move {
+                let webhook = meshes.get("load").await?.status.and_then(|s| s.webhook);
+                ensure!(
+                    webhook
+                        .as_ref()
+                        .is_some_and(|w| w.state == meshop::api::WebhookState::Active),
+                    "webhook {webhook:?}"
+                );
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    namespace(
+        client,
+        "pods-webhook",
+        json!({ "istio-injection": "enabled" }),
+        true,
+    )
+    .await?;
     namespace(client, "pods-plain", json!({}), true).await?;
-    for (ns, injected) in [("pods-webhook", true), ("pods-plain", false), ("pods-webhook", true)] {
+    for (ns, injected) in [
+        ("pods-webhook", true),
+        ("pods-plain", false),
+        ("pods-webhook", true),
+    ] {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let started = Instant::now();
         let round = started.elapsed().as_nanos() as u64 ^ rand::random::<u64>();
@@ -735,10 +807,17 @@ async fn scale(client: &Client, pid: u32) -> anyhow::Result<()> {
     futures::stream::iter(0..namespaces)
         .map(|i| async move {
             let name = format!("scale-{i:04}");
-            namespace(client, &name, json!({ "team": format!("t{}", i % 7) }), true).await?;
+            namespace(
+                client,
+                &name,
+                json!({ "team": format!("t{}", i % 7) }),
+                true,
+            )
+            .await?;
             let pods: Api<Pod> = Api::namespaced(client.clone(), &name);
             for j in 0..per_namespace {
-                let pod: Pod = serde_json::from_value(pod_json("typical", Some(&format!("p-{j}"))))?;
+                let pod: Pod =
+                    serde_json::from_value(pod_json("typical", Some(&format!("p-{j}"))))?;
                 pods.create(&PostParams::default(), &pod).await?;
             }
             anyhow::Ok(())
@@ -756,8 +835,12 @@ async fn scale(client: &Client, pid: u32) -> anyhow::Result<()> {
         cpu_time(pid)?.saturating_sub(cpu_before).as_secs_f64(),
         cpu_time(pid)?.saturating_sub(cpu_before).as_secs_f64() * 100.0 / took.as_secs_f64()
     );
-    report_usage("10,000 pods in 1,000 other namespaces, idle", pid, Duration::from_secs(10))
-        .await?;
+    report_usage(
+        "10,000 pods in 1,000 other namespaces, idle",
+        pid,
+        Duration::from_secs(10),
+    )
+    .await?;
     let api: Api<Namespace> = Api::all(client.clone());
     let rounds = 5;
     let cpu_before = cpu_time(pid)?;
