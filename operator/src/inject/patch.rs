@@ -32,7 +32,7 @@ pub fn patch_owned(mut original: Pod, mut injected: Pod) -> Patch {
     // A Pod is plain data with string keys: serialising it cannot fail.
     let from = serde_json::to_value(&original).unwrap_or(Value::Null);
     let to = serde_json::to_value(&injected).unwrap_or(Value::Null);
-    diff_values(&from, &to)
+    diff_into(&from, to)
 }
 
 /// Clears from both pods what is equal in both at the place the diff would compare it. A field
@@ -184,34 +184,41 @@ fn prune_container(a: &mut Container, b: &mut Container) {
 
 /// The patch between two JSON documents.
 pub(crate) fn diff_values(from: &Value, to: &Value) -> Patch {
+    diff_into(from, to.clone())
+}
+
+/// The patch between two JSON documents, moving what it adds or replaces out of `to` rather than
+/// copying it (the sidecar's containers are most of a patch).
+fn diff_into(from: &Value, to: Value) -> Patch {
     let mut ops = Vec::new();
     let mut path = PointerBuf::new();
     diff(from, to, &mut path, &mut ops);
     Patch(ops)
 }
 
-fn diff(from: &Value, to: &Value, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
+fn diff(from: &Value, to: Value, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
     match (from, to) {
         (Value::Object(a), Value::Object(b)) => diff_objects(a, b, path, ops),
         (Value::Array(a), Value::Array(b)) => diff_arrays(a, b, path, ops),
-        _ if from == to => {}
-        _ => ops.push(PatchOperation::Replace(ReplaceOperation {
+        (from, to) if *from == to => {}
+        (_, to) => ops.push(PatchOperation::Replace(ReplaceOperation {
             path: path.clone(),
-            value: to.clone(),
+            value: to,
         })),
     }
 }
 
 fn diff_objects(
     a: &Map<String, Value>,
-    b: &Map<String, Value>,
+    mut b: Map<String, Value>,
     path: &mut PointerBuf,
     ops: &mut Vec<PatchOperation>,
 ) {
     for (key, old) in a {
         path.push_back(key.as_str());
-        match b.get(key) {
-            Some(new) => diff(old, new, path, ops),
+        // Taken in place (not removed), so `b` keeps its order whatever the map's ordering.
+        match b.get_mut(key) {
+            Some(new) => diff(old, new.take(), path, ops),
             None => ops.push(PatchOperation::Remove(RemoveOperation {
                 path: path.clone(),
             })),
@@ -219,14 +226,15 @@ fn diff_objects(
         path.pop_back();
     }
     for (key, new) in b {
-        if !a.contains_key(key) {
-            path.push_back(key.as_str());
-            ops.push(PatchOperation::Add(AddOperation {
-                path: path.clone(),
-                value: new.clone(),
-            }));
-            path.pop_back();
+        if a.contains_key(&key) {
+            continue;
         }
+        path.push_back(key.as_str());
+        ops.push(PatchOperation::Add(AddOperation {
+            path: path.clone(),
+            value: new,
+        }));
+        path.pop_back();
     }
 }
 
@@ -235,23 +243,24 @@ fn name_of(v: &Value) -> Option<&str> {
     v.get("name")?.as_str()
 }
 
-fn diff_arrays(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
-    if !(a.is_empty() || b.is_empty()) && diff_named(a, b, path, ops) {
+fn diff_arrays(a: &[Value], b: Vec<Value>, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
+    if !(a.is_empty() || b.is_empty()) && named_insertions_only(a, &b) {
+        diff_named(a, b, path, ops);
         return;
     }
     // Positional: element by element, then add or remove the tail.
     let common = a.len().min(b.len());
-    for (i, (old, new)) in a.iter().zip(b).enumerate() {
-        path.push_back(i);
-        diff(old, new, path, ops);
-        path.pop_back();
-    }
-    for new in &b[common..] {
-        path.push_back("-");
-        ops.push(PatchOperation::Add(AddOperation {
-            path: path.clone(),
-            value: new.clone(),
-        }));
+    for (i, new) in b.into_iter().enumerate() {
+        if i < common {
+            path.push_back(i);
+            diff(&a[i], new, path, ops);
+        } else {
+            path.push_back("-");
+            ops.push(PatchOperation::Add(AddOperation {
+                path: path.clone(),
+                value: new,
+            }));
+        }
         path.pop_back();
     }
     for i in (common..a.len()).rev() {
@@ -263,14 +272,9 @@ fn diff_arrays(a: &[Value], b: &[Value], path: &mut PointerBuf, ops: &mut Vec<Pa
     }
 }
 
-/// Diffs arrays of uniquely named objects where `b` keeps `a`'s elements in order and only inserts
-/// new ones (what injection does). Returns false, emitting nothing, when that does not hold.
-fn diff_named(
-    a: &[Value],
-    b: &[Value],
-    path: &mut PointerBuf,
-    ops: &mut Vec<PatchOperation>,
-) -> bool {
+/// Whether `a` and `b` are arrays of uniquely named objects where `b` keeps `a`'s elements in
+/// order and only inserts new ones (what injection does): then [`diff_named`] applies.
+fn named_insertions_only(a: &[Value], b: &[Value]) -> bool {
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(a.len());
     for (i, v) in a.iter().enumerate() {
         match name_of(v) {
@@ -278,7 +282,6 @@ fn diff_named(
             _ => return false,
         }
     }
-    // First pass: check that every old element survives, in order, and names stay unique.
     let mut next_old = 0;
     let mut seen_new: HashSet<&str> = HashSet::with_capacity(b.len());
     for v in b {
@@ -293,14 +296,16 @@ fn diff_named(
             next_old += 1;
         }
     }
-    if next_old != a.len() {
-        return false;
-    }
-    // Second pass: as the ops apply in order, position i of the patched array holds b[i] once
-    // every earlier insertion is done, so old elements are diffed and new ones added at i.
+    next_old == a.len()
+}
+
+/// Diffs arrays that pass [`named_insertions_only`]. As the ops apply in order, position i of the
+/// patched array holds b[i] once every earlier insertion is done, so old elements are diffed and
+/// new ones added at i.
+fn diff_named(a: &[Value], b: Vec<Value>, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
     let mut old = 0;
-    for (i, v) in b.iter().enumerate() {
-        let is_old = old < a.len() && name_of(v) == name_of(&a[old]);
+    for (i, v) in b.into_iter().enumerate() {
+        let is_old = old < a.len() && name_of(&v) == name_of(&a[old]);
         if is_old {
             path.push_back(i);
             diff(&a[old], v, path, ops);
@@ -314,12 +319,11 @@ fn diff_named(
             }
             ops.push(PatchOperation::Add(AddOperation {
                 path: path.clone(),
-                value: v.clone(),
+                value: v,
             }));
             path.pop_back();
         }
     }
-    true
 }
 
 #[cfg(test)]
