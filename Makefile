@@ -56,9 +56,12 @@ golden: generate ## Alias of generate.
 bench: ## Criterion benchmarks of sidecar injection (figures in docs/performance.md).
 	$(CARGO) bench -p meshop --bench inject -- --warm-up-time 1 --measurement-time 3
 
-loadtest: ## Load test of the HTTPS admission endpoint on loopback (figures in docs/performance.md).
+LOADTEST_ARGS ?= --connections 1 --seconds 10 --server-cpus 0 --client-cpus 1
+
+loadtest: ## Load test of `meshop run`'s webhook over TLS on a local control plane; LOADTEST_ARGS="--istiod --http 2 ..." (docs/performance.md).
+	$(CARGO) build --release -q -p meshop --bin meshop
 	$(CARGO) build --release -q -p meshop-testenv --bin meshop-webhook-load
-	target/release/meshop-webhook-load --connections 8 --seconds 10
+	target/release/meshop-webhook-load $(LOADTEST_ARGS)
 
 lint: ## rustfmt and clippy, warnings as errors.
 	$(CARGO) fmt --all -- --check

@@ -31,7 +31,7 @@ use crate::effective::Installation;
 use crate::istio_proxy;
 
 pub use native::{KubeletVersion, Kubelets};
-pub use patch::patch;
+pub use patch::{patch, patch_owned};
 pub(crate) use selection::{
     Decision, SkipReason, decide_selected, protected_namespaces, select_revision,
 };

@@ -7,11 +7,13 @@
 //! opt-out, hostNetwork, already injected), and [`inject::inject_on`] (with the nodes' kubelet
 //! versions, which decide `sidecarMode: auto`) plus [`inject::patch`] build the JSON patch.
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::DynamicObject;
-use kube::core::Status;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+use serde::de::value::MapDeserializer;
+use serde_json::value::RawValue;
 
 use super::view::Snapshot;
 use crate::inject::{self, Decision, SkipReason, select_revision};
@@ -20,6 +22,119 @@ use crate::inject::{self, Decision, SkipReason, select_revision};
 const REVIEW_VERSION: &str = "admission.k8s.io/v1";
 /// Where a pod lands when neither the request nor the object names a namespace.
 const FALLBACK_NAMESPACE: &str = "default";
+
+/// The parts of an AdmissionReview the webhook reads, decoded in one pass over the body. The
+/// object stays a slice of the body until the request is known to be a Pod CREATE; then it is
+/// decoded once, straight into a typed [`Pod`]. Other fields (oldObject, userInfo...) are skipped.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Review<'a> {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(borrow, default)]
+    pub request: Option<Request<'a>>,
+}
+
+/// An AdmissionRequest, as far as injection needs it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Request<'a> {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: String,
+    #[serde(borrow, default)]
+    pub object: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// The pod of a request, decoded into what injection needs. apiVersion and kind are not checked
+/// (the request's `kind` already says Pod). The containers' `env` is left undecoded: it is the one
+/// part of a pod that grows without bound (thousands of variables), and injection neither reads
+/// nor changes it, so it would only be decoded, copied into the injected pod, compared and
+/// dropped. Absent from both the pod and the injected pod, it is absent from the patch, exactly
+/// as an unchanged env is (a test holds the two patches equal).
+fn decode_pod(raw: &RawValue) -> Result<Pod, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Object<'a> {
+        #[serde(default)]
+        metadata: ObjectMeta,
+        #[serde(borrow, default)]
+        spec: Option<Fields<'a>>,
+        #[serde(default)]
+        status: Option<PodStatus>,
+    }
+    let Object {
+        metadata,
+        spec,
+        status,
+    } = serde_json::from_str(raw.get())?;
+    let spec = match spec {
+        None => None,
+        Some(mut fields) => {
+            let containers = fields.remove("containers").map(containers_without_env);
+            let init = fields.remove("initContainers").map(containers_without_env);
+            let mut spec = PodSpec::deserialize(MapDeserializer::new(fields.into_iter()))?;
+            spec.containers = containers.transpose()?.flatten().unwrap_or_default();
+            spec.init_containers = init.transpose()?.flatten();
+            Some(spec)
+        }
+    };
+    Ok(Pod {
+        metadata,
+        spec,
+        status,
+    })
+}
+
+/// A JSON object's fields, each still a slice of the request body.
+type Fields<'a> = BTreeMap<String, &'a RawValue>;
+
+fn containers_without_env(raw: &RawValue) -> Result<Option<Vec<Container>>, serde_json::Error> {
+    let Some(list) = serde_json::from_str::<Option<Vec<Fields<'_>>>>(raw.get())? else {
+        return Ok(None);
+    };
+    list.into_iter()
+        .map(|mut fields| {
+            fields.remove("env");
+            Container::deserialize(MapDeserializer::new(fields.into_iter()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The webhook's answer to one request: what the AdmissionReview's `response` says.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub uid: String,
+    pub allowed: bool,
+    /// The JSON patch, encoded (the wire format carries it base64-encoded).
+    pub patch: Option<Vec<u8>>,
+    pub warnings: Option<Vec<String>>,
+    /// Why the pod is refused, when it is.
+    pub denial: Option<Denial>,
+}
+
+/// The `status` of a refusal: HTTP-like code and message, shown to whoever created the pod.
+#[derive(Debug)]
+pub(crate) struct Denial {
+    pub code: u16,
+    pub message: String,
+}
 
 /// What the webhook does with one request.
 #[derive(Debug)]
@@ -50,45 +165,33 @@ pub(crate) enum Unchanged {
     Skipped(SkipReason),
 }
 
-/// The webhook's answer to `req`, from `view`.
-pub(crate) fn admit(
-    mut req: AdmissionRequest<DynamicObject>,
-    view: &Snapshot,
-) -> AdmissionResponse {
-    let object = req.object.take();
-    let verdict = decide(&req, object, view);
-    respond(&req, verdict)
+/// The webhook's answer to `req`, which came in a review of version `review_version`, from `view`.
+pub(crate) fn admit(review_version: &str, req: &Request<'_>, view: &Snapshot) -> Response {
+    let verdict = decide(review_version, req, view);
+    respond(req, verdict)
 }
 
-/// The decision for `req`, whose object (taken out of it, so a large pod is moved rather than
-/// copied) is `object`.
-pub(crate) fn decide(
-    req: &AdmissionRequest<DynamicObject>,
-    object: Option<DynamicObject>,
-    view: &Snapshot,
-) -> Verdict {
-    let api_version = &req.types.api_version;
-    if api_version != REVIEW_VERSION {
+/// The decision for `req`.
+pub(crate) fn decide(review_version: &str, req: &Request<'_>, view: &Snapshot) -> Verdict {
+    if review_version != REVIEW_VERSION {
         return Verdict::Ignored(format!(
-            "meshop injection webhook expects {REVIEW_VERSION}, got {api_version:?}; pod admitted without a sidecar"
+            "meshop injection webhook expects {REVIEW_VERSION}, got {review_version:?}; pod admitted without a sidecar"
         ));
     }
     let k = &req.kind;
-    let pod_create = k.group.is_empty()
-        && k.version == "v1"
-        && k.kind == "Pod"
-        && matches!(req.operation, Operation::Create);
+    let pod_create =
+        k.group.is_empty() && k.version == "v1" && k.kind == "Pod" && req.operation == "CREATE";
     if !pod_create || req.sub_resource.is_some() {
         return Verdict::Ignored(format!(
-            "meshop injection webhook only handles v1 Pod CREATE; got {}/{} {} {:?}",
+            "meshop injection webhook only handles v1 Pod CREATE; got {}/{} {} {}",
             k.group, k.version, k.kind, req.operation
         ));
     }
-    let Some(object) = object else {
+    let Some(object) = req.object.filter(|o| o.get() != "null") else {
         return Verdict::Denied("admission request carries no pod".into());
     };
-    let mut pod = match pod_from(object) {
-        Ok(p) => p,
+    let mut pod = match decode_pod(object) {
+        Ok(pod) => pod,
         Err(e) => return Verdict::Denied(format!("object is not a valid Pod: {e}")),
     };
     // Pods from a template have no namespace in the object yet; the request has it.
@@ -116,76 +219,79 @@ pub(crate) fn decide(
         Decision::Inject => match inject::inject_on(&pod, &rc.config, view.kubelets()) {
             Ok(injected) => Verdict::Injected {
                 revision: revision.into(),
-                patch: inject::patch(&pod, &injected),
+                // The pod is ours: the patch consumes it rather than copy it.
+                patch: inject::patch_owned(pod, injected),
             },
             Err(e) => Verdict::Denied(format!("sidecar injection failed: {e}")),
         },
     }
 }
 
-/// The AdmissionResponse carrying `verdict`.
-fn respond(req: &AdmissionRequest<DynamicObject>, verdict: Verdict) -> AdmissionResponse {
-    let mut resp = AdmissionResponse::from(req);
+/// The response carrying `verdict`.
+fn respond(req: &Request<'_>, verdict: Verdict) -> Response {
+    let mut resp = Response {
+        uid: req.uid.clone(),
+        allowed: true,
+        patch: None,
+        warnings: None,
+        denial: None,
+    };
     let namespace = req.namespace.as_deref().unwrap_or_default();
     match verdict {
         Verdict::Ignored(warning) => resp.warnings = Some(vec![warning]),
         Verdict::Unchanged(why) => {
             tracing::debug!(uid = %req.uid, %namespace, reason = ?why, "not injecting");
         }
-        Verdict::Injected { revision, patch } => match resp.with_patch(patch) {
-            Ok(patched) => {
+        Verdict::Injected { revision, patch } => match serde_json::to_vec(&patch) {
+            Ok(bytes) => {
                 tracing::debug!(uid = %req.uid, %namespace, %revision, "injected sidecar");
-                return patched;
+                resp.patch = Some(bytes);
             }
-            Err(e) => return deny(req, format!("could not encode the injection patch: {e}")),
+            Err(e) => return deny(resp, format!("could not encode the injection patch: {e}")),
         },
-        Verdict::Denied(message) => return deny(req, message),
+        Verdict::Denied(message) => return deny(resp, message),
     }
     resp
 }
 
-fn deny(req: &AdmissionRequest<DynamicObject>, message: String) -> AdmissionResponse {
-    let mut resp = AdmissionResponse::from(req);
+fn deny(mut resp: Response, message: String) -> Response {
     resp.allowed = false;
-    resp.result = Status::failure(&message, "BadRequest").with_code(400);
+    resp.denial = Some(Denial { code: 400, message });
     resp
-}
-
-/// The typed Pod of a request object, moving its parts rather than re-encoding the whole object.
-fn pod_from(obj: DynamicObject) -> Result<Pod, serde_json::Error> {
-    let DynamicObject {
-        metadata, mut data, ..
-    } = obj;
-    let mut part = |key: &str| data.get_mut(key).map(Value::take).unwrap_or(Value::Null);
-    Ok(Pod {
-        metadata,
-        spec: serde_json::from_value(part("spec"))?,
-        status: serde_json::from_value(part("status"))?,
-    })
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::inject::keys;
     use crate::webhook::view::View;
     use crate::webhook::view::tests::{install, labels, view};
 
-    fn request(namespace: &str, object: Value) -> AdmissionRequest<DynamicObject> {
-        let review: kube::core::admission::AdmissionReview<DynamicObject> =
-            serde_json::from_value(json!({
-                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                "request": {
-                    "uid": "uid-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": namespace, "operation": "CREATE",
-                    "userInfo": {"username": "tester"}, "object": object
-                }
-            }))
-            .unwrap();
-        review.try_into().unwrap()
+    /// An AdmissionReview of a Pod CREATE, as the API server encodes it.
+    fn review_body(namespace: &str, object: Value) -> String {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "uid-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace, "operation": "CREATE",
+                "userInfo": {"username": "tester"}, "object": object
+            }
+        })
+        .to_string()
+    }
+
+    fn request(body: &str) -> Request<'_> {
+        serde_json::from_str::<Review<'_>>(body)
+            .unwrap()
+            .request
+            .unwrap()
+    }
+
+    fn admit_body(body: &str, v: &Snapshot) -> Response {
+        admit(REVIEW_VERSION, &request(body), v)
     }
 
     fn pod(pod_labels: Value) -> Value {
@@ -197,9 +303,8 @@ mod tests {
     }
 
     fn verdict(v: &View, namespace: &str, object: Value) -> Verdict {
-        let mut req = request(namespace, object);
-        let object = req.object.take();
-        decide(&req, object, &v.snapshot())
+        let body = review_body(namespace, object);
+        decide(REVIEW_VERSION, &request(&body), &v.snapshot())
     }
 
     fn unchanged(v: &View, namespace: &str, object: Value) -> Unchanged {
@@ -239,7 +344,7 @@ mod tests {
         assert_eq!(revision, "default");
         assert_eq!(ca, "istiod.istio-system.svc:15012");
 
-        let resp = admit(request("apps", pod(json!({}))), &view().snapshot());
+        let resp = admit_body(&review_body("apps", pod(json!({}))), &view().snapshot());
         assert!(resp.allowed);
         assert_eq!(resp.uid, "uid-1");
         let patch: json_patch::Patch = serde_json::from_slice(&resp.patch.unwrap()).unwrap();
@@ -293,9 +398,10 @@ mod tests {
 
         let mut bad = on(None);
         bad["metadata"]["annotations"] = json!({(keys::NATIVE_SIDECAR): "maybe"});
-        let resp = admit(request("apps", bad), &v.snapshot());
+        let resp = admit_body(&review_body("apps", bad), &v.snapshot());
         assert!(!resp.allowed);
-        assert!(resp.result.message.contains("nativeSidecar"), "{resp:?}");
+        let message = &resp.denial.as_ref().unwrap().message;
+        assert!(message.contains("nativeSidecar"), "{resp:?}");
     }
 
     #[test]
@@ -315,20 +421,15 @@ mod tests {
             let patched = |value: Option<&str>| -> Result<Value, String> {
                 let original = object(key, value);
                 // Through the wire format, as the API server sends it.
-                let review: kube::core::admission::AdmissionReview<DynamicObject> =
-                    serde_json::from_value(json!({
-                        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                        "request": {
-                            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                            "resource": {"group": "", "version": "v1", "resource": "pods"},
-                            "namespace": "apps", "operation": "CREATE",
-                            "userInfo": {"username": "tester"}, "object": original
-                        }
-                    }))
-                    .map_err(|e| e.to_string())?;
-                let resp = admit(review.try_into().map_err(|_| "no request")?, &snapshot);
+                let body = review_body("apps", original.clone());
+                let review: Review<'_> = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let resp = admit(
+                    &review.api_version,
+                    review.request.as_ref().ok_or("no request")?,
+                    &snapshot,
+                );
                 if !resp.allowed {
-                    return Err(resp.result.message);
+                    return Err(resp.denial.map(|d| d.message).unwrap_or_default());
                 }
                 let patch: json_patch::Patch =
                     serde_json::from_slice(&resp.patch.ok_or("no patch")?).unwrap();
@@ -351,6 +452,66 @@ mod tests {
             }
         }
         assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
+    }
+
+    /// The webhook leaves the containers' env undecoded; its patch must be the engine's patch on
+    /// the whole pod, and a broken pod elsewhere is still refused.
+    #[test]
+    fn the_patch_without_decoding_env_is_the_patch_of_the_whole_pod() {
+        let v = view();
+        let env: Vec<Value> = (0..50)
+            .map(|i| json!({"name": format!("V{i}"), "value": "x"}))
+            .chain([
+                json!({"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            ])
+            .collect();
+        let mut pods = Vec::new();
+        for annotations in [json!({}), json!({(keys::REWRITE_PROBES): "false"})] {
+            pods.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "web-", "labels": {"app": "web"}, "annotations": annotations},
+                "spec": {
+                    "initContainers": [{"name": "setup", "image": "busybox", "env": env.clone()}],
+                    "containers": [
+                        {"name": "app", "image": "nginx", "env": env.clone(),
+                         "ports": [{"containerPort": 8080}],
+                         "readinessProbe": {"httpGet": {"path": "/", "port": 8080}}},
+                        {"name": "log", "image": "busybox", "env": []}
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}]
+                }
+            }));
+        }
+        pods.push(pod(json!({"app": "web"})));
+        for object in pods {
+            let Verdict::Injected { patch, .. } = verdict(&v, "apps", object.clone()) else {
+                panic!("expected a sidecar");
+            };
+            let mut whole: Pod = serde_json::from_value(object.clone()).unwrap();
+            whole.metadata.namespace = Some("apps".into());
+            let snapshot = v.snapshot();
+            let rc = snapshot.revision("default").unwrap();
+            let injected = inject::inject_on(&whole, &rc.config, snapshot.kubelets()).unwrap();
+            assert_eq!(
+                serde_json::to_value(&patch).unwrap(),
+                serde_json::to_value(inject::patch(&whole, &injected)).unwrap()
+            );
+            // The app's env reaches the injected pod untouched.
+            let before = object["spec"]["containers"][0].get("env").cloned();
+            let mut doc = object;
+            json_patch::patch(&mut doc, &patch).unwrap();
+            let app = doc["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "app")
+                .unwrap();
+            assert_eq!(app.get("env").cloned(), before);
+        }
+        let broken = json!({"metadata": {}, "spec": {"containers": [{"name": "a", "ports": "x"}]}});
+        assert!(
+            matches!(verdict(&v, "apps", broken), Verdict::Denied(m) if m.contains("not a valid Pod"))
+        );
     }
 
     #[test]
@@ -378,7 +539,7 @@ mod tests {
             unchanged(&v, "apps", opted_out.clone()),
             Unchanged::Skipped(SkipReason::OptedOut)
         );
-        let resp = admit(request("apps", opted_out), &v.snapshot());
+        let resp = admit_body(&review_body("apps", opted_out), &v.snapshot());
         assert!(resp.allowed && resp.patch.is_none() && resp.warnings.is_none());
     }
 
@@ -429,36 +590,47 @@ mod tests {
         let v = view();
         let mut p = pod(json!({}));
         p["metadata"]["annotations"] = json!({(keys::PROXY_MEMORY): "lots"});
-        let resp = admit(request("apps", p), &v.snapshot());
+        let resp = admit_body(&review_body("apps", p), &v.snapshot());
         assert!(!resp.allowed);
-        assert_eq!(resp.result.code, 400);
-        assert!(resp.result.message.contains("proxyMemory"), "{resp:?}");
+        let denial = resp.denial.as_ref().unwrap();
+        assert_eq!(denial.code, 400);
+        assert!(denial.message.contains("proxyMemory"), "{resp:?}");
 
         let not_a_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": 7});
         assert!(matches!(
             verdict(&v, "apps", not_a_pod),
             Verdict::Denied(m) if m.contains("not a valid Pod")
         ));
-        let mut req = request("apps", pod(json!({})));
-        req.object = None;
+        for object in [
+            Value::Null,
+            json!("a string"),
+            json!({"metadata": {"labels": 3}}),
+        ] {
+            let body = review_body("apps", object);
+            assert!(matches!(
+                decide(REVIEW_VERSION, &request(&body), &v.snapshot()),
+                Verdict::Denied(_)
+            ));
+        }
+        let body = review_body("apps", Value::Null).replace(r#","object":null"#, "");
+        assert!(!body.contains("object"), "{body}");
         assert!(matches!(
-            decide(&req, None, &v.snapshot()),
-            Verdict::Denied(_)
+            decide(REVIEW_VERSION, &request(&body), &v.snapshot()),
+            Verdict::Denied(m) if m.contains("no pod")
         ));
     }
 
     #[test]
     fn other_operations_and_review_versions_are_ignored_with_a_warning() {
         let v = view().snapshot();
-        let mut update = request("apps", pod(json!({})));
-        update.operation = Operation::Update;
-        let resp = admit(update, &v);
+        let body = review_body("apps", pod(json!({})));
+        let mut update = request(&body);
+        update.operation = "UPDATE".into();
+        let resp = admit(REVIEW_VERSION, &update, &v);
         assert!(resp.allowed && resp.patch.is_none());
-        assert!(resp.warnings.unwrap()[0].contains("Update"));
+        assert!(resp.warnings.unwrap()[0].contains("UPDATE"));
 
-        let mut old = request("apps", pod(json!({})));
-        old.types.api_version = "admission.k8s.io/v1beta1".into();
-        let resp = admit(old, &v);
+        let resp = admit("admission.k8s.io/v1beta1", &request(&body), &v);
         assert!(resp.allowed && resp.patch.is_none());
         assert!(resp.warnings.unwrap()[0].contains("v1beta1"));
     }

@@ -6,33 +6,40 @@
 //! |------------------------------------------|-------------------------------------------------|
 //! | `POST /inject`, view not synced yet      | 503, so the API server applies `failurePolicy`  |
 //! | `POST /inject`, not an AdmissionReview   | 400 with the parse error                        |
-//! | `POST /inject`, body over [`BODY_LIMIT`] | 413                                             |
+//! | `POST /inject`, body over [`BODY_LIMIT`] | 413 with the limit, after reading the body      |
 //! | `POST /inject`, a review                 | 200 with the review's response                  |
 //! | `GET /healthz`                           | 200 once synced, 503 before                     |
+//!
+//! The body is decoded once, into [`admission::Review`] (the pod stays raw until it is known to
+//! be a Pod CREATE), and the answer is encoded straight from [`admission::Response`].
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kube::api::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionReview};
-use serde_json::Value;
+use futures::StreamExt;
+use serde::Serialize;
 
-use super::admission;
+use super::admission::{self, Review};
 use super::view::View;
 use crate::render::WEBHOOK_PATH;
 
-/// Large enough for a pod with thousands of env vars (2,000 of them are well under 1 MiB).
+/// The largest AdmissionReview read. The API server decodes write requests of at most 3 MiB (its
+/// default `MaxRequestBodyBytes`) and etcd takes at most 1.5 MiB per request, so a review of any
+/// pod the API server can store, with room for an UPDATE's old object, fits.
 pub(crate) const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// How much of an oversized body is still read (and thrown away) so that the client receives the
+/// 413: a server that closes a connection with unread data resets it, and the answer is lost.
+const DRAIN_LIMIT: usize = 4 * BODY_LIMIT;
 
 /// The webhook's routes: `POST /inject` and `GET /healthz`.
 pub fn router(view: View) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(inject_handler))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(view)
 }
 
@@ -52,8 +59,61 @@ async fn healthz(State(view): State<View>) -> Response {
     }
 }
 
-async fn inject_handler(State(view): State<View>, body: Bytes) -> Response {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+/// Why a body was not read whole.
+enum BodyError {
+    /// Over [`BODY_LIMIT`]; carries how much was seen (at least the limit plus one byte).
+    TooLarge(usize),
+    /// The client went away or sent a broken body.
+    Broken(String),
+}
+
+/// The body, up to [`BODY_LIMIT`] bytes. A longer one is drained (up to [`DRAIN_LIMIT`]) so the
+/// 413 reaches the client.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut out = Vec::with_capacity(declared.unwrap_or(0).min(BODY_LIMIT));
+    let mut seen = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= BODY_LIMIT {
+            out.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > BODY_LIMIT {
+        return Err(BodyError::TooLarge(declared.unwrap_or(seen).max(seen)));
+    }
+    Ok(out)
+}
+
+async fn inject_handler(State(view): State<View>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&headers, body).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(seen)) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONNECTION, "close")],
+                format!(
+                    "AdmissionReview of {seen} bytes or more is over the webhook's limit of {BODY_LIMIT} bytes"
+                ),
+            )
+                .into_response();
+        }
+        Err(BodyError::Broken(e)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("reading the AdmissionReview failed: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let review: Review<'_> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return (
@@ -63,44 +123,90 @@ async fn inject_handler(State(view): State<View>, body: Bytes) -> Response {
                 .into_response();
         }
     };
-    // The request keeps the review's apiVersion and kind, which the answer echoes.
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(_) => {
-            return (StatusCode::BAD_REQUEST, "AdmissionReview has no request").into_response();
-        }
+    let Some(req) = review.request.as_ref() else {
+        return (StatusCode::BAD_REQUEST, "AdmissionReview has no request").into_response();
     };
     // Until the watches have listed everything, say so with a 503: the API server then applies
     // the webhook's failurePolicy instead of admitting pods on a guess.
     if !view.is_synced() {
         return still_syncing();
     }
-    let resp = admission::admit(req, &view.snapshot());
-    json(StatusCode::OK, resp.into_review())
+    let resp = admission::admit(&review.api_version, req, &view.snapshot());
+    encode(&review, resp)
 }
 
-/// Encodes the review. kube-core writes the patch bytes as a JSON array of numbers; the API
-/// server's canonical form for `[]byte` is base64, about a quarter of the size, so we write that.
-fn json(status: StatusCode, mut review: AdmissionReview<DynamicObject>) -> Response {
-    // Taken out before encoding, so the bytes are never turned into a JSON array on the way.
-    let patch = review.response.as_mut().and_then(|r| r.patch.take());
-    let mut value = match serde_json::to_value(&review) {
-        Ok(v) => v,
-        Err(e) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding the AdmissionReview failed: {e}"),
-            )
-                .into_response();
-        }
+/// The AdmissionReview that answers `review`, echoing its apiVersion and kind.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    /// The API server's JSON form of `[]byte` is base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<k8s_openapi::ByteString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a [String]>,
+}
+
+/// A `metav1.Status` saying why the pod is refused.
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    status: &'static str,
+    message: &'a str,
+    reason: &'static str,
+    code: u16,
+}
+
+fn encode(review: &Review<'_>, resp: admission::Response) -> Response {
+    let admission::Response {
+        uid,
+        allowed,
+        patch,
+        warnings,
+        denial,
+    } = resp;
+    let out = ReviewOut {
+        api_version: &review.api_version,
+        kind: &review.kind,
+        response: ResponseOut {
+            uid: &uid,
+            allowed,
+            status: denial.as_ref().map(|d| StatusOut {
+                status: "Failure",
+                message: &d.message,
+                reason: "BadRequest",
+                code: d.code,
+            }),
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch: patch.map(k8s_openapi::ByteString),
+            warnings: warnings.as_deref(),
+        },
     };
-    if let Some(patch) = patch
-        && let Ok(b64) = serde_json::to_value(k8s_openapi::ByteString(patch))
-        && let Some(resp) = value.get_mut("response").and_then(Value::as_object_mut)
-    {
-        resp.insert("patch".into(), b64);
+    match serde_json::to_vec(&out) {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the AdmissionReview failed: {e}"),
+        )
+            .into_response(),
     }
-    (status, axum::Json(value)).into_response()
 }
 
 #[cfg(test)]
@@ -108,7 +214,7 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use tower::ServiceExt;
 
     use crate::inject::keys;

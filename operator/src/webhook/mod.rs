@@ -7,7 +7,8 @@
 //! - `http`: the axum [`router`] (`POST /inject`, `GET /healthz`), body limits, status codes,
 //!   and the encoding of the answer. It answers 503 until every watch has listed, so the API
 //!   server applies `failurePolicy` instead of admitting pods on a guess.
-//! - `admission`: the pure decision, AdmissionRequest + snapshot -> AdmissionResponse: which
+//! - `admission`: the pure decision, the decoded request (`Review`: the fields injection reads,
+//!   the pod still raw) + snapshot -> `Response`: which
 //!   revision the labels ask for (`inject::select_revision`), that revision's settings,
 //!   the engine's vetoes and the JSON patch. A pod whose `sidecar.istio.io/*` annotation is
 //!   invalid is denied (400) with the reason, as Istio does.
@@ -27,7 +28,7 @@
 
 mod admission;
 pub mod certs;
-mod http;
+pub(crate) mod http;
 mod server;
 mod store;
 mod view;

@@ -128,6 +128,11 @@ pub async fn serve_listener(
                 continue;
             }
         };
+        // Without it, the last TLS record of a response waits (Nagle) for the ACK of the one before,
+        // which a client that delays ACKs sends 40 ms later: the ~43 ms latency spikes.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
@@ -287,6 +292,40 @@ mod tests {
                 .connect(ServerName::try_from("localhost").unwrap(), tcp)
                 .await
                 .is_err()
+        );
+        server.abort();
+    }
+
+    /// An oversized review over a real HTTP/1.1 connection: the client reads a 413 with the
+    /// limit, where the server once closed the connection under it.
+    #[tokio::test]
+    async fn an_oversized_body_gets_a_413_not_a_reset() {
+        let bundle =
+            CertBundle::generate(&["localhost".to_string()], Duration::from_secs(60)).unwrap();
+        let view = View::new();
+        view.mark_synced();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let resolver = CertResolver::new(bundle.clone()).unwrap();
+        let server = tokio::spawn(serve_listener(listener, router(view), resolver));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = client(&bundle.ca_pem).connect(name, tcp).await.unwrap();
+        let size = crate::webhook::http::BODY_LIMIT + 1;
+        tls.write_all(
+            format!("POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        tls.write_all(&vec![b' '; size]).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        assert!(
+            out.contains(&format!("limit of {} bytes", size - 1)),
+            "{out}"
         );
         server.abort();
     }

@@ -1,211 +1,887 @@
-//! `make loadtest`: a load test of meshop's HTTPS admission endpoint on loopback.
+//! `make loadtest`: meshop's injection webhook measured the way it is deployed.
 //!
-//! Serves the real webhook (router, rustls with a freshly minted certificate, an in-memory view
-//! holding the demo profile and one labelled namespace) in this process, and drives it from
-//! keep-alive HTTP/1.1 connections, each sending AdmissionReviews for a typical pod back to back.
-//! Bounded in time and count; prints requests per second and latency percentiles.
+//! By default it starts a local control plane and the real `meshop run` process (release build
+//! next to this binary, or `MESHOP_BIN`), creates a MeshInstall and an injection-labelled
+//! namespace, and drives the webhook's HTTPS endpoint from keep-alive connections over TLS, with
+//! HTTP/1.1 or HTTP/2 (the API server's choice), sending AdmissionReviews back to back. It reports
+//! requests/s, latency p50 / p99 / max, and the server's CPU time per request (from
+//! `/proc/<pid>/stat`, user + system, across the run).
 //!
-//!   meshop-webhook-load [--connections N] [--seconds S] [--max-requests M]
+//! ```text
+//! meshop-webhook-load [--http 1|2] [--connections N] [--streams S] [--seconds S]
+//!                     [--max-requests M] [--pod typical|env2000] [--server-cpus LIST]
+//!                     [--client-cpus LIST] [--repeat R]
+//!                     [--istiod]          also load Istio's own injector (pilot-discovery's /inject)
+//!                                         on the same control plane, alternating with meshop
+//!                     [--url URL --pid PID]  load any injector instead of starting one
+//!                     [--pods N]          pod creation through the API server, with and without
+//!                                         the webhook in the path
+//!                     [--scale]           meshop's RSS and CPU idle, with 10,000 pods in 1,000
+//!                                         namespaces, and while 100 namespaces are relabelled
+//! ```
+//!
+//! The client does not check the server's certificate (istiod's is for its Service name); the
+//! handshake is otherwise complete. Everything runs on loopback; runs are bounded in time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use meshop::effective::{Installation, Owner};
-use meshop::webhook::{self, CertBundle, CertResolver, View};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use serde_json::json;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use meshop::api::MeshInstall;
+use meshop_testenv::istio::{IstioBinaries, LocalIstiod};
+use meshop_testenv::{ControlPlane, Options};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::{Value, json};
 
+#[derive(Clone, Debug)]
 struct Args {
+    http2: bool,
     connections: usize,
+    streams: usize,
     seconds: u64,
     max_requests: usize,
+    pod: String,
+    server_cpus: Option<Vec<usize>>,
+    client_cpus: Option<Vec<usize>>,
+    repeat: usize,
+    istiod: bool,
+    url: Option<String>,
+    pid: Option<u32>,
+    pods: Option<usize>,
+    scale: bool,
+}
+
+fn cpus(v: &str) -> anyhow::Result<Vec<usize>> {
+    v.split(',')
+        .map(|c| c.trim().parse().context("CPU lists look like 0 or 0,1"))
+        .collect()
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
-        connections: 8,
+        http2: false,
+        connections: 1,
+        streams: 1,
         seconds: 10,
         max_requests: 1_000_000,
+        pod: "typical".into(),
+        server_cpus: None,
+        client_cpus: None,
+        repeat: 1,
+        istiod: false,
+        url: None,
+        pid: None,
+        pods: None,
+        scale: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--istiod" => {
+                a.istiod = true;
+                continue;
+            }
+            "--scale" => {
+                a.scale = true;
+                continue;
+            }
+            _ => {}
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--connections" => a.connections = value.parse()?,
-            "--seconds" => a.seconds = value.parse::<u64>()?.min(120),
+            "--http" => a.http2 = value == "2",
+            "--connections" => a.connections = value.parse::<usize>()?.max(1),
+            "--streams" => a.streams = value.parse::<usize>()?.max(1),
+            "--seconds" => a.seconds = value.parse::<u64>()?.clamp(1, 120),
             "--max-requests" => a.max_requests = value.parse()?,
+            "--pod" => a.pod = value,
+            "--server-cpus" => a.server_cpus = Some(cpus(&value)?),
+            "--client-cpus" => a.client_cpus = Some(cpus(&value)?),
+            "--repeat" => a.repeat = value.parse::<usize>()?.clamp(1, 20),
+            "--url" => a.url = Some(value),
+            "--pid" => a.pid = Some(value.parse()?),
+            "--pods" => a.pods = Some(value.parse::<usize>()?.clamp(1, 20_000)),
             other => bail!("unknown flag {other}"),
         }
     }
+    ensure!(
+        matches!(a.pod.as_str(), "typical" | "env2000"),
+        "--pod is typical or env2000"
+    );
     Ok(a)
 }
 
-fn review(i: usize) -> Vec<u8> {
-    let pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": format!("web-{i}"), "namespace": "load", "labels": { "app": "web", "version": "v1" } },
+/// Pins process (or thread) `pid` (0: the calling thread) to `cpus`.
+fn pin(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: cpu_set_t is plain data, zeroed is the empty set; the pointer and size match.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        let rc = libc::sched_setaffinity(
+            pid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        );
+        ensure!(
+            rc == 0,
+            "sched_setaffinity({pid}, {cpus:?}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Every CPU of the machine.
+fn all_cpus() -> Vec<usize> {
+    // SAFETY: sysconf has no preconditions. (available_parallelism would answer for this
+    // thread's own, possibly pinned, set.)
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    (0..n).collect()
+}
+
+/// Runs `spawn` (which starts a process) with this thread pinned to the server CPUs, if given.
+fn spawn_pinned<T>(args: &Args, spawn: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let Some(c) = &args.server_cpus else {
+        return spawn();
+    };
+    pin(0, c)?;
+    let out = spawn();
+    pin(0, &all_cpus())?;
+    out
+}
+
+/// Pins `pid` and all its threads (Go and tokio start theirs before we get to pin them).
+fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse().ok()) {
+            pin(tid, cpus)?;
+        }
+    }
+    Ok(())
+}
+
+/// User + system CPU time of process `pid` so far.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3, state.
+    let rest = stat.rsplit_once(')').context("unexpected /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// Resident set size of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
+}
+
+/// The pod the load sends: two containers with ports and HTTP / TCP probes, owned by a
+/// ReplicaSet; `env2000` adds 2,000 env vars to the first container.
+fn pod_json(kind: &str, name: Option<&str>) -> Value {
+    let mut env = vec![json!({ "name": "MODE", "value": "prod" })];
+    if kind == "env2000" {
+        env.extend(
+            (0..2000).map(|i| json!({ "name": format!("VAR_{i}"), "value": format!("value-{i}") })),
+        );
+    }
+    let mut metadata = json!({
+        "labels": { "app": "web", "version": "v1", "pod-template-hash": "7d4c8b9f6" },
+        "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4c8b9f6",
+            "uid": "0c8b2a4e-7b1f-4f6e-9d2a-2f1e3c4d5b6a", "controller": true }]
+    });
+    match name {
+        Some(n) => metadata["name"] = json!(n),
+        None => metadata["generateName"] = json!("web-7d4c8b9f6-"),
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
         "spec": { "containers": [
-            { "name": "web", "image": "example.com/web:1", "ports": [{ "containerPort": 8080, "name": "http" }],
-              "env": [{ "name": "MODE", "value": "prod" }],
+            { "name": "web", "image": "example.com/web:1",
+              "ports": [{ "containerPort": 8080, "name": "http" }, { "containerPort": 9090, "name": "grpc" }],
+              "env": env,
               "readinessProbe": { "httpGet": { "path": "/ready", "port": 8080 } },
               "livenessProbe": { "tcpSocket": { "port": 8080 } },
               "resources": { "requests": { "cpu": "100m", "memory": "64Mi" } } },
-            { "name": "log", "image": "example.com/log:1" } ] }
-    });
+            { "name": "log", "image": "example.com/log:1",
+              "readinessProbe": { "httpGet": { "path": "/", "port": 8081 } } } ] }
+    })
+}
+
+fn review(kind: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
-            "uid": format!("00000000-0000-0000-0000-{i:012}"),
+            "uid": "00000000-0000-0000-0000-000000000001",
             "kind": { "group": "", "version": "v1", "kind": "Pod" },
             "resource": { "group": "", "version": "v1", "resource": "pods" },
             "requestKind": { "group": "", "version": "v1", "kind": "Pod" },
             "requestResource": { "group": "", "version": "v1", "resource": "pods" },
             "namespace": "load", "operation": "CREATE",
-            "userInfo": { "username": "load" }, "object": pod, "dryRun": false
+            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+            "object": pod_json(kind, None), "oldObject": null, "dryRun": false
         }
     }))
     .expect("static review")
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = args()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+/// Accepts any certificate, still checking the handshake's signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    // The webhook, as `meshop run` serves it, on a free loopback port.
-    let bundle = CertBundle::generate(
-        &["localhost".into(), "127.0.0.1".into()],
-        Duration::from_secs(3600),
-    )?;
-    let ca_pem = bundle.ca_pem.clone();
-    let resolver = CertResolver::new(bundle)?;
-    let view = View::new();
-    let spec = serde_yaml::from_str("profile: demo\n")?;
-    view.set_install(
-        "demo",
-        &Installation::resolve(
-            Owner {
-                name: "demo".into(),
-                uid: None,
-            },
-            &spec,
-        )?,
-    );
-    view.set_namespace(
-        "load",
-        BTreeMap::from([("istio-injection".to_string(), "enabled".to_string())]),
-    );
-    view.mark_synced();
-    let listener = webhook::bind("127.0.0.1:0".parse()?).await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(webhook::serve_listener(
-        listener,
-        webhook::router(view),
-        resolver,
-    ));
-
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(ca?)?;
-    }
-    let tls = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+fn tls_client(http2: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
-    let body = Bytes::from(review(0));
-    println!(
-        "webhook at https://{addr}{}; {} keep-alive connections for {} s (at most {} requests); request body {} bytes",
-        webhook::WEBHOOK_PATH,
-        args.connections,
-        args.seconds,
-        args.max_requests,
-        body.len()
-    );
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Ok(Arc::new(cfg))
+}
+
+/// One load run's figures.
+struct Report {
+    requests: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    /// Requests slower than 40 ms: the delayed-ACK timer's signature when Nagle holds a write.
+    over_40ms: usize,
+    cpu_per_request: Option<Duration>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "{:>7} requests {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms  >40 ms {:>4}  server CPU/request {}",
+            self.requests,
+            self.per_second,
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max),
+            self.over_40ms,
+            self.cpu_per_request
+                .map(|d| format!("{:.0} µs", d.as_secs_f64() * 1e6))
+                .unwrap_or_else(|| "-".into())
+        )
+    }
+}
+
+/// Drives `url` (`https://host:port/path`) with `args`' load; `pid` is the server's process.
+async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report> {
+    let uri: hyper::Uri = url.parse().context("--url")?;
+    let host = uri.host().context("URL without a host")?.to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let path = uri.path().to_string();
+    let tls = tls_client(args.http2)?;
+    let body = Bytes::from(review(&args.pod));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let per_connection = args.max_requests.div_ceil(args.connections.max(1));
+    let loops = args.connections * if args.http2 { args.streams } else { 1 };
+    let per_loop = args.max_requests.div_ceil(loops);
+    let cpu_before = pid.map(cpu_time).transpose()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let tls = tls.clone();
-        let body = body.clone();
-        tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
-                .await?;
+    for _ in 0..args.connections {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(ServerName::try_from(host.clone())?, tcp)
+            .await?;
+        let request = {
+            let (body, url, path, host) =
+                (body.clone(), url.to_string(), path.clone(), host.clone());
+            let http2 = args.http2;
+            move || {
+                let builder = if http2 {
+                    hyper::Request::post(url.as_str())
+                } else {
+                    hyper::Request::post(path.as_str()).header("host", host.as_str())
+                };
+                builder
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))
+            }
+        };
+        if args.http2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await?;
+            tokio::spawn(conn);
+            for _ in 0..args.streams {
+                let mut sender = sender.clone();
+                let request = request.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline && latencies.len() < per_loop {
+                        let t = Instant::now();
+                        sender.ready().await?;
+                        let response = sender.send_request(request()?).await?;
+                        check(response).await?;
+                        latencies.push(t.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                }));
+            }
+        } else {
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
-            let mut latencies = Vec::new();
-            let mut patched = 0usize;
-            while Instant::now() < deadline && latencies.len() < per_connection {
-                let request = hyper::Request::post(webhook::WEBHOOK_PATH)
-                    .header("host", "127.0.0.1")
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))?;
-                let t = Instant::now();
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let bytes = response.into_body().collect().await?.to_bytes();
-                latencies.push(t.elapsed());
-                if !status.is_success() {
-                    bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline && latencies.len() < per_loop {
+                    let t = Instant::now();
+                    sender.ready().await?;
+                    let response = sender.send_request(request()?).await?;
+                    check(response).await?;
+                    latencies.push(t.elapsed());
                 }
-                if bytes.windows(8).any(|w| w == b"\"patch\":") {
-                    patched += 1;
-                }
-            }
-            anyhow::Ok((latencies, patched))
-        }));
+                anyhow::Ok(latencies)
+            }));
+        }
     }
     let mut latencies = Vec::new();
-    let mut patched = 0;
     for task in tasks {
-        let (l, p) = task.await??;
-        latencies.extend(l);
-        patched += p;
+        latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
+    let cpu = match (pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_time(pid)?.saturating_sub(before)),
+        _ => None,
+    };
+    ensure!(!latencies.is_empty(), "no request completed");
     latencies.sort();
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
-    if latencies.is_empty() {
-        bail!("no request completed");
+    Ok(Report {
+        requests: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: *latencies.last().expect("not empty"),
+        over_40ms: latencies
+            .iter()
+            .filter(|l| **l > Duration::from_millis(40))
+            .count(),
+        cpu_per_request: cpu.map(|c| c / latencies.len() as u32),
+    })
+}
+
+/// Fails unless the answer is a 200 AdmissionReview that carries a patch.
+async fn check(response: hyper::Response<hyper::body::Incoming>) -> anyhow::Result<()> {
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    ensure!(
+        status.is_success(),
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let v: Value = serde_json::from_slice(&bytes)?;
+    ensure!(
+        v["response"]["allowed"] == true && v["response"]["patch"].is_string(),
+        "no patch in {}",
+        String::from_utf8_lossy(&bytes[..bytes.len().min(2000)])
+    );
+    Ok(())
+}
+
+/// Runs `f` on a fresh runtime on the client CPUs, so the load generator stays off the server's.
+fn on_client_cpus<T: Send + 'static>(
+    args: &Args,
+    f: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let cpus = args.client_cpus.clone();
+    std::thread::spawn(move || {
+        if let Some(c) = &cpus {
+            pin(0, c)?;
+        }
+        // Worker threads inherit the spawning thread's affinity.
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus.as_ref().map_or(2, |c| c.len()))
+            .enable_all()
+            .build()?
+            .block_on(f)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("load thread panicked"))?
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    if let Some(url) = args.url.clone() {
+        if let (Some(pid), Some(c)) = (args.pid, &args.server_cpus) {
+            pin_process(pid, c)?;
+        }
+        for _ in 0..args.repeat {
+            let a = args.clone();
+            let u = url.clone();
+            let report = on_client_cpus(&args, async move { load(&a, &u, a.pid).await })?;
+            println!("{url}: {report}");
+        }
+        return Ok(());
     }
-    if patched != latencies.len() {
-        bail!(
-            "{} of {} responses carried no patch",
-            latencies.len() - patched,
-            latencies.len()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(with_cluster(args))
+}
+
+/// A control plane and `meshop run` with a MeshInstall (failurePolicy Fail) and namespace `load`
+/// labelled for injection; then the measurements `args` ask for.
+async fn with_cluster(args: Args) -> anyhow::Result<()> {
+    let controllers = args.istiod || args.pods.is_some() || args.scale;
+    let cp = tokio::task::block_in_place(|| {
+        ControlPlane::start(Options {
+            controllers,
+            ..Options::default()
+        })
+    })?;
+    let client = cp.client().await?;
+    // Pinned from its first instruction (a child inherits the spawning thread's CPUs), as
+    // `taskset` would: the runtime then sizes its worker threads to the CPUs it has.
+    let operator = spawn_pinned(&args, || {
+        meshop_testenv::start_operator(&cp, "meshop-load", &[])
+    })?;
+    let meshop_pid = operator.process.pid();
+    println!(
+        "control plane in {}; meshop run (pid {meshop_pid}) webhook at https://{}/inject",
+        cp.dir.display(),
+        operator.webhook
+    );
+    if args.scale {
+        // Idle first: before any MeshInstall, the operator only watches.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        report_usage("idle, no MeshInstall", meshop_pid, Duration::from_secs(10)).await?;
+    }
+    let mi: MeshInstall = serde_json::from_value(json!({
+        "apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
+        "metadata": { "name": "load" },
+        "spec": { "profile": "minimal", "injection": { "failurePolicy": "Fail" } }
+    }))?;
+    Api::<MeshInstall>::all(client.clone())
+        .create(&PostParams::default(), &mi)
+        .await?;
+    namespace(
+        &client,
+        "load",
+        json!({ "istio-injection": "enabled" }),
+        controllers,
+    )
+    .await?;
+    let meshop_url = format!("https://{}/inject", operator.webhook);
+    // The webhook answers once its watches have listed and the MeshInstall is seen.
+    let warm = Args {
+        seconds: 1,
+        max_requests: 1,
+        connections: 1,
+        ..args.clone()
+    };
+    meshop_testenv::poll_until("meshop's webhook injects", Duration::from_secs(120), || {
+        let (warm, url) = (warm.clone(), meshop_url.clone());
+        async move { load(&warm, &url, None).await.map(|_| ()) }
+    })
+    .await?;
+
+    if let Some(n) = args.pods {
+        return pod_creation(&client, n).await;
+    }
+    if args.scale {
+        return scale(&client, meshop_pid).await;
+    }
+    let mut targets = vec![("meshop".to_string(), meshop_url, meshop_pid)];
+    let _istiod = if args.istiod {
+        let istiod = start_istiod(&args, &cp, &client).await?;
+        let url = format!("https://{}/inject", istiod.https);
+        let pid = istiod.process.pid();
+        meshop_testenv::poll_until("istiod's /inject injects", Duration::from_secs(60), || {
+            let (warm, url) = (warm.clone(), url.clone());
+            async move { load(&warm, &url, None).await.map(|_| ()) }
+        })
+        .await?;
+        targets.push(("istiod".to_string(), url, pid));
+        Some(istiod)
+    } else {
+        None
+    };
+    println!(
+        "pod {}, HTTP/{}, {} connection(s){}, {} s per run, server CPUs {:?}, client CPUs {:?}",
+        args.pod,
+        if args.http2 { 2 } else { 1 },
+        args.connections,
+        if args.http2 {
+            format!(" x {} stream(s)", args.streams)
+        } else {
+            String::new()
+        },
+        args.seconds,
+        args.server_cpus,
+        args.client_cpus
+    );
+    // Alternating runs, so drift in the machine's load hits both servers alike.
+    for round in 1..=args.repeat {
+        for (name, url, pid) in &targets {
+            let (a, u, p) = (args.clone(), url.clone(), *pid);
+            let report = tokio::task::block_in_place(|| {
+                on_client_cpus(&args, async move { load(&a, &u, Some(p)).await })
+            })?;
+            println!("run {round} {name:>7}: {report}");
+        }
+    }
+    Ok(())
+}
+
+async fn namespace(
+    client: &Client,
+    name: &str,
+    labels: Value,
+    wait_for_account: bool,
+) -> anyhow::Result<()> {
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } }))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    if wait_for_account {
+        // Pods need the namespace's default ServiceAccount, made by the controller manager.
+        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+        meshop_testenv::poll_until(
+            &format!("default ServiceAccount in {name}"),
+            Duration::from_secs(60),
+            || {
+                let sa = sa.clone();
+                async move { sa.get_opt("default").await?.context("not yet").map(|_| ()) }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// istiod (pilot-discovery) run locally on what meshop installed, with Istio's own injector
+/// template and values (from `istioctl manifest generate`) in the ConfigMap it reads them from.
+async fn start_istiod(
+    args: &Args,
+    cp: &ControlPlane,
+    client: &Client,
+) -> anyhow::Result<LocalIstiod> {
+    let istio = IstioBinaries::locate()?;
+    let ns = "istio-system";
+    let meshes: Api<MeshInstall> = Api::all(client.clone());
+    meshop_testenv::wait_for_kstatus(
+        &meshes,
+        "load",
+        meshop::controller::status::KStatus::Current,
+        Duration::from_secs(300),
+    )
+    .await;
+    let out = std::process::Command::new(&istio.istioctl)
+        .args(["manifest", "generate", "--set", "profile=minimal"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "istioctl manifest generate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let mut data = BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let Ok(doc) = <Value as serde::Deserialize>::deserialize(doc) else {
+            continue;
+        };
+        if doc["kind"] == "ConfigMap" && doc["metadata"]["name"] == "istio-sidecar-injector" {
+            for key in ["config", "values"] {
+                let v = doc["data"][key].as_str().context("injector ConfigMap")?;
+                data.insert(key.to_string(), v.to_string());
+            }
+        }
+    }
+    ensure!(
+        data.len() == 2,
+        "no istio-sidecar-injector in istioctl's manifest"
+    );
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("istio-sidecar-injector".into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    // Pinned from the start, so Go sizes GOMAXPROCS to the CPUs it has.
+    if let Some(c) = &args.server_cpus {
+        pin(0, c)?;
+    }
+    let started = LocalIstiod::start(cp, client, &istio, ns, "istiod", "load").await;
+    pin(0, &all_cpus())?;
+    let mut istiod = started?;
+    istiod.wait_ready(Duration::from_secs(120)).await?;
+    println!(
+        "istiod (pid {}) injector at https://{}/inject",
+        istiod.process.pid(),
+        istiod.https
+    );
+    Ok(istiod)
+}
+
+/// Creates `n` pods (8 at a time) in a namespace the webhook serves, then in one it does not
+/// (the API server calls no webhook there), and prints pods/s and create latency for each.
+async fn pod_creation(client: &Client, n: usize) -> anyhow::Result<()> {
+    // The API server calls the webhook once the MeshInstall's registration is applied.
+    let meshes: Api<MeshInstall> = Api::all(client.clone());
+    meshop_testenv::poll_until(
+        "the MeshInstall's webhook Active",
+        Duration::from_secs(300),
+        || {
+            let meshes = meshes.clone();
+            async move {
+                let webhook = meshes.get("load").await?.status.and_then(|s| s.webhook);
+                ensure!(
+                    webhook
+                        .as_ref()
+                        .is_some_and(|w| w.state == meshop::api::WebhookState::Active),
+                    "webhook {webhook:?}"
+                );
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    namespace(
+        client,
+        "pods-webhook",
+        json!({ "istio-injection": "enabled" }),
+        true,
+    )
+    .await?;
+    namespace(client, "pods-plain", json!({}), true).await?;
+    for (ns, injected) in [
+        ("pods-webhook", true),
+        ("pods-plain", false),
+        ("pods-webhook", true),
+    ] {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let started = Instant::now();
+        let round = started.elapsed().as_nanos() as u64 ^ rand::random::<u64>();
+        let mut latencies = Vec::new();
+        let results = futures::stream::iter(0..n)
+            .map(|i| {
+                let pods = pods.clone();
+                async move {
+                    let pod: Pod = serde_json::from_value(pod_json(
+                        "typical",
+                        Some(&format!("p-{:x}-{i}", round & 0xffff)),
+                    ))?;
+                    let t = Instant::now();
+                    let created = pods.create(&PostParams::default(), &pod).await?;
+                    anyhow::Ok((t.elapsed(), created))
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        let elapsed = started.elapsed();
+        for r in results {
+            let (latency, pod) = r?;
+            let has_proxy = pod.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .any(|c| c.name == "istio-proxy")
+            });
+            ensure!(has_proxy == injected, "pod in {ns}: sidecar {has_proxy}");
+            latencies.push(latency);
+        }
+        latencies.sort();
+        let pct = |p: f64| {
+            latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+                .as_secs_f64()
+                * 1e3
+        };
+        println!(
+            "{ns:>13} (webhook {}): {n} pods in {:.1} s: {:.0} pods/s, create p50 {:.1} ms, p99 {:.1} ms",
+            if injected { "called" } else { "not called" },
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99)
         );
     }
+    Ok(())
+}
+
+use futures::StreamExt;
+
+/// Prints `pid`'s RSS and its CPU use over `window`.
+async fn report_usage(what: &str, pid: u32, window: Duration) -> anyhow::Result<()> {
+    let before = cpu_time(pid)?;
+    tokio::time::sleep(window).await;
+    let used = cpu_time(pid)?.saturating_sub(before);
     println!(
-        "{} requests in {:.1} s: {:.0} requests/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        latencies.len(),
-        elapsed.as_secs_f64(),
-        latencies.len() as f64 / elapsed.as_secs_f64(),
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        latencies
-            .last()
-            .map(|d| d.as_secs_f64() * 1e3)
-            .unwrap_or_default()
+        "{what:<48} RSS {:>7} KiB  CPU {:>5.1}% of a core over {} s",
+        rss_kib(pid)?,
+        used.as_secs_f64() * 100.0 / window.as_secs_f64(),
+        window.as_secs()
     );
+    Ok(())
+}
+
+/// meshop's footprint while the cluster fills with pods in namespaces it does not serve, then
+/// while 100 namespaces are labelled, relabelled and unlabelled, round after round.
+async fn scale(client: &Client, pid: u32) -> anyhow::Result<()> {
+    report_usage("MeshInstall installed, idle", pid, Duration::from_secs(10)).await?;
+    let (namespaces, per_namespace) = (1000, 10);
+    let cpu_before = cpu_time(pid)?;
+    let started = Instant::now();
+    futures::stream::iter(0..namespaces)
+        .map(|i| async move {
+            let name = format!("scale-{i:04}");
+            namespace(
+                client,
+                &name,
+                json!({ "team": format!("t{}", i % 7) }),
+                true,
+            )
+            .await?;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &name);
+            for j in 0..per_namespace {
+                let pod: Pod =
+                    serde_json::from_value(pod_json("typical", Some(&format!("p-{j}"))))?;
+                pods.create(&PostParams::default(), &pod).await?;
+            }
+            anyhow::Ok(())
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let took = started.elapsed();
+    println!(
+        "created {namespaces} namespaces and {} pods in {:.0} s; meshop used {:.1} s of CPU meanwhile ({:.1}% of a core)",
+        namespaces * per_namespace,
+        took.as_secs_f64(),
+        cpu_time(pid)?.saturating_sub(cpu_before).as_secs_f64(),
+        cpu_time(pid)?.saturating_sub(cpu_before).as_secs_f64() * 100.0 / took.as_secs_f64()
+    );
+    report_usage(
+        "10,000 pods in 1,000 other namespaces, idle",
+        pid,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let rounds = 5;
+    let cpu_before = cpu_time(pid)?;
+    let started = Instant::now();
+    for round in 0..rounds {
+        let labels = [
+            json!({ "istio-injection": "enabled" }),
+            json!({ "istio-injection": null, "istio.io/rev": "canary" }),
+            json!({ "istio.io/rev": null }),
+        ];
+        for l in labels {
+            futures::stream::iter(0..100)
+                .map(|i| {
+                    let api = api.clone();
+                    let l = l.clone();
+                    async move {
+                        api.patch(
+                            &format!("scale-{i:04}"),
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({ "metadata": { "labels": l } })),
+                        )
+                        .await
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+        println!("relabel round {}: RSS {} KiB", round + 1, rss_kib(pid)?);
+    }
+    let took = started.elapsed();
+    let used = cpu_time(pid)?.saturating_sub(cpu_before);
+    println!(
+        "{} namespace label changes in {:.1} s: meshop used {:.2} s of CPU ({:.0} µs per change)",
+        rounds * 300,
+        took.as_secs_f64(),
+        used.as_secs_f64(),
+        used.as_secs_f64() * 1e6 / (rounds * 300) as f64
+    );
+    report_usage("after relabelling, idle", pid, Duration::from_secs(10)).await?;
     Ok(())
 }
