@@ -25,6 +25,24 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// `--help`: the flags, as in the module comment.
+const USAGE: &str = "\
+meshop-webhook-load: meshop's injection webhook measured the way it is deployed (docs/performance.md)
+
+  --http 1|2            protocol (default 1)
+  --connections N       keep-alive connections (default 1)
+  --streams S           concurrent HTTP/2 streams per connection
+  --seconds S           length of a run, 1-120 (default 10)
+  --max-requests M      stop a run after M requests
+  --pod typical|env2000 the pod under review
+  --server-cpus LIST    pin the server (e.g. 0), --client-cpus LIST the load generator
+  --repeat R            runs, 1-20
+  --istiod              also load Istio's own injector on the same control plane, alternating
+  --url URL --pid PID   load any injector instead of starting one
+  --pods N              pod creation through the API server, with and without the webhook
+  --scale               meshop's RSS and CPU idle, with 10,000 pods, while namespaces relabel
+";
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -95,9 +113,15 @@ fn args() -> anyhow::Result<Args> {
                 a.scale = true;
                 continue;
             }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
             _ => {}
         }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value (--help lists the flags)"))?;
         match flag.as_str() {
             "--http" => a.http2 = value == "2",
             "--connections" => a.connections = value.parse::<usize>()?.max(1),
