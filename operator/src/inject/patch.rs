@@ -121,25 +121,17 @@ fn prune_named<T: Named>(
 
 /// The precondition of [`diff_named`], on typed lists.
 fn keeps_order<T>(a: &[T], b: &[T], name: fn(&T) -> &String) -> bool {
-    insertions_only(a, b, |v| Some(name(v).as_str()))
-}
-
-/// Whether `a` and `b` are lists of uniquely named items (`name` is None for an unnamed one)
-/// where `b` keeps `a`'s items in order and only inserts new ones, which is what injection does.
-/// One rule for typed lists and JSON arrays.
-fn insertions_only<'a, T>(a: &'a [T], b: &'a [T], name: impl Fn(&'a T) -> Option<&'a str>) -> bool {
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(a.len());
     for (i, v) in a.iter().enumerate() {
-        match name(v) {
-            Some(n) if index.insert(n, i).is_none() => {}
-            _ => return false,
+        if index.insert(name(v), i).is_some() {
+            return false;
         }
     }
     let mut next_old = 0;
-    let mut seen_new: HashSet<&str> = HashSet::with_capacity(b.len());
+    let mut seen: HashSet<&str> = HashSet::with_capacity(b.len());
     for v in b {
-        let Some(n) = name(v) else { return false };
-        if !seen_new.insert(n) {
+        let n = name(v).as_str();
+        if !seen.insert(n) {
             return false;
         }
         if let Some(&i) = index.get(n) {
@@ -284,7 +276,28 @@ fn diff_arrays(a: &[Value], b: Vec<Value>, path: &mut PointerBuf, ops: &mut Vec<
 /// Whether `a` and `b` are arrays of uniquely named objects where `b` keeps `a`'s elements in
 /// order and only inserts new ones (what injection does): then [`diff_named`] applies.
 fn named_insertions_only(a: &[Value], b: &[Value]) -> bool {
-    insertions_only(a, b, name_of)
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(a.len());
+    for (i, v) in a.iter().enumerate() {
+        match name_of(v) {
+            Some(n) if index.insert(n, i).is_none() => {}
+            _ => return false,
+        }
+    }
+    let mut next_old = 0;
+    let mut seen_new: HashSet<&str> = HashSet::with_capacity(b.len());
+    for v in b {
+        let Some(n) = name_of(v) else { return false };
+        if !seen_new.insert(n) {
+            return false;
+        }
+        if let Some(&i) = index.get(n) {
+            if i != next_old {
+                return false;
+            }
+            next_old += 1;
+        }
+    }
+    next_old == a.len()
 }
 
 /// Diffs arrays that pass [`named_insertions_only`]. As the ops apply in order, position i of the
