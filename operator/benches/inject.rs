@@ -10,7 +10,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::{EnvVar, Pod, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use meshop::effective::{Installation, Owner};
-use meshop::inject::{InjectionConfig, inject, patch_owned};
+use meshop::inject::{InjectionConfig, inject, patch_json, patch_owned};
 use meshop::webhook::{View, WEBHOOK_PATH, router};
 use tower::ServiceExt;
 
@@ -141,6 +141,19 @@ fn bench(c: &mut Criterion) {
                 |pod| {
                     let injected = inject(black_box(&pod), &cfg).expect("injects");
                     black_box(patch_owned(pod, injected))
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        // The engine's whole product as the webhook sends it: the patch's JSON text, with the
+        // operations freed (as the webhook frees them) inside the measurement.
+        c.bench_function(&format!("inject+patch as JSON {name}"), |b| {
+            b.iter_batched(
+                || pod.clone(),
+                |pod| {
+                    let injected = inject(black_box(&pod), &cfg).expect("injects");
+                    let ops = patch_owned(pod, injected);
+                    black_box(patch_json(&ops))
                 },
                 BatchSize::SmallInput,
             )

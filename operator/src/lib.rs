@@ -21,3 +21,11 @@ pub mod server;
 pub mod versions;
 pub mod webhook;
 pub mod yaml;
+
+/// mimalloc rather than glibc's malloc, for every program built on this crate (`meshop`, its
+/// benchmarks, the load tool): an admission request allocates a few thousand small objects
+/// (the decoded pod, the sidecar, the patch), and glibc's malloc and free were a quarter of the
+/// webhook's CPU (docs/performance.md). Set here, once, so the benchmark and the server measure
+/// the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -75,11 +75,26 @@ impl Process {
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
-        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+        // The supervisor thread forks, so the child would inherit *its* CPU affinity; the child
+        // takes the calling thread's instead, so a caller that pins itself before spawning
+        // (the load tool's `--server-cpus`) pins the child from its first instruction.
+        // SAFETY: cpu_set_t is plain data and sched_getaffinity fills it for this thread.
+        let cpus = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+                .then_some(set)
+        };
+        // SAFETY: prctl, getppid and sched_setaffinity are async-signal-safe system calls;
+        // nothing else runs between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;
             let parent = libc::getpid();
             cmd.pre_exec(move || {
+                if let Some(set) = &cpus
+                    && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -13,6 +13,7 @@ mod containers;
 mod identity;
 mod native;
 mod patch;
+mod patch_json;
 mod probes;
 mod quantity;
 mod selection;
@@ -32,6 +33,7 @@ use crate::istio_proxy;
 
 pub use native::{KubeletVersion, Kubelets};
 pub use patch::{patch, patch_owned};
+pub use patch_json::patch_json;
 pub(crate) use selection::{
     Decision, SkipReason, decide_selected, protected_namespaces, select_revision,
 };

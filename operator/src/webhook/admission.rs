@@ -7,12 +7,14 @@
 //! opt-out, hostNetwork, already injected), and [`inject::inject_on`] (with the nodes' kubelet
 //! versions, which decide `sidecarMode: auto`) plus [`inject::patch`] build the JSON patch.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
-use serde::de::value::MapDeserializer;
+use serde::de::value::{MapAccessDeserializer, MapDeserializer};
+use serde::de::{DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::view::Snapshot;
@@ -74,7 +76,7 @@ fn decode_pod(raw: &RawValue) -> Result<Pod, serde_json::Error> {
         #[serde(default)]
         metadata: ObjectMeta,
         #[serde(borrow, default)]
-        spec: Option<Fields<'a>>,
+        spec: Option<SpecFields<'a>>,
         #[serde(default)]
         status: Option<PodStatus>,
     }
@@ -85,12 +87,11 @@ fn decode_pod(raw: &RawValue) -> Result<Pod, serde_json::Error> {
     } = serde_json::from_str(raw.get())?;
     let spec = match spec {
         None => None,
-        Some(mut fields) => {
-            let containers = fields.remove("containers").map(containers_without_env);
-            let init = fields.remove("initContainers").map(containers_without_env);
-            let mut spec = PodSpec::deserialize(MapDeserializer::new(fields.into_iter()))?;
-            spec.containers = containers.transpose()?.flatten().unwrap_or_default();
-            spec.init_containers = init.transpose()?.flatten();
+        Some(fields) => {
+            let mut spec = PodSpec::deserialize(MapDeserializer::new(fields.rest.0.into_iter()))?;
+            let unwrap = |list: Vec<ContainerWithoutEnv>| list.into_iter().map(|c| c.0).collect();
+            spec.containers = fields.containers.flatten().map(unwrap).unwrap_or_default();
+            spec.init_containers = fields.init_containers.flatten().map(unwrap);
             Some(spec)
         }
     };
@@ -101,20 +102,148 @@ fn decode_pod(raw: &RawValue) -> Result<Pod, serde_json::Error> {
     })
 }
 
-/// A JSON object's fields, each still a slice of the request body.
-type Fields<'a> = BTreeMap<String, &'a RawValue>;
+/// A JSON object's fields in their order, each value still a slice of the request body. Keys
+/// are borrowed from the body too (unless they hold escapes), and a list rather than a map holds
+/// them: a pod's spec has a dozen fields and a container fewer, looked at once each.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
-fn containers_without_env(raw: &RawValue) -> Result<Option<Vec<Container>>, serde_json::Error> {
-    let Some(list) = serde_json::from_str::<Option<Vec<Fields<'_>>>>(raw.get())? else {
-        return Ok(None);
-    };
-    list.into_iter()
-        .map(|mut fields| {
-            fields.remove("env");
-            Container::deserialize(MapDeserializer::new(fields.into_iter()))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+/// A pod spec's fields: its container lists decoded in the same pass over the body (so an env of
+/// thousands of variables is skipped once, not once per level), every other field still raw.
+struct SpecFields<'a> {
+    containers: Option<Option<Vec<ContainerWithoutEnv>>>,
+    init_containers: Option<Option<Vec<ContainerWithoutEnv>>>,
+    rest: Fields<'a>,
+}
+
+/// A field name, borrowed from the body when it holds no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Key(k), v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
+                    fields.push((k, v));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for SpecFields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = SpecFields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a pod spec")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SpecFields<'a>, A::Error> {
+                let mut spec = SpecFields {
+                    containers: None,
+                    init_containers: None,
+                    rest: Fields(Vec::with_capacity(map.size_hint().unwrap_or(8))),
+                };
+                while let Some(Key(k)) = map.next_key::<Key<'a>>()? {
+                    let list = match k.as_ref() {
+                        "containers" => &mut spec.containers,
+                        "initContainers" => &mut spec.init_containers,
+                        _ => {
+                            spec.rest.0.push((k, map.next_value()?));
+                            continue;
+                        }
+                    };
+                    if list.is_some() {
+                        return Err(serde::de::Error::duplicate_field(if k == "containers" {
+                            "containers"
+                        } else {
+                            "initContainers"
+                        }));
+                    }
+                    *list = Some(map.next_value()?);
+                }
+                Ok(spec)
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// A container decoded with its `env` skipped, in the same pass: k8s-openapi's own decoder reads
+/// the object through [`SkipEnv`], which never hands it the `env` field.
+struct ContainerWithoutEnv(Container);
+
+impl<'de> Deserialize<'de> for ContainerWithoutEnv {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ContainerWithoutEnv;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a container")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ContainerWithoutEnv, A::Error> {
+                Container::deserialize(MapAccessDeserializer::new(SkipEnv(map)))
+                    .map(ContainerWithoutEnv)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A JSON object's fields but `env`, whose value is skipped unread (not decoded, not kept).
+struct SkipEnv<A>(A);
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkipEnv<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        while let Some(Key(key)) = self.0.next_key::<Key<'de>>()? {
+            if key == "env" {
+                self.0.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            return seed.deserialize(key.into_deserializer()).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
 }
 
 /// The webhook's answer to one request: what the AdmissionReview's `response` says.
@@ -242,13 +371,10 @@ fn respond(req: &Request<'_>, verdict: Verdict) -> Response {
         Verdict::Unchanged(why) => {
             tracing::debug!(uid = %req.uid, %namespace, reason = ?why, "not injecting");
         }
-        Verdict::Injected { revision, patch } => match serde_json::to_vec(&patch) {
-            Ok(bytes) => {
-                tracing::debug!(uid = %req.uid, %namespace, %revision, "injected sidecar");
-                resp.patch = Some(bytes);
-            }
-            Err(e) => return deny(resp, format!("could not encode the injection patch: {e}")),
-        },
+        Verdict::Injected { revision, patch } => {
+            tracing::debug!(uid = %req.uid, %namespace, %revision, "injected sidecar");
+            resp.patch = Some(inject::patch_json(&patch));
+        }
         Verdict::Denied(message) => return deny(resp, message),
     }
     resp
@@ -456,6 +582,25 @@ mod tests {
 
     /// The webhook leaves the containers' env undecoded; its patch must be the engine's patch on
     /// the whole pod, and a broken pod elsewhere is still refused.
+    #[test]
+    fn escaped_field_names_are_the_same_fields_and_a_repeated_one_is_refused() {
+        // (Other repeated fields go to k8s-openapi's decoders, which keep the last, as they do
+        // when a whole Pod is decoded.)
+        let decode = |raw: &str| decode_pod(serde_json::from_str::<&RawValue>(raw).unwrap());
+        let raw = r#"{"metadata":{},"spec":{"c\u006fntainers":[{"n\u0061me":"app","image":"nginx","env":[{"name":"A"}]}],"node\u004eame":"n1"}}"#;
+        let spec = decode(raw).unwrap().spec.unwrap();
+        assert_eq!(spec.containers[0].name, "app");
+        assert_eq!(spec.containers[0].env, None, "env is left undecoded");
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        for dup in [
+            r#"{"spec":{"containers":[],"containers":[]}}"#,
+            r#"{"spec":{"initContainers":null,"containers":[],"initContainers":[]}}"#,
+        ] {
+            let e = decode(dup).unwrap_err().to_string();
+            assert!(e.contains("duplicate field"), "{dup}: {e}");
+        }
+    }
+
     #[test]
     fn the_patch_without_decoding_env_is_the_patch_of_the_whole_pod() {
         let v = view();

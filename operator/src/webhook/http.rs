@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
-use serde::Serialize;
 
 use super::admission::{self, Review};
 use super::view::View;
@@ -135,66 +134,9 @@ async fn inject_handler(State(view): State<View>, headers: HeaderMap, body: Body
     encode(&review, resp)
 }
 
-/// The AdmissionReview that answers `review`, echoing its apiVersion and kind.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<StatusOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    /// The API server's JSON form of `[]byte` is base64.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<k8s_openapi::ByteString>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warnings: Option<&'a [String]>,
-}
-
-/// A `metav1.Status` saying why the pod is refused.
-#[derive(Serialize)]
-struct StatusOut<'a> {
-    status: &'static str,
-    message: &'a str,
-    reason: &'static str,
-    code: u16,
-}
-
+/// The AdmissionReview that answers `review` (echoing its apiVersion and kind), as the response.
 fn encode(review: &Review<'_>, resp: admission::Response) -> Response {
-    let admission::Response {
-        uid,
-        allowed,
-        patch,
-        warnings,
-        denial,
-    } = resp;
-    let out = ReviewOut {
-        api_version: &review.api_version,
-        kind: &review.kind,
-        response: ResponseOut {
-            uid: &uid,
-            allowed,
-            status: denial.as_ref().map(|d| StatusOut {
-                status: "Failure",
-                message: &d.message,
-                reason: "BadRequest",
-                code: d.code,
-            }),
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch: patch.map(k8s_openapi::ByteString),
-            warnings: warnings.as_deref(),
-        },
-    };
-    match serde_json::to_vec(&out) {
+    match review_json(review, &resp) {
         Ok(bytes) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -209,6 +151,53 @@ fn encode(review: &Review<'_>, resp: admission::Response) -> Response {
     }
 }
 
+/// The answering AdmissionReview's JSON, written out directly rather than through a derived
+/// `Serialize`: its shape is fixed, and the patch, most of the answer, is base64-encoded straight
+/// into the buffer (the API server's JSON form of `[]byte`). Base64 needs no escaping, so unlike
+/// a serialised string it is not scanned byte by byte for characters to escape. Every string
+/// that comes from the request or a message goes through serde_json's escaping.
+///
+/// `{"apiVersion":..,"kind":..,"response":{"uid":..,"allowed":..,"status":{..}?,
+/// "patchType":"JSONPatch"?,"patch":"<base64>"?,"warnings":[..]?}}`
+fn review_json(review: &Review<'_>, resp: &admission::Response) -> serde_json::Result<Vec<u8>> {
+    let b64 = &base64_simd::STANDARD;
+    let patch_len = resp
+        .patch
+        .as_ref()
+        .map_or(0, |p| b64.encoded_length(p.len()));
+    let mut out = Vec::with_capacity(256 + patch_len);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    serde_json::to_writer(&mut out, review.api_version.as_str())?;
+    out.extend_from_slice(b",\"kind\":");
+    serde_json::to_writer(&mut out, review.kind.as_str())?;
+    out.extend_from_slice(b",\"response\":{\"uid\":");
+    serde_json::to_writer(&mut out, resp.uid.as_str())?;
+    out.extend_from_slice(if resp.allowed {
+        b",\"allowed\":true"
+    } else {
+        b",\"allowed\":false"
+    });
+    if let Some(d) = &resp.denial {
+        // A metav1.Status saying why the pod is refused.
+        out.extend_from_slice(b",\"status\":{\"status\":\"Failure\",\"message\":");
+        serde_json::to_writer(&mut out, d.message.as_str())?;
+        out.extend_from_slice(b",\"reason\":\"BadRequest\",\"code\":");
+        out.extend_from_slice(d.code.to_string().as_bytes());
+        out.push(b'}');
+    }
+    if let Some(patch) = &resp.patch {
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
+        b64.encode_append(patch, &mut out);
+        out.push(b'"');
+    }
+    if let Some(warnings) = &resp.warnings {
+        out.extend_from_slice(b",\"warnings\":");
+        serde_json::to_writer(&mut out, warnings)?;
+    }
+    out.extend_from_slice(b"}}");
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +208,63 @@ mod tests {
 
     use crate::inject::keys;
     use crate::webhook::view::tests::{install, view};
+
+    /// The hand-written answer is valid JSON with what a derived encoder would say: strings that
+    /// need escaping come back as they went in, the patch decodes to its bytes.
+    #[test]
+    fn the_written_answer_parses_back_to_its_fields() {
+        use base64::Engine as _;
+        let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"a\"b\\c\n\u00e9","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE"}}"#;
+        let review: Review<'_> = serde_json::from_str(body).unwrap();
+        let patch = br#"[{"op":"add","path":"/a","value":"\u2028 \"x\""}]"#.to_vec();
+        for resp in [
+            admission::Response {
+                uid: "a\"b\\c\n\u{e9}".into(),
+                allowed: true,
+                patch: Some(patch.clone()),
+                warnings: Some(vec!["w \"1\"".into(), "w\t2".into()]),
+                denial: None,
+            },
+            admission::Response {
+                uid: "u".into(),
+                allowed: false,
+                patch: None,
+                warnings: None,
+                denial: Some(admission::Denial {
+                    code: 400,
+                    message: "bad \"annotation\"\n\u{1}".into(),
+                }),
+            },
+        ] {
+            let v: Value = serde_json::from_slice(&review_json(&review, &resp).unwrap()).unwrap();
+            assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+            assert_eq!(v["kind"], "AdmissionReview");
+            let r = &v["response"];
+            assert_eq!(r["uid"], resp.uid.as_str());
+            assert_eq!(r["allowed"], resp.allowed);
+            match &resp.patch {
+                Some(p) => {
+                    assert_eq!(r["patchType"], "JSONPatch");
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(r["patch"].as_str().unwrap())
+                        .unwrap();
+                    assert_eq!(&bytes, p);
+                }
+                None => assert!(r.get("patch").is_none() && r.get("patchType").is_none()),
+            }
+            match &resp.warnings {
+                Some(w) => assert_eq!(r["warnings"], json!(w)),
+                None => assert!(r.get("warnings").is_none()),
+            }
+            match &resp.denial {
+                Some(d) => assert_eq!(
+                    r["status"],
+                    json!({"status": "Failure", "message": d.message, "reason": "BadRequest", "code": 400})
+                ),
+                None => assert!(r.get("status").is_none()),
+            }
+        }
+    }
 
     fn pod() -> Value {
         json!({

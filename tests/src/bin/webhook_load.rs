@@ -42,6 +42,11 @@ meshop-webhook-load: meshop's injection webhook measured the way it is deployed 
   --url URL --pid PID   load any injector instead of starting one
   --pods N              pod creation through the API server, with and without the webhook
   --scale               meshop's RSS and CPU idle, with 10,000 pods, while namespaces relabel
+  --floor               also load the transport floor: meshop's own HTTPS server (TLS, HTTP,
+                        tokio) in a process of its own, answering every review with meshop's
+                        answer to it, fixed; what is left of meshop's CPU is the admission work
+  --slowest N           also list a run's N slowest requests: when they started and their rank
+                        on their connection (finds stalls tied to a connection's first requests)
 ";
 use std::time::{Duration, Instant};
 
@@ -77,6 +82,8 @@ struct Args {
     pid: Option<u32>,
     pods: Option<usize>,
     scale: bool,
+    slowest: usize,
+    floor: bool,
 }
 
 fn cpus(v: &str) -> anyhow::Result<Vec<usize>> {
@@ -101,6 +108,8 @@ fn args() -> anyhow::Result<Args> {
         pid: None,
         pods: None,
         scale: false,
+        slowest: 0,
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -111,6 +120,10 @@ fn args() -> anyhow::Result<Args> {
             }
             "--scale" => {
                 a.scale = true;
+                continue;
+            }
+            "--floor" => {
+                a.floor = true;
                 continue;
             }
             "-h" | "--help" => {
@@ -135,6 +148,7 @@ fn args() -> anyhow::Result<Args> {
             "--url" => a.url = Some(value),
             "--pid" => a.pid = Some(value.parse()?),
             "--pods" => a.pods = Some(value.parse::<usize>()?.clamp(1, 20_000)),
+            "--slowest" => a.slowest = value.parse::<usize>()?.min(1000),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -338,6 +352,8 @@ struct Report {
     /// Requests slower than 40 ms: the delayed-ACK timer's signature when Nagle holds a write.
     over_40ms: usize,
     cpu_per_request: Option<Duration>,
+    /// `--slowest`: (latency, start since the run began, rank on its connection), slowest first.
+    slowest: Vec<(Duration, Duration, usize)>,
 }
 
 impl std::fmt::Display for Report {
@@ -355,7 +371,16 @@ impl std::fmt::Display for Report {
             self.cpu_per_request
                 .map(|d| format!("{:.0} µs", d.as_secs_f64() * 1e6))
                 .unwrap_or_else(|| "-".into())
-        )
+        )?;
+        for (latency, start, rank) in &self.slowest {
+            write!(
+                f,
+                "\n    {:>7.3} ms, started at {:>7.3} s, request {rank} of its connection",
+                ms(*latency),
+                start.as_secs_f64()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -409,7 +434,7 @@ async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report
                         sender.ready().await?;
                         let response = sender.send_request(request()?).await?;
                         check(response).await?;
-                        latencies.push(t.elapsed());
+                        latencies.push((t.elapsed(), t - started, latencies.len()));
                     }
                     anyhow::Ok(latencies)
                 }));
@@ -425,23 +450,26 @@ async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report
                     sender.ready().await?;
                     let response = sender.send_request(request()?).await?;
                     check(response).await?;
-                    latencies.push(t.elapsed());
+                    latencies.push((t.elapsed(), t - started, latencies.len()));
                 }
                 anyhow::Ok(latencies)
             }));
         }
     }
-    let mut latencies = Vec::new();
+    // (latency, start since the run began, rank of the request on its connection or stream)
+    let mut samples: Vec<(Duration, Duration, usize)> = Vec::new();
     for task in tasks {
-        latencies.extend(task.await??);
+        samples.extend(task.await??);
     }
+    samples.sort();
+    let slowest = samples.iter().rev().take(args.slowest).copied().collect();
+    let latencies: Vec<Duration> = samples.iter().map(|s| s.0).collect();
     let elapsed = started.elapsed();
     let cpu = match (pid, cpu_before) {
         (Some(pid), Some(before)) => Some(cpu_time(pid)?.saturating_sub(before)),
         _ => None,
     };
     ensure!(!latencies.is_empty(), "no request completed");
-    latencies.sort();
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
@@ -456,6 +484,7 @@ async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report
             .filter(|l| **l > Duration::from_millis(40))
             .count(),
         cpu_per_request: cpu.map(|c| c / latencies.len() as u32),
+        slowest,
     })
 }
 
@@ -498,7 +527,59 @@ fn on_client_cpus<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("load thread panicked"))?
 }
 
+/// `--serve-fixed ADDR FILE`, started by `--floor` (not a user's flag): meshop's own HTTPS server
+/// (`meshop::webhook::serve_listener`: the same TLS, HTTP/1.1 and HTTP/2 stack, `TCP_NODELAY`
+/// and tokio runtime as `meshop run`) with one route that reads the review and answers FILE's
+/// bytes, meshop's answer to that review. Its CPU per request is what serving costs before any
+/// admission work: the transport floor.
+fn serve_fixed(addr: &str, file: &str) -> anyhow::Result<()> {
+    let answer = Bytes::from(std::fs::read(file).with_context(|| format!("read {file}"))?);
+    let addr: std::net::SocketAddr = addr.parse().context("--serve-fixed ADDR")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let bundle = meshop::webhook::CertBundle::generate(
+                &[addr.ip().to_string()],
+                Duration::from_secs(24 * 3600),
+            )?;
+            let resolver = meshop::webhook::CertResolver::new(bundle)?;
+            let listener = meshop::webhook::bind(addr).await?;
+            let route = axum::routing::post(move |review: Bytes| async move {
+                // The review is read whole, as meshop reads it, and not decoded.
+                drop(review);
+                ([(hyper::header::CONTENT_TYPE, "application/json")], answer)
+            });
+            let router = axum::Router::new().route(meshop::webhook::WEBHOOK_PATH, route);
+            meshop::webhook::serve_listener(listener, router, resolver).await
+        })
+}
+
+/// meshop's answer to the load's review, fetched once over TLS.
+async fn answer_of(args: &Args, url: &str) -> anyhow::Result<Bytes> {
+    let uri: hyper::Uri = url.parse().context("--url")?;
+    let host = uri.host().context("URL without a host")?.to_string();
+    let tcp =
+        tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443))).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls_client(false)?)
+        .connect(ServerName::try_from(host.clone())?, tcp)
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::post(uri.path())
+        .header("host", host.as_str())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(review(&args.pod))))?;
+    let response = sender.send_request(request).await?;
+    ensure!(response.status().is_success(), "HTTP {}", response.status());
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 4 && argv[1] == "--serve-fixed" {
+        return serve_fixed(&argv[2], &argv[3]);
+    }
     let args = args()?;
     if let Some(url) = args.url.clone() {
         if let (Some(pid), Some(c)) = (args.pid, &args.server_cpus) {
@@ -581,7 +662,39 @@ async fn with_cluster(args: Args) -> anyhow::Result<()> {
     if args.scale {
         return scale(&client, meshop_pid).await;
     }
-    let mut targets = vec![("meshop".to_string(), meshop_url, meshop_pid)];
+    let mut targets = vec![("meshop".to_string(), meshop_url.clone(), meshop_pid)];
+    let _floor = if args.floor {
+        let answer = tokio::task::block_in_place(|| {
+            let (a, u) = (args.clone(), meshop_url.clone());
+            on_client_cpus(&args, async move { answer_of(&a, &u).await })
+        })?;
+        let file = cp.dir.join("floor-answer.json");
+        std::fs::write(&file, &answer)?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let floor = spawn_pinned(&args, || {
+            meshop_testenv::process::Process::spawn(
+                "floor",
+                &std::env::current_exe()?,
+                &[
+                    "--serve-fixed".into(),
+                    addr.to_string(),
+                    file.display().to_string(),
+                ],
+                &cp.dir.join("floor.log"),
+                &[],
+            )
+        })?;
+        let url = format!("https://{addr}/inject");
+        meshop_testenv::poll_until("the floor server answers", Duration::from_secs(30), || {
+            let (warm, url) = (warm.clone(), url.clone());
+            async move { load(&warm, &url, None).await.map(|_| ()) }
+        })
+        .await?;
+        targets.push(("floor".to_string(), url, floor.pid()));
+        Some(floor)
+    } else {
+        None
+    };
     let _istiod = if args.istiod {
         let istiod = start_istiod(&args, &cp, &client).await?;
         let url = format!("https://{}/inject", istiod.https);
