@@ -245,12 +245,20 @@ async fn move_to(
         after >= GRACE,
         "istiod-{from} retired {after:?} after its last pod left; the grace period is {GRACE:?}"
     );
-    let mi =
-        meshop_testenv::wait_for_kstatus(&api, MESH, KStatus::Current, Duration::from_secs(60))
-            .await;
-    let status = mi.status.unwrap();
-    let names: Vec<&str> = status.revisions.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, [to]);
+    meshop_testenv::wait_for_kstatus(&api, MESH, KStatus::Current, Duration::from_secs(60)).await;
+    // The status drops the retired revision on meshop's next pass after the Deployment is gone:
+    // wait for it, rather than read whichever status is there first.
+    let status = meshop_testenv::wait_until(
+        &format!("status.revisions is [{to}]"),
+        Duration::from_secs(60),
+        || async {
+            let status = api.get(MESH).await?.status.context("no status")?;
+            let names: Vec<&str> = status.revisions.iter().map(|r| r.name.as_str()).collect();
+            ensure!(names == [to], "status.revisions {names:?}");
+            Ok(status)
+        },
+    )
+    .await;
     assert_eq!(status.version.as_deref(), Some(version));
     assert!(status.migration.is_none(), "{:?}", status.migration);
 
