@@ -9,7 +9,7 @@ use anyhow::ensure;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use meshop::api::MeshInstall;
+use meshop::api::{MeshInstall, condition};
 use meshop::controller::status::{KStatus, kstatus};
 use meshop_testenv::apps;
 use serde_json::json;
@@ -88,11 +88,7 @@ async fn a_failing_workload_stalls_the_migration_until_it_is_fixed() {
         meshop_testenv::wait_for_kstatus(&api, MESH, KStatus::Failed, Duration::from_secs(120))
             .await;
     let status = mi.status.unwrap();
-    let stalled = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
+    let stalled = status.condition(condition::STALLED).unwrap();
     assert_eq!(stalled.reason, "MigrationStalled");
     assert!(
         stalled.message.contains("Deployment/fragile/bad"),

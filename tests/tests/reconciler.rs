@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use meshop::api::MeshInstall;
+use meshop::api::{MeshInstall, condition};
 use meshop::controller::status::KStatus;
 use meshop_testenv::LogsOnFailure;
 use serde_json::json;
@@ -302,13 +302,8 @@ async fn a_second_claim_on_a_revision_is_stalled_and_changes_nothing() {
     first.wait(KStatus::Current, READY).await;
     let second = Mesh::create("claim-b", "rc-claim", json!({ "profile": "minimal" })).await;
     let stalled = second.wait(KStatus::Failed, Duration::from_secs(60)).await;
-    let condition = stalled
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
+    let status = stalled.status.unwrap();
+    let condition = status.condition(condition::STALLED).unwrap();
     assert_eq!(condition.reason, "RevisionConflict");
     assert!(
         condition
@@ -337,13 +332,8 @@ async fn an_unsupported_version_is_stalled_with_a_clear_message() {
     )
     .await;
     let old = mesh.wait(KStatus::Failed, Duration::from_secs(60)).await;
-    let ready = old
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let status = old.status.unwrap();
+    let ready = status.condition(condition::READY).unwrap();
     assert!(
         ready
             .message

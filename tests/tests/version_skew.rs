@@ -11,7 +11,7 @@ use anyhow::bail;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use meshop::api::MeshInstall;
+use meshop::api::{MeshInstall, condition};
 use meshop::controller::status::KStatus;
 use serde_json::json;
 
@@ -60,11 +60,7 @@ async fn meshes_installed_by_an_older_meshop() {
         meshop_testenv::wait_for_kstatus(&api, "skew", KStatus::Failed, Duration::from_secs(60))
             .await;
     let status = mi.status.unwrap();
-    let stalled = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
+    let stalled = status.condition(condition::STALLED).unwrap();
     assert_eq!(stalled.reason, "VersionSkew");
     assert!(
         stalled.message.contains("1.29.8") && stalled.message.contains("set version 1.30 first"),

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use meshop::api::MeshInstall;
+use meshop::api::{MeshInstall, condition};
 use meshop::controller::status::KStatus;
 use meshop_testenv::GiveUp;
 use serde_json::json;
@@ -99,11 +99,7 @@ async fn an_end_of_life_release_is_stalled_and_creates_nothing() {
     .await;
     let mi = meshop_testenv::wait_for_kstatus(&api, "v-eol", KStatus::Failed, READY).await;
     let status = mi.status.unwrap();
-    let stalled = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
+    let stalled = status.condition(condition::STALLED).unwrap();
     assert_eq!(stalled.reason, "InvalidSpec");
     assert!(
         stalled

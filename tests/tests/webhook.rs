@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use meshop::api::{MeshInstall, WebhookState};
 use meshop::controller::status::{KStatus, kstatus};
+use meshop_testenv::apps::labelled_namespace;
 use serde_json::json;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 
 fn pod(name: &str, labels: serde_json::Value, host_network: bool) -> Pod {
     serde_json::from_value(json!({
@@ -31,23 +32,6 @@ fn has_sidecar(p: &Pod) -> bool {
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(|c| c.name == "istio-proxy")
-}
-
-async fn labelled_namespace(client: &kube::Client, name: &str, labels: serde_json::Value) {
-    let ns: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    // Pods need the namespace's default ServiceAccount, made by the controller manager.
-    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), name);
-    meshop_testenv::wait_until(
-        &format!("default ServiceAccount in {name}"),
-        Duration::from_secs(30),
-        || async { sa.get_opt("default").await?.context("not created yet") },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,18 @@ pub struct MeshInstallStatus {
     pub migration: Option<MigrationStatus>,
 }
 
+impl MeshInstallStatus {
+    /// The condition of type `type_` (see [`condition`]), when the status has one.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether condition `type_` is there with status True.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}
+
 /// One control-plane revision of a revision-based install.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]

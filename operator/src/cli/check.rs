@@ -468,11 +468,10 @@ fn meshinstalls_ready(s: &Snapshot) -> Verdict {
     let mut bad = Vec::new();
     for mi in &s.meshes {
         let name = mi.metadata.name.clone().unwrap_or_default();
-        let ready = mi.status.as_ref().and_then(|st| {
-            st.conditions
-                .iter()
-                .find(|c| c.type_ == crate::api::condition::READY)
-        });
+        let ready = mi
+            .status
+            .as_ref()
+            .and_then(|st| st.condition(crate::api::condition::READY));
         match kstatus(mi.metadata.generation, mi.status.as_ref()) {
             KStatus::Current => {}
             other => bad.push(format!(

@@ -110,15 +110,11 @@ pub fn views(s: &Snapshot, only: Option<&str>) -> Vec<MeshView> {
 fn view(s: &Snapshot, mi: &MeshInstall) -> MeshView {
     let status = mi.status.clone().unwrap_or_default();
     let revision = crate::revision::name(&mi.spec.revision).to_string();
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::READY)
-        .map(|c| ConditionView {
-            status: c.status.clone(),
-            reason: c.reason.clone(),
-            message: c.message.clone(),
-        });
+    let ready = status.condition(condition::READY).map(|c| ConditionView {
+        status: c.status.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+    });
     let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
     for pod in s
         .pods

@@ -284,12 +284,7 @@ pub(crate) fn webhook_status(plan: &Plan, serving: bool, registered: bool) -> We
 
 /// Whether the status says Ready for the generation it observed.
 pub(crate) fn was_ready(status: Option<&MeshInstallStatus>, generation: Option<i64>) -> bool {
-    status.is_some_and(|s| {
-        s.observed_generation == generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == condition::READY && c.status == "True")
-    })
+    status.is_some_and(|s| s.observed_generation == generation && s.is_true(condition::READY))
 }
 
 /// How kstatus classifies a status: the same rules Argo CD and Flux apply.
@@ -311,17 +306,11 @@ pub fn kstatus(generation: Option<i64>, status: Option<&MeshInstallStatus>) -> K
     if status.observed_generation.is_none() || status.observed_generation < generation {
         return KStatus::InProgress;
     }
-    let is_true = |t: &str| {
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == t && c.status == "True")
-    };
-    if is_true(condition::STALLED) {
+    if status.is_true(condition::STALLED) {
         KStatus::Failed
-    } else if is_true(condition::RECONCILING) {
+    } else if status.is_true(condition::RECONCILING) {
         KStatus::InProgress
-    } else if is_true(condition::READY) {
+    } else if status.is_true(condition::READY) {
         KStatus::Current
     } else {
         KStatus::InProgress
@@ -355,10 +344,6 @@ mod tests {
             reason: reason.into(),
             message: "m".into(),
         }
-    }
-
-    fn condition_of<'a>(s: &'a MeshInstallStatus, type_: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
     fn plan(yaml: &str) -> Plan {
@@ -400,7 +385,7 @@ mod tests {
                     .iter()
                     .all(|c| c.observed_generation == Some(7))
             );
-            let truth = |t: &str| condition_of(&s, t).status == "True";
+            let truth = |t: &str| s.condition(t).unwrap().status == "True";
             let expected = match outcome {
                 Outcome::Ready { .. } => (true, false, false),
                 Outcome::Progressing { .. } => (false, true, false),
@@ -421,7 +406,7 @@ mod tests {
             c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         }
         let again = next_status(Some(&aged), Some(2), report(ready("b")));
-        let r = condition_of(&again, "Ready");
+        let r = again.condition("Ready").unwrap();
         assert_eq!(
             r.last_transition_time.0,
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH
@@ -429,7 +414,7 @@ mod tests {
         assert_eq!(r.message, "b");
         let changed = next_status(Some(&aged), Some(2), report(progressing("R")));
         assert_ne!(
-            condition_of(&changed, "Ready").last_transition_time.0,
+            changed.condition("Ready").unwrap().last_transition_time.0,
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH
         );
     }

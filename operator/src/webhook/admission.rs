@@ -88,7 +88,7 @@ fn decode_pod(raw: &RawValue) -> Result<Pod, serde_json::Error> {
     let spec = match spec {
         None => None,
         Some(fields) => {
-            let mut spec = PodSpec::deserialize(MapDeserializer::new(fields.rest.0.into_iter()))?;
+            let mut spec = PodSpec::deserialize(MapDeserializer::new(fields.rest.into_iter()))?;
             let unwrap = |list: Vec<ContainerWithoutEnv>| list.into_iter().map(|c| c.0).collect();
             spec.containers = fields.containers.flatten().map(unwrap).unwrap_or_default();
             spec.init_containers = fields.init_containers.flatten().map(unwrap);
@@ -102,17 +102,14 @@ fn decode_pod(raw: &RawValue) -> Result<Pod, serde_json::Error> {
     })
 }
 
-/// A JSON object's fields in their order, each value still a slice of the request body. Keys
-/// are borrowed from the body too (unless they hold escapes), and a list rather than a map holds
-/// them: a pod's spec has a dozen fields and a container fewer, looked at once each.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
 /// A pod spec's fields: its container lists decoded in the same pass over the body (so an env of
 /// thousands of variables is skipped once, not once per level), every other field still raw.
 struct SpecFields<'a> {
     containers: Option<Option<Vec<ContainerWithoutEnv>>>,
     init_containers: Option<Option<Vec<ContainerWithoutEnv>>>,
-    rest: Fields<'a>,
+    /// Every other field, in order, its value still a slice of the body and its name borrowed
+    /// from it (unless it holds escapes).
+    rest: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 /// A field name, borrowed from the body when it holds no escapes.
@@ -137,26 +134,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Fields<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Key(k), v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
-                    fields.push((k, v));
-                }
-                Ok(Fields(fields))
-            }
-        }
-        d.deserialize_map(V(PhantomData))
-    }
-}
-
 impl<'de: 'a, 'a> Deserialize<'de> for SpecFields<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(PhantomData<&'a ()>);
@@ -169,23 +146,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for SpecFields<'a> {
                 let mut spec = SpecFields {
                     containers: None,
                     init_containers: None,
-                    rest: Fields(Vec::with_capacity(map.size_hint().unwrap_or(8))),
+                    rest: Vec::with_capacity(map.size_hint().unwrap_or(8)),
                 };
                 while let Some(Key(k)) = map.next_key::<Key<'a>>()? {
-                    let list = match k.as_ref() {
-                        "containers" => &mut spec.containers,
-                        "initContainers" => &mut spec.init_containers,
+                    let (list, name) = match k.as_ref() {
+                        "containers" => (&mut spec.containers, "containers"),
+                        "initContainers" => (&mut spec.init_containers, "initContainers"),
                         _ => {
-                            spec.rest.0.push((k, map.next_value()?));
+                            spec.rest.push((k, map.next_value()?));
                             continue;
                         }
                     };
                     if list.is_some() {
-                        return Err(serde::de::Error::duplicate_field(if k == "containers" {
-                            "containers"
-                        } else {
-                            "initContainers"
-                        }));
+                        return Err(serde::de::Error::duplicate_field(name));
                     }
                     *list = Some(map.next_value()?);
                 }
