@@ -384,6 +384,19 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// A TLS connection to `host:port`, with `TCP_NODELAY` as the API server's client sets it.
+async fn tls_connect(
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    port: u16,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(ServerName::try_from(host.to_string())?, tcp)
+        .await?)
+}
+
 /// Drives `url` (`https://host:port/path`) with `args`' load; `pid` is the server's process.
 async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report> {
     let uri: hyper::Uri = url.parse().context("--url")?;
@@ -399,11 +412,7 @@ async fn load(args: &Args, url: &str, pid: Option<u32>) -> anyhow::Result<Report
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        tcp.set_nodelay(true)?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(ServerName::try_from(host.clone())?, tcp)
-            .await?;
+        let stream = tls_connect(&tls, &host, port).await?;
         let request = {
             let (body, url, path, host) =
                 (body.clone(), url.to_string(), path.clone(), host.clone());
@@ -559,11 +568,7 @@ fn serve_fixed(addr: &str, file: &str) -> anyhow::Result<()> {
 async fn answer_of(args: &Args, url: &str) -> anyhow::Result<Bytes> {
     let uri: hyper::Uri = url.parse().context("--url")?;
     let host = uri.host().context("URL without a host")?.to_string();
-    let tcp =
-        tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443))).await?;
-    let stream = tokio_rustls::TlsConnector::from(tls_client(false)?)
-        .connect(ServerName::try_from(host.clone())?, tcp)
-        .await?;
+    let stream = tls_connect(&tls_client(false)?, &host, uri.port_u16().unwrap_or(443)).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let request = hyper::Request::post(uri.path())
