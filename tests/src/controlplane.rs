@@ -38,6 +38,9 @@ pub struct Options {
     /// Service's ClusterIP, so a loopback range (such as 127.100.0.0/24) lets it reach a webhook
     /// served by a local process listening on that address.
     pub service_cidr: String,
+    /// Write the API server's audit log (every request at `Metadata` level, JSON lines) to
+    /// `<dir>/audit.log`; [`crate::audit`] reads it.
+    pub audit: bool,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             install_crds: true,
             dir: None,
             service_cidr: "10.0.0.0/24".to_string(),
+            audit: false,
         }
     }
 }
@@ -122,7 +126,7 @@ impl ControlPlane {
 
         let port = free_port()?;
         self.server = format!("https://127.0.0.1:{port}");
-        let args = vec![
+        let mut args = vec![
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".to_string(),
             "--advertise-address=127.0.0.1".to_string(),
@@ -146,6 +150,9 @@ impl ControlPlane {
             "--endpoint-reconciler-type=none".to_string(),
             "--v=1".to_string(),
         ];
+        if self.options.audit {
+            args.extend(crate::audit::apiserver_args(&self.dir)?);
+        }
         self.spawn(
             "kube-apiserver",
             &self.binaries.kube_apiserver.clone(),
@@ -235,6 +242,11 @@ impl ControlPlane {
     /// was first used on, and each `#[tokio::test]` has its own runtime.
     pub async fn client(&self) -> Result<Client> {
         client_for(&self.kubeconfig).await
+    }
+
+    /// The audit log's path (written only when `Options::audit` is set).
+    pub fn audit_log(&self) -> PathBuf {
+        crate::audit::log_path(&self.dir)
     }
 
     /// Fails if any component has exited.

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod apps;
+pub mod audit;
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;

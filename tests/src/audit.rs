@@ -1,0 +1,202 @@
+//! The API server's audit log, as a judge of what a client really did: which user made which
+//! request (verb, API group, resource, subresource, namespace, name) and what the API server
+//! answered. `Options { audit: true, .. }` turns it on; the policy records every request at
+//! `Metadata` level once, when its response is complete (no bodies: Secrets never reach the log).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// The policy: one event per request, at `ResponseComplete`, with metadata only.
+const POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n- level: Metadata\n";
+
+/// Where the control plane in `dir` writes its audit log.
+pub fn log_path(dir: &Path) -> PathBuf {
+    dir.join("audit.log")
+}
+
+/// kube-apiserver's flags for an audit log in `dir` (writes the policy file there). Blocking mode
+/// writes each event before the response is sent, so a test that has seen a response can read it.
+pub(crate) fn apiserver_args(dir: &Path) -> Result<Vec<String>> {
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(&policy, POLICY).with_context(|| format!("writing {}", policy.display()))?;
+    let log = log_path(dir);
+    let _ = std::fs::remove_file(&log);
+    Ok(vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", log.display()),
+        "--audit-log-format=json".into(),
+        "--audit-log-mode=blocking".into(),
+        "--audit-log-maxsize=0".into(),
+    ])
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEvent {
+    verb: String,
+    #[serde(default)]
+    request_u_r_i: String,
+    user: RawUser,
+    #[serde(default)]
+    object_ref: Option<RawRef>,
+    #[serde(default)]
+    response_status: Option<RawStatus>,
+    #[serde(default)]
+    stage_timestamp: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawUser {
+    #[serde(default)]
+    username: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRef {
+    #[serde(default)]
+    api_group: String,
+    #[serde(default)]
+    resource: String,
+    #[serde(default)]
+    subresource: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawStatus {
+    #[serde(default)]
+    code: u16,
+}
+
+/// One request, as the API server recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub user: String,
+    pub verb: String,
+    pub uri: String,
+    pub access: Access,
+    /// The HTTP status of the answer (0 when the log has none).
+    pub code: u16,
+    /// RFC 3339 with microseconds, as the API server wrote it.
+    pub timestamp: String,
+}
+
+/// What a request used: the terms an RBAC rule is written in. `namespace` and `name` are empty
+/// for cluster-wide requests and for collections.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Access {
+    pub verb: String,
+    pub group: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        write!(f, "{} {}/{}", self.verb, group, self.resource)?;
+        if !self.namespace.is_empty() {
+            write!(f, " in {}", self.namespace)?;
+        }
+        if !self.name.is_empty() {
+            write!(f, " named {}", self.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every event in the audit log at `path`, in the order written. Non-resource requests
+/// (`/healthz`, `/version`, discovery) are kept with an empty resource.
+pub fn read(path: &Path) -> Result<Vec<Event>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text)
+}
+
+/// The events in an audit log's text (JSON lines).
+pub fn parse(text: &str) -> Result<Vec<Event>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let raw: RawEvent = serde_json::from_str(line)
+            .with_context(|| format!("audit log line {} is not an event", i + 1))?;
+        let r = raw.object_ref.unwrap_or_default();
+        let resource = if r.subresource.is_empty() {
+            r.resource
+        } else {
+            format!("{}/{}", r.resource, r.subresource)
+        };
+        out.push(Event {
+            user: raw.user.username,
+            verb: raw.verb.clone(),
+            uri: raw.request_u_r_i,
+            access: Access {
+                verb: raw.verb,
+                group: r.api_group,
+                resource,
+                namespace: r.namespace,
+                name: r.name,
+            },
+            code: raw.response_status.map(|s| s.code).unwrap_or(0),
+            timestamp: raw.stage_timestamp,
+        });
+    }
+    Ok(out)
+}
+
+/// The user name of a ServiceAccount, as the API server authenticates its token.
+pub fn service_account_user(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// Every distinct access `user` made with a resource (non-resource URLs left out).
+pub fn accesses_of(events: &[Event], user: &str) -> BTreeSet<Access> {
+    events
+        .iter()
+        .filter(|e| e.user == user && !e.access.resource.is_empty())
+        .map(|e| e.access.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_the_access_in_rbac_terms() {
+        let log = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/istio-system/secrets/x","verb":"get","user":{"username":"system:serviceaccount:meshop-system:meshop"},"objectRef":{"resource":"secrets","namespace":"istio-system","name":"x","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":404},"stageTimestamp":"2026-12-07T07:00:00.000001Z"}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"b","stage":"ResponseComplete","requestURI":"/apis/apps/v1/deployments/d/status","verb":"patch","user":{"username":"admin"},"objectRef":{"resource":"deployments","subresource":"status","namespace":"n","name":"d","apiGroup":"apps","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"stageTimestamp":"2026-12-07T07:00:01.000001Z"}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"c","stage":"ResponseComplete","requestURI":"/healthz","verb":"get","user":{"username":"system:serviceaccount:meshop-system:meshop"},"responseStatus":{"metadata":{},"code":200},"stageTimestamp":"2026-12-07T07:00:02.000001Z"}
+"#;
+        let events = parse(log).unwrap();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0].code, 404);
+        assert_eq!(
+            events[1].access.to_string(),
+            "patch apps/deployments/status in n named d"
+        );
+        let user = service_account_user("meshop-system", "meshop");
+        let used = accesses_of(&events, &user);
+        assert_eq!(used.len(), 1, "the non-resource request is left out");
+        assert_eq!(
+            used.iter().next().unwrap().to_string(),
+            "get core/secrets in istio-system named x"
+        );
+    }
+}
