@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let app = router(view());
+    let app = router(view(), Default::default());
     // 8,000 env vars shows the cost growing linearly with the pod, not with its square.
     let cases = [
         ("typical pod", typical_pod()),

@@ -298,9 +298,14 @@ pub fn operator_objects(w: &Workload) -> Vec<Value> {
     let mut annotations = json!({
         "prometheus.io/scrape": "true",
         "prometheus.io/port": METRICS_PORT.to_string(),
-        // The operator's own pods never get a sidecar.
+        // Istio reads the annotation too; meshop's webhooks read the label below.
         "sidecar.istio.io/inject": "false",
     });
+    // The operator's own pods never get a sidecar: the injection webhooks' object selectors leave
+    // out pods with this label (and their namespace selectors the operator's namespace), so a new
+    // operator pod never waits on the webhook only a running operator pod serves.
+    let mut pod_labels = labels(w);
+    pod_labels["sidecar.istio.io/inject"] = json!("false");
     for (k, v) in &w.extra_pod_annotations {
         annotations[k] = v.clone();
     }
@@ -359,7 +364,7 @@ pub fn operator_objects(w: &Workload) -> Vec<Value> {
                 // A new replica is ready before an old one goes: the webhook never has no backend.
                 "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } },
                 "template": {
-                    "metadata": { "labels": labels(w), "annotations": annotations },
+                    "metadata": { "labels": pod_labels, "annotations": annotations },
                     "spec": pod_spec,
                 },
             },

@@ -283,14 +283,19 @@ pub fn start_operator(
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
     };
     let (health, hook) = (free()?, free()?);
-    let mut args = vec![
-        "run".to_string(),
-        format!("--health-addr={health}"),
-        "--lease-namespace=default".into(),
+    let mut args = vec!["run".to_string(), format!("--health-addr={health}")];
+    // `default` unless the test names the operator's namespace itself.
+    if !extra_args
+        .iter()
+        .any(|a| a.starts_with("--lease-namespace"))
+    {
+        args.push("--lease-namespace=default".into());
+    }
+    args.extend([
         format!("--identity={identity}"),
         format!("--webhook-addr={hook}"),
         format!("--webhook-url=https://{hook}/inject"),
-    ];
+    ]);
     args.extend(extra_args.iter().cloned());
     let process = process::Process::spawn(
         identity,

@@ -366,6 +366,7 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
         lease_duration: Duration::from_secs(15),
         webhook_addr: Some(format!("127.0.0.1:{hook_port}").parse().unwrap()),
         webhook_cert_lifetime: meshop::webhook::certs::DEFAULT_CERT_LIFETIME,
+        webhook_limits: Default::default(),
         webhook_url: None,
     };
     let operator = tokio::spawn(meshop::controller::run(operator_client, options));

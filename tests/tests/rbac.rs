@@ -75,6 +75,7 @@ async fn operator_works_with_its_own_rbac_only() {
         // Serve the webhook too, so its Secret and watches are checked against the RBAC as well.
         webhook_addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         webhook_cert_lifetime: meshop::webhook::certs::DEFAULT_CERT_LIFETIME,
+        webhook_limits: Default::default(),
         webhook_url: Some(format!("https://127.0.0.1:{port}/inject")),
     };
     let operator = tokio::spawn(meshop::controller::run(operator_client, options));

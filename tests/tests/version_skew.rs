@@ -52,6 +52,7 @@ async fn meshes_installed_by_an_older_meshop() {
         lease_duration: Duration::from_secs(15),
         webhook_addr: None,
         webhook_cert_lifetime: meshop::webhook::certs::DEFAULT_CERT_LIFETIME,
+        webhook_limits: Default::default(),
         webhook_url: None,
     };
     let operator = tokio::spawn(meshop::controller::run(cp.client().await.unwrap(), options));

@@ -422,6 +422,7 @@ async fn webhook_endpoint(
             injector: InjectorEndpoint {
                 client_config,
                 ca_bundle: ca,
+                operator_namespace: operator_namespace.to_string(),
             },
             // Only status uses it; diff reads no status.
             certificate_expiry: std::time::SystemTime::UNIX_EPOCH,

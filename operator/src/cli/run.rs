@@ -30,6 +30,17 @@ pub(super) struct RunArgs {
     /// Lifetime of the webhook's serving certificate, in seconds (renewed when a third is left).
     #[arg(long, hide = true, default_value_t = 90 * 24 * 3600, value_name = "SECONDS")]
     webhook_cert_lifetime: u64,
+    /// Seconds a webhook client has to send a complete request head (after the TLS handshake or
+    /// its previous response) before the connection is closed.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    webhook_header_timeout: u64,
+    /// Seconds a webhook connection may stay open with no request in flight and nothing sent.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    webhook_idle_timeout: u64,
+    /// Webhook connections open at most; at the cap new ones wait in the kernel's backlog until
+    /// one closes.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    webhook_max_connections: usize,
     /// Log format.
     #[arg(long, env = "MESHOP_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -83,6 +94,11 @@ pub(super) fn run(args: RunArgs) -> ExitCode {
             webhook_cert_lifetime: std::time::Duration::from_secs(
                 args.webhook_cert_lifetime.max(30),
             ),
+            webhook_limits: crate::webhook::Limits {
+                header_timeout: std::time::Duration::from_secs(args.webhook_header_timeout.max(1)),
+                idle_timeout: std::time::Duration::from_secs(args.webhook_idle_timeout.max(1)),
+                max_connections: args.webhook_max_connections.max(1),
+            },
         };
         crate::controller::run(client, options).await
     });

@@ -89,6 +89,8 @@ impl Error {
 pub struct WebhookSettings {
     pub resolver: Arc<crate::webhook::CertResolver>,
     pub client_config: k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
+    /// Left out of every injection webhook's namespace selector.
+    pub operator_namespace: String,
 }
 
 /// Shared state of the controller.
@@ -137,6 +139,7 @@ impl Context {
             injector: crate::render::InjectorEndpoint {
                 client_config: settings.client_config.clone(),
                 ca_bundle: bundle.ca_pem.clone(),
+                operator_namespace: settings.operator_namespace.clone(),
             },
             certificate_expiry: bundle.not_after,
         })
@@ -235,6 +238,8 @@ pub struct RunOptions {
     pub webhook_url: Option<String>,
     /// Lifetime of the webhook's serving certificate; it is renewed when a third is left.
     pub webhook_cert_lifetime: Duration,
+    /// What one client may hold of the webhook server: timeouts and the connection cap.
+    pub webhook_limits: crate::webhook::Limits,
 }
 
 /// Runs until SIGINT/SIGTERM, or until leadership is lost (then exits with an error, so the
@@ -252,7 +257,9 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
     // and status.webhook.certificateExpiry follow at once (a full channel means a run is pending).
     let (renewed_tx, renewed) = futures::channel::mpsc::channel::<()>(1);
     let webhook = match options.webhook_addr {
-        Some(addr) => Some(start_webhook(&client, &options, addr, renewed_tx).await?),
+        Some(addr) => {
+            Some(start_webhook(&client, &options, addr, renewed_tx, metrics.clone()).await?)
+        }
         None => None,
     };
     ready.store(true, Ordering::SeqCst);
@@ -333,6 +340,7 @@ async fn start_webhook(
     options: &RunOptions,
     addr: SocketAddr,
     renewed: futures::channel::mpsc::Sender<()>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<WebhookSettings> {
     use crate::webhook;
     use k8s_openapi::api::admissionregistration::v1::{ServiceReference, WebhookClientConfig};
@@ -346,6 +354,7 @@ async fn start_webhook(
     ];
     let lifetime = options.webhook_cert_lifetime;
     let bundle = webhook::load_or_create(client.clone(), &ns, &sans, lifetime).await?;
+    metrics.set_webhook_certificate_expiry(unix_seconds(bundle.not_after));
     let resolver = webhook::CertResolver::new(bundle)?;
     // Look often enough to renew well inside the last third of the lifetime.
     let every = (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
@@ -356,17 +365,28 @@ async fn start_webhook(
         lifetime,
         resolver.clone(),
         every,
-        move |_| {
-            let _ = renewed.clone().try_send(());
+        {
+            let metrics = metrics.clone();
+            move |bundle| {
+                metrics.set_webhook_certificate_expiry(unix_seconds(bundle.not_after));
+                let _ = renewed.clone().try_send(());
+            }
         },
     );
-    let view = webhook::spawn_view(client.clone());
+    let view = webhook::spawn_view(client.clone(), &ns);
     let listener = webhook::bind(addr).await?;
     info!(addr = %listener.local_addr()?, "serving the injection webhook (HTTPS)");
     let server_resolver = resolver.clone();
+    let limits = options.webhook_limits;
     tokio::spawn(async move {
-        if let Err(e) =
-            webhook::serve_listener(listener, webhook::router(view), server_resolver).await
+        if let Err(e) = webhook::serve_listener(
+            listener,
+            webhook::router(view, metrics.clone()),
+            server_resolver,
+            limits,
+            metrics,
+        )
+        .await
         {
             error!(error = %e, "webhook server stopped");
         }
@@ -389,7 +409,14 @@ async fn start_webhook(
     Ok(WebhookSettings {
         resolver,
         client_config,
+        operator_namespace: options.lease_namespace.clone(),
     })
+}
+
+/// Seconds since the Unix epoch (0 for a time before it, which a certificate never has).
+fn unix_seconds(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -254,6 +254,7 @@ mod tests {
                     ..Default::default()
                 },
                 ca_bundle: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
+                operator_namespace: "meshop-system".into(),
             },
             certificate_expiry: SystemTime::UNIX_EPOCH,
         }

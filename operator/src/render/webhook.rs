@@ -10,7 +10,9 @@
 //! | `rev.object.<rev>.…`            | neither label                               | `istio.io/rev=<rev>`, inject != false |
 //! | `object.…` (default rev)        | neither label                               | `sidecar.istio.io/inject=true`, no `istio.io/rev` |
 //!
-//! Every namespace selector also excludes the Kubernetes system namespaces and the control plane's.
+//! Every namespace selector also excludes the Kubernetes system namespaces, the control plane's and
+//! the operator's own (see [`InjectorEndpoint::operator_namespace`]); the operator's pods also
+//! carry `sidecar.istio.io/inject: "false"` as a label, which the object selectors read.
 //! The selectors are disjoint, so a pod is sent at most once per revision; the handler decides again
 //! from its own view anyway.
 
@@ -34,6 +36,10 @@ pub struct InjectorEndpoint {
     pub client_config: WebhookClientConfig,
     /// The CA bundle (PEM).
     pub ca_bundle: String,
+    /// The namespace the operator runs in. Every namespace selector leaves it out, whatever its
+    /// labels: if the operator's own pods needed the webhook they serve, losing them all under
+    /// `failurePolicy: Fail` would leave nothing to admit their replacements.
+    pub operator_namespace: String,
 }
 
 /// The path the handler serves.
@@ -75,6 +81,7 @@ pub(super) fn render(install: &Installation, endpoint: &InjectorEndpoint) -> Ren
             install,
             endpoint.client_config.clone(),
             endpoint.ca_bundle.as_bytes(),
+            &endpoint.operator_namespace,
         ),
     )
 }
@@ -85,12 +92,14 @@ pub(crate) fn webhook_configuration(
     install: &Installation,
     client_config: WebhookClientConfig,
     ca_bundle: &[u8],
+    operator_namespace: &str,
 ) -> MutatingWebhookConfiguration {
     let rev = revision::name(&install.revision);
     webhook_configuration_for(
         install,
         client_config,
         ca_bundle,
+        operator_namespace,
         &[rev],
         install.revision.is_empty(),
     )
@@ -111,6 +120,7 @@ pub(super) fn render_routes(
             install,
             endpoint.client_config.clone(),
             endpoint.ca_bundle.as_bytes(),
+            &endpoint.operator_namespace,
             names,
             names.contains(&revision::DEFAULT),
         ),
@@ -123,6 +133,7 @@ fn webhook_configuration_for(
     install: &Installation,
     mut client_config: WebhookClientConfig,
     ca_bundle: &[u8],
+    operator_namespace: &str,
     names: &[&str],
     default_hooks: bool,
 ) -> MutatingWebhookConfiguration {
@@ -131,7 +142,10 @@ fn webhook_configuration_for(
         svc.path.get_or_insert_with(|| WEBHOOK_PATH.to_string());
     }
     let rev = revision::name(&install.revision);
-    let protected = protected_namespaces(&install.namespace);
+    let mut protected = protected_namespaces(&install.namespace).to_vec();
+    if !protected.contains(&operator_namespace) {
+        protected.push(operator_namespace);
+    }
     let not_protected = || req(NAME_LABEL, "NotIn", &protected);
     let not_opted_out = || req(keys::INJECT, "NotIn", &["false"]);
     let unlabelled_ns = || {
@@ -276,7 +290,7 @@ mod tests {
     #[test]
     fn default_revision_has_four_webhooks_with_common_settings() {
         let i = install("");
-        let mwc = webhook_configuration(&i, svc(), b"PEM");
+        let mwc = webhook_configuration(&i, svc(), b"PEM", "meshop-system");
         assert_eq!(
             mwc.metadata.name.as_deref(),
             Some("meshop-sidecar-injector-mesh")
@@ -301,6 +315,7 @@ mod tests {
             "kube-public",
             "kube-node-lease",
             i.namespace.as_str(),
+            "meshop-system",
         ];
         for h in &hooks {
             assert_eq!(h.admission_review_versions, ["v1"]);
@@ -384,6 +399,7 @@ mod tests {
                 ..Default::default()
             },
             b"CA",
+            "meshop-system",
         );
         let hooks = mwc.webhooks.unwrap();
         assert_eq!(hooks.len(), 2);
@@ -416,14 +432,18 @@ mod tests {
     fn failure_policy_follows_the_install() {
         let mut i = install("");
         i.injection.failure_policy = FailurePolicy::Ignore;
-        let hooks = webhook_configuration(&i, svc(), b"").webhooks.unwrap();
+        let hooks = webhook_configuration(&i, svc(), b"", "meshop-system")
+            .webhooks
+            .unwrap();
         assert!(
             hooks
                 .iter()
                 .all(|h| h.failure_policy.as_deref() == Some("Ignore"))
         );
         i.injection.failure_policy = FailurePolicy::Fail;
-        let hooks = webhook_configuration(&i, svc(), b"").webhooks.unwrap();
+        let hooks = webhook_configuration(&i, svc(), b"", "meshop-system")
+            .webhooks
+            .unwrap();
         assert!(
             hooks
                 .iter()

@@ -273,6 +273,27 @@ pub(crate) fn admit(review_version: &str, req: &Request<'_>, view: &Snapshot) ->
     respond(req, verdict)
 }
 
+/// Whether `req` is what the webhook handles: a v1 Pod CREATE (not a subresource).
+fn is_pod_create(req: &Request<'_>) -> bool {
+    let k = &req.kind;
+    k.group.is_empty()
+        && k.version == "v1"
+        && k.kind == "Pod"
+        && req.operation == "CREATE"
+        && req.sub_resource.is_none()
+}
+
+/// The namespace whose labels [`decide`] will read for `req`, when it will read any: the HTTP
+/// layer makes sure the view holds it first.
+pub(crate) fn pod_create_namespace<'r>(
+    review_version: &str,
+    req: &'r Request<'_>,
+) -> Option<&'r str> {
+    (review_version == REVIEW_VERSION && is_pod_create(req))
+        .then_some(req.namespace.as_deref())
+        .flatten()
+}
+
 /// The decision for `req`.
 pub(crate) fn decide(review_version: &str, req: &Request<'_>, view: &Snapshot) -> Verdict {
     if review_version != REVIEW_VERSION {
@@ -281,9 +302,7 @@ pub(crate) fn decide(review_version: &str, req: &Request<'_>, view: &Snapshot) -
         ));
     }
     let k = &req.kind;
-    let pod_create =
-        k.group.is_empty() && k.version == "v1" && k.kind == "Pod" && req.operation == "CREATE";
-    if !pod_create || req.sub_resource.is_some() {
+    if !is_pod_create(req) {
         return Verdict::Ignored(format!(
             "meshop injection webhook only handles v1 Pod CREATE; got {}/{} {} {}",
             k.group, k.version, k.kind, req.operation
@@ -303,8 +322,19 @@ pub(crate) fn decide(review_version: &str, req: &Request<'_>, view: &Snapshot) -
         .or_else(|| pod.metadata.namespace.clone())
         .unwrap_or_else(|| FALLBACK_NAMESPACE.into());
     pod.metadata.namespace = Some(namespace.clone());
-    let no_labels = Default::default();
-    let ns_labels = view.namespace_labels(&namespace).unwrap_or(&no_labels);
+    if view.is_operator_namespace(&namespace) {
+        return Verdict::Unchanged(Unchanged::Skipped(SkipReason::ProtectedNamespace(
+            namespace,
+        )));
+    }
+    // The HTTP layer reads a namespace the watch has not delivered before deciding
+    // (`View::resolve_namespace`); should it still be unknown here, refuse: admitting the pod
+    // would be a guess that its namespace asks for no sidecar.
+    let Some(ns_labels) = view.namespace_labels(&namespace) else {
+        return Verdict::Denied(format!(
+            "namespace {namespace} is unknown to the injection webhook, so whether the pod needs a sidecar cannot be decided; retry"
+        ));
+    };
 
     let Some(revision) = select_revision(ns_labels, &pod) else {
         return Verdict::Unchanged(Unchanged::Skipped(SkipReason::NotSelected));
@@ -685,10 +715,9 @@ mod tests {
             unchanged(&v, "plain", pod(json!({}))),
             Unchanged::Skipped(SkipReason::NotSelected)
         );
-        assert_eq!(
-            unchanged(&v, "nowhere", pod(json!({}))),
-            Unchanged::Skipped(SkipReason::NotSelected),
-            "a namespace the watch has not seen has no labels"
+        assert!(
+            matches!(verdict(&v, "nowhere", pod(json!({}))), Verdict::Denied(m) if m.contains("namespace nowhere is unknown")),
+            "a namespace the view does not hold is never taken as unlabelled"
         );
         assert_eq!(
             unchanged(&v, "plain", pod(json!({(keys::REV): "blue"}))),
@@ -768,9 +797,33 @@ mod tests {
             empty.snapshot().namespace_labels("apps").is_none()
                 && matches!(
                     verdict(&empty, "apps", pod(json!({(keys::INJECT): "true"}))),
-                    Verdict::Injected { .. }
+                    Verdict::Denied(_)
                 ),
-            "a pod may opt in where the namespace is unknown"
+            "even a pod that opts in is refused while its namespace is unknown: its labels may veto"
+        );
+    }
+
+    #[test]
+    fn the_operators_own_namespace_is_never_injected() {
+        let v = view();
+        v.set_namespace(
+            "meshop-system",
+            labels(&[(keys::NAMESPACE_INJECTION, "enabled")]),
+        );
+        assert!(matches!(
+            verdict(&v, "meshop-system", pod(json!({}))),
+            Verdict::Injected { .. }
+        ));
+        v.set_operator_namespace("meshop-system");
+        assert_eq!(
+            unchanged(&v, "meshop-system", pod(json!({}))),
+            Unchanged::Skipped(SkipReason::ProtectedNamespace("meshop-system".into()))
+        );
+        // Known or not, labelled or not: the operator's namespace needs no lookup.
+        v.remove_namespace("meshop-system");
+        assert_eq!(
+            unchanged(&v, "meshop-system", pod(json!({(keys::INJECT): "true"}))),
+            Unchanged::Skipped(SkipReason::ProtectedNamespace("meshop-system".into()))
         );
     }
 }

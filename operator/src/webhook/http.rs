@@ -5,13 +5,21 @@
 //! | request                                  | answer                                          |
 //! |------------------------------------------|-------------------------------------------------|
 //! | `POST /inject`, view not synced yet      | 503, so the API server applies `failurePolicy`  |
+//! | `POST /inject`, pod's namespace unknown  | read from the API server; 503 if that fails     |
+//! | `POST /inject`, body not read in time    | 408 after [`BODY_TIMEOUT`]                      |
 //! | `POST /inject`, not an AdmissionReview   | 400 with the parse error                        |
 //! | `POST /inject`, body over [`BODY_LIMIT`] | 413 with the limit, after reading the body      |
 //! | `POST /inject`, a review                 | 200 with the review's response                  |
 //! | `GET /healthz`                           | 200 once synced, 503 before                     |
 //!
+//! Every answer to `POST /inject` is counted in `meshop_webhook_requests_total{outcome}` and
+//! timed in `meshop_webhook_request_duration_seconds` ([`crate::metrics::Outcome`]).
+//!
 //! The body is decoded once, into [`admission::Review`] (the pod stays raw until it is known to
 //! be a Pod CREATE), and the answer is encoded straight from [`admission::Response`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -23,6 +31,7 @@ use futures::StreamExt;
 
 use super::admission::{self, Review};
 use super::view::View;
+use crate::metrics::{Metrics, Outcome};
 use crate::render::WEBHOOK_PATH;
 
 /// The largest AdmissionReview read. The API server decodes write requests of at most 3 MiB (its
@@ -34,12 +43,24 @@ pub(crate) const BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// 413: a server that closes a connection with unread data resets it, and the answer is lost.
 const DRAIN_LIMIT: usize = 4 * BODY_LIMIT;
 
-/// The webhook's routes: `POST /inject` and `GET /healthz`.
-pub fn router(view: View) -> Router {
+/// How long the whole body of a request may take to arrive once its headers have. The API server
+/// sends a review in one write; a client that trickles it holds a connection for nothing.
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share: the watched cache and the metrics they record into.
+#[derive(Clone)]
+struct Webhook {
+    view: View,
+    metrics: Arc<Metrics>,
+}
+
+/// The webhook's routes: `POST /inject` and `GET /healthz`. Admission outcomes and latencies go
+/// to `metrics` (the registry `/metrics` serves).
+pub fn router(view: View, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(inject_handler))
         .route("/healthz", get(healthz))
-        .with_state(view)
+        .with_state(Webhook { view, metrics })
 }
 
 fn still_syncing() -> Response {
@@ -50,8 +71,8 @@ fn still_syncing() -> Response {
         .into_response()
 }
 
-async fn healthz(State(view): State<View>) -> Response {
-    if view.is_synced() {
+async fn healthz(State(hook): State<Webhook>) -> Response {
+    if hook.view.is_synced() {
         (StatusCode::OK, "ok").into_response()
     } else {
         still_syncing()
@@ -91,11 +112,21 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, BodyError
     Ok(out)
 }
 
-async fn inject_handler(State(view): State<View>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(&headers, body).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge(seen)) => {
-            return (
+async fn inject_handler(State(hook): State<Webhook>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let (outcome, response) = answer(&hook.view, &headers, body).await;
+    hook.metrics.observe_admission(outcome, started.elapsed());
+    response
+}
+
+/// The answer to one `POST /inject`, and what it amounts to for the metrics.
+async fn answer(view: &View, headers: &HeaderMap, body: Body) -> (Outcome, Response) {
+    let error =
+        |status: StatusCode, message: String| (Outcome::Error, (status, message).into_response());
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge(seen))) => {
+            let resp = (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 [(header::CONNECTION, "close")],
                 format!(
@@ -103,35 +134,57 @@ async fn inject_handler(State(view): State<View>, headers: HeaderMap, body: Body
                 ),
             )
                 .into_response();
+            return (Outcome::Error, resp);
         }
-        Err(BodyError::Broken(e)) => {
-            return (
+        Ok(Err(BodyError::Broken(e))) => {
+            return error(
                 StatusCode::BAD_REQUEST,
                 format!("reading the AdmissionReview failed: {e}"),
-            )
-                .into_response();
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the AdmissionReview's body did not arrive within {BODY_TIMEOUT:?}"),
+            );
         }
     };
     let review: Review<'_> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return (
+            return error(
                 StatusCode::BAD_REQUEST,
                 format!("request body is not a valid AdmissionReview: {e}"),
-            )
-                .into_response();
+            );
         }
     };
     let Some(req) = review.request.as_ref() else {
-        return (StatusCode::BAD_REQUEST, "AdmissionReview has no request").into_response();
+        return error(
+            StatusCode::BAD_REQUEST,
+            "AdmissionReview has no request".into(),
+        );
     };
     // Until the watches have listed everything, say so with a 503: the API server then applies
     // the webhook's failurePolicy instead of admitting pods on a guess.
     if !view.is_synced() {
-        return still_syncing();
+        return (Outcome::Error, still_syncing());
+    }
+    // A pod in a namespace the watch has not delivered yet: read it rather than guess its labels.
+    if let Some(namespace) = admission::pod_create_namespace(&review.api_version, req)
+        && let Err(e) = view.resolve_namespace(namespace).await
+    {
+        tracing::warn!(error = %e, uid = %req.uid, "answering 503 so the API server applies failurePolicy");
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     let resp = admission::admit(&review.api_version, req, &view.snapshot());
-    encode(&review, resp)
+    let outcome = if resp.patch.is_some() {
+        Outcome::Injected
+    } else if resp.allowed {
+        Outcome::Skipped
+    } else {
+        Outcome::Denied
+    };
+    (outcome, encode(&review, resp))
 }
 
 /// The AdmissionReview that answers `review` (echoing its apiVersion and kind), as the response.
@@ -302,7 +355,10 @@ mod tests {
             .header("content-type", "application/json")
             .body(Body::from(body))
             .unwrap();
-        let resp = router(v.clone()).oneshot(req).await.unwrap();
+        let resp = router(v.clone(), Default::default())
+            .oneshot(req)
+            .await
+            .unwrap();
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
@@ -404,12 +460,7 @@ mod tests {
         opted_out["metadata"]["labels"][keys::INJECT] = json!("false");
         let mut host = pod();
         host["spec"]["hostNetwork"] = json!(true);
-        for (ns, p) in [
-            ("apps", opted_out),
-            ("apps", host),
-            ("kube-system", pod()),
-            ("nowhere", pod()),
-        ] {
+        for (ns, p) in [("apps", opted_out), ("apps", host), ("kube-system", pod())] {
             let resp = call(&v, &pod_review(ns, p)).await;
             assert_eq!(resp["allowed"], true);
             assert!(resp.get("patch").is_none(), "{ns}: {resp}");
@@ -512,6 +563,72 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let (status, body) = call_raw(&view(), "GET", "/healthz", Vec::new()).await;
         assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"ok"[..]));
+    }
+
+    /// A synced view that lacks the pod's namespace (the watch lags) and cannot read it: the
+    /// API server gets a 503 and applies failurePolicy; never an admission without the sidecar.
+    #[tokio::test]
+    async fn a_namespace_the_view_has_not_seen_is_never_admitted_bare() {
+        let v = view();
+        let metrics = Arc::new(Metrics::default());
+        let post = |body: Value| {
+            let app = router(v.clone(), metrics.clone());
+            async move {
+                let req = Request::builder()
+                    .method("POST")
+                    .uri("/inject")
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap();
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let (status, text) = post(pod_review("fresh", pod())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert!(
+            text.contains("namespace fresh is not in the webhook's cache"),
+            "{text}"
+        );
+        // Once the watch delivers it, the same pod is injected.
+        v.set_namespace(
+            "fresh",
+            crate::webhook::view::tests::labels(&[(
+                crate::inject::keys::NAMESPACE_INJECTION,
+                "enabled",
+            )]),
+        );
+        let (status, text) = post(pod_review("fresh", pod())).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(text.contains("\"patch\""), "{text}");
+        let exposed = metrics.encode();
+        for line in [
+            r#"meshop_webhook_requests_total{outcome="error"} 1"#,
+            r#"meshop_webhook_requests_total{outcome="injected"} 1"#,
+            "meshop_webhook_request_duration_seconds_count 2",
+        ] {
+            assert!(exposed.contains(line), "{line} missing from\n{exposed}");
+        }
+    }
+
+    /// A client that sends the headers and then trickles (here: never finishes) the body gets a
+    /// 408 after BODY_TIMEOUT instead of holding the handler forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_arrives_times_out_with_a_408() {
+        let stalled = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/inject")
+            .body(Body::from_stream(stalled))
+            .unwrap();
+        let resp = router(view(), Default::default())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
     }
 
     #[tokio::test]

@@ -2,10 +2,17 @@
 //! settings and each node's kubelet version (for `sidecarMode: auto`), kept current by watches so
 //! an admission request never waits on the API server (the API server waits on us, with a short
 //! timeout). A decision reads one [`Snapshot`].
+//!
+//! One exception to "never waits": a pod whose namespace the watch has not delivered yet (a
+//! namespace created a moment ago, a watch relisting after a restart or a busy API server). Its
+//! labels are unknown, and taking them as empty would admit the pod without the sidecar the
+//! namespace asks for. [`View::resolve_namespace`] reads that one namespace from the API server
+//! instead; when it cannot, the handler answers 503 and the API server applies `failurePolicy`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
@@ -186,9 +193,16 @@ pub(crate) struct Snapshot {
     namespaces: Arc<Namespaces>,
     installs: Arc<Installs>,
     kubelets: Arc<Kubelets>,
+    operator_namespace: Option<Arc<str>>,
 }
 
 impl Snapshot {
+    /// Whether `namespace` is the operator's own: never injected, whatever its labels, so the
+    /// operator never needs the webhook it serves to start ([`View::set_operator_namespace`]).
+    pub(crate) fn is_operator_namespace(&self, namespace: &str) -> bool {
+        self.operator_namespace.as_deref() == Some(namespace)
+    }
+
     /// The nodes' kubelet versions, which decide `sidecarMode: auto`.
     pub(crate) fn kubelets(&self) -> &Kubelets {
         &self.kubelets
@@ -222,6 +236,30 @@ struct Inner {
     namespaces_synced: AtomicBool,
     installs_synced: AtomicBool,
     nodes_synced: AtomicBool,
+    /// Reads a namespace the watch has not delivered yet (see [`View::resolve_namespace`]).
+    namespace_reader: OnceLock<Api<Namespace>>,
+    operator_namespace: OnceLock<Arc<str>>,
+}
+
+/// How long a cache miss may wait on the API server. The API server waits at most
+/// `timeoutSeconds` (10) for the whole answer; this leaves room for the decision and the reply.
+const NAMESPACE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the labels of a pod's namespace could not be known.
+#[derive(Debug)]
+pub(crate) struct NamespaceUnknown {
+    pub(crate) namespace: String,
+    pub(crate) reason: String,
+}
+
+impl std::fmt::Display for NamespaceUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "namespace {} is not in the webhook's cache yet and reading it failed: {}",
+            self.namespace, self.reason
+        )
+    }
 }
 
 /// The watched cache. Cheap to clone; shared by the watch feeders and the HTTP handler.
@@ -241,6 +279,48 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl View {
     pub fn new() -> View {
         View::default()
+    }
+
+    /// Lets [`View::resolve_namespace`] read namespaces the watch has not delivered yet through
+    /// `client` (`get` on namespaces, which meshop's ClusterRole grants). Without it a miss is
+    /// answered with an error, never with a guess.
+    pub fn read_misses_from(&self, client: Client) {
+        let _ = self.inner.namespace_reader.set(Api::all(client));
+    }
+
+    /// The namespace meshop itself runs in: never injected (see [`Snapshot::is_operator_namespace`]).
+    pub fn set_operator_namespace(&self, namespace: &str) {
+        let _ = self.inner.operator_namespace.set(Arc::from(namespace));
+    }
+
+    /// Makes sure the view holds `namespace`'s labels: a hit costs a map lookup; a miss reads the
+    /// namespace from the API server (bounded by [`NAMESPACE_READ_TIMEOUT`]) and records it,
+    /// unless the watch delivered it meanwhile (the watch's copy is never older).
+    pub(crate) async fn resolve_namespace(&self, namespace: &str) -> Result<(), NamespaceUnknown> {
+        if read(&self.inner.namespaces).contains_key(namespace) {
+            return Ok(());
+        }
+        let unknown = |reason: String| NamespaceUnknown {
+            namespace: namespace.to_string(),
+            reason,
+        };
+        let Some(api) = self.inner.namespace_reader.get() else {
+            return Err(unknown(
+                "the webhook has no API client to read it with".into(),
+            ));
+        };
+        let got = tokio::time::timeout(NAMESPACE_READ_TIMEOUT, api.get_metadata_opt(namespace))
+            .await
+            .map_err(|_| unknown(format!("no answer within {NAMESPACE_READ_TIMEOUT:?}")))?
+            .map_err(|e| unknown(e.to_string()))?;
+        let Some(ns) = got else {
+            return Err(unknown("it does not exist".into()));
+        };
+        tracing::info!(%namespace, "namespace not yet in the webhook's cache; read it from the API server");
+        Arc::make_mut(&mut write(&self.inner.namespaces))
+            .entry(namespace.to_string())
+            .or_insert_with(|| ns.labels().clone());
+        Ok(())
     }
 
     pub fn set_namespace(&self, name: &str, labels: Labels) {
@@ -299,6 +379,7 @@ impl View {
             namespaces: read(&self.inner.namespaces).clone(),
             installs: read(&self.inner.installs).clone(),
             kubelets: read(&self.inner.kubelets).clone(),
+            operator_namespace: self.inner.operator_namespace.get().cloned(),
         }
     }
 
@@ -321,8 +402,10 @@ impl View {
 /// Starts the watches that keep a [`View`] current: namespace metadata (labels only),
 /// MeshInstalls and nodes (kubelet versions only). They retry with backoff forever; the tasks end
 /// when the runtime does.
-pub(crate) fn spawn_view(client: Client) -> View {
+pub(crate) fn spawn_view(client: Client, operator_namespace: &str) -> View {
     let view = View::new();
+    view.read_misses_from(client.clone());
+    view.set_operator_namespace(operator_namespace);
     let ns_stream = watcher::watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),

@@ -560,7 +560,14 @@ fn serve_fixed(addr: &str, file: &str) -> anyhow::Result<()> {
                 ([(hyper::header::CONTENT_TYPE, "application/json")], answer)
             });
             let router = axum::Router::new().route(meshop::webhook::WEBHOOK_PATH, route);
-            meshop::webhook::serve_listener(listener, router, resolver).await
+            meshop::webhook::serve_listener(
+                listener,
+                router,
+                resolver,
+                Default::default(),
+                Default::default(),
+            )
+            .await
         })
 }
 
