@@ -361,7 +361,7 @@ fn diff_mid_upgrade_plans_the_old_revision_beside_the_new() {
     let notes = report["notes"].to_string();
     assert!(
         notes.contains(&format!(
-            "revision {OLD} (Istio 1.30.5) stays beside the target {NEW}"
+            "revision {OLD} (Istio 1.30.5) stays beside the target {NEW}: 3 pod(s) run its proxy"
         )),
         "{report:#}"
     );

@@ -501,8 +501,15 @@ async fn older_revisions(
         ));
     }
     for r in older.live.iter().skip(1) {
+        let why = match older.grace.get(&r.name) {
+            Some((since, until)) => format!(
+                "no pod has used it since {since}; it is retired at {until} unless one does"
+            ),
+            None if r.name == older.previous_active => "the tags still point at it".to_string(),
+            None => format!("{} pod(s) run its proxy", using(&r.name)),
+        };
         notes.push(format!(
-            "revision {} (Istio {}) stays beside the target {}: pods use it, or it waits out its grace period",
+            "revision {} (Istio {}) stays beside the target {}: {why}",
             r.name, r.version, install.revision
         ));
     }
