@@ -1,9 +1,15 @@
 //! Injection conformance: the same workloads injected by `meshop inject` and by Istio's own
 //! `istioctl kube-inject`, fed the injector template, values and mesh config that
 //! `istioctl manifest generate` produces for the same settings, compared field by field after
-//! normalising what the API server defaults anyway. Every difference must be listed, with its
-//! reason, in docs/istio-compatibility.md; a difference not listed fails the test, and so does a
-//! listed one that no longer occurs (the list stays true).
+//! normalising what the API server defaults anyway. Every difference must be listed, with both
+//! values and its reason, in docs/istio-compatibility.md; a difference not listed (a path, or a
+//! value on either side, the list does not name) fails the test, and so does a listed one that no
+//! longer occurs (the list stays true).
+//!
+//! Strings holding JSON (`PROXY_CONFIG`, the app probers) are compared by their parsed value, the
+//! proxy image as written (istioctl is given the release meshop installs), and the order of
+//! containers, init containers and each container's env (the kubelet starts native sidecars in
+//! order, and `$(VAR)` expands only variables defined earlier) as fields of their own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,6 +17,10 @@ use std::process::Command;
 
 use meshop_testenv::istio::IstioBinaries;
 use serde_json::Value;
+
+/// The release both inject: meshop's MeshInstall asks for it, and istioctl's values carry it as
+/// the image tag (istioctl built from the release-1.31 branch otherwise tags `1.31-dev`).
+const VERSION: &str = "1.31.1";
 
 /// One injection setting: how to ask meshop and istioctl for it.
 struct Setting {
@@ -113,7 +123,8 @@ fn workloads() -> Vec<(&'static str, String)> {
 /// istioctl's injector config, values and mesh config for a setting, from `manifest generate`.
 fn istio_injector(bin: &IstioBinaries, setting: &Setting, dir: &Path) -> [PathBuf; 3] {
     let mut cmd = Command::new(&bin.istioctl);
-    cmd.args(["manifest", "generate", "--set", "profile=default"]);
+    cmd.args(["manifest", "generate", "--set", "profile=default", "--set"]);
+    cmd.arg(format!("tag={VERSION}"));
     for set in setting.istio_sets {
         cmd.args(["--set", set]);
     }
@@ -171,7 +182,13 @@ fn pod_template(workload: &Value) -> Value {
     }
 }
 
-/// Flattens a value into `path -> JSON`, naming list items by their `name` where they have one.
+/// Lists whose order is meaningful: containers and init containers (native sidecars start in
+/// order; the first container is `kubectl`'s default) and env (`$(VAR)` expands only variables
+/// defined before it). Their order is compared as a field of its own, `<list>/#order`.
+const ORDERED: &[&str] = &["/containers", "/initContainers", "/env"];
+
+/// Flattens a value into `path -> JSON`, naming list items by their `name` where they have one;
+/// for the lists in [`ORDERED`], the names in order too.
 fn flatten(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) => {
@@ -185,6 +202,10 @@ fn flatten(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
                     .iter()
                     .all(|i| i.get("name").is_some_and(Value::is_string)) =>
         {
+            if ORDERED.iter().any(|l| path.ends_with(l)) {
+                let names = items.iter().map(|i| i["name"].clone()).collect();
+                out.insert(format!("{path}/#order"), Value::Array(names));
+            }
             for item in items {
                 flatten(
                     item,
@@ -202,20 +223,13 @@ fn flatten(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
 
 /// What the API server would make of a value anyway, so that only real differences remain.
 fn normalise(path: &str, value: &Value) -> Value {
-    // Images: istioctl built from a branch tags them `1.31-dev`, meshop with the release.
-    if path.ends_with("/image")
-        && let Some(s) = value.as_str()
-        && let Some((repo, _tag)) = s.rsplit_once(':')
-        && repo.contains("proxyv2")
-    {
-        return Value::String(format!("{repo}:<version>"));
-    }
-    // JSON in strings: compare what it means, not its whitespace; null lists are empty lists.
+    // JSON in strings: compare what it means (the parsed value), not its whitespace or key
+    // order; null lists are empty lists.
     if let Some(s) = value.as_str()
         && (s.trim_start().starts_with('{') || s.trim_start().starts_with('['))
         && let Ok(parsed) = serde_json::from_str::<Value>(s)
     {
-        return Value::String(canonical_json(&api_defaults_in_probes(parsed)).to_string());
+        return canonical_json(&api_defaults_in_probes(parsed));
     }
     // Quantities: 2 == 2000m, 1Gi == 1024Mi.
     if path.contains("/resources/")
@@ -291,10 +305,95 @@ fn api_server_default(path: &str, value: &Value) -> bool {
     )
 }
 
-/// The listed differences: `| path pattern | reason |` rows of the section "Differences meshop
-/// keeps" of docs/istio-compatibility.md (other sections have tables of their own), where `*` in
-/// a pattern stands for any run of characters.
-fn listed() -> Vec<String> {
+/// One field where the two injections differ, with both normalised values (`None`: absent).
+#[derive(Clone, Debug, PartialEq)]
+struct Difference {
+    path: String,
+    istioctl: Option<Value>,
+    meshop: Option<Value>,
+}
+
+/// Compares two pod templates: how many fields there are, and where they differ.
+fn differences(theirs: &Value, ours: &Value) -> (usize, Vec<Difference>) {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten(theirs, String::new(), &mut a);
+    flatten(ours, String::new(), &mut b);
+    let paths: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let total = paths.len();
+    let mut out = Vec::new();
+    for path in paths {
+        let x = a.get(path).map(|v| normalise(path, v));
+        let y = b.get(path).map(|v| normalise(path, v));
+        let same = match (&x, &y) {
+            (Some(x), Some(y)) => x == y,
+            (None, Some(v)) | (Some(v), None) => api_server_default(path, v),
+            (None, None) => true,
+        };
+        if !same {
+            out.push(Difference {
+                path: path.clone(),
+                istioctl: x,
+                meshop: y,
+            });
+        }
+    }
+    (total, out)
+}
+
+/// A difference docs/istio-compatibility.md lists: the field path (`*` stands for any run of
+/// characters) and the value on each side (normalised, as [`differences`] reports them).
+#[derive(Clone, Debug, PartialEq)]
+struct Listed {
+    pattern: String,
+    istioctl: Option<Value>,
+    meshop: Option<Value>,
+}
+
+impl Listed {
+    /// A row allows a difference only at its path and with exactly its two values.
+    fn allows(&self, d: &Difference) -> bool {
+        matches(&self.pattern, &d.path) && self.istioctl == d.istioctl && self.meshop == d.meshop
+    }
+
+    /// `| `path` | `istioctl value` | `meshop value` | reason |`: each value is JSON (a string
+    /// holding JSON is written as the JSON it holds), or `-` for absent.
+    fn parse(row: &str) -> Option<Result<Listed, String>> {
+        let cells: Vec<&str> = row.strip_prefix('|')?.splitn(4, '|').collect();
+        let [path, istioctl, meshop, _reason] = cells[..] else {
+            return Some(Err(format!(
+                "{row}: a row has four cells: path, istioctl's value, meshop's value, reason"
+            )));
+        };
+        let code = |cell: &str| -> Option<String> {
+            let c = cell.trim();
+            Some(c.strip_prefix('`')?.strip_suffix('`')?.to_string())
+        };
+        let pattern = code(path)?;
+        let value = |cell: &str| -> Result<Option<Value>, String> {
+            let text = code(cell).ok_or_else(|| format!("{cell:?} is not `code`"))?;
+            if text == "-" {
+                return Ok(None);
+            }
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("{text}: {e}"))
+        };
+        Some(
+            (|| {
+                Ok(Listed {
+                    pattern: pattern.clone(),
+                    istioctl: value(istioctl)?,
+                    meshop: value(meshop)?,
+                })
+            })()
+            .map_err(|e: String| format!("row for {pattern}: {e}")),
+        )
+    }
+}
+
+/// The listed differences: the rows of the section "Differences meshop keeps" of
+/// docs/istio-compatibility.md (other sections have tables of their own).
+fn listed() -> Vec<Listed> {
     let doc = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/istio-compatibility.md"),
     )
@@ -305,10 +404,14 @@ fn listed() -> Vec<String> {
         .expect("docs/istio-compatibility.md has a section \"Differences meshop keeps\"");
     section
         .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split_once("` |"))
-        .map(|(pattern, _)| pattern.to_string())
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(Listed::parse)
+        .map(|r| r.unwrap_or_else(|e| panic!("docs/istio-compatibility.md: {e}")))
         .collect()
+}
+
+fn show(v: &Option<Value>) -> String {
+    v.as_ref().map_or("-".into(), Value::to_string)
 }
 
 fn matches(pattern: &str, text: &str) -> bool {
@@ -341,7 +444,7 @@ fn meshop_injects_what_istioctl_injects_or_says_why_not() {
         !patterns.is_empty(),
         "docs/istio-compatibility.md lists no difference rows"
     );
-    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut used: BTreeSet<usize> = BTreeSet::new();
     let mut unlisted = Vec::new();
     let mut report = Vec::new();
     for setting in SETTINGS {
@@ -350,7 +453,7 @@ fn meshop_injects_what_istioctl_injects_or_says_why_not() {
         std::fs::write(
             &mesh_file,
             format!(
-                "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {{name: m}}\nspec:\n  profile: minimal\n  {}\n",
+                "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {{name: m}}\nspec:\n  profile: minimal\n  version: {VERSION}\n  {}\n",
                 setting.meshop_spec
             ),
         )
@@ -380,34 +483,20 @@ fn meshop_injects_what_istioctl_injects_or_says_why_not() {
             let ours = pod_template(&first_doc(
                 &meshop::cli::inject(&input, Some(&mesh_file), None).unwrap(),
             ));
-            let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-            flatten(&theirs, String::new(), &mut a);
-            flatten(&ours, String::new(), &mut b);
-            let paths: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            let mut equal = 0;
-            let mut differ = 0;
-            for path in paths {
-                let x = a.get(path).map(|v| normalise(path, v));
-                let y = b.get(path).map(|v| normalise(path, v));
-                let same = match (&x, &y) {
-                    (Some(x), Some(y)) => x == y,
-                    (None, Some(v)) | (Some(v), None) => api_server_default(path, v),
-                    (None, None) => true,
-                };
-                if same {
-                    equal += 1;
-                    continue;
-                }
-                differ += 1;
-                match patterns.iter().find(|p| matches(p, path)) {
-                    Some(p) => {
-                        used.insert(p.clone());
+            let (fields, found) = differences(&theirs, &ours);
+            let differ = found.len();
+            let equal = fields - differ;
+            for d in found {
+                match patterns.iter().position(|p| p.allows(&d)) {
+                    Some(i) => {
+                        used.insert(i);
                     }
                     None => unlisted.push(format!(
-                        "{} {kind} {path}\n    istioctl: {}\n    meshop:   {}",
+                        "{} {kind} {}\n    istioctl: {}\n    meshop:   {}",
                         setting.name,
-                        x.map(|v| v.to_string()).unwrap_or("-".into()),
-                        y.map(|v| v.to_string()).unwrap_or("-".into())
+                        d.path,
+                        show(&d.istioctl),
+                        show(&d.meshop)
                     )),
                 }
             }
@@ -427,7 +516,12 @@ fn meshop_injects_what_istioctl_injects_or_says_why_not() {
         "differences from istioctl kube-inject not listed in docs/istio-compatibility.md:\n{}",
         unlisted.join("\n")
     );
-    let stale: Vec<&String> = patterns.iter().filter(|p| !used.contains(*p)).collect();
+    let stale: Vec<&Listed> = patterns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !used.contains(i))
+        .map(|(_, p)| p)
+        .collect();
     assert!(
         stale.is_empty(),
         "docs/istio-compatibility.md lists differences that no longer occur: {stale:?}"
@@ -450,4 +544,118 @@ fn the_pattern_matcher_matches_what_it_should() {
     ));
     assert!(matches("/metadata/*", "/metadata/annotations/x"));
     assert!(!matches("/metadata/a", "/metadata/ab"));
+}
+
+/// A pod template with an `istio-proxy` sidecar: `proxy_config` as its PROXY_CONFIG, `env` the
+/// names of the variables before it, `image` its image, `first` the first container.
+fn template(proxy_config: &str, env: &[&str], image: &str, first: &str) -> Value {
+    let mut vars: Vec<Value> = env
+        .iter()
+        .map(|n| serde_json::json!({ "name": n, "value": "x" }))
+        .collect();
+    vars.push(serde_json::json!({ "name": "PROXY_CONFIG", "value": proxy_config }));
+    let proxy = serde_json::json!({ "name": "istio-proxy", "image": image, "env": vars });
+    let app = serde_json::json!({ "name": "app", "image": "nginx" });
+    let containers = if first == "app" {
+        vec![app, proxy]
+    } else {
+        vec![proxy, app]
+    };
+    serde_json::json!({ "spec": { "containers": containers } })
+}
+
+const PROXY: &str = "docker.io/istio/proxyv2:1.31.1";
+const PATH: &str = "/spec/containers[istio-proxy]/env[PROXY_CONFIG]/value";
+
+#[test]
+fn proxy_config_is_compared_by_value_and_a_row_allows_only_its_values() {
+    let row = Listed::parse(
+        "| `*[istio-proxy]/env[PROXY_CONFIG]/value` | `{}` | `{\"discoveryAddress\":\"istiod.istio-system.svc:15012\"}` | why |",
+    )
+    .unwrap()
+    .unwrap();
+    let theirs = template("{}", &["A", "B"], PROXY, "app");
+    // The same JSON, other whitespace and key order: equal, so only the listed value differs.
+    let ours = template(
+        r#"{ "discoveryAddress" : "istiod.istio-system.svc:15012" }"#,
+        &["A", "B"],
+        PROXY,
+        "app",
+    );
+    let (_, found) = differences(&theirs, &ours);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, PATH);
+    assert!(row.allows(&found[0]));
+    // A deliberately wrong address in PROXY_CONFIG: the same path, another value; not allowed.
+    let wrong = template(
+        r#"{"discoveryAddress":"istiod.elsewhere.svc:15012"}"#,
+        &["A", "B"],
+        PROXY,
+        "app",
+    );
+    let (_, found) = differences(&theirs, &wrong);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].meshop,
+        Some(serde_json::json!({ "discoveryAddress": "istiod.elsewhere.svc:15012" }))
+    );
+    assert!(!row.allows(&found[0]), "the row names its values");
+    // Nor when istioctl's side moves.
+    let (_, found) = differences(
+        &template(r#"{"concurrency":4}"#, &["A", "B"], PROXY, "app"),
+        &ours,
+    );
+    assert!(!row.allows(&found[0]));
+    // A row without both values is refused, not read as "any value".
+    assert!(
+        Listed::parse("| `*[istio-proxy]/env[PROXY_CONFIG]/value` | reason |")
+            .unwrap()
+            .is_err()
+    );
+}
+
+#[test]
+fn container_order_env_order_and_the_proxy_image_are_compared() {
+    let base = template("{}", &["POD_NAME", "POD_NAMESPACE"], PROXY, "app");
+    assert_eq!(differences(&base, &base.clone()).1, vec![]);
+    // Env in another order: every variable is there, with its value; the order differs.
+    let (_, found) = differences(
+        &base,
+        &template("{}", &["POD_NAMESPACE", "POD_NAME"], PROXY, "app"),
+    );
+    let paths: Vec<&str> = found.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["/spec/containers[istio-proxy]/env/#order"]);
+    assert_eq!(
+        found[0].meshop,
+        Some(serde_json::json!([
+            "POD_NAMESPACE",
+            "POD_NAME",
+            "PROXY_CONFIG"
+        ]))
+    );
+    // The proxy first instead of the application.
+    let (_, found) = differences(
+        &base,
+        &template("{}", &["POD_NAME", "POD_NAMESPACE"], PROXY, "istio-proxy"),
+    );
+    let paths: Vec<&str> = found.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["/spec/containers/#order"]);
+    // Another proxy image (a tag, a registry): a difference, not normalised away.
+    let (_, found) = differences(
+        &base,
+        &template(
+            "{}",
+            &["POD_NAME", "POD_NAMESPACE"],
+            "docker.io/istio/proxyv2:1.30.5",
+            "app",
+        ),
+    );
+    let paths: Vec<&str> = found.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["/spec/containers[istio-proxy]/image"]);
+    // Lists whose order means nothing (volumes, ports) are compared by name only.
+    let vols = |names: &[&str]| serde_json::json!({ "spec": { "volumes": names.iter().map(|n| serde_json::json!({ "name": n, "emptyDir": {} })).collect::<Vec<_>>() } });
+    assert_eq!(
+        differences(&vols(&["a", "b"]), &vols(&["b", "a"])).1,
+        vec![]
+    );
 }

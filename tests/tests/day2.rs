@@ -581,8 +581,8 @@ fn status_shows_components_webhook_and_data_plane() {
             "{out}"
         );
         assert!(
-            out.lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["day2-status", &version, "1"]),
+            out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["default", "day2-status", &version, "1"]),
             "{out}"
         );
         assert!(
@@ -598,7 +598,7 @@ fn status_shows_components_webhook_and_data_plane() {
         assert_eq!(view["webhook"]["state"], "Active");
         assert_eq!(
             view["dataPlane"],
-            json!([{ "namespace": "day2-status", "proxyVersion": version, "pods": 1 }])
+            json!([{ "revision": "default", "namespace": "day2-status", "proxyVersion": version, "pods": 1 }])
         );
         assert_eq!(view["withoutSidecar"], json!(["day2-status/bare"]));
         let istiod = view["components"]

@@ -350,11 +350,14 @@ fn istio_crds(s: &Snapshot) -> Verdict {
     )
 }
 
-/// The revisions MeshInstalls serve (by revision name).
-fn served_revisions(s: &Snapshot) -> BTreeSet<String> {
-    s.meshes
+/// The injection namespaces whose label selects a revision a MeshInstall serves, by name or by
+/// one of its tags (`istio.io/rev=prod` follows the tag `prod`), as the webhook resolves it.
+fn served_namespaces(s: &Snapshot) -> BTreeSet<&str> {
+    let served = s.served();
+    s.injection_namespaces
         .iter()
-        .map(|m| crate::revision::name(&m.spec.revision).to_string())
+        .filter(|ns| snapshot::resolve(&served, &ns.revision).is_some())
+        .map(|ns| ns.name.as_str())
         .collect()
 }
 
@@ -365,25 +368,25 @@ fn injection_namespaces(s: &Snapshot) -> Verdict {
     if s.injection_namespaces.is_empty() {
         return Verdict::pass("no namespace is labelled for injection yet");
     }
-    let served = served_revisions(s);
+    let served = served_namespaces(s);
     let orphans: Vec<String> = s
         .injection_namespaces
         .iter()
-        .filter(|ns| !served.contains(&ns.revision))
+        .filter(|ns| !served.contains(ns.name.as_str()))
         .map(|ns| format!("{} (revision {})", ns.name, ns.revision))
         .collect();
     if orphans.is_empty() {
         return Verdict::pass(format!(
-            "{} namespace(s) labelled for injection, each for a revision a MeshInstall installs",
+            "{} namespace(s) labelled for injection, each for a revision or tag a MeshInstall serves",
             s.injection_namespaces.len()
         ));
     }
     Verdict::warn(
         format!(
-            "namespaces labelled for a revision no MeshInstall installs: {}; their new pods get no sidecar from meshop",
+            "namespaces labelled for a revision or tag no MeshInstall serves: {}; their new pods get no sidecar from meshop",
             list(&orphans)
         ),
-        "install a MeshInstall with that spec.revision, or relabel the namespace (istio-injection=enabled for the default revision, istio.io/rev=<rev> otherwise)",
+        "install a MeshInstall with that spec.revision (or spec.upgrade.tags), or relabel the namespace (istio-injection=enabled for the default revision or tag, istio.io/rev=<revision or tag> otherwise)",
     )
 }
 
@@ -680,13 +683,7 @@ fn sidecars(s: &Snapshot) -> Verdict {
     if s.injection_namespaces.is_empty() {
         return Verdict::skip("no namespace is labelled for injection");
     }
-    let served = served_revisions(s);
-    let namespaces: BTreeSet<&str> = s
-        .injection_namespaces
-        .iter()
-        .filter(|ns| served.contains(&ns.revision))
-        .map(|ns| ns.name.as_str())
-        .collect();
+    let namespaces = served_namespaces(s);
     let missing: Vec<String> = s
         .pods
         .iter()
@@ -710,13 +707,14 @@ fn sidecars(s: &Snapshot) -> Verdict {
 }
 
 fn proxy_versions(s: &Snapshot) -> Verdict {
+    // Each revision's own release: during a revision-based upgrade the old revision's proxies
+    // run the old release, which is their control plane's.
     let versions: BTreeMap<String, Version> = s
         .meshes
         .iter()
-        .filter_map(|mi| {
-            let v = mi.status.as_ref()?.version.as_ref()?.parse().ok()?;
-            Some((crate::revision::name(&mi.spec.revision).to_string(), v))
-        })
+        .filter(|mi| mi.status.as_ref().is_some_and(|st| st.version.is_some()))
+        .flat_map(snapshot::served_revisions)
+        .filter_map(|r| Some((r.name, r.version?.parse().ok()?)))
         .collect();
     if versions.is_empty() {
         return Verdict::skip("no MeshInstall reports an installed version");

@@ -20,9 +20,12 @@ use serde_json::Value;
 
 use super::Outcome;
 use super::cluster::{self, ClusterArgs, Output};
-use crate::api::{MeshInstall, Profile};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{MeshInstall, Profile, UpdateStrategy};
 use crate::controller::plan::{self, Plan, VersionMove, WebhookEndpoint};
-use crate::controller::{FIELD_MANAGER, prune};
+use crate::controller::{FIELD_MANAGER, prune, revisions, upgrade};
 use crate::effective::Installation;
 use crate::render::{InjectorEndpoint, Rendered};
 
@@ -469,6 +472,51 @@ async fn webhook_endpoint(
     )))
 }
 
+/// A revision-based install's older revisions, decided as the reconciler's pass decides them
+/// ([`revisions::older_revisions`]): the proxies on each revision are counted from the pods the
+/// reconciler lists, so a revision it would retire now is shown pruned and one in use is kept.
+/// `None` for an in-place install.
+async fn older_revisions(
+    client: &Client,
+    mi: &MeshInstall,
+    install: &Installation,
+    notes: &mut Vec<String>,
+) -> Result<Option<revisions::Older>> {
+    if install.update_strategy != UpdateStrategy::RevisionBased {
+        return Ok(None);
+    }
+    let listed = mi.status.iter().flat_map(|s| &s.revisions);
+    let pods = if listed.into_iter().any(|r| r.name != install.revision) {
+        cluster::progress("listing pods to count the proxies on each revision");
+        upgrade::list_proxy_pods(client)
+            .await
+            .context("list pods (which revisions pods use decides which the reconciler keeps)")?
+    } else {
+        Vec::new()
+    };
+    let using = |name: &str| pods.iter().filter(|p| p.revision == name).count();
+    let older = revisions::older_revisions(mi, install, using, Timestamp::now());
+    for name in &older.retired {
+        notes.push(format!(
+            "revision {name} has had no pod for its grace period: the reconciler retires it (its objects are pruned)"
+        ));
+    }
+    for r in older.live.iter().skip(1) {
+        let why = match older.grace.get(&r.name) {
+            Some((since, until)) => format!(
+                "no pod has used it since {since}; it is retired at {until} unless one does"
+            ),
+            None if r.name == older.previous_active => "the tags still point at it".to_string(),
+            None => format!("{} pod(s) run its proxy", using(&r.name)),
+        };
+        notes.push(format!(
+            "revision {} (Istio {}) stays beside the target {}: {why}",
+            r.name, r.version, install.revision
+        ));
+    }
+    Ok(Some(older))
+}
+
 /// The cluster diff of `mi` (see the module documentation).
 pub async fn cluster_report(
     client: &Client,
@@ -484,14 +532,33 @@ pub async fn cluster_report(
         .get_opt(&name)
         .await
         .context("read the MeshInstall (is meshop's CRD installed? `meshop check`)")?;
-    // The owner references, and what prune keeps, hang on the live object's uid.
+    // The owner references, and what prune keeps, hang on the live object's uid; the oldest
+    // claim on a revision wins by creation time; and the reconciler reads status.revisions back
+    // (which older revisions still run, and at which release).
     mi.metadata.uid = live.as_ref().and_then(|l| l.metadata.uid.clone());
+    mi.metadata.creation_timestamp = Some(
+        live.as_ref()
+            .and_then(|l| l.metadata.creation_timestamp.clone())
+            .unwrap_or(Time(Timestamp::now())),
+    );
+    mi.status = live.as_ref().and_then(|l| l.status.clone());
     let install = Installation::from_mesh(&mi)
         .map_err(|e| anyhow::anyhow!("the reconciler would refuse this spec (Stalled): {e}"))?;
-    let installed = live
-        .as_ref()
-        .and_then(|l| l.status.as_ref())
-        .and_then(|s| s.version.clone());
+    let others = Api::<MeshInstall>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .context("list MeshInstalls (one MeshInstall owns a namespace and revision)")?;
+    if let Some(owner) = plan::conflicting_owner(&mi, &install, &others.items) {
+        bail!(
+            "the reconciler would refuse this spec (Stalled, RevisionConflict): revision {:?} in namespace {} is already installed by MeshInstall {owner}",
+            install.revision_label(),
+            install.namespace
+        );
+    }
+    if let Some(message) = plan::strategy_switch(mi.status.as_ref(), install.update_strategy) {
+        bail!("the reconciler would refuse this spec (Stalled, StrategyChange): {message}");
+    }
+    let installed = mi.status.as_ref().and_then(|s| s.version.clone());
     if let VersionMove::Refused(e) = plan::version_move(installed.as_deref(), &install) {
         bail!("the reconciler would refuse this version change (Stalled, VersionSkew): {e}");
     }
@@ -504,8 +571,14 @@ pub async fn cluster_report(
             .notes
             .push("MeshInstall not in the cluster yet: applying it creates it".into());
     }
+    let older = older_revisions(client, &mi, &install, &mut report.notes).await?;
     let webhook = webhook_endpoint(client, &install, operator_namespace, &mut report.notes).await?;
-    let plan = Plan::new(install, webhook);
+    // The reconciler's own planning: the same function, fed what it would observe.
+    let plan = Plan::for_pass(
+        install,
+        older.as_ref().map_or(&[][..], |o| &o.older[..]),
+        webhook,
+    );
     let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     for (i, object) in plan.objects.iter().enumerate() {
         cluster::progress(&format!(
@@ -538,7 +611,13 @@ pub async fn cluster_report(
             }
         }
     }
-    if let Some(uid) = &mi.metadata.uid {
+    let unresolved = older.as_ref().and_then(|o| o.unresolved.clone());
+    if let Some(revision) = &unresolved {
+        report.notes.push(format!(
+            "revision {revision} (in status.revisions) no longer resolves to a release meshop knows: the reconciler prunes nothing while it runs"
+        ));
+    }
+    if let Some(uid) = mi.metadata.uid.as_ref().filter(|_| unresolved.is_none()) {
         cluster::progress("listing objects to prune");
         let found = prune::list_labelled(client, &name).await?;
         report.pruned = prune::prune_set(&found, uid, &plan.keys())

@@ -79,11 +79,67 @@ fn image_tag(image: &str) -> Option<&str> {
     last.split_once(':').map(|(_, tag)| tag)
 }
 
-/// A namespace whose labels ask for sidecars, and the revision they ask for.
+/// A namespace whose labels ask for sidecars, and the revision or tag they ask for.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct InjectionNamespace {
     pub name: String,
+    /// What its labels ask for: a revision name (which pins it) or a tag (which it follows);
+    /// `default` for `istio-injection=enabled`. [`Snapshot::resolve`] says which revision that is.
     pub revision: String,
+}
+
+/// A control-plane revision a MeshInstall serves, as `status` and `check` see it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServedRevision {
+    /// The MeshInstall.
+    pub mesh: String,
+    /// The revision's name (`default` for an in-place install without `spec.revision`): what
+    /// an injected pod records in its `istio.io/rev` annotation.
+    pub name: String,
+    /// The Istio release it runs, when known.
+    pub version: Option<String>,
+    /// The tags pointing at it (revision-based installs; `default` is the one
+    /// `istio-injection=enabled` follows).
+    pub tags: Vec<String>,
+}
+
+/// The revisions `mi` serves, as the webhook serves them: in place, its one revision;
+/// revision-based, every revision its status lists (the reconciler's record, which the webhook
+/// reads too), each with the tags that point at it. A revision-based install whose first pass
+/// has not written status serves nothing yet.
+pub fn served_revisions(mi: &MeshInstall) -> Vec<ServedRevision> {
+    let mesh = mi.metadata.name.clone().unwrap_or_default();
+    let status = mi.status.as_ref();
+    if mi.spec.update_strategy != crate::api::UpdateStrategy::RevisionBased {
+        return vec![ServedRevision {
+            mesh,
+            name: crate::revision::name(&mi.spec.revision).to_string(),
+            version: status
+                .and_then(|s| s.version.clone())
+                .or_else(|| mi.spec.version.clone()),
+            tags: Vec::new(),
+        }];
+    }
+    status
+        .iter()
+        .flat_map(|s| &s.revisions)
+        .map(|r| ServedRevision {
+            mesh: mesh.clone(),
+            name: r.name.clone(),
+            version: Some(r.version.clone()),
+            tags: r.tags.clone(),
+        })
+        .collect()
+}
+
+/// The revision a label value (`istio.io/rev`, or `default` for `istio-injection=enabled`)
+/// selects among `served`, looked up as the webhook does: a revision's name pins it, else the
+/// tag of that name points at one.
+pub fn resolve<'a>(served: &'a [ServedRevision], asked: &str) -> Option<&'a ServedRevision> {
+    served
+        .iter()
+        .find(|r| r.name == asked)
+        .or_else(|| served.iter().find(|r| r.tags.iter().any(|t| t == asked)))
 }
 
 /// The revision a namespace's labels send its pods to, if any (Istio's rules, as the webhook
@@ -136,6 +192,18 @@ pub struct Snapshot {
     pub probe: Option<InjectionProbe>,
     /// What could not be read, by what it was: the checks that need it fail with this.
     pub errors: BTreeMap<&'static str, String>,
+}
+
+impl Snapshot {
+    /// Every revision the MeshInstalls serve ([`served_revisions`]), in MeshInstall order.
+    pub fn served(&self) -> Vec<ServedRevision> {
+        self.meshes.iter().flat_map(served_revisions).collect()
+    }
+
+    /// The revision a namespace asking for `asked` (a revision or a tag) gets ([`resolve`]).
+    pub fn resolve(&self, asked: &str) -> Option<ServedRevision> {
+        resolve(&self.served(), asked).cloned()
+    }
 }
 
 /// What to gather.
@@ -338,13 +406,18 @@ pub async fn gather(client: &Client, scope: &Scope<'_>) -> Snapshot {
             }
         }
         super::cluster::progress("asking the webhook to inject a dry-run pod");
-        // Only a namespace whose revision a MeshInstall injects says anything about the webhook.
+        // Only a namespace whose revision or tag a MeshInstall injects says anything about
+        // the webhook.
+        let served = s.served();
         let injecting: Vec<InjectionNamespace> = s
             .injection_namespaces
             .iter()
             .filter(|ns| {
+                let Some(revision) = resolve(&served, &ns.revision) else {
+                    return false;
+                };
                 s.meshes.iter().any(|mi| {
-                    crate::revision::name(&mi.spec.revision) == ns.revision
+                    mi.metadata.name.as_deref() == Some(revision.mesh.as_str())
                         && mi
                             .status
                             .as_ref()
@@ -423,6 +496,40 @@ mod tests {
         .unwrap();
         let view = PodView::new(&bare);
         assert!(!view.has_sidecar && view.exempt);
+    }
+
+    #[test]
+    fn revision_names_pin_and_tags_follow() {
+        let mut mi: MeshInstall = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
+            "metadata": { "name": "canary" },
+            "spec": { "profile": "minimal", "updateStrategy": "RevisionBased" },
+            "status": { "version": "1.31.1", "revisions": [
+                { "name": "1-31-1", "version": "1.31.1", "tags": ["default", "prod"], "ready": true },
+                { "name": "1-30-5", "version": "1.30.5", "ready": true } ] }
+        }))
+        .unwrap();
+        let served = served_revisions(&mi);
+        let name = |asked: &str| resolve(&served, asked).map(|r| r.name.as_str());
+        assert_eq!(name("default"), Some("1-31-1"));
+        assert_eq!(name("prod"), Some("1-31-1"));
+        assert_eq!(name("1-30-5"), Some("1-30-5"));
+        assert_eq!(name("1-29-0"), None);
+        assert_eq!(served[1].version.as_deref(), Some("1.30.5"));
+        // In place: the one revision, by its name; tags are a revision-based install's.
+        mi.spec.update_strategy = crate::api::UpdateStrategy::InPlace;
+        mi.spec.revision = "canary".into();
+        let served = served_revisions(&mi);
+        assert_eq!(served.len(), 1);
+        assert_eq!(
+            resolve(&served, "canary").unwrap().version.as_deref(),
+            Some("1.31.1")
+        );
+        assert!(resolve(&served, "default").is_none());
+        // Revision-based before its first status: nothing served yet (the webhook neither).
+        mi.spec.update_strategy = crate::api::UpdateStrategy::RevisionBased;
+        mi.status = None;
+        assert!(served_revisions(&mi).is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::cluster::{self, ClusterArgs, Output};
 use super::snapshot::{self, Scope, Snapshot};
-use crate::api::{MeshInstall, condition};
+use crate::api::{MeshInstall, MigrationStatus, condition};
 use crate::controller::status::{KStatus, kstatus};
 
 #[derive(clap::Args, Debug)]
@@ -43,10 +43,38 @@ pub struct MeshView {
     pub ready: Option<ConditionView>,
     pub components: Vec<ComponentView>,
     pub webhook: Option<WebhookView>,
-    /// Injected pods of this revision, by namespace and proxy version.
+    /// updateStrategy RevisionBased: every revision it runs, newest first (`status.revisions`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionView>,
+    /// updateStrategy RevisionBased: where moving workloads to the newest revision stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
+    /// The namespaces whose labels select one of its revisions, directly or by a tag.
+    pub namespaces: Vec<NamespaceView>,
+    /// Injected pods of each of its revisions, by revision, namespace and proxy version.
     pub data_plane: Vec<ProxyGroup>,
-    /// Pods in namespaces that select this revision, running without a sidecar.
+    /// Pods in namespaces that select one of its revisions, running without a sidecar.
     pub without_sidecar: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionView {
+    pub name: String,
+    pub version: String,
+    pub tags: Vec<String>,
+    pub ready: bool,
+    pub pods: i32,
+    pub workloads: i32,
+}
+
+/// A namespace, what its labels ask for (a revision or a tag) and the revision that is.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceView {
+    pub name: String,
+    pub selects: String,
+    pub revision: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -82,6 +110,7 @@ pub struct WebhookView {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyGroup {
+    pub revision: String,
     pub namespace: String,
     pub proxy_version: String,
     pub pods: usize,
@@ -109,35 +138,58 @@ pub fn views(s: &Snapshot, only: Option<&str>) -> Vec<MeshView> {
 
 fn view(s: &Snapshot, mi: &MeshInstall) -> MeshView {
     let status = mi.status.clone().unwrap_or_default();
-    let revision = crate::revision::name(&mi.spec.revision).to_string();
+    let name = mi.metadata.name.clone().unwrap_or_default();
+    // The revision last applied (a revision-based install's target), else the spec's.
+    let revision = crate::revision::name(
+        status
+            .revision
+            .as_deref()
+            .unwrap_or(mi.spec.revision.as_str()),
+    )
+    .to_string();
     let ready = status.condition(condition::READY).map(|c| ConditionView {
         status: c.status.clone(),
         reason: c.reason.clone(),
         message: c.message.clone(),
     });
-    let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for pod in s
-        .pods
-        .iter()
-        .filter(|p| p.has_sidecar && p.revision.as_deref() == Some(&revision))
-    {
+    let served = s.served();
+    let mine: Vec<&snapshot::ServedRevision> = served.iter().filter(|r| r.mesh == name).collect();
+    let mut groups: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for pod in s.pods.iter().filter(|p| p.has_sidecar) {
+        let Some(rev) = pod
+            .revision
+            .as_deref()
+            .filter(|r| mine.iter().any(|m| m.name == *r))
+        else {
+            continue;
+        };
         let version = pod.proxy_version.clone().unwrap_or_else(|| "?".into());
-        *groups.entry((pod.namespace.clone(), version)).or_default() += 1;
+        *groups
+            .entry((rev.to_string(), pod.namespace.clone(), version))
+            .or_default() += 1;
     }
-    let selecting: Vec<&str> = s
+    // Namespaces selecting one of its revisions, directly or by a tag, as the webhook resolves.
+    let namespaces: Vec<NamespaceView> = s
         .injection_namespaces
         .iter()
-        .filter(|ns| ns.revision == revision)
-        .map(|ns| ns.name.as_str())
+        .filter_map(|ns| {
+            let r = snapshot::resolve(&served, &ns.revision).filter(|r| r.mesh == name)?;
+            Some(NamespaceView {
+                name: ns.name.clone(),
+                selects: ns.revision.clone(),
+                revision: r.name.clone(),
+            })
+        })
         .collect();
     let without_sidecar = s
         .pods
         .iter()
-        .filter(|p| !p.has_sidecar && !p.exempt && selecting.contains(&p.namespace.as_str()))
+        .filter(|p| !p.has_sidecar && !p.exempt)
+        .filter(|p| namespaces.iter().any(|ns| ns.name == p.namespace))
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect();
     MeshView {
-        name: mi.metadata.name.clone().unwrap_or_default(),
+        name,
         profile: status
             .profile
             .clone()
@@ -167,9 +219,24 @@ fn view(s: &Snapshot, mi: &MeshInstall) -> MeshView {
             certificate_expiry: w.certificate_expiry.as_ref().map(|t| t.0.to_string()),
             message: w.message.clone(),
         }),
+        revisions: status
+            .revisions
+            .iter()
+            .map(|r| RevisionView {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                tags: r.tags.clone(),
+                ready: r.ready,
+                pods: r.pods,
+                workloads: r.workloads,
+            })
+            .collect(),
+        migration: status.migration.clone(),
+        namespaces,
         data_plane: groups
             .into_iter()
-            .map(|((namespace, proxy_version), pods)| ProxyGroup {
+            .map(|((revision, namespace, proxy_version), pods)| ProxyGroup {
+                revision,
                 namespace,
                 proxy_version,
                 pods,
@@ -242,24 +309,91 @@ pub fn text(views: &[MeshView]) -> String {
             }
         };
         out.push_str(&format!("  Webhook:  {webhook}\n"));
+        if !v.revisions.is_empty() {
+            out.push_str("  Revisions:\n");
+            let mut rows = vec![vec![
+                "NAME".into(),
+                "VERSION".into(),
+                "TAGS".into(),
+                "READY".into(),
+                "PODS".into(),
+                "WORKLOADS".into(),
+            ]];
+            rows.extend(v.revisions.iter().map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.version.clone(),
+                    if r.tags.is_empty() {
+                        "-".into()
+                    } else {
+                        r.tags.join(",")
+                    },
+                    if r.ready { "yes" } else { "no" }.into(),
+                    r.pods.to_string(),
+                    r.workloads.to_string(),
+                ]
+            }));
+            out.push_str(&cluster::table(4, &rows));
+        }
+        if let Some(m) = &v.migration {
+            let mut line = format!(
+                "{} to {}, {} workload(s) pending",
+                m.mode, m.target, m.pending_count
+            );
+            if let Some(message) = &m.message {
+                line.push_str(&format!(" ({message})"));
+            }
+            out.push_str(&format!("  Migration:  {line}\n"));
+        }
+        if !v.namespaces.is_empty() {
+            out.push_str("  Namespaces:\n");
+            let mut rows = vec![vec![
+                "NAMESPACE".into(),
+                "SELECTS".into(),
+                "REVISION".into(),
+            ]];
+            rows.extend(
+                v.namespaces
+                    .iter()
+                    .map(|ns| vec![ns.name.clone(), ns.selects.clone(), ns.revision.clone()]),
+            );
+            out.push_str(&cluster::table(4, &rows));
+        }
         out.push_str("  Data plane:\n");
         if v.data_plane.is_empty() {
+            let names: Vec<&str> = if v.revisions.is_empty() {
+                vec![v.revision.as_str()]
+            } else {
+                v.revisions.iter().map(|r| r.name.as_str()).collect()
+            };
             out.push_str(&format!(
                 "    no injected pods of revision {}\n",
-                v.revision
+                names.join(", ")
             ));
         } else {
             let mut rows = vec![vec![
+                "REVISION".into(),
                 "NAMESPACE".into(),
                 "PROXY VERSION".into(),
                 "PODS".into(),
             ]];
             rows.extend(v.data_plane.iter().map(|g| {
+                // Each revision's proxies are judged against that revision's own release.
+                let control = v
+                    .revisions
+                    .iter()
+                    .find(|r| r.name == g.revision)
+                    .map_or(v.version.as_str(), |r| r.version.as_str());
                 let mut version = g.proxy_version.clone();
-                if version != v.version {
+                if version != control {
                     version.push_str(" (differs from the control plane)");
                 }
-                vec![g.namespace.clone(), version, g.pods.to_string()]
+                vec![
+                    g.revision.clone(),
+                    g.namespace.clone(),
+                    version,
+                    g.pods.to_string(),
+                ]
             }));
             out.push_str(&cluster::table(4, &rows));
         }
@@ -376,11 +510,119 @@ status:
             "{out}"
         );
         assert!(
-            out.contains("    shop       1.30.5 (differs from the control plane)  1\n"),
+            out.contains("    default   shop       1.30.5 (differs from the control plane)  1\n"),
             "{out}"
         );
-        assert!(out.contains("    shop       1.31.1"), "{out}");
+        assert!(out.contains("    default   shop       1.31.1"), "{out}");
         assert!(out.contains("Without sidecar (1; restart them to inject):\n    shop/d\n"));
+        assert!(!out.contains("Revisions:"), "in place: one revision, {out}");
         assert!(views(&s, Some("other")).is_empty());
+    }
+
+    /// A revision-based mesh in the middle of an upgrade: 1-31-1 is the target and carries the
+    /// tags, 1-30-5 still runs the pods that were not restarted.
+    fn mid_upgrade() -> MeshInstall {
+        serde_yaml::from_str(
+            r#"
+apiVersion: meshop.dev/v1alpha1
+kind: MeshInstall
+metadata: {name: canary, generation: 2}
+spec: {profile: minimal, namespace: canary-system, version: 1.31.1, updateStrategy: RevisionBased,
+  upgrade: {tags: [prod-stable], workloads: {mode: Manual}}}
+status:
+  observedGeneration: 2
+  version: 1.31.1
+  revision: 1-31-1
+  revisions:
+  - {name: 1-31-1, version: 1.31.1, tags: [default, prod-stable], ready: true, pods: 1, workloads: 0}
+  - {name: 1-30-5, version: 1.30.5, ready: true, pods: 2, workloads: 2}
+  migration: {target: 1-31-1, mode: Manual, pendingCount: 2, message: restart them yourself}
+  webhook: {state: Active}
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_revision_based_mesh_shows_each_revision_and_its_data_plane() {
+        let on = |ns: &str, name: &str, rev: &str, version: &str| PodView {
+            revision: Some(rev.into()),
+            ..pod(ns, name, Some(version))
+        };
+        let ns = |name: &str, asks: &str| InjectionNamespace {
+            name: name.into(),
+            revision: asks.into(),
+        };
+        let s = Snapshot {
+            meshes: vec![mid_upgrade()],
+            injection_namespaces: vec![
+                ns("apps", "default"),
+                ns("tagged", "prod-stable"),
+                ns("pinned", "1-30-5"),
+                ns("elsewhere", "nobody"),
+            ],
+            pods: vec![
+                on("apps", "a", "1-30-5", "1.30.5"),
+                on("tagged", "b", "1-30-5", "1.30.5"),
+                on("tagged", "c", "1-31-1", "1.31.1"),
+                pod("tagged", "bare", None),
+                pod("elsewhere", "x", None),
+            ],
+            ..Default::default()
+        };
+        let v = &views(&s, None)[0];
+        assert_eq!(v.revision, "1-31-1");
+        let groups: Vec<(&str, &str, &str, usize)> = v
+            .data_plane
+            .iter()
+            .map(|g| {
+                (
+                    g.revision.as_str(),
+                    g.namespace.as_str(),
+                    g.proxy_version.as_str(),
+                    g.pods,
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                ("1-30-5", "apps", "1.30.5", 1),
+                ("1-30-5", "tagged", "1.30.5", 1),
+                ("1-31-1", "tagged", "1.31.1", 1)
+            ]
+        );
+        let namespaces: Vec<(&str, &str, &str)> = v
+            .namespaces
+            .iter()
+            .map(|n| (n.name.as_str(), n.selects.as_str(), n.revision.as_str()))
+            .collect();
+        assert_eq!(
+            namespaces,
+            vec![
+                ("apps", "default", "1-31-1"),
+                ("tagged", "prod-stable", "1-31-1"),
+                ("pinned", "1-30-5", "1-30-5")
+            ]
+        );
+        // A pod in a tag-labelled namespace without a sidecar is named; one elsewhere is not.
+        assert_eq!(v.without_sidecar, vec!["tagged/bare"]);
+        let out = text(&views(&s, None));
+        assert!(
+            out.contains("    1-31-1  1.31.1   default,prod-stable  yes    1     0\n"),
+            "{out}"
+        );
+        // The old revision's proxies run its own release: no "differs" mark.
+        assert!(
+            out.contains("    1-30-5    apps       1.30.5         1\n"),
+            "{out}"
+        );
+        assert!(!out.contains("differs"), "{out}");
+        assert!(
+            out.contains(
+                "  Migration:  Manual to 1-31-1, 2 workload(s) pending (restart them yourself)\n"
+            ),
+            "{out}"
+        );
     }
 }

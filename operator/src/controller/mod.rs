@@ -11,9 +11,9 @@ mod migrate;
 pub(crate) mod plan;
 pub(crate) mod prune;
 mod reconcile;
-mod revisions;
+pub(crate) mod revisions;
 pub mod status;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -41,6 +41,23 @@ impl Plan {
         Plan::of(install, objects, webhook)
     }
 
+    /// The plan of one pass, as the reconciler applies it and `meshop diff -f` predicts it:
+    /// in place, the installation alone; revision-based, its target beside the `older` revisions
+    /// that [`super::revisions::older_revisions`] keeps (none on a first install). `older` is
+    /// ignored in place, where there are none.
+    pub fn for_pass(
+        install: Installation,
+        older: &[Installation],
+        webhook: Option<WebhookEndpoint>,
+    ) -> Plan {
+        match install.update_strategy {
+            crate::api::UpdateStrategy::RevisionBased => {
+                Plan::revision_based(install, older, webhook)
+            }
+            crate::api::UpdateStrategy::InPlace => Plan::new(install, webhook),
+        }
+    }
+
     /// A revision-based install: the target revision (`install`) with everything it runs, the
     /// control planes of the `older` revisions still listed in status, and one injection
     /// registration for every revision and tag.
@@ -563,6 +580,46 @@ mod tests {
         assert_eq!(
             conflicting_owner(&twin, &install_of(&twin), &[second]),
             None
+        );
+    }
+
+    #[test]
+    fn a_pass_plans_by_the_update_strategy() {
+        // In place: exactly Plan::new.
+        let in_place = install("profile: minimal");
+        assert_eq!(
+            Plan::for_pass(in_place.clone(), &[], None).keys(),
+            Plan::new(in_place, None).keys()
+        );
+        // Revision-based in the middle of an upgrade: the older revision's istiod is planned
+        // (so prune keeps it) beside the target's, and every revision and tag is routed.
+        let spec =
+            "profile: minimal\nupdateStrategy: RevisionBased\nupgrade: {tags: [prod-stable]}";
+        let target = install(&format!("{spec}\nversion: 1.31.1"));
+        let old = install(&format!("{spec}\nversion: 1.30.5"));
+        let plan = Plan::for_pass(target.clone(), std::slice::from_ref(&old), Some(endpoint()));
+        let keys = plan.keys();
+        assert!(
+            keys.contains("Deployment/istio-system/istiod-1-31-1"),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains("Deployment/istio-system/istiod-1-30-5"),
+            "{keys:?}"
+        );
+        assert_eq!(
+            keys,
+            Plan::revision_based(target.clone(), &[old], Some(endpoint())).keys()
+        );
+        // A first install is revision-based too: its istiod carries the revision.
+        let first = Plan::for_pass(target, &[], None).keys();
+        assert!(
+            first.contains("Deployment/istio-system/istiod-1-31-1"),
+            "{first:?}"
+        );
+        assert!(
+            !first.contains("Deployment/istio-system/istiod"),
+            "{first:?}"
         );
     }
 }

@@ -127,10 +127,10 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     } else {
         None
     };
-    let plan = match &upgrade_seen {
-        Some(seen) => Plan::revision_based(install, &seen.older, ctx.webhook_endpoint()),
-        None => Plan::new(install, ctx.webhook_endpoint()),
-    };
+    let older = upgrade_seen
+        .as_ref()
+        .map_or(&[][..], |seen| &seen.older[..]);
+    let plan = Plan::for_pass(install, older, ctx.webhook_endpoint());
     let pass = apply_stages(ctx, &plan, mi.metadata.generation).await;
 
     let uid = mi.metadata.uid.clone().unwrap_or_default();

@@ -21,11 +21,11 @@ use tracing::info;
 
 use super::assess::Observed;
 use super::migrate::{self, ProxyPod, Workload, WorkloadKind, WorkloadRef};
-use super::revisions::{self, LiveRevision, Retirement};
+use super::revisions::{self, LiveRevision};
 use super::status::{Outcome, UpgradeReport};
 use super::{Context, FIELD_MANAGER};
 use crate::api::{MeshInstall, MigrationMode, MigrationStatus, RevisionStatus};
-use crate::effective::{Installation, Owner};
+use crate::effective::Installation;
 
 /// How soon to look again while workloads restart or a revision waits to retire: pods and
 /// application workloads are not watched (they are not meshop's), so the pass polls.
@@ -52,77 +52,31 @@ pub(crate) struct Observation {
     pub now: Timestamp,
 }
 
-/// Lists the proxies, applies the retirement rule to the older revisions and resolves the rest.
+/// Lists the proxies, applies the retirement rule to the older revisions and resolves the rest
+/// ([`revisions::older_revisions`], which `meshop diff -f` uses too).
 pub(crate) async fn observe(
     client: &Client,
     mi: &MeshInstall,
     install: &Installation,
 ) -> Result<Observation, kube::Error> {
     let now = Timestamp::now();
-    let previous: &[RevisionStatus] = mi.status.as_ref().map_or(&[], |s| &s.revisions);
-    let target = LiveRevision {
-        name: install.revision.clone(),
-        version: install.version.clone(),
-    };
-    let previous_active = revisions::active_revision(previous, &target.name, false);
     let pods = list_proxy_pods(client).await?;
-    let mut live = vec![target.clone()];
-    let mut older = Vec::new();
-    let mut retired = Vec::new();
-    let mut grace = BTreeMap::new();
-    let mut unresolved = None;
-    for r in revisions::live_revisions(previous, &target)
-        .into_iter()
-        .skip(1)
-    {
-        let using = pods.iter().filter(|p| p.revision == r.name).count();
-        let since = previous
-            .iter()
-            .find(|p| p.name == r.name)
-            .and_then(|p| p.unused_since.as_ref())
-            .map(|t| t.0);
-        match revisions::retirement(
-            &r.name,
-            &target.name,
-            &previous_active,
-            using,
-            since,
-            now,
-            install.upgrade.grace_period,
-        ) {
-            Retirement::Retire => {
-                retired.push(r.name.clone());
-                continue;
-            }
-            Retirement::Grace { since, until } => {
-                grace.insert(r.name.clone(), (since, until));
-            }
-            Retirement::InUse => {}
-        }
-        let owner = Owner {
-            name: mi.name_any(),
-            uid: mi.metadata.uid.clone(),
-        };
-        match Installation::resolve_at(owner, &mi.spec, Some(&r.version)) {
-            Ok(i) if i.revision == r.name => older.push(i),
-            _ => unresolved = Some(r.name.clone()),
-        }
-        live.push(r);
-    }
+    let using = |name: &str| pods.iter().filter(|p| p.revision == name).count();
+    let o = revisions::older_revisions(mi, install, using, now);
     Ok(Observation {
-        live,
-        older,
+        live: o.live,
+        older: o.older,
         pods,
-        retired,
-        grace,
-        unresolved,
-        previous_active,
+        retired: o.retired,
+        grace: o.grace,
+        unresolved: o.unresolved,
+        previous_active: o.previous_active,
         now,
     })
 }
 
 /// Every pod running a proxy, from a metadata-only list (paged, so memory stays bounded).
-async fn list_proxy_pods(client: &Client) -> Result<Vec<ProxyPod>, kube::Error> {
+pub(crate) async fn list_proxy_pods(client: &Client) -> Result<Vec<ProxyPod>, kube::Error> {
     let api: Api<Pod> = Api::all(client.clone());
     let mut out = Vec::new();
     let mut params = ListParams::default().limit(500);

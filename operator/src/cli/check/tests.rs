@@ -420,3 +420,71 @@ fn an_unreachable_api_server_fails_once_and_skips_the_rest() {
             .all(|r| r.verdict.severity == Severity::Skip)
     );
 }
+
+/// A revision-based mesh in the middle of an upgrade: the tags (default, prod-stable) moved to
+/// 1-31-1, 1-30-5 still runs the pods not restarted yet.
+fn mid_upgrade() -> crate::api::MeshInstall {
+    let mut mi = ready_mesh("canary", "", "1.31.1", "Active");
+    mi.spec.update_strategy = crate::api::UpdateStrategy::RevisionBased;
+    let status = mi.status.as_mut().unwrap();
+    status.revisions = serde_json::from_value(json!([
+        { "name": "1-31-1", "version": "1.31.1", "tags": ["default", "prod-stable"], "ready": true },
+        { "name": "1-30-5", "version": "1.30.5", "ready": true }
+    ]))
+    .unwrap();
+    mi
+}
+
+#[test]
+fn tags_and_revisions_of_a_revision_based_mesh_are_served_namespaces() {
+    let (mut s, _) = healthy();
+    s.meshes = vec![mid_upgrade()];
+    s.mutating[0].metadata.name = Some("meshop-sidecar-injector-canary".into());
+    let ns = |name: &str, asks: &str| InjectionNamespace {
+        name: name.into(),
+        revision: asks.into(),
+    };
+    let pod = |ns: &str, name: &str, rev: Option<&str>, version: Option<&str>| PodView {
+        namespace: ns.into(),
+        name: name.into(),
+        has_sidecar: rev.is_some(),
+        revision: rev.map(str::to_string),
+        proxy_version: version.map(str::to_string),
+        exempt: false,
+    };
+    s.injection_namespaces = vec![
+        ns("shop", "default"),
+        ns("tagged", "prod-stable"),
+        ns("pinned", "1-30-5"),
+    ];
+    s.pods = vec![
+        pod("shop", "web", Some("1-30-5"), Some("1.30.5")),
+        pod("tagged", "new", Some("1-31-1"), Some("1.31.1")),
+        pod("pinned", "old", Some("1-30-5"), Some("1.30.5")),
+    ];
+    // A tag and a revision name are both served: no warning.
+    let v = verdict("injection-namespaces", &s);
+    assert_eq!(v.severity, Severity::Pass, "{}", v.message);
+    // Each proxy runs its own revision's release: the old revision's are not behind.
+    let v = verdict("proxy-versions", &s);
+    assert_eq!(v.severity, Severity::Pass, "{}", v.message);
+    assert_eq!(verdict("sidecars", &s).severity, Severity::Pass);
+    // The pods of a tag-labelled namespace are checked.
+    s.pods.push(pod("tagged", "bare", None, None));
+    let v = verdict("sidecars", &s);
+    assert_eq!(v.severity, Severity::Fail);
+    assert!(v.message.contains("tagged/bare"), "{}", v.message);
+    // A proxy of the old release on the new revision is behind its control plane.
+    s.pods[1].proxy_version = Some("1.30.5".into());
+    assert_eq!(verdict("proxy-versions", &s).severity, Severity::Warn);
+    // A tag no MeshInstall has is still an orphan.
+    s.injection_namespaces.push(ns("legacy", "prod-old"));
+    let v = verdict("injection-namespaces", &s);
+    assert_eq!(v.severity, Severity::Warn);
+    assert!(
+        v.message.contains("legacy (revision prod-old)"),
+        "{}",
+        v.message
+    );
+    assert!(!v.message.contains("tagged"), "{}", v.message);
+}
