@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(events[0].code, 404);
         assert!(!events[0].is_write());
         assert!(events[1].is_write());
-        assert_eq!(events[1].user, "replica-a", "the impersonated user is who acted");
+        assert_eq!(
+            events[1].user, "replica-a",
+            "the impersonated user is who acted"
+        );
         assert_eq!(events[1].authenticated, "admin");
         assert_eq!(events[1].user_agent, "meshop/0.1");
         assert_eq!(events[1].received, "2026-12-07T07:00:00.900001Z");
