@@ -1,7 +1,8 @@
 //! The API server's audit log, as a judge of what a client really did: which user made which
 //! request (verb, API group, resource, subresource, namespace, name) and what the API server
 //! answered. `Options { audit: true, .. }` turns it on; the policy records every request at
-//! `Metadata` level once, when its response is complete (no bodies: Secrets never reach the log).
+//! `Metadata` level when its response is complete, and a watch also when it starts (no bodies:
+//! Secrets never reach the log).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -10,8 +11,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-/// The policy: one event per request, at `ResponseComplete`, with metadata only.
-const POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n- level: Metadata\n";
+/// The policy: one event per request at `ResponseComplete`, with metadata only; a long-running
+/// request (a watch) also gets one at `ResponseStarted`, so a watch still open when the log is
+/// read is in it.
+const POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n";
 
 /// Where the control plane in `dir` writes its audit log.
 pub fn log_path(dir: &Path) -> PathBuf {

@@ -264,7 +264,12 @@ impl tower::Service<hyper::Request<kube::client::Body>> for FencedService {
             return Box::pin(std::future::ready(Err(Box::new(NotLeading) as BoxError)));
         }
         let inner = self.inner.clone();
-        Box::pin(async move { inner.send(request).await.map_err(|e| Box::new(e) as BoxError) })
+        Box::pin(async move {
+            inner
+                .send(request)
+                .await
+                .map_err(|e| Box::new(e) as BoxError)
+        })
     }
 }
 
