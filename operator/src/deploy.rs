@@ -1,11 +1,14 @@
-//! The operator's own installation: RBAC generated from what meshop creates and grants, so it is
-//! exactly as wide as needed and a test can check it never drifts (`make generate` regenerates
-//! `deploy/rbac.yaml` and `deploy/crd.yaml`).
+//! The operator's own installation: RBAC generated from what meshop creates and grants
+//! (`make generate` regenerates `deploy/rbac.yaml` and `deploy/crd.yaml`). What it uses itself
+//! ([`own_rules`]) is checked against the API server's audit log by tests/tests/rbac.rs: every
+//! grant used in a full scenario but for a short list with reasons.
 //!
 //! Why the ClusterRole includes every permission that istiod's, the gateways' and the addons'
 //! roles grant: Kubernetes refuses to let anyone create a Role granting permissions it does not
 //! hold itself, unless it has the `escalate` and `bind` verbs, which would let meshop grant itself
 //! anything. Holding the union is the narrower choice. There are no wildcard verbs or resources.
+//! The union is why Secrets are still readable cluster-wide (istiod's ClusterRole) and writable
+//! cluster-wide (istiod's Role, in a control-plane namespace each MeshInstall chooses).
 
 use std::collections::BTreeMap;
 
@@ -26,41 +29,69 @@ pub const OPERATOR_NAME: &str = "meshop";
 /// The Service in front of the operator's injection webhook (deploy/operator.yaml).
 pub const WEBHOOK_SERVICE: &str = "meshop-webhook";
 
-const MANAGE: &[&str] = &[
-    "get", "list", "watch", "create", "update", "patch", "delete",
-];
+/// What meshop does with every managed kind: server-side apply (`patch`; `create` too when the
+/// apply creates the object, which the API server authorizes without a separate request), list
+/// (prune, cleanup) and delete. `watch` only for the kinds marked `watched`. No `get` and no
+/// `update`: meshop never reads one object back or replaces one (tests/tests/rbac.rs proves the
+/// list against the API server's audit log).
+const MANAGE: &[&str] = &["list", "create", "patch", "delete"];
 
 /// What meshop itself does with the API: its own resource, and every kind in
-/// [`crate::kinds::MANAGED_KINDS`] (one rule per API group, so a kind added to the table is
-/// granted here without a second list to keep in step).
-fn own_rules() -> Vec<PolicyRule> {
+/// [`crate::kinds::MANAGED_KINDS`] (one rule per API group and verb set, so a kind added to the
+/// table is granted here without a second list to keep in step).
+pub fn own_rules() -> Vec<PolicyRule> {
     let mut rules = vec![
         policy_rule(
             &["meshop.dev"],
             &["meshinstalls"],
-            &["get", "list", "watch", "update", "patch"],
+            &["list", "watch", "patch"],
         ),
-        policy_rule(
-            &["meshop.dev"],
-            &["meshinstalls/status"],
-            &["get", "update", "patch"],
-        ),
+        policy_rule(&["meshop.dev"], &["meshinstalls/status"], &["patch"]),
+        // Owner references with blockOwnerDeletion need it where the
+        // OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift); see
+        // tests/tests/rbac.rs's exceptions.
         policy_rule(&["meshop.dev"], &["meshinstalls/finalizers"], &["update"]),
         // The webhook's view reads kubelet versions for sidecarMode auto.
         policy_rule(&[""], &["nodes"], &["list", "watch"]),
+        // `meshop run` checks that the MeshInstall CRD and its own namespace exist.
+        policy_rule(
+            &["apiextensions.k8s.io"],
+            &["customresourcedefinitions"],
+            &["get"],
+        ),
+        policy_rule(&[""], &["namespaces"], &["get"]),
     ];
-    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(&str, bool, Vec<&str>)> = Vec::new();
     for kind in crate::kinds::MANAGED_KINDS {
-        match groups.iter_mut().find(|(g, _)| *g == kind.group) {
-            Some((_, plurals)) => plurals.push(kind.plural),
-            None => groups.push((kind.group, vec![kind.plural])),
+        match groups
+            .iter_mut()
+            .find(|(g, w, _)| *g == kind.group && *w == kind.watched)
+        {
+            Some((_, _, plurals)) => plurals.push(kind.plural),
+            None => groups.push((kind.group, kind.watched, vec![kind.plural])),
         }
     }
-    rules.extend(
-        groups
-            .into_iter()
-            .map(|(group, plurals)| policy_rule(&[group], &plurals, MANAGE)),
-    );
+    for (group, watched, plurals) in groups {
+        let mut verbs = MANAGE.to_vec();
+        if watched {
+            verbs.insert(1, "watch");
+        }
+        rules.push(policy_rule(&[group], &plurals, &verbs));
+    }
+    // An object with fields set only at creation (istiod's validating webhook's failurePolicy) is
+    // looked up before it is applied (controller::apply).
+    let initial: Vec<&str> = crate::kinds::MANAGED_KINDS
+        .iter()
+        .filter(|k| k.plural == "validatingwebhookconfigurations")
+        .map(|k| k.plural)
+        .collect();
+    if !initial.is_empty() {
+        rules.push(policy_rule(
+            &["admissionregistration.k8s.io"],
+            &initial,
+            &["get"],
+        ));
+    }
     // Revision-based upgrades list proxies' pods and restart application workloads.
     rules.extend(
         crate::kinds::MIGRATION_ACCESS
@@ -80,8 +111,9 @@ fn own_rules() -> Vec<PolicyRule> {
     rules
 }
 
-/// Every rule any rendered Role or ClusterRole grants (all components switched on).
-fn granted_rules() -> Vec<PolicyRule> {
+/// Every rule any rendered Role or ClusterRole grants (all components switched on): meshop
+/// holds these only so that it may create those roles.
+pub fn granted_rules() -> Vec<PolicyRule> {
     let spec: MeshInstallSpec =
         serde_yaml::from_str("profile: demo\ncomponents: {cni: {enabled: true}}\n")
             .expect("static spec");
@@ -98,7 +130,11 @@ fn granted_rules() -> Vec<PolicyRule> {
         if matches!(o.kind(), "ClusterRole" | "Role") {
             let granted: Vec<PolicyRule> =
                 serde_json::from_value(o.object.data["rules"].clone()).unwrap_or_default();
-            for r in granted {
+            for mut r in granted {
+                // A rule on one named object (istiod's own validating webhook configuration) is
+                // named after the install's namespace and revision, which any MeshInstall
+                // chooses: meshop must hold it for every name.
+                r.resource_names = None;
                 if !rules.contains(&r) {
                     rules.push(r);
                 }
@@ -189,11 +225,8 @@ pub fn rbac_objects(namespace: &str, with_namespace: bool) -> Vec<serde_json::Va
                     &["leases"],
                     &["get", "create", "update"],
                 ),
-                policy_rule(
-                    &[""],
-                    &["secrets"],
-                    &["get", "list", "watch", "create", "update"],
-                ),
+                // The webhook's certificate: read, created once, renewed (webhook::store).
+                policy_rule(&[""], &["secrets"], &["get", "create", "update"]),
             ]),
         }),
         serde_json::to_value(RoleBinding {
@@ -428,8 +461,11 @@ mod tests {
                         && r.verbs.iter().any(|v| v == verb)
                 })
             };
-            for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+            for verb in ["list", "create", "patch", "delete"] {
                 assert!(granted(verb), "{} {} not granted", verb, kind.plural);
+            }
+            if kind.watched {
+                assert!(granted("watch"), "watch {} not granted", kind.plural);
             }
         }
     }

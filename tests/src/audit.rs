@@ -1,7 +1,8 @@
 //! The API server's audit log, as a judge of what a client really did: which user made which
 //! request (verb, API group, resource, subresource, namespace, name) and what the API server
 //! answered. `Options { audit: true, .. }` turns it on; the policy records every request at
-//! `Metadata` level once, when its response is complete (no bodies: Secrets never reach the log).
+//! `Metadata` level when its response is complete, and a watch also when it starts (no bodies:
+//! Secrets never reach the log).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -10,8 +11,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-/// The policy: one event per request, at `ResponseComplete`, with metadata only.
-const POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n- level: Metadata\n";
+/// The policy: one event per request at `ResponseComplete`, with metadata only; a long-running
+/// request (a watch) also gets one at `ResponseStarted`, so a watch still open when the log is
+/// read is in it.
+const POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n";
 
 /// Where the control plane in `dir` writes its audit log.
 pub fn log_path(dir: &Path) -> PathBuf {
@@ -47,6 +50,12 @@ struct RawEvent {
     response_status: Option<RawStatus>,
     #[serde(default)]
     stage_timestamp: String,
+    #[serde(default)]
+    request_received_timestamp: String,
+    #[serde(default)]
+    impersonated_user: Option<RawUser>,
+    #[serde(default)]
+    user_agent: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,14 +88,32 @@ struct RawStatus {
 /// One request, as the API server recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// Who the request acted as: the impersonated user when there is one, else the
+    /// authenticated user (authorization judged this one).
     pub user: String,
+    /// Who authenticated (the impersonator, for an impersonated request).
+    pub authenticated: String,
+    pub user_agent: String,
     pub verb: String,
     pub uri: String,
     pub access: Access,
     /// The HTTP status of the answer (0 when the log has none).
     pub code: u16,
-    /// RFC 3339 with microseconds, as the API server wrote it.
+    /// When the response was complete: RFC 3339 with microseconds, as the API server wrote it
+    /// (so two timestamps compare as strings).
     pub timestamp: String,
+    /// When the API server received the request (same format).
+    pub received: String,
+}
+
+/// The verbs that change something.
+pub const WRITE_VERBS: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
+
+impl Event {
+    /// True for a request that changes something (whatever the answer).
+    pub fn is_write(&self) -> bool {
+        WRITE_VERBS.contains(&self.verb.as_str())
+    }
 }
 
 /// What a request used: the terms an RBAC rule is written in. `namespace` and `name` are empty
@@ -142,8 +169,15 @@ pub fn parse(text: &str) -> Result<Vec<Event>> {
         } else {
             format!("{}/{}", r.resource, r.subresource)
         };
+        let authenticated = raw.user.username;
+        let user = raw
+            .impersonated_user
+            .map(|u| u.username)
+            .unwrap_or_else(|| authenticated.clone());
         out.push(Event {
-            user: raw.user.username,
+            user,
+            authenticated,
+            user_agent: raw.user_agent,
             verb: raw.verb.clone(),
             uri: raw.request_u_r_i,
             access: Access {
@@ -155,9 +189,43 @@ pub fn parse(text: &str) -> Result<Vec<Event>> {
             },
             code: raw.response_status.map(|s| s.code).unwrap_or(0),
             timestamp: raw.stage_timestamp,
+            received: raw.request_received_timestamp,
         });
     }
     Ok(out)
+}
+
+/// Reads an audit log as it grows: each call returns the events written since the last one
+/// (a line still being written is left for the next call).
+pub struct Tail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Tail {
+    /// From the start of the log at `path` (which may not exist yet).
+    pub fn new(path: &Path) -> Tail {
+        Tail {
+            path: path.to_path_buf(),
+            offset: 0,
+        }
+    }
+
+    /// The complete events appended since the last call.
+    pub fn next_events(&mut self) -> Result<Vec<Event>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        self.offset += complete as u64;
+        parse(&text[..complete])
+    }
 }
 
 /// The user name of a ServiceAccount, as the API server authenticates its token.
@@ -181,12 +249,21 @@ mod tests {
     #[test]
     fn events_carry_the_access_in_rbac_terms() {
         let log = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/istio-system/secrets/x","verb":"get","user":{"username":"system:serviceaccount:meshop-system:meshop"},"objectRef":{"resource":"secrets","namespace":"istio-system","name":"x","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":404},"stageTimestamp":"2026-12-07T07:00:00.000001Z"}
-{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"b","stage":"ResponseComplete","requestURI":"/apis/apps/v1/deployments/d/status","verb":"patch","user":{"username":"admin"},"objectRef":{"resource":"deployments","subresource":"status","namespace":"n","name":"d","apiGroup":"apps","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"stageTimestamp":"2026-12-07T07:00:01.000001Z"}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"b","stage":"ResponseComplete","requestURI":"/apis/apps/v1/deployments/d/status","verb":"patch","user":{"username":"admin"},"impersonatedUser":{"username":"replica-a","groups":["system:masters"]},"userAgent":"meshop/0.1","requestReceivedTimestamp":"2026-12-07T07:00:00.900001Z","objectRef":{"resource":"deployments","subresource":"status","namespace":"n","name":"d","apiGroup":"apps","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"stageTimestamp":"2026-12-07T07:00:01.000001Z"}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"c","stage":"ResponseComplete","requestURI":"/healthz","verb":"get","user":{"username":"system:serviceaccount:meshop-system:meshop"},"responseStatus":{"metadata":{},"code":200},"stageTimestamp":"2026-12-07T07:00:02.000001Z"}
 "#;
         let events = parse(log).unwrap();
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].code, 404);
+        assert!(!events[0].is_write());
+        assert!(events[1].is_write());
+        assert_eq!(
+            events[1].user, "replica-a",
+            "the impersonated user is who acted"
+        );
+        assert_eq!(events[1].authenticated, "admin");
+        assert_eq!(events[1].user_agent, "meshop/0.1");
+        assert_eq!(events[1].received, "2026-12-07T07:00:00.900001Z");
         assert_eq!(
             events[1].access.to_string(),
             "patch apps/deployments/status in n named d"
@@ -194,9 +271,40 @@ mod tests {
         let user = service_account_user("meshop-system", "meshop");
         let used = accesses_of(&events, &user);
         assert_eq!(used.len(), 1, "the non-resource request is left out");
+        assert_eq!(accesses_of(&events, "replica-a").len(), 1);
         assert_eq!(
             used.iter().next().unwrap().to_string(),
             "get core/secrets in istio-system named x"
         );
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    #[test]
+    fn tail_returns_only_complete_new_lines() {
+        let dir = std::env::temp_dir().join(format!("audit-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.log");
+        let _ = std::fs::remove_file(&path);
+        let mut tail = Tail::new(&path);
+        assert!(tail.next_events().unwrap().is_empty(), "no log yet");
+        let line = |verb: &str| {
+            format!(
+                r#"{{"verb":"{verb}","user":{{"username":"u"}},"objectRef":{{"resource":"leases","namespace":"default","name":"l","apiGroup":"coordination.k8s.io"}}}}"#
+            )
+        };
+        std::fs::write(&path, format!("{}\n{}", line("get"), &line("update")[..20])).unwrap();
+        let first = tail.next_events().unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].verb, "get");
+        std::fs::write(&path, format!("{}\n{}\n", line("get"), line("update"))).unwrap();
+        let second = tail.next_events().unwrap();
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_eq!(second[0].verb, "update");
+        assert!(tail.next_events().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -244,6 +244,28 @@ impl ControlPlane {
         client_for(&self.kubeconfig).await
     }
 
+    /// A kubeconfig (written next to the admin's) whose requests act as `user` in `groups`
+    /// (kubeconfig `as` / `as-groups`: the admin impersonates). Authorization judges `user`, and
+    /// the audit log records it as the impersonated user.
+    pub fn impersonating(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        let users = config["users"]
+            .as_sequence_mut()
+            .context("the admin kubeconfig has no users")?;
+        for u in users {
+            u["user"]["as"] = user.into();
+            u["user"]["as-groups"] = groups.iter().map(|g| serde_yaml::Value::from(*g)).collect();
+        }
+        let file: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.dir.join(format!("kubeconfig-as-{file}"));
+        std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+        Ok(path)
+    }
+
     /// The audit log's path (written only when `Options::audit` is set).
     pub fn audit_log(&self) -> PathBuf {
         crate::audit::log_path(&self.dir)

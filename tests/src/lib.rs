@@ -54,6 +54,16 @@ pub fn shared_with_controllers() -> &'static ControlPlane {
     })
 }
 
+/// Like [`shared_with_controllers`], with the API server's audit log on
+/// ([`ControlPlane::audit_log`], read with [`audit`]).
+pub fn shared_with_audit() -> &'static ControlPlane {
+    shared_with(Options {
+        controllers: true,
+        audit: true,
+        ..Options::default()
+    })
+}
+
 fn shared_with(options: Options) -> &'static ControlPlane {
     static SHARED: OnceLock<ControlPlane> = OnceLock::new();
     let cp = SHARED.get_or_init(|| match ControlPlane::start(options.clone()) {
@@ -61,7 +71,8 @@ fn shared_with(options: Options) -> &'static ControlPlane {
         Err(e) => panic!("testenv: could not start the control plane: {e:#}"),
     });
     assert_eq!(
-        cp.options.controllers, options.controllers,
+        (cp.options.controllers, cp.options.audit),
+        (options.controllers, options.audit),
         "one test binary, one control-plane mode"
     );
     cp
@@ -279,6 +290,17 @@ pub fn start_operator(
     identity: &str,
     extra_args: &[String],
 ) -> Result<Operator> {
+    start_operator_as(cp, identity, &cp.kubeconfig, extra_args)
+}
+
+/// [`start_operator`] with another kubeconfig (such as [`ControlPlane::impersonating`], so the
+/// audit log tells two processes apart).
+pub fn start_operator_as(
+    cp: &ControlPlane,
+    identity: &str,
+    kubeconfig: &std::path::Path,
+    extra_args: &[String],
+) -> Result<Operator> {
     let free = || -> Result<std::net::SocketAddr> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
     };
@@ -302,7 +324,7 @@ pub fn start_operator(
         &meshop_binary()?,
         &args,
         &cp.dir.join(format!("{identity}.log")),
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
     )?;
     Ok(Operator {
         process,

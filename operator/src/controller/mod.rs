@@ -264,25 +264,33 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
     };
     ready.store(true, Ordering::SeqCst);
 
-    let elector = options.leader_election.then(|| {
-        leader::Elector::new(
-            client.clone(),
-            leader::LeaseConfig {
-                namespace: options.lease_namespace.clone(),
-                name: leader::LEASE_NAME.into(),
-                identity: options.identity.clone(),
-                lease_duration: options.lease_duration,
-                renew: options.lease_duration / 3,
-            },
-        )
-    });
-    if let Some(elector) = &elector {
-        info!(identity = %options.identity, "waiting for leadership");
-        tokio::select! {
-            _ = elector.acquire() => info!(identity = %options.identity, "leading"),
-            _ = shutdown_signal() => return Ok(()),
+    let elector = match options.leader_election {
+        true => {
+            let config = leader::LeaseConfig::new(
+                &options.lease_namespace,
+                leader::LEASE_NAME,
+                &options.identity,
+                options.lease_duration,
+            );
+            config
+                .check()
+                .map_err(|e| anyhow::anyhow!("leader election: {e}"))?;
+            Some(leader::Elector::new(client.clone(), config))
         }
-    }
+        false => None,
+    };
+    // The controller writes only while this replica's term lasts (leader::fenced).
+    let client = match &elector {
+        Some(elector) => {
+            info!(identity = %options.identity, "waiting for leadership");
+            tokio::select! {
+                _ = elector.acquire() => info!(identity = %options.identity, "leading"),
+                _ = shutdown_signal() => return Ok(()),
+            }
+            leader::fenced(client, elector.fence())
+        }
+        None => client,
+    };
 
     // Watch the kinds whose loss breaks the mesh at once, narrowed to meshop's own objects.
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
