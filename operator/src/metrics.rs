@@ -67,6 +67,7 @@ pub struct Metrics {
     errors: Family<ErrorLabel, Counter>,
     duration: Histogram,
     managed: Family<InstanceLabel, Gauge>,
+    ready: Family<InstanceLabel, Gauge>,
     webhook_requests: Family<OutcomeLabel, Counter>,
     webhook_duration: Histogram,
     webhook_connections: Gauge,
@@ -96,6 +97,12 @@ impl Default for Metrics {
             "managed_objects",
             "Objects rendered for a MeshInstall",
             managed.clone(),
+        );
+        let ready = Family::<InstanceLabel, Gauge>::default();
+        registry.register(
+            "meshinstall_ready",
+            "1 while the MeshInstall's Ready condition is True, else 0 (the leader's view)",
+            ready.clone(),
         );
         let webhook_requests = Family::<OutcomeLabel, Counter>::default();
         // An admission answer takes well under a millisecond; the API server gives up at 10 s.
@@ -136,6 +143,7 @@ impl Default for Metrics {
             errors,
             duration,
             managed,
+            ready,
             webhook_requests,
             webhook_duration,
             webhook_connections,
@@ -167,10 +175,21 @@ impl Metrics {
             .set(n as i64);
     }
 
+    /// Whether the MeshInstall's status says Ready, as the pass just wrote it.
+    pub fn set_ready(&self, meshinstall: &str, ready: bool) {
+        self.ready
+            .get_or_create(&InstanceLabel {
+                meshinstall: meshinstall.into(),
+            })
+            .set(i64::from(ready));
+    }
+
     pub fn forget(&self, meshinstall: &str) {
-        self.managed.remove(&InstanceLabel {
+        let label = InstanceLabel {
             meshinstall: meshinstall.into(),
-        });
+        };
+        self.managed.remove(&label);
+        self.ready.remove(&label);
     }
 
     /// Records one admission request and how long it took to answer.
@@ -237,6 +256,7 @@ mod tests {
         m.webhook_connections(3);
         m.webhook_connections(-1);
         m.set_webhook_certificate_expiry(1_900_000_000);
+        m.set_ready("mesh", false);
         let text = m.encode();
         for line in [
             r#"meshop_webhook_requests_total{outcome="injected"} 2"#,
@@ -245,6 +265,7 @@ mod tests {
             r#"meshop_webhook_request_duration_seconds_bucket{le="0.0005"} 2"#,
             "meshop_webhook_open_connections 2",
             "meshop_webhook_certificate_expiry_timestamp_seconds 1900000000",
+            r#"meshop_meshinstall_ready{meshinstall="mesh"} 0"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -297,6 +297,7 @@ async fn stall(
 /// their transition times, so a converged mesh does not churn resourceVersions).
 async fn write_status(ctx: &Context, mi: &MeshInstall, report: Report) -> Result<(), Error> {
     let next = status::next_status(mi.status.as_ref(), mi.metadata.generation, report);
+    ctx.metrics.set_ready(&mi.name_any(), next.is_true(crate::api::condition::READY));
     if mi.status.as_ref() == Some(&next) {
         return Ok(());
     }

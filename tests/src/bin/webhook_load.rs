@@ -18,6 +18,10 @@
 //!                                         the webhook in the path
 //!                     [--scale]           meshop's RSS and CPU idle, with 10,000 pods in 1,000
 //!                                         namespaces, and while 100 namespaces are relabelled
+//!                     [--hold N [--hold-limit S]]  N slow and idle clients held against the
+//!                                         webhook while the load runs: when the server closes
+//!                                         them, its RSS, the load's latency beside them
+//!                     [--operator-arg ARG]  passed to `meshop run` (repeatable)
 //! ```
 //!
 //! The client does not check the server's certificate (istiod's is for its Service name); the
@@ -45,6 +49,12 @@ meshop-webhook-load: meshop's injection webhook measured the way it is deployed 
   --floor               also load the transport floor: meshop's own HTTPS server (TLS, HTTP,
                         tokio) in a process of its own, answering every review with meshop's
                         answer to it, fixed; what is left of meshop's CPU is the admission work
+  --hold N              open N slow clients (a third each: half a request head, nothing after
+                        the handshake, idle after one request) while a load run goes on; fails
+                        unless the server closes every one within --hold-limit S (default 75)
+                        seconds of its last byte; prints the server's RSS and the load beside them
+  --operator-arg ARG    an argument for `meshop run` (repeatable), e.g.
+                        --operator-arg=--webhook-max-connections=256
   --slowest N           also list a run's N slowest requests: when they started and their rank
                         on their connection (finds stalls tied to a connection's first requests)
 ";
@@ -84,6 +94,9 @@ struct Args {
     scale: bool,
     slowest: usize,
     floor: bool,
+    hold: usize,
+    hold_limit: u64,
+    operator_args: Vec<String>,
 }
 
 fn cpus(v: &str) -> anyhow::Result<Vec<usize>> {
@@ -110,9 +123,16 @@ fn args() -> anyhow::Result<Args> {
         scale: false,
         slowest: 0,
         floor: false,
+        hold: 0,
+        hold_limit: 75,
+        operator_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if let Some(arg) = flag.strip_prefix("--operator-arg=") {
+            a.operator_args.push(arg.to_string());
+            continue;
+        }
         match flag.as_str() {
             "--istiod" => {
                 a.istiod = true;
@@ -149,6 +169,9 @@ fn args() -> anyhow::Result<Args> {
             "--pid" => a.pid = Some(value.parse()?),
             "--pods" => a.pods = Some(value.parse::<usize>()?.clamp(1, 20_000)),
             "--slowest" => a.slowest = value.parse::<usize>()?.min(1000),
+            "--hold" => a.hold = value.parse::<usize>()?.clamp(3, 15_000),
+            "--hold-limit" => a.hold_limit = value.parse::<u64>()?.clamp(1, 600),
+            "--operator-arg" => a.operator_args.push(value),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -626,7 +649,7 @@ async fn with_cluster(args: Args) -> anyhow::Result<()> {
     // Pinned from its first instruction (a child inherits the spawning thread's CPUs), as
     // `taskset` would: the runtime then sizes its worker threads to the CPUs it has.
     let operator = spawn_pinned(&args, || {
-        meshop_testenv::start_operator(&cp, "meshop-load", &[])
+        meshop_testenv::start_operator(&cp, "meshop-load", &args.operator_args)
     })?;
     let meshop_pid = operator.process.pid();
     println!(
@@ -673,6 +696,12 @@ async fn with_cluster(args: Args) -> anyhow::Result<()> {
     }
     if args.scale {
         return scale(&client, meshop_pid).await;
+    }
+    if args.hold > 0 {
+        let (a, u, health) = (args.clone(), meshop_url.clone(), operator.health);
+        return tokio::task::block_in_place(|| {
+            on_client_cpus(&args, async move { hold(&a, &u, meshop_pid, health).await })
+        });
     }
     let mut targets = vec![("meshop".to_string(), meshop_url.clone(), meshop_pid)];
     let _floor = if args.floor {
@@ -1032,5 +1061,180 @@ async fn scale(client: &Client, pid: u32) -> anyhow::Result<()> {
         used.as_secs_f64() * 1e6 / (rounds * 300) as f64
     );
     report_usage("after relabelling, idle", pid, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// What a held connection does before it goes quiet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Slow {
+    /// Sends half a request head.
+    HalfHead,
+    /// Sends nothing after the TLS handshake.
+    Nothing,
+    /// Sends one request, reads the answer, then keeps the connection idle.
+    IdleAfterRequest,
+}
+
+/// One held connection: when its handshake completed (after waiting at the cap, if it did), and
+/// how long after its last byte the server closed it (None: still open at the limit).
+struct Held {
+    kind: Slow,
+    connect: Duration,
+    closed_after: Option<Duration>,
+}
+
+async fn hold_one(
+    tls: Arc<rustls::ClientConfig>,
+    host: String,
+    port: u16,
+    kind: Slow,
+    limit: Duration,
+) -> anyhow::Result<Held> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let mut stream = tls_connect(&tls, &host, port).await?;
+    let connect = start.elapsed();
+    match kind {
+        Slow::HalfHead => {
+            stream
+                .write_all(b"POST /inject HTTP/1.1\r\nHost: meshop\r\nContent-Type: appl")
+                .await?
+        }
+        Slow::Nothing => {}
+        Slow::IdleAfterRequest => {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: meshop\r\n\r\n")
+                .await?;
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 512];
+            while !seen.ends_with(b"ok") {
+                let n = stream.read(&mut buf).await?;
+                ensure!(n > 0, "closed before answering /healthz");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    let quiet = Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok();
+    Ok(Held {
+        kind,
+        connect,
+        closed_after: closed.then(|| quiet.elapsed()),
+    })
+}
+
+/// meshop's /metrics line starting with `name`, read over plain HTTP from the health port.
+async fn metric(health: std::net::SocketAddr, name: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(health).await?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await?;
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// `--hold N`: a load run alone, then the same run while N slow clients connect (half a head,
+/// nothing, idle after a request; a third each). Reports when the server closed them, its RSS,
+/// and the load's latency beside them; fails if any stays open past `--hold-limit`.
+async fn hold(
+    args: &Args,
+    url: &str,
+    pid: u32,
+    health: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let uri: hyper::Uri = url.parse().context("--url")?;
+    let host = uri.host().context("URL without a host")?.to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let alone = load(args, url, Some(pid)).await?;
+    println!("load alone:                 {alone}");
+    let rss_before = rss_kib(pid)?;
+
+    // The load's connections open first, as the API server's are already open; the slow
+    // clients come half a second later and keep coming while the load runs.
+    let tls = tls_client(false)?;
+    let limit = Duration::from_secs(args.hold_limit);
+    let kinds = [Slow::HalfHead, Slow::Nothing, Slow::IdleAfterRequest];
+    let holders = {
+        let (tls, host, n) = (tls.clone(), host.clone(), args.hold);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    tokio::spawn(hold_one(tls.clone(), host.clone(), port, kinds[i % 3], limit))
+                })
+                .collect();
+            let mut held = Vec::new();
+            for t in tasks {
+                held.push(t.await??);
+            }
+            anyhow::Ok(held)
+        })
+    };
+    let peak = {
+        let stop = Instant::now() + Duration::from_secs(args.seconds) + limit;
+        tokio::spawn(async move {
+            let (mut rss, mut open) = (0u64, String::new());
+            while Instant::now() < stop {
+                let now = rss_kib(pid).unwrap_or(0);
+                if now > rss {
+                    rss = now;
+                    open = metric(health, "meshop_webhook_open_connections")
+                        .await
+                        .unwrap_or_default();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (rss, open)
+        })
+    };
+    let beside = load(args, url, Some(pid)).await?;
+    println!("load beside {:>5} slow clients: {beside}", args.hold);
+    let held = holders.await??;
+    peak.abort();
+    let (rss_peak, open_at_peak) = peak.await.unwrap_or_default();
+
+    let mut failures = Vec::new();
+    for kind in kinds {
+        let of_kind: Vec<&Held> = held.iter().filter(|h| h.kind == kind).collect();
+        let mut closes: Vec<Duration> = of_kind.iter().filter_map(|h| h.closed_after).collect();
+        closes.sort();
+        let open = of_kind.len() - closes.len();
+        let waited = of_kind
+            .iter()
+            .filter(|h| h.connect > Duration::from_secs(1))
+            .count();
+        println!(
+            "{kind:?}: {} held, {} waited over 1 s to connect (the cap), closed by the server {:.1}-{:.1} s after their last byte, still open: {open}",
+            of_kind.len(),
+            waited,
+            closes.first().unwrap_or(&Duration::ZERO).as_secs_f64(),
+            closes.last().unwrap_or(&Duration::ZERO).as_secs_f64(),
+        );
+        if open > 0 {
+            failures.push(format!("{open} {kind:?} connections still open after {limit:?}"));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "meshop RSS: {rss_before} KiB before, {rss_peak} KiB at the peak ({}), {} KiB after; {}",
+        open_at_peak.trim(),
+        rss_kib(pid)?,
+        metric(health, "meshop_webhook_connection_cap_waits").await?
+    );
+    ensure!(failures.is_empty(), "{}", failures.join("; "));
     Ok(())
 }
