@@ -14,6 +14,7 @@ mod reconcile;
 mod revisions;
 pub mod status;
 mod upgrade;
+mod upgrade_step;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
