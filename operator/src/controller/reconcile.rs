@@ -119,11 +119,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     // Revision-based: count the proxies per revision and retire the unused old ones before
     // planning, so a retired revision is simply not planned (and prune deletes it).
     let upgrade_seen = if revision_based {
-        Some(
-            upgrade::observe(&ctx.client, mi, &install)
-                .await
-                .map_err(Error::Upgrade)?,
-        )
+        Some(upgrade::observe(ctx, mi, &install).await?)
     } else {
         None
     };

@@ -1,5 +1,5 @@
 //! The revision-based steps of a pass, the I/O around the pure [`upgrade_step`]: read the
-//! proxies, list the workloads a migration step may move, restart them, publish the events.
+//! proxies (from the watch in [`super::proxies`]), list the workloads a migration step may move, restart them, publish the events.
 //! See docs/upgrades.md.
 //!
 //! Order within a pass: [`observe`] (before planning, so a retired revision is simply not
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -19,40 +19,32 @@ use serde_json::json;
 use tracing::info;
 
 use super::assess::Observed;
-use super::migrate::{self, ProxyPod, Workload, WorkloadKind, WorkloadRef};
+use super::migrate::{self, Workload, WorkloadKind, WorkloadRef};
 use super::status::{Outcome, UpgradeReport};
 use super::upgrade_step::{self, Note, Observation, Workloads};
-use super::{Context, FIELD_MANAGER};
+use super::{Context, Error, FIELD_MANAGER};
 use crate::api::MeshInstall;
 use crate::effective::Installation;
 
-/// Lists the proxies, applies the retirement rule to the older revisions and resolves the rest.
+/// How long a pass waits for the watch of proxy pods to list them (the first revision-based pass
+/// after a start).
+const PROXIES_LISTED: Duration = Duration::from_secs(60);
+
+/// Reads the proxies of this install's revisions from the watch, applies the retirement rule to
+/// the older revisions and resolves the rest. No API call: the watch keeps the pods.
 pub(crate) async fn observe(
-    client: &Client,
+    ctx: &Context,
     mi: &MeshInstall,
     install: &Installation,
-) -> Result<Observation, kube::Error> {
-    let pods = list_proxy_pods(client).await?;
+) -> Result<Observation, Error> {
+    let revisions = upgrade_step::revision_proxies(mi, install);
+    let pods = ctx
+        .proxies()
+        .await
+        .verified(&revisions, PROXIES_LISTED)
+        .await
+        .ok_or(Error::ProxiesUnknown(PROXIES_LISTED))?;
     Ok(upgrade_step::observe(mi, install, pods, Timestamp::now()))
-}
-
-/// Every pod running a proxy, from a metadata-only list (paged, so memory stays bounded).
-async fn list_proxy_pods(client: &Client) -> Result<Vec<ProxyPod>, kube::Error> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let mut out = Vec::new();
-    let mut params = ListParams::default().limit(500);
-    loop {
-        let page = api.list_metadata(&params).await?;
-        out.extend(
-            page.items
-                .iter()
-                .filter_map(|p| ProxyPod::from_meta(&p.metadata)),
-        );
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(out),
-        }
-    }
 }
 
 /// What [`advance`] concluded.

@@ -12,17 +12,17 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::assess::Observed;
-use super::migrate::{self, ProxyPod, Workload, WorkloadRef};
+use super::migrate::{self, ProxyPod, RevisionProxy, Workload, WorkloadRef};
 use super::revisions::{self, LiveRevision, Retirement};
 use super::status::{Outcome, UpgradeReport};
 use crate::api::{MeshInstall, MigrationMode, MigrationStatus, RevisionStatus};
 use crate::effective::{Installation, Owner};
 
-/// How soon to look again while workloads restart or a revision waits to retire: pods and
-/// application workloads are not watched (they are not meshop's), so the pass polls.
+/// How soon to look again while workloads restart or the tags just moved: application workloads
+/// are not watched (they are not meshop's), so their rollouts are polled. Pods are watched
+/// ([`super::proxies`]): a proxy that arrives or leaves triggers a pass of its own, so waiting
+/// for them polls nothing.
 pub(crate) const MIGRATION_REQUEUE: Duration = Duration::from_secs(5);
-/// How often an upgrade left to the platform team (Manual mode) is looked at again.
-pub(crate) const MANUAL_REQUEUE: Duration = Duration::from_secs(30);
 
 /// What was seen before planning.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +47,24 @@ pub(crate) struct Observation {
 
 fn previous(mi: &MeshInstall) -> &[RevisionStatus] {
     mi.status.as_ref().map_or(&[], |s| &s.revisions)
+}
+
+/// What the proxies of this install's revisions look like: the target and every older revision
+/// the status lists, each with its istiod address in the control plane's namespace.
+pub(crate) fn revision_proxies(mi: &MeshInstall, install: &Installation) -> Vec<RevisionProxy> {
+    let target = LiveRevision {
+        name: install.revision.clone(),
+        version: install.version.clone(),
+    };
+    revisions::live_revisions(previous(mi), &target)
+        .into_iter()
+        .map(|r| RevisionProxy {
+            istiod: crate::istio_proxy::discovery_address(&r.name, &install.namespace),
+            namespace: install.namespace.clone(),
+            name: r.name,
+            version: r.version,
+        })
+        .collect()
 }
 
 /// Applies the retirement rule to the older revisions `status.revisions` lists, counting `pods`
@@ -438,16 +456,9 @@ pub(crate) fn decide(
     } else if outcome.is_some() || moves.tags_moved {
         Some(MIGRATION_REQUEUE)
     } else {
-        // Pods are not watched: look again for the last one leaving, and at the retirement.
-        Some(
-            until_retirement
-                .unwrap_or(MANUAL_REQUEUE)
-                .min(if older_pods > 0 {
-                    MIGRATION_REQUEUE.max(Duration::from_secs(10))
-                } else {
-                    MANUAL_REQUEUE
-                }),
-        )
+        // Waiting for pods to leave needs no timer (their watch triggers a pass); look again
+        // at the retirement, else at the resync.
+        until_retirement
     };
     Step {
         events,
@@ -696,6 +707,9 @@ mod tests {
             )
         );
         assert_eq!(p.step.note.as_deref(), m.message.as_deref());
+        // Waiting for people to restart their workloads polls nothing: the proxies' watch
+        // triggers a pass when one moves; the resync looks anyway.
+        assert_eq!(p.step.requeue, None);
     }
 
     #[test]
@@ -766,7 +780,7 @@ mod tests {
                 .unwrap()
                 .contains("revision 1-30-5 retires at")
         );
-        assert_eq!(p.step.requeue, Some(Duration::from_secs(30)));
+        assert_eq!(p.step.requeue, Some(Duration::from_secs(61)));
         // The status remembers since when: the clock keeps running.
         let mi = mesh(
             "1.31.1",
