@@ -62,6 +62,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} owned object(s) still being deleted")]
     CleanupPending(usize),
+    #[error("reading the MeshInstalls to confirm a revision conflict: {0}")]
+    Conflict(#[source] kube::Error),
     #[error("revision-based upgrade (listing workloads or restarting them): {0}")]
     Upgrade(#[source] kube::Error),
     #[error(
@@ -79,6 +81,7 @@ impl Error {
             Error::Prune(_) => "prune",
             Error::Cleanup(_) => "cleanup",
             Error::Status(_) => "status",
+            Error::Conflict(_) => "conflict",
             Error::CleanupPending(_) => "cleanup_pending",
             Error::Upgrade(_) | Error::ProxiesUnknown(_) => "upgrade",
             Error::Finalizer(e) => match e.as_ref() {
@@ -319,12 +322,27 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
     }
     // Passes asked for by the watch of proxy pods (see `proxies`).
     let (trigger, triggered) = futures::channel::mpsc::channel(16);
+    // A MeshInstall stalled on another's claim is looked at again when any other one changes or
+    // goes (`plan::reconsider`): nothing of its own changes when the claim is released.
+    let meshes = controller.store();
+    let claims = meshes.clone();
+    controller = controller.watches(
+        Api::<MeshInstall>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        move |changed: MeshInstall| {
+            let all = claims.state();
+            plan::reconsider(&changed, all.iter().map(Arc::as_ref))
+                .into_iter()
+                .map(|name| kube::runtime::reflector::ObjectRef::new(&name))
+                .collect::<Vec<_>>()
+        },
+    );
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics,
         &options.identity,
         webhook,
-        controller.store(),
+        meshes,
         trigger,
     ));
     let controller = controller

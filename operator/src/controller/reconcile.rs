@@ -77,13 +77,22 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return stall(ctx, mi, "InvalidSpec", e.to_string()).await,
     };
     let others = ctx.meshes.state();
-    if let Some(owner) = plan::conflicting_owner(mi, &install, others.iter().map(Arc::as_ref)) {
-        let message = format!(
-            "revision {:?} in namespace {} is already installed by MeshInstall {owner}; choose another revision or namespace",
-            install.revision_label(),
-            install.namespace
-        );
-        return stall(ctx, mi, "RevisionConflict", message).await;
+    if plan::conflicting_owner(mi, &install, others.iter().map(Arc::as_ref)).is_some() {
+        // The cache may lag the watch that triggered this pass (the owner was just deleted):
+        // a conflict is decided on a fresh read. Only a stalled MeshInstall pays for it.
+        let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+        let fresh = api
+            .list(&Default::default())
+            .await
+            .map_err(Error::Conflict)?;
+        if let Some(owner) = plan::conflicting_owner(mi, &install, &fresh.items) {
+            let message = format!(
+                "revision {:?} in namespace {} is already installed by MeshInstall {owner}; choose another revision or namespace",
+                install.revision_label(),
+                install.namespace
+            );
+            return stall(ctx, mi, plan::REVISION_CONFLICT, message).await;
+        }
     }
 
     let revision_based = install.update_strategy == UpdateStrategy::RevisionBased;
@@ -277,14 +286,23 @@ async fn prune(ctx: &Context, mi: &MeshInstall, plan: &Plan) -> Result<(), Error
     Ok(())
 }
 
-/// Reports a spec the user must change: Stalled, an event, no requeue until the next change.
+/// Reports a spec the user must change: Stalled, an event, no requeue until the next change
+/// (of this MeshInstall, or of another one for a [`plan::REVISION_CONFLICT`]). A stall the status
+/// already reports for this generation publishes no second event.
 async fn stall(
     ctx: &Context,
     mi: &MeshInstall,
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
-    ctx.event(mi, EventType::Warning, reason, &message).await;
+    let reported = mi.status.as_ref().is_some_and(|s| {
+        s.observed_generation == mi.metadata.generation
+            && s.condition(crate::api::condition::STALLED)
+                .is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message)
+    });
+    if !reported {
+        ctx.event(mi, EventType::Warning, reason, &message).await;
+    }
     write_status(ctx, mi, Report::stalled(reason, message)).await?;
     Ok(Action::await_change())
 }
