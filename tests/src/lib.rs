@@ -279,6 +279,19 @@ pub fn start_operator(
     identity: &str,
     extra_args: &[String],
 ) -> Result<Operator> {
+    start_operator_as(cp, identity, &cp.kubeconfig, "default", extra_args)
+}
+
+/// [`start_operator`] with the user of `kubeconfig` (such as a ServiceAccount's token, so the
+/// audit log names the operator's requests) and its Lease and webhook Secret in
+/// `lease_namespace`.
+pub fn start_operator_as(
+    cp: &ControlPlane,
+    identity: &str,
+    kubeconfig: &std::path::Path,
+    lease_namespace: &str,
+    extra_args: &[String],
+) -> Result<Operator> {
     let free = || -> Result<std::net::SocketAddr> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
     };
@@ -286,7 +299,7 @@ pub fn start_operator(
     let mut args = vec![
         "run".to_string(),
         format!("--health-addr={health}"),
-        "--lease-namespace=default".into(),
+        format!("--lease-namespace={lease_namespace}"),
         format!("--identity={identity}"),
         format!("--webhook-addr={hook}"),
         format!("--webhook-url=https://{hook}/inject"),
@@ -297,7 +310,7 @@ pub fn start_operator(
         &meshop_binary()?,
         &args,
         &cp.dir.join(format!("{identity}.log")),
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
     )?;
     Ok(Operator {
         process,
