@@ -229,7 +229,7 @@ pub const MIGRATION_ACCESS: &[WorkloadAccess] = &[
     WorkloadAccess {
         group: "",
         plural: "pods",
-        verbs: &["list"],
+        verbs: &["list", "watch"],
     },
     WorkloadAccess {
         group: "apps",

@@ -54,6 +54,15 @@ pub fn proxy_image(p: &Pod) -> Option<String> {
         .and_then(|c| c.image.clone())
 }
 
+/// A Deployment's available replicas. The API server leaves `status.availableReplicas` out when
+/// it is zero (and a new Deployment has no status at all), so absent means 0, never "unknown".
+pub fn available_replicas(d: &Deployment) -> i32 {
+    d.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+}
+
 /// Whether a Deployment's rollout of its current template is complete and available.
 pub fn rolled_out(d: &Deployment) -> bool {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -63,7 +72,7 @@ pub fn rolled_out(d: &Deployment) -> bool {
     s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
         && s.updated_replicas.unwrap_or(0) == want
         && s.replicas.unwrap_or(0) == want
-        && s.available_replicas.unwrap_or(0) >= want
+        && available_replicas(d) >= want
 }
 
 /// Waits until every pod in `namespace` (not being deleted) runs `revision`'s proxy and there are

@@ -70,9 +70,7 @@ async fn watch(client: kube::Client, seen: Arc<Mutex<Seen>>) {
             let gateway = cp
                 .items
                 .iter()
-                .find(|d| d.metadata.name.as_deref() == Some("istio-ingressgateway"))
-                .and_then(|d| d.status.as_ref())
-                .and_then(|s| s.available_replicas);
+                .find(|d| d.metadata.name.as_deref() == Some("istio-ingressgateway"));
             // Listed after the istiods: a pod seen now on a revision whose istiod was already
             // gone a moment ago is a real violation.
             let on_revision: Vec<(String, String)> = pods
@@ -93,15 +91,7 @@ async fn watch(client: kube::Client, seen: Arc<Mutex<Seen>>) {
                 .collect();
             let mut s = seen.lock().unwrap();
             s.max_restarting = s.max_restarting.max(restarting);
-            if let Some(available) = gateway {
-                match s.min_gateway_available {
-                    Some(min) => s.min_gateway_available = Some(min.min(available)),
-                    None if available >= GATEWAY_REPLICAS => {
-                        s.min_gateway_available = Some(available)
-                    }
-                    None => {}
-                }
-            }
+            s.min_gateway_available = gateway_floor(s.min_gateway_available, gateway);
             for (pod, rev) in on_revision {
                 if !istiods.contains(&format!("istiod-{rev}")) {
                     s.violations
@@ -116,6 +106,38 @@ async fn watch(client: kube::Client, seen: Arc<Mutex<Seen>>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The fewest available gateway replicas seen so far, counted from the first poll that saw all
+/// [`GATEWAY_REPLICAS`] of them (`None` before). The skipped poll is the outage: the API server
+/// leaves `availableReplicas` out when it is zero, so a Deployment without it has none available
+/// (`apps::available_replicas`), and so has a gateway Deployment that is missing.
+fn gateway_floor(min: Option<i32>, gateway: Option<&Deployment>) -> Option<i32> {
+    let available = gateway.map_or(0, apps::available_replicas);
+    match min {
+        Some(min) => Some(min.min(available)),
+        None if available >= GATEWAY_REPLICAS => Some(available),
+        None => None,
+    }
+}
+
+#[test]
+fn a_poll_without_available_replicas_is_an_outage() {
+    let gateway = |status: serde_json::Value| -> Deployment {
+        serde_json::from_value(json!({"metadata": {"name": "istio-ingressgateway"},
+            "spec": {"selector": {}, "template": {}}, "status": status}))
+        .unwrap()
+    };
+    let full = gateway(json!({"replicas": 2, "availableReplicas": 2}));
+    // How the API server reports zero available: the field is left out.
+    let none = gateway(json!({"replicas": 2, "unavailableReplicas": 2}));
+    // Before the gateway was ever whole, nothing is recorded.
+    assert_eq!(gateway_floor(None, Some(&none)), None);
+    let min = gateway_floor(None, Some(&full));
+    assert_eq!(min, Some(2));
+    assert_eq!(gateway_floor(min, Some(&none)), Some(0), "zero available");
+    assert_eq!(gateway_floor(min, None), Some(0), "gateway Deployment gone");
+    assert_eq!(gateway_floor(min, Some(&gateway(json!({})))), Some(0));
 }
 
 fn revision<'a>(mi: &'a MeshInstall, name: &str) -> Option<&'a RevisionStatus> {

@@ -324,6 +324,51 @@ async fn a_second_claim_on_a_revision_is_stalled_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_claim_installs_once_the_owner_is_deleted_with_no_edit() {
+    let owner = Mesh::create("release-a", "rc-release", json!({ "profile": "minimal" })).await;
+    owner.wait(KStatus::Current, READY).await;
+    let waiting = Mesh::create("release-b", "rc-release", json!({ "profile": "minimal" })).await;
+    let stalled = waiting.wait(KStatus::Failed, Duration::from_secs(60)).await;
+    let generation = stalled.metadata.generation;
+    let reason = stalled
+        .status
+        .as_ref()
+        .and_then(|s| s.condition(condition::STALLED))
+        .map(|c| c.reason.clone());
+    assert_eq!(reason.as_deref(), Some("RevisionConflict"));
+
+    // The owner goes; nothing of release-b changes, yet it installs.
+    owner
+        .api
+        .delete(owner.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let ready = waiting.wait(KStatus::Current, READY).await;
+    assert_eq!(
+        ready.metadata.generation, generation,
+        "release-b was not edited"
+    );
+    // release-a's cleanup and release-b's first apply may cross; release-b's watch repairs it.
+    meshop_testenv::wait_until(
+        "istiod in rc-release is release-b's",
+        Duration::from_secs(60),
+        || async {
+            let istiod = waiting.deployments().get("istiod").await?;
+            let owned_by = istiod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/instance"))
+                .cloned();
+            ensure!(owned_by.as_deref() == Some("release-b"), "{owned_by:?}");
+            Ok(())
+        },
+    )
+    .await;
+    waiting.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_version_is_stalled_with_a_clear_message() {
     let mesh = Mesh::create(
         "old",

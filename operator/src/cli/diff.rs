@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{MeshInstall, Profile, UpdateStrategy};
 use crate::controller::plan::{self, Plan, VersionMove, WebhookEndpoint};
-use crate::controller::{FIELD_MANAGER, prune, revisions, upgrade};
+use crate::controller::{FIELD_MANAGER, proxies, prune, upgrade_step};
 use crate::effective::Installation;
 use crate::render::{InjectorEndpoint, Rendered};
 
@@ -473,29 +473,29 @@ async fn webhook_endpoint(
 }
 
 /// A revision-based install's older revisions, decided as the reconciler's pass decides them
-/// ([`revisions::older_revisions`]): the proxies on each revision are counted from the pods the
-/// reconciler lists, so a revision it would retire now is shown pruned and one in use is kept.
-/// `None` for an in-place install.
+/// ([`upgrade_step::observe`]): the proxies on each revision are counted from the pods that
+/// really run them, by the rule and selector of the reconciler's pod watch, so a revision it
+/// would retire now is shown pruned and one in use is kept. `None` for an in-place install.
 async fn older_revisions(
     client: &Client,
     mi: &MeshInstall,
     install: &Installation,
     notes: &mut Vec<String>,
-) -> Result<Option<revisions::Older>> {
+) -> Result<Option<upgrade_step::Observation>> {
     if install.update_strategy != UpdateStrategy::RevisionBased {
         return Ok(None);
     }
     let listed = mi.status.iter().flat_map(|s| &s.revisions);
     let pods = if listed.into_iter().any(|r| r.name != install.revision) {
         cluster::progress("listing pods to count the proxies on each revision");
-        upgrade::list_proxy_pods(client)
+        proxies::list_verified(client, &upgrade_step::revision_proxies(mi, install))
             .await
             .context("list pods (which revisions pods use decides which the reconciler keeps)")?
     } else {
         Vec::new()
     };
     let using = |name: &str| pods.iter().filter(|p| p.revision == name).count();
-    let older = revisions::older_revisions(mi, install, using, Timestamp::now());
+    let older = upgrade_step::observe(mi, install, pods.clone(), Timestamp::now());
     for name in &older.retired {
         notes.push(format!(
             "revision {name} has had no pod for its grace period: the reconciler retires it (its objects are pruned)"

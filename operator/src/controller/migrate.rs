@@ -1,10 +1,14 @@
 //! Workload migration planner (pure): which Deployments, StatefulSets and DaemonSets run pods on
 //! an older revision's proxy, which of them a restart would move to the target revision, and which
-//! to restart now, a bounded number at a time. No client: the reconciler lists pods (metadata
-//! only) and workloads, calls [`plan`], and patches what it says.
+//! to restart now, a bounded number at a time. No client: the reconciler takes the pods from its
+//! watch ([`PodFacts`], see `controller::proxies`), lists workloads, calls [`plan`], and patches
+//! what it says.
 //!
-//! A pod's revision is what the injector recorded on it (the `istio.io/rev` annotation next to
-//! `sidecar.istio.io/status`), or, for gateways, their `istio.io/rev` label. A restart moves a
+//! A pod runs a revision's proxy when its `istio-proxy` container runs that release's image and
+//! talks to that revision's istiod, and the injector's mark (`sidecar.istio.io/status`, with the
+//! `istio.io/rev` annotation beside it) names that revision, or, for meshop's gateways, it runs
+//! in the control plane's namespace with that `istio.io/rev` label ([`PodFacts::verify`]). A
+//! label or annotation alone is a claim anyone can write and counts for nothing. A restart moves a
 //! workload only if its pods' labels and namespace select a tag or revision that resolves to the
 //! target; a workload pinned to an older revision (`istio.io/rev=<revision>`) is reported, never
 //! restarted (a restart would bring it back on the same revision, forever).
@@ -23,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::MigrationMode;
-use crate::inject::{keys, select_revision};
+use crate::inject::{keys, names, select_revision};
 
 /// The annotation `kubectl rollout restart` writes on the pod template.
 pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -78,58 +82,219 @@ pub(crate) struct ProxyPod {
     pub owner: Option<WorkloadRef>,
 }
 
-impl ProxyPod {
-    /// Reads a pod's metadata; `None` for pods without a proxy (istiod's own pods carry the
-    /// revision label too, but run no proxy) and pods already being deleted.
-    pub fn from_meta(meta: &ObjectMeta) -> Option<ProxyPod> {
+/// Where a pod carries its `istio-proxy` container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    Containers,
+    /// A native sidecar: an init container with `restartPolicy: Always`.
+    InitContainers,
+}
+
+/// The `istio-proxy` container of a pod, as far as telling its revision goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ProxyContainer {
+    pub place: Place,
+    pub image: Option<String>,
+    /// Its `CA_ADDR`: the istiod it gets certificates (and, for sidecars, xDS) from.
+    pub istiod: Option<String>,
+}
+
+/// The injector's own mark on a pod: the `sidecar.istio.io/status` annotation, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The revision it says injected the pod.
+    pub revision: Option<String>,
+    /// Where it says it put `istio-proxy`.
+    pub proxy: Option<Place>,
+}
+
+/// What meshop keeps of a pod that carries an `istio-proxy` container: what telling whether it
+/// really runs a revision's proxy ([`PodFacts::verify`]) and moving it ([`plan`]) needs, and
+/// nothing of the rest of the pod, so a watch of thousands of pods stays small.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PodFacts {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// The workload that owns it, if any (a ReplicaSet's pods belong to its Deployment).
+    pub owner: Option<WorkloadRef>,
+    /// The `istio.io/rev` annotation the injector writes next to its mark.
+    pub rev_annotation: Option<String>,
+    pub mark: Option<Mark>,
+    pub proxy: ProxyContainer,
+    /// A per-pod proxy image (`sidecar.istio.io/proxyImage`), which injection honours.
+    pub image_override: Option<String>,
+}
+
+/// What a revision's proxy looks like: its name, release and istiod address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RevisionProxy {
+    pub name: String,
+    pub version: String,
+    /// `istiod-<revision>.<namespace>.svc:15012`.
+    pub istiod: String,
+    /// The control plane's namespace, where meshop's own gateways run.
+    pub namespace: String,
+}
+
+impl RevisionProxy {
+    /// An image of this release's proxy: the tag is the version (a variant such as
+    /// `-distroless` after it), whatever the registry (the hub may have changed since the pod
+    /// was injected).
+    fn image_matches(&self, image: &str) -> bool {
+        let image = image.split('@').next().unwrap_or(image);
+        let tag = image
+            .rsplit_once('/')
+            .map_or(image, |(_, last)| last)
+            .split_once(':')
+            .map(|(_, tag)| tag);
+        tag.is_some_and(|t| {
+            t == self.version
+                || t.strip_prefix(self.version.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+    }
+}
+
+impl PodFacts {
+    /// Reads a pod; `None` for pods with no `istio-proxy` container (whatever their labels and
+    /// annotations claim), pods being deleted and pods that finished (Succeeded or Failed: they
+    /// run nothing).
+    pub fn from_pod(pod: &Pod) -> Option<PodFacts> {
+        let meta = &pod.metadata;
         if meta.deletion_timestamp.is_some() {
             return None;
         }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let spec = pod.spec.as_ref()?;
+        let (place, container) = match spec.containers.iter().find(|c| c.name == names::PROXY) {
+            Some(c) => (Place::Containers, c),
+            None => (
+                Place::InitContainers,
+                spec.init_containers.iter().flatten().find(|c| {
+                    c.name == names::PROXY && c.restart_policy.as_deref() == Some("Always")
+                })?,
+            ),
+        };
+        let proxy = ProxyContainer {
+            place,
+            image: container.image.clone(),
+            istiod: container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "CA_ADDR")
+                .and_then(|e| e.value.clone()),
+        };
         let labels = meta.labels.clone().unwrap_or_default();
         let annotations = meta.annotations.as_ref();
-        let injected = annotations.is_some_and(|a| a.contains_key(keys::STATUS));
-        let revision = if injected {
-            annotations.and_then(|a| a.get(keys::REV)).cloned()
-        } else if labels.get("app").map(String::as_str) == Some("istiod") {
-            None
-        } else {
-            labels.get(keys::REV).cloned()
-        }?;
+        let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
+        let mark = annotation(keys::STATUS).map(|text| parse_mark(&text));
         let namespace = meta.namespace.clone().unwrap_or_default();
-        let owner = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .and_then(|o| {
-                let kind = match o.kind.as_str() {
-                    // A Deployment's ReplicaSet is named <deployment>-<pod-template-hash>.
-                    "ReplicaSet" => {
-                        let hash = labels.get("pod-template-hash")?;
-                        let name = o.name.strip_suffix(&format!("-{hash}"))?;
-                        return Some(WorkloadRef {
-                            kind: WorkloadKind::Deployment,
-                            namespace: namespace.clone(),
-                            name: name.to_string(),
-                        });
-                    }
-                    "StatefulSet" => WorkloadKind::StatefulSet,
-                    "DaemonSet" => WorkloadKind::DaemonSet,
-                    _ => return None,
-                };
-                Some(WorkloadRef {
-                    kind,
-                    namespace: namespace.clone(),
-                    name: o.name.clone(),
-                })
-            });
-        Some(ProxyPod {
+        let owner = owner(meta, &labels, &namespace);
+        Some(PodFacts {
             namespace,
             labels,
-            revision,
             owner,
+            rev_annotation: annotation(keys::REV),
+            mark,
+            proxy,
+            image_override: annotation(keys::PROXY_IMAGE),
         })
     }
+
+    /// The revision among `revisions` whose proxy this pod really runs, if any: its
+    /// `istio-proxy` container runs that release's image (or the per-pod image injection was
+    /// asked for) and gets its certificates from that revision's istiod, and either
+    ///
+    /// - the injector's mark names the revision and the place of the container, and the
+    ///   `istio.io/rev` annotation beside it agrees (a sidecar), or
+    /// - it is a pod in the control plane's namespace labelled with the revision (meshop's own
+    ///   gateways, which carry no mark).
+    ///
+    /// A label or an annotation alone is a claim anyone can write, and keeps no revision alive.
+    pub fn verify(&self, revisions: &[RevisionProxy]) -> Option<ProxyPod> {
+        let image = self.proxy.image.as_deref()?;
+        let r = revisions
+            .iter()
+            .find(|r| self.proxy.istiod.as_deref() == Some(r.istiod.as_str()))?;
+        let revision = crate::revision::name(&r.name);
+        let sidecar = self.mark.as_ref().is_some_and(|m| {
+            m.revision.as_deref() == Some(revision)
+                && m.proxy == Some(self.proxy.place)
+                && self.rev_annotation.as_deref() == Some(revision)
+        });
+        let own_image = sidecar && self.image_override.as_deref() == Some(image);
+        let gateway = self.mark.is_none()
+            && self.namespace == r.namespace
+            && self.labels.get(keys::REV).map(String::as_str) == Some(revision);
+        ((sidecar || gateway) && (r.image_matches(image) || own_image)).then(|| ProxyPod {
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            revision: r.name.clone(),
+            owner: self.owner.clone(),
+        })
+    }
+}
+
+/// The injector's status annotation: `{"containers": [...], "initContainers": [...],
+/// "revision": "..."}`. Text that does not parse is a mark that names nothing.
+fn parse_mark(text: &str) -> Mark {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    struct Status {
+        containers: Option<Vec<String>>,
+        init_containers: Option<Vec<String>>,
+        revision: Option<String>,
+    }
+    let status: Status = serde_json::from_str(text).unwrap_or_default();
+    let has = |list: &Option<Vec<String>>| list.iter().flatten().any(|n| n == names::PROXY);
+    let proxy = if has(&status.containers) {
+        Some(Place::Containers)
+    } else if has(&status.init_containers) {
+        Some(Place::InitContainers)
+    } else {
+        None
+    };
+    Mark {
+        revision: status.revision,
+        proxy,
+    }
+}
+
+/// The workload that controls a pod, from its owner reference.
+fn owner(
+    meta: &ObjectMeta,
+    labels: &BTreeMap<String, String>,
+    namespace: &str,
+) -> Option<WorkloadRef> {
+    let o = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let kind = match o.kind.as_str() {
+        // A Deployment's ReplicaSet is named <deployment>-<pod-template-hash>.
+        "ReplicaSet" => {
+            let hash = labels.get("pod-template-hash")?;
+            let name = o.name.strip_suffix(&format!("-{hash}"))?;
+            return Some(WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+        }
+        "StatefulSet" => WorkloadKind::StatefulSet,
+        "DaemonSet" => WorkloadKind::DaemonSet,
+        _ => return None,
+    };
+    Some(WorkloadRef {
+        kind,
+        namespace: namespace.to_string(),
+        name: o.name.clone(),
+    })
 }
 
 /// Where a workload's rollout stands.
@@ -612,39 +777,180 @@ mod tests {
         assert!(!p.restart.contains(&deploy("apps", "a")));
     }
 
+    fn revisions() -> Vec<RevisionProxy> {
+        ["1-30-5", "1-31-1"]
+            .iter()
+            .map(|name| RevisionProxy {
+                name: name.to_string(),
+                version: name.replace('-', "."),
+                istiod: format!("istiod-{name}.istio-system.svc:15012"),
+                namespace: "istio-system".into(),
+            })
+            .collect()
+    }
+
+    /// A pod as the injector leaves it on revision `rev`: its mark, the annotation beside it,
+    /// and istio-proxy with the release's image and that revision's istiod.
+    fn injected(rev: &str) -> serde_json::Value {
+        json!({
+            "metadata": {
+                "namespace": "apps",
+                "labels": {"app": "web", "pod-template-hash": "5d9f",
+                    "service.istio.io/canonical-revision": "latest"},
+                "annotations": {
+                    "sidecar.istio.io/status": format!(
+                        r#"{{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"{rev}"}}"#
+                    ),
+                    "istio.io/rev": rev
+                },
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9f", "uid": "u", "controller": true}]
+            },
+            "spec": {"containers": [
+                {"name": "web", "image": "example.com/web:1"},
+                {"name": "istio-proxy", "image": format!("docker.io/istio/proxyv2:{}", rev.replace('-', ".")),
+                    "env": [{"name": "CA_ADDR", "value": format!("istiod-{rev}.istio-system.svc:15012")}]}
+            ]}
+        })
+    }
+
+    fn verify(pod: serde_json::Value) -> Option<String> {
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        PodFacts::from_pod(&pod)?
+            .verify(&revisions())
+            .map(|p| p.revision)
+    }
+
     #[test]
-    fn pods_name_their_revision_and_workload() {
-        let meta = |v: serde_json::Value| serde_json::from_value::<ObjectMeta>(v).unwrap();
-        let injected = meta(json!({
-            "namespace": "apps",
-            "labels": {"app": "web", "pod-template-hash": "5d9f"},
-            "annotations": {"sidecar.istio.io/status": "{}", "istio.io/rev": "1-30-5"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9f", "uid": "u", "controller": true}]
-        }));
-        let p = ProxyPod::from_meta(&injected).unwrap();
+    fn an_injected_pod_runs_its_revision_and_names_its_workload() {
+        let pod: Pod = serde_json::from_value(injected("1-30-5")).unwrap();
+        let p = PodFacts::from_pod(&pod)
+            .unwrap()
+            .verify(&revisions())
+            .unwrap();
         assert_eq!(p.revision, "1-30-5");
         assert_eq!(p.owner, Some(deploy("apps", "web")));
-        let gateway = meta(
-            json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istio-ingressgateway"}}),
-        );
-        assert_eq!(ProxyPod::from_meta(&gateway).unwrap().revision, "1-31-1");
-        let istiod = meta(
-            json!({"namespace": "istio-system", "labels": {"istio.io/rev": "1-31-1", "app": "istiod"}}),
-        );
-        assert_eq!(ProxyPod::from_meta(&istiod), None, "istiod runs no proxy");
-        let plain = meta(json!({"namespace": "apps", "labels": {"app": "web"}}));
-        assert_eq!(ProxyPod::from_meta(&plain), None);
-        let sts = meta(json!({
-            "namespace": "db", "annotations": {"sidecar.istio.io/status": "{}", "istio.io/rev": "x"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "pg", "uid": "u", "controller": true}]
-        }));
+        // A native sidecar: istio-proxy among the init containers, restartPolicy Always.
+        let mut native = injected("1-31-1");
+        let proxy = native["spec"]["containers"][1].take();
+        native["spec"]["containers"] = json!([{"name": "web", "image": "example.com/web:1"}]);
+        let mut proxy = proxy;
+        proxy["restartPolicy"] = json!("Always");
+        native["spec"]["initContainers"] = json!([proxy]);
+        native["metadata"]["annotations"]["sidecar.istio.io/status"] =
+            json!(r#"{"initContainers":["istio-proxy"],"containers":[],"revision":"1-31-1"}"#);
+        assert_eq!(verify(native.clone()).as_deref(), Some("1-31-1"));
+        // ... but an ordinary init container that has finished runs nothing.
+        native["spec"]["initContainers"][0]["restartPolicy"] = serde_json::Value::Null;
+        assert_eq!(verify(native), None);
+        // The hub changed since injection: the release is what counts.
+        let mut moved = injected("1-30-5");
+        moved["spec"]["containers"][1]["image"] =
+            json!("mirror.local/istio/proxyv2:1.30.5-distroless");
+        assert_eq!(verify(moved).as_deref(), Some("1-30-5"));
+        // A per-pod image injection was asked for.
+        let mut own = injected("1-30-5");
+        own["metadata"]["annotations"]["sidecar.istio.io/proxyImage"] =
+            json!("registry.local/proxy:dev");
+        own["spec"]["containers"][1]["image"] = json!("registry.local/proxy:dev");
+        assert_eq!(verify(own).as_deref(), Some("1-30-5"));
+    }
+
+    #[test]
+    fn a_claim_without_a_real_proxy_counts_for_nothing() {
+        // The label alone (the old rule counted it).
+        let label = json!({"metadata": {"namespace": "apps", "labels": {"istio.io/rev": "1-30-5"}},
+            "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]}});
+        assert_eq!(verify(label), None);
+        // A hand-written mark and annotation, no istio-proxy container.
+        let mut written = injected("1-30-5");
+        written["spec"]["containers"] = json!([{"name": "web", "image": "example.com/web:1"}]);
+        assert_eq!(verify(written), None);
+        // A container named istio-proxy that is not the revision's proxy.
+        let mut fake = injected("1-30-5");
+        fake["spec"]["containers"][1]["image"] = json!("busybox:1.36");
+        assert_eq!(verify(fake), None);
+        // The proxy of another istiod (another MeshInstall's revision of the same name).
+        let mut elsewhere = injected("1-30-5");
+        elsewhere["spec"]["containers"][1]["env"][0]["value"] =
+            json!("istiod-1-30-5.other.svc:15012");
+        assert_eq!(verify(elsewhere), None);
+        // A mark that disagrees with the pod: another revision, the container elsewhere, the
+        // annotation beside it changed, or no mark and not a gateway.
+        let mut other = injected("1-30-5");
+        other["metadata"]["annotations"]["istio.io/rev"] = json!("1-31-1");
+        assert_eq!(verify(other), None);
+        let mut misplaced = injected("1-30-5");
+        misplaced["metadata"]["annotations"]["sidecar.istio.io/status"] =
+            json!(r#"{"initContainers":["istio-proxy"],"revision":"1-30-5"}"#);
+        assert_eq!(verify(misplaced), None);
+        let mut garbled = injected("1-30-5");
+        garbled["metadata"]["annotations"]["sidecar.istio.io/status"] = json!("{not json");
+        assert_eq!(verify(garbled), None);
+        let mut unmarked = injected("1-30-5");
+        unmarked["metadata"]["annotations"] = json!({});
+        unmarked["metadata"]["labels"]["istio.io/rev"] = json!("1-30-5");
         assert_eq!(
-            ProxyPod::from_meta(&sts)
-                .unwrap()
-                .owner
-                .map(|o| o.to_string()),
-            Some("StatefulSet/db/pg".into())
+            verify(unmarked),
+            None,
+            "outside the control plane's namespace"
         );
+        // A per-pod image without the mark is no proof either.
+        let mut own = injected("1-30-5");
+        own["metadata"]["annotations"] = json!({"sidecar.istio.io/proxyImage": "busybox:1.36"});
+        own["spec"]["containers"][1]["image"] = json!("busybox:1.36");
+        assert_eq!(verify(own), None);
+    }
+
+    #[test]
+    fn gateways_run_the_revision_they_are_labelled_with_in_the_control_plane_namespace() {
+        let gateway = |ns: &str, rev: &str, image: &str| {
+            json!({"metadata": {"namespace": ns,
+                "labels": {"istio.io/rev": rev, "app": "istio-ingressgateway"}},
+                "spec": {"containers": [{"name": "istio-proxy", "image": image,
+                    "env": [{"name": "CA_ADDR", "value": format!("istiod-{rev}.istio-system.svc:15012")}]}]}})
+        };
+        assert_eq!(
+            verify(gateway(
+                "istio-system",
+                "1-31-1",
+                "docker.io/istio/proxyv2:1.31.1"
+            ))
+            .as_deref(),
+            Some("1-31-1")
+        );
+        assert_eq!(
+            verify(gateway(
+                "istio-system",
+                "1-31-1",
+                "docker.io/istio/proxyv2:1.30.5"
+            )),
+            None
+        );
+        // istiod carries the revision label too, and runs no proxy.
+        let istiod = json!({"metadata": {"namespace": "istio-system",
+            "labels": {"istio.io/rev": "1-31-1", "app": "istiod"}},
+            "spec": {"containers": [{"name": "discovery", "image": "docker.io/istio/pilot:1.31.1"}]}});
+        assert_eq!(verify(istiod), None);
+    }
+
+    #[test]
+    fn pods_that_are_leaving_or_finished_run_nothing() {
+        let mut leaving = injected("1-30-5");
+        leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert_eq!(verify(leaving), None);
+        for phase in ["Succeeded", "Failed"] {
+            let mut done = injected("1-30-5");
+            done["status"] = json!({"phase": phase});
+            assert_eq!(verify(done), None, "{phase}");
+        }
+        let mut running = injected("1-30-5");
+        running["status"] = json!({"phase": "Running"});
+        assert_eq!(verify(running).as_deref(), Some("1-30-5"));
+        let mut sts = injected("1-30-5");
+        sts["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "pg", "uid": "u", "controller": true}]);
+        let pod: Pod = serde_json::from_value(sts).unwrap();
+        let owner = PodFacts::from_pod(&pod).unwrap().owner.unwrap();
+        assert_eq!(owner.to_string(), "StatefulSet/apps/pg");
     }
 
     #[test]

@@ -9,11 +9,13 @@ mod assess;
 pub mod leader;
 mod migrate;
 pub(crate) mod plan;
+pub(crate) mod proxies;
 pub(crate) mod prune;
 mod reconcile;
 pub(crate) mod revisions;
 pub mod status;
 pub(crate) mod upgrade;
+pub(crate) mod upgrade_step;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,8 +62,14 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0} owned object(s) still being deleted")]
     CleanupPending(usize),
-    #[error("revision-based upgrade (listing proxies or restarting workloads): {0}")]
+    #[error("reading the MeshInstalls to confirm a revision conflict: {0}")]
+    Conflict(#[source] kube::Error),
+    #[error("revision-based upgrade (listing workloads or restarting them): {0}")]
     Upgrade(#[source] kube::Error),
+    #[error(
+        "revision-based upgrade: the watch of proxy pods has not listed them within {0:?}, so which revisions are in use is unknown"
+    )]
+    ProxiesUnknown(Duration),
 }
 
 impl Error {
@@ -73,8 +81,9 @@ impl Error {
             Error::Prune(_) => "prune",
             Error::Cleanup(_) => "cleanup",
             Error::Status(_) => "status",
+            Error::Conflict(_) => "conflict",
             Error::CleanupPending(_) => "cleanup_pending",
-            Error::Upgrade(_) => "upgrade",
+            Error::Upgrade(_) | Error::ProxiesUnknown(_) => "upgrade",
             Error::Finalizer(e) => match e.as_ref() {
                 F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.metric_label(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
@@ -106,6 +115,10 @@ pub struct Context {
     applied: Mutex<HashMap<String, AppliedRecord>>,
     /// Consecutive failures per MeshInstall, for exponential backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// The watch of proxy pods, started by the first revision-based pass.
+    proxies: tokio::sync::OnceCell<proxies::ProxyPods>,
+    /// Asks the controller for a pass of one MeshInstall (the proxies' watch uses it).
+    trigger: futures::channel::mpsc::Sender<kube::runtime::reflector::ObjectRef<MeshInstall>>,
 }
 
 impl Context {
@@ -115,6 +128,7 @@ impl Context {
         identity: &str,
         webhook: Option<WebhookSettings>,
         meshes: kube::runtime::reflector::Store<MeshInstall>,
+        trigger: futures::channel::mpsc::Sender<kube::runtime::reflector::ObjectRef<MeshInstall>>,
     ) -> Context {
         let reporter = Reporter {
             controller: "meshop".into(),
@@ -128,7 +142,22 @@ impl Context {
             metrics,
             applied: Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
+            proxies: tokio::sync::OnceCell::new(),
+            trigger,
         }
+    }
+
+    /// The watch of proxy pods, started on first use.
+    async fn proxies(&self) -> &proxies::ProxyPods {
+        self.proxies
+            .get_or_init(|| async {
+                proxies::ProxyPods::spawn(
+                    self.client.clone(),
+                    self.meshes.clone(),
+                    self.trigger.clone(),
+                )
+            })
+            .await
     }
 
     /// The webhook endpoint with the CA and certificate in use right now.
@@ -306,14 +335,33 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
             managed.clone(),
         );
     }
+    // Passes asked for by the watch of proxy pods (see `proxies`).
+    let (trigger, triggered) = futures::channel::mpsc::channel(16);
+    // A MeshInstall stalled on another's claim is looked at again when any other one changes or
+    // goes (`plan::reconsider`): nothing of its own changes when the claim is released.
+    let meshes = controller.store();
+    let claims = meshes.clone();
+    controller = controller.watches(
+        Api::<MeshInstall>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        move |changed: MeshInstall| {
+            let all = claims.state();
+            plan::reconsider(&changed, all.iter().map(Arc::as_ref))
+                .into_iter()
+                .map(|name| kube::runtime::reflector::ObjectRef::new(&name))
+                .collect::<Vec<_>>()
+        },
+    );
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics,
         &options.identity,
         webhook,
-        controller.store(),
+        meshes,
+        trigger,
     ));
     let controller = controller
+        .reconcile_on(triggered)
         .reconcile_all_on(renewed)
         .graceful_shutdown_on(shutdown_signal())
         .run(reconcile, error_policy, ctx)

@@ -43,7 +43,7 @@ impl Plan {
 
     /// The plan of one pass, as the reconciler applies it and `meshop diff -f` predicts it:
     /// in place, the installation alone; revision-based, its target beside the `older` revisions
-    /// that [`super::revisions::older_revisions`] keeps (none on a first install). `older` is
+    /// that [`super::upgrade_step::observe`] keeps (none on a first install). `older` is
     /// ignored in place, where there are none.
     pub fn for_pass(
         install: Installation,
@@ -236,6 +236,29 @@ pub(crate) fn conflicting_owner<'a>(
         .filter(|theirs| *theirs < me)
         .min()
         .map(|(_, name)| name)
+}
+
+/// Why a MeshInstall is stalled when another one owns its (namespace, revision).
+pub(crate) const REVISION_CONFLICT: &str = "RevisionConflict";
+
+/// The MeshInstalls to look at again when `changed` changed (or was deleted): the others that
+/// may be waiting on a claim it held, that is those stalled with [`REVISION_CONFLICT`], and
+/// those with no status yet (their first pass may have found the claim a moment ago). A status
+/// write of one of them maps to nothing new, so this never loops.
+pub(crate) fn reconsider<'a>(
+    changed: &MeshInstall,
+    all: impl IntoIterator<Item = &'a MeshInstall>,
+) -> Vec<String> {
+    all.into_iter()
+        .filter(|o| is_live_other(changed, o))
+        .filter(|o| match &o.status {
+            None => true,
+            Some(s) => s
+                .condition(crate::api::condition::STALLED)
+                .is_some_and(|c| c.status == "True" && c.reason == REVISION_CONFLICT),
+        })
+        .filter_map(|o| o.metadata.name.clone())
+        .collect()
 }
 
 /// The installation of a spec written as YAML, owned by MeshInstall `mesh`; for unit tests.
@@ -621,5 +644,45 @@ mod tests {
             !first.contains("Deployment/istio-system/istiod"),
             "{first:?}"
         );
+    }
+
+    #[test]
+    fn a_change_of_one_meshinstall_reconsiders_those_stalled_on_a_claim() {
+        let spec = "profile: minimal\n";
+        let stalled = |name: &str, uid: &str, reason: &str| {
+            let mut mi = mesh(name, 200, uid, spec);
+            mi.status = Some(
+                serde_json::from_value(serde_json::json!({"conditions": [
+                {"type": "Stalled", "status": "True", "reason": reason, "message": "m",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+                .unwrap(),
+            );
+            mi
+        };
+        let first = stalled("first", "a", "Whatever");
+        let mut first = first;
+        first.status = Some(
+            serde_json::from_value(serde_json::json!({"conditions": [
+            {"type": "Ready", "status": "True", "reason": "Ready", "message": "m",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+            .unwrap(),
+        );
+        let waiting = stalled("waiting", "b", REVISION_CONFLICT);
+        let invalid = stalled("invalid", "c", "InvalidSpec");
+        let fresh = mesh("fresh", 300, "d", spec);
+        let mut leaving = stalled("leaving", "e", REVISION_CONFLICT);
+        leaving.metadata.deletion_timestamp = first.metadata.creation_timestamp.clone();
+        let all = [
+            first.clone(),
+            waiting.clone(),
+            invalid,
+            fresh,
+            leaving.clone(),
+        ];
+        assert_eq!(reconsider(&first, &all), ["waiting", "fresh"]);
+        // The one that changed is not its own trigger.
+        assert_eq!(reconsider(&waiting, &all), ["fresh"]);
+        // The owner being deleted (or gone): the same.
+        assert_eq!(reconsider(&leaving, &all), ["waiting", "fresh"]);
     }
 }

@@ -77,13 +77,22 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return stall(ctx, mi, "InvalidSpec", e.to_string()).await,
     };
     let others = ctx.meshes.state();
-    if let Some(owner) = plan::conflicting_owner(mi, &install, others.iter().map(Arc::as_ref)) {
-        let message = format!(
-            "revision {:?} in namespace {} is already installed by MeshInstall {owner}; choose another revision or namespace",
-            install.revision_label(),
-            install.namespace
-        );
-        return stall(ctx, mi, "RevisionConflict", message).await;
+    if plan::conflicting_owner(mi, &install, others.iter().map(Arc::as_ref)).is_some() {
+        // The cache may lag the watch that triggered this pass (the owner was just deleted):
+        // a conflict is decided on a fresh read. Only a stalled MeshInstall pays for it.
+        let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+        let fresh = api
+            .list(&Default::default())
+            .await
+            .map_err(Error::Conflict)?;
+        if let Some(owner) = plan::conflicting_owner(mi, &install, &fresh.items) {
+            let message = format!(
+                "revision {:?} in namespace {} is already installed by MeshInstall {owner}; choose another revision or namespace",
+                install.revision_label(),
+                install.namespace
+            );
+            return stall(ctx, mi, plan::REVISION_CONFLICT, message).await;
+        }
     }
 
     let revision_based = install.update_strategy == UpdateStrategy::RevisionBased;
@@ -119,11 +128,7 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     // Revision-based: count the proxies per revision and retire the unused old ones before
     // planning, so a retired revision is simply not planned (and prune deletes it).
     let upgrade_seen = if revision_based {
-        Some(
-            upgrade::observe(&ctx.client, mi, &install)
-                .await
-                .map_err(Error::Upgrade)?,
-        )
+        Some(upgrade::observe(ctx, mi, &install).await?)
     } else {
         None
     };
@@ -281,14 +286,23 @@ async fn prune(ctx: &Context, mi: &MeshInstall, plan: &Plan) -> Result<(), Error
     Ok(())
 }
 
-/// Reports a spec the user must change: Stalled, an event, no requeue until the next change.
+/// Reports a spec the user must change: Stalled, an event, no requeue until the next change
+/// (of this MeshInstall, or of another one for a [`plan::REVISION_CONFLICT`]). A stall the status
+/// already reports for this generation publishes no second event.
 async fn stall(
     ctx: &Context,
     mi: &MeshInstall,
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
-    ctx.event(mi, EventType::Warning, reason, &message).await;
+    let reported = mi.status.as_ref().is_some_and(|s| {
+        s.observed_generation == mi.metadata.generation
+            && s.condition(crate::api::condition::STALLED)
+                .is_some_and(|c| c.status == "True" && c.reason == reason && c.message == message)
+    });
+    if !reported {
+        ctx.event(mi, EventType::Warning, reason, &message).await;
+    }
     write_status(ctx, mi, Report::stalled(reason, message)).await?;
     Ok(Action::await_change())
 }
@@ -297,7 +311,8 @@ async fn stall(
 /// their transition times, so a converged mesh does not churn resourceVersions).
 async fn write_status(ctx: &Context, mi: &MeshInstall, report: Report) -> Result<(), Error> {
     let next = status::next_status(mi.status.as_ref(), mi.metadata.generation, report);
-    ctx.metrics.set_ready(&mi.name_any(), next.is_true(crate::api::condition::READY));
+    ctx.metrics
+        .set_ready(&mi.name_any(), next.is_true(crate::api::condition::READY));
     if mi.status.as_ref() == Some(&next) {
         return Ok(());
     }

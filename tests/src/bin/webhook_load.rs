@@ -1174,7 +1174,13 @@ async fn hold(
             tokio::time::sleep(Duration::from_millis(500)).await;
             let tasks: Vec<_> = (0..n)
                 .map(|i| {
-                    tokio::spawn(hold_one(tls.clone(), host.clone(), port, kinds[i % 3], limit))
+                    tokio::spawn(hold_one(
+                        tls.clone(),
+                        host.clone(),
+                        port,
+                        kinds[i % 3],
+                        limit,
+                    ))
                 })
                 .collect();
             let mut held = Vec::new();
@@ -1225,7 +1231,9 @@ async fn hold(
             closes.last().unwrap_or(&Duration::ZERO).as_secs_f64(),
         );
         if open > 0 {
-            failures.push(format!("{open} {kind:?} connections still open after {limit:?}"));
+            failures.push(format!(
+                "{open} {kind:?} connections still open after {limit:?}"
+            ));
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
