@@ -1190,11 +1190,12 @@ async fn hold(
             anyhow::Ok(held)
         })
     };
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let peak = {
-        let stop = Instant::now() + Duration::from_secs(args.seconds) + limit;
+        let sampling = sampling.clone();
         tokio::spawn(async move {
             let (mut rss, mut open) = (0u64, String::new());
-            while Instant::now() < stop {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
                 let now = rss_kib(pid).unwrap_or(0);
                 if now > rss {
                     rss = now;
@@ -1210,8 +1211,8 @@ async fn hold(
     let beside = load(args, url, Some(pid)).await?;
     println!("load beside {:>5} slow clients: {beside}", args.hold);
     let held = holders.await??;
-    peak.abort();
-    let (rss_peak, open_at_peak) = peak.await.unwrap_or_default();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (rss_peak, open_at_peak) = peak.await?;
 
     let mut failures = Vec::new();
     for kind in kinds {
@@ -1223,10 +1224,12 @@ async fn hold(
             .iter()
             .filter(|h| h.connect > Duration::from_secs(1))
             .count();
+        let longest = of_kind.iter().map(|h| h.connect).max().unwrap_or_default();
         println!(
-            "{kind:?}: {} held, {} waited over 1 s to connect (the cap), closed by the server {:.1}-{:.1} s after their last byte, still open: {open}",
+            "{kind:?}: {} held, {} waited over 1 s to connect (the cap; longest {:.1} s), closed by the server {:.1}-{:.1} s after their last byte, still open: {open}",
             of_kind.len(),
             waited,
+            longest.as_secs_f64(),
             closes.first().unwrap_or(&Duration::ZERO).as_secs_f64(),
             closes.last().unwrap_or(&Duration::ZERO).as_secs_f64(),
         );
