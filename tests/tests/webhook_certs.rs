@@ -311,7 +311,9 @@ async fn a_secret_that_does_not_chain_or_has_no_ca_is_replaced() {
     .await;
 
     // 2. `ca.crt` is a certificate that is no CA (and `tls.crt` does not chain to it): a new CA
-    //    and serving certificate, and the registration's caBundle follows.
+    //    and serving certificate, and the registration's caBundle follows. The CA the webhook
+    //    served from stays trusted next to the new one (other replicas may still serve it).
+    let before = served(operator.webhook).await.unwrap();
     let (_, not_a_ca, _) = foreign(&sans);
     secrets
         .patch(
@@ -329,6 +331,8 @@ async fn a_secret_that_does_not_chain_or_has_no_ca_is_replaced() {
     .await;
     assert_ne!(new_ca, ca, "ca.crt was no CA: a new one");
     assert_ne!(new_ca, not_a_ca.as_bytes());
+    verifies(&before, &new_ca, "127.0.0.1")
+        .expect("the certificate served before the new CA is still trusted");
     converged(
         "caBundle follows the new CA",
         &hooks,

@@ -215,6 +215,22 @@ impl CertBundle {
         Ok(fresh)
     }
 
+    /// Keeps trusting the CAs of `ca_pem` that are still valid CAs, after this bundle's own and
+    /// each once. Used when a new CA replaces the one this replica serves from: other replicas may
+    /// still serve what the old one signed until they load the new bundle.
+    pub(crate) fn also_trust(&mut self, ca_pem: &str) {
+        let now = SystemTime::now();
+        let have = pems(&self.ca_pem);
+        for ca in pems(ca_pem) {
+            if !have.contains(&ca)
+                && validity(&ca).is_ok_and(|(from, until)| from <= now && now < until)
+                && with_cert(&ca, is_ca).unwrap_or(false)
+            {
+                self.ca_pem.push_str(&ca);
+            }
+        }
+    }
+
     /// Whether the serving certificate has less than a third of its lifetime left. The lifetime
     /// counts from issue, not from the backdated `notBefore`, so a short-lived certificate is not
     /// judged due the moment it is made.
@@ -946,6 +962,15 @@ mod tests {
             inspect(&stored(&fixed), &sans(), SystemTime::now()),
             Verdict::Sound(_)
         ));
+
+        // The CA a replica served from stays trusted once, after the new one; a non-CA does not.
+        let mut fresh = CertBundle::generate(&sans(), Duration::from_secs(3600)).unwrap();
+        let own = fresh.ca_pem.clone();
+        fresh.also_trust(&format!("{}{}", b.ca_pem, b.cert_pem));
+        fresh.also_trust(&b.ca_pem);
+        fresh.also_trust(&own);
+        assert_eq!(fresh.ca_pem, format!("{own}{}", b.ca_pem));
+        assert!(webpki_verifies(&b.cert_pem, &fresh.ca_pem, "127.0.0.1"));
 
         st.ca_key = None;
         let v = inspect(&st, &sans(), SystemTime::now());

@@ -415,7 +415,10 @@ pub(crate) fn spawn_rotation(
         tick.tick().await; // the first tick fires at once; the caller just loaded the bundle
         loop {
             tick.tick().await;
-            match store::load_or_create(client.clone(), &namespace, &sans, lifetime).await {
+            let serving = resolver.bundle();
+            match store::load_or_create(client.clone(), &namespace, &sans, lifetime, Some(&serving))
+                .await
+            {
                 // The whole bundle: a new ca.crt with the same tls.crt must reach caBundle too.
                 Ok(bundle) if bundle != resolver.current.load().bundle => {
                     match resolver.swap(bundle.clone()) {

@@ -40,17 +40,22 @@ pub(crate) enum StoreError {
 /// logged at warn with the reason and replaced at once: from its CA when that is sound, with a new
 /// CA otherwise. Writes carry the resourceVersion read, so replicas racing to create, renew or
 /// replace resolve through 409 Conflict: the loser re-reads and judges the winner's bundle.
+///
+/// `served` is the bundle this replica serves now, if any: when the bundle written has a new CA,
+/// the CA `served` came from stays in `ca.crt` (so in `caBundle`) until it expires, since other
+/// replicas serve certificates it signed until their next look at the Secret.
 pub(crate) async fn load_or_create(
     client: Client,
     ns: &str,
     sans: &[String],
     lifetime: Duration,
+    served: Option<&CertBundle>,
 ) -> Result<CertBundle, StoreError> {
     let api: Api<Secret> = Api::namespaced(client, ns);
     for _ in 0..ATTEMPTS {
         let existing = api.get_opt(SECRET_NAME).await?;
         let now = SystemTime::now();
-        let fresh = match existing.as_ref().map(|s| inspect(&stored(s), sans, now)) {
+        let mut fresh = match existing.as_ref().map(|s| inspect(&stored(s), sans, now)) {
             None => CertBundle::generate(sans, lifetime)?,
             Some(Verdict::Sound(b)) if !b.needs_rotation(now) => return Ok(b),
             Some(Verdict::Sound(b)) => b.renew(sans, lifetime)?,
@@ -72,6 +77,9 @@ pub(crate) async fn load_or_create(
                 CertBundle::generate(sans, lifetime)?
             }
         };
+        if let Some(served) = served {
+            fresh.also_trust(&served.ca_pem);
+        }
         let result = match existing {
             Some(mut secret) => {
                 // resourceVersion is kept from the read, so a concurrent writer makes this a 409.
