@@ -409,7 +409,7 @@ async fn start_webhook(
         "127.0.0.1".to_string(),
     ];
     let lifetime = options.webhook_cert_lifetime;
-    let bundle = webhook::load_or_create(client.clone(), &ns, &sans, lifetime).await?;
+    let bundle = webhook::load_or_create(client.clone(), &ns, &sans, lifetime, None).await?;
     metrics.set_webhook_certificate_expiry(unix_seconds(bundle.not_after));
     let resolver = webhook::CertResolver::new(bundle)?;
     // Look often enough to renew well inside the last third of the lifetime.

@@ -395,9 +395,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
-/// Every `every`, reloads the bundle from the Secret (renewing it there when it is due) and swaps
-/// it in when it changed. Errors are logged and retried on the next tick; the current certificate
-/// keeps being served meanwhile. `on_change` sees each new bundle (e.g. to patch `caBundle`).
+/// Every `every`, reloads the bundle from the Secret (renewing it there when it is due, replacing
+/// it there when it is unfit: see `store::load_or_create`) and swaps it in when any part of it
+/// changed, the CA included. Errors are logged and retried on the next tick; the current
+/// certificate keeps being served meanwhile. `on_change` sees each new bundle: `meshop run`
+/// re-runs the reconciler, which registers the new `ca_pem` as `caBundle`.
 pub(crate) fn spawn_rotation(
     client: Client,
     namespace: String,
@@ -413,8 +415,12 @@ pub(crate) fn spawn_rotation(
         tick.tick().await; // the first tick fires at once; the caller just loaded the bundle
         loop {
             tick.tick().await;
-            match store::load_or_create(client.clone(), &namespace, &sans, lifetime).await {
-                Ok(bundle) if bundle.cert_pem != resolver.current.load().bundle.cert_pem => {
+            let serving = resolver.bundle();
+            match store::load_or_create(client.clone(), &namespace, &sans, lifetime, Some(&serving))
+                .await
+            {
+                // The whole bundle: a new ca.crt with the same tls.crt must reach caBundle too.
+                Ok(bundle) if bundle != resolver.current.load().bundle => {
                     match resolver.swap(bundle.clone()) {
                         Ok(()) => {
                             tracing::info!(not_after = ?bundle.not_after, "webhook serving certificate swapped");

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::{Client, Error as KubeError};
 
-use super::certs::{CertBundle, CertError};
+use super::certs::{CertBundle, CertError, StoredPem, Verdict, inspect};
 
 /// The Secret in the operator's namespace holding the webhook's CA and serving certificate.
 pub(crate) const SECRET_NAME: &str = "meshop-webhook-tls";
@@ -33,28 +33,53 @@ pub(crate) enum StoreError {
     Contended,
 }
 
-/// Returns a bundle valid for `sans` with more than a third of its lifetime left: the stored one
-/// when it is fit, otherwise a renewed one written back. Replicas racing to create or renew
-/// resolve through 409 Conflict: the loser re-reads and takes the winner's bundle.
+/// Returns a bundle fit to serve for `sans` with more than a third of its lifetime left: the
+/// stored one when [`inspect`] finds it sound and it is not due, otherwise a renewed or replaced
+/// one written back. A stored bundle that is unfit (a serving certificate its CA did not issue, a
+/// key that is not its certificate's, names missing, expired, unreadable, a CA that is no CA) is
+/// logged at warn with the reason and replaced at once: from its CA when that is sound, with a new
+/// CA otherwise. Writes carry the resourceVersion read, so replicas racing to create, renew or
+/// replace resolve through 409 Conflict: the loser re-reads and judges the winner's bundle.
+///
+/// `served` is the bundle this replica serves now, if any: when the bundle written has a new CA,
+/// the CA `served` came from stays in `ca.crt` (so in `caBundle`) until it expires, since other
+/// replicas serve certificates it signed until their next look at the Secret.
 pub(crate) async fn load_or_create(
     client: Client,
     ns: &str,
     sans: &[String],
     lifetime: Duration,
+    served: Option<&CertBundle>,
 ) -> Result<CertBundle, StoreError> {
     let api: Api<Secret> = Api::namespaced(client, ns);
     for _ in 0..ATTEMPTS {
         let existing = api.get_opt(SECRET_NAME).await?;
-        let stored = existing.as_ref().and_then(bundle_from_secret);
-        if let Some(b) = &stored
-            && b.usable_for(sans, SystemTime::now())
-        {
-            return Ok(b.clone());
-        }
-        let fresh = match &stored {
-            Some(b) => b.renew(sans, lifetime)?,
+        let now = SystemTime::now();
+        let mut fresh = match existing.as_ref().map(|s| inspect(&stored(s), sans, now)) {
             None => CertBundle::generate(sans, lifetime)?,
+            Some(Verdict::Sound(b)) if !b.needs_rotation(now) => return Ok(b),
+            Some(Verdict::Sound(b)) => b.renew(sans, lifetime)?,
+            Some(Verdict::Renew {
+                ca_pem,
+                ca_key_pem,
+                reason,
+            }) => {
+                let with = if ca_key_pem.is_some() {
+                    "a new serving certificate from the stored CA"
+                } else {
+                    "a new CA and serving certificate, still trusting the stored CA"
+                };
+                tracing::warn!(secret = SECRET_NAME, namespace = ns, %reason, "stored webhook certificate is unfit; replacing it with {with}");
+                CertBundle::issue(&ca_pem, ca_key_pem.as_deref(), sans, lifetime)?
+            }
+            Some(Verdict::Replace { reason }) => {
+                tracing::warn!(secret = SECRET_NAME, namespace = ns, %reason, "stored webhook CA is unusable; replacing it with a new CA and serving certificate");
+                CertBundle::generate(sans, lifetime)?
+            }
         };
+        if let Some(served) = served {
+            fresh.also_trust(&served.ca_pem);
+        }
         let result = match existing {
             Some(mut secret) => {
                 // resourceVersion is kept from the read, so a concurrent writer makes this a 409.
@@ -85,19 +110,20 @@ pub(crate) async fn load_or_create(
     Err(StoreError::Contended)
 }
 
-/// The bundle in a Secret, if it holds a parseable one.
-pub(crate) fn bundle_from_secret(secret: &Secret) -> Option<CertBundle> {
-    let data = secret.data.as_ref()?;
+/// The PEM texts a Secret holds under the bundle's keys (each missing when absent or not UTF-8).
+pub(crate) fn stored(secret: &Secret) -> StoredPem {
     let text = |k: &str| {
-        data.get(k)
+        secret
+            .data
+            .as_ref()?
+            .get(k)
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
-    match CertBundle::from_pem(text(CA_CRT)?, text(CA_KEY), text(TLS_CRT)?, text(TLS_KEY)?) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            tracing::warn!(secret = SECRET_NAME, error = %e, "stored webhook certificate is unreadable; minting a new one");
-            None
-        }
+    StoredPem {
+        ca_crt: text(CA_CRT),
+        ca_key: text(CA_KEY),
+        tls_crt: text(TLS_CRT),
+        tls_key: text(TLS_KEY),
     }
 }
 
@@ -150,26 +176,42 @@ pub(crate) fn new_secret(ns: &str, b: &CertBundle) -> Secret {
 mod tests {
     use super::*;
 
+    const SANS: &[&str] = &["meshop.meshop-system.svc"];
+
+    fn sans() -> Vec<String> {
+        SANS.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn secret_round_trip() {
-        let sans = vec!["meshop.meshop-system.svc".to_string()];
-        let b = CertBundle::generate(&sans, Duration::from_secs(3600)).unwrap();
+        let b = CertBundle::generate(&sans(), Duration::from_secs(3600)).unwrap();
         let s = new_secret("meshop-system", &b);
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
         let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
         assert_eq!(keys, vec!["ca.crt", "ca.key", "tls.crt", "tls.key"]);
-        assert_eq!(bundle_from_secret(&s), Some(b));
+        assert_eq!(
+            inspect(&stored(&s), &sans(), SystemTime::now()),
+            Verdict::Sound(b)
+        );
     }
 
     #[test]
-    fn unreadable_secret_is_none() {
+    fn an_unreadable_secret_is_replaced() {
         let mut s = Secret::default();
-        assert!(bundle_from_secret(&s).is_none());
+        assert!(matches!(
+            inspect(&stored(&s), &sans(), SystemTime::now()),
+            Verdict::Replace { .. }
+        ));
         s.data = Some(BTreeMap::from([
             (CA_CRT.to_string(), ByteString(b"x".to_vec())),
             (TLS_CRT.to_string(), ByteString(b"y".to_vec())),
             (TLS_KEY.to_string(), ByteString(vec![0xff])),
         ]));
-        assert!(bundle_from_secret(&s).is_none());
+        let st = stored(&s);
+        assert!(st.tls_key.is_none(), "not UTF-8");
+        assert!(matches!(
+            inspect(&st, &sans(), SystemTime::now()),
+            Verdict::Replace { .. }
+        ));
     }
 }
