@@ -34,7 +34,7 @@ istio: tools ## Build (or reuse) Istio's pilot-discovery, istioctl and pilot-age
 helm: tools ## Build (or reuse) helm from helm.sh/helm/v3 in ~/.cache/meshop (the chart tests run it).
 	@bash tests/testenv/build-helm.sh >/dev/null
 
-judges: tools ## Build (or reuse) the GitOps judges (kstatus, Flux CEL, Argo CD Lua) in ~/.cache/meshop.
+judges: tools ## Build (or reuse) the judges (kstatus, Flux CEL, Argo CD Lua, promtool) in ~/.cache/meshop.
 	@bash tests/testenv/build-judges.sh >/dev/null
 
 image: tools ## Build the operator image with no container engine: target/image/oci/ (OCI layout) and meshop-<version>.oci.tar.

@@ -77,7 +77,9 @@ pub fn rules() -> Vec<Value> {
             ),
             "1h",
             "warning",
-            &format!("meshop's webhook certificate expires in less than {CERTIFICATE_DAYS_LEFT} days"),
+            &format!(
+                "meshop's webhook certificate expires in less than {CERTIFICATE_DAYS_LEFT} days"
+            ),
             &format!(
                 "The serving certificate of meshop's injection webhook in namespace \
                  {{{{ $labels.namespace }}}} expires in less than {CERTIFICATE_DAYS_LEFT} days. \
