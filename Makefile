@@ -18,7 +18,7 @@ demo: tools testenv ## The main job: control plane, operator, a demo MeshInstall
 cluster: tools testenv ## Start a local control plane (controllers mode, CRDs installed) until Ctrl-C.
 	$(CARGO) run -q -p meshop-testenv --bin meshop-cluster
 
-test: tools testenv istio helm judges ## Unit and integration tests against a real kube-apiserver, Istio's binaries, helm and the GitOps judges (built when not cached).
+test: tools testenv istio helm judges ## Unit and integration tests against a real kube-apiserver, Istio's binaries, helm and the judges (GitOps health, promtool; built when not cached).
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked --no-fail-fast
 
