@@ -18,7 +18,7 @@ demo: tools testenv ## The main job: control plane, operator, a demo MeshInstall
 cluster: tools testenv ## Start a local control plane (controllers mode, CRDs installed) until Ctrl-C.
 	$(CARGO) run -q -p meshop-testenv --bin meshop-cluster
 
-test: tools testenv istio helm judges ## Unit and integration tests against a real kube-apiserver, Istio's binaries, helm and the GitOps judges (built when not cached).
+test: tools testenv istio helm judges ## Unit and integration tests against a real kube-apiserver, Istio's binaries, helm and the judges (GitOps health, promtool; built when not cached).
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked --no-fail-fast
 
@@ -34,7 +34,7 @@ istio: tools ## Build (or reuse) Istio's pilot-discovery, istioctl and pilot-age
 helm: tools ## Build (or reuse) helm from helm.sh/helm/v3 in ~/.cache/meshop (the chart tests run it).
 	@bash tests/testenv/build-helm.sh >/dev/null
 
-judges: tools ## Build (or reuse) the GitOps judges (kstatus, Flux CEL, Argo CD Lua) in ~/.cache/meshop.
+judges: tools ## Build (or reuse) the judges (kstatus, Flux CEL, Argo CD Lua, promtool) in ~/.cache/meshop.
 	@bash tests/testenv/build-judges.sh >/dev/null
 
 image: tools ## Build the operator image with no container engine: target/image/oci/ (OCI layout) and meshop-<version>.oci.tar.

@@ -1,6 +1,7 @@
 //! meshop: a Kubernetes operator that installs and runs an Istio service mesh from one
 //! `MeshInstall` resource.
 
+pub mod alerts;
 pub mod api;
 pub mod chart;
 pub mod cli;

@@ -1,6 +1,7 @@
-//! The GitOps judges: small Go programs (tests/judges/) around the code Argo CD, Flux and kstatus
-//! users run, built and cached by `tests/testenv/build-judges.sh`. Each reads one object as JSON
-//! on stdin and prints its verdict as one JSON line.
+//! The judges (tests/judges/), built and cached by `tests/testenv/build-judges.sh`: small Go
+//! programs around the code Argo CD, Flux and kstatus users run, each reading one object as JSON
+//! on stdin and printing its verdict as one JSON line; and Prometheus's own `promtool`, which
+//! checks and unit-tests alerting rules.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 const HOW_TO_BUILD: &str = "build them with `make judges` (tests/testenv/build-judges.sh, about \
-     3 minutes cold) or point MESHOP_JUDGES_BIN at a directory holding kstatus, flux and argocd";
+     10 minutes cold) or point MESHOP_JUDGES_BIN at a directory holding kstatus, flux, argocd and \
+     promtool";
 
 /// Paths of the judge binaries.
 #[derive(Clone, Debug)]
@@ -61,6 +63,25 @@ impl Judges {
             })
             .clone()
             .map_err(anyhow::Error::msg)
+    }
+
+    /// Runs `promtool <args>` (github.com/prometheus/prometheus/cmd/promtool) in `dir`; returns
+    /// whether it succeeded and what it printed (stdout, then stderr).
+    pub fn promtool(&self, dir: &Path, args: &[&str]) -> Result<(bool, String)> {
+        let bin = self.dir.join("promtool");
+        let out = Command::new(&bin)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .with_context(|| format!("run {}: {HOW_TO_BUILD}", bin.display()))?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
     }
 
     fn run(&self, judge: &str, args: &[&Path], object: &serde_json::Value) -> Result<Line> {

@@ -213,6 +213,8 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
         "resources.limits.memory=512Mi",
         "--set",
         "serviceMonitor.enabled=true",
+        "--set",
+        "prometheusRule.enabled=true",
     ]);
     let deployment = everything
         .iter()
@@ -242,8 +244,18 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
         monitor["spec"]["selector"]["matchLabels"],
         json!({ "app.kubernetes.io/name": "meshop", "app.kubernetes.io/component": "metrics" })
     );
-    // The Prometheus Operator's CRD is not installed here: everything else goes to the server.
-    for obj in everything.iter().filter(|o| o["kind"] != "ServiceMonitor") {
+    // Its rules are judged by promtool in tests/tests/alerts.rs.
+    let rule = everything
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .expect("prometheusRule.enabled renders a PrometheusRule");
+    assert_eq!(rule["metadata"]["namespace"], NS);
+    assert_eq!(rule["spec"], meshop::alerts::rule_groups());
+    // The Prometheus Operator's CRDs are not installed here: everything else goes to the server.
+    for obj in everything
+        .iter()
+        .filter(|o| o["kind"] != "ServiceMonitor" && o["kind"] != "PrometheusRule")
+    {
         dry_run(&client, obj).await;
     }
 
