@@ -133,3 +133,13 @@ pub async fn create_deployments(client: &Client, namespace: &str, names: &[&str]
     )
     .await
 }
+
+/// Whether the pod has an `istio-proxy` container (classic or native sidecar).
+pub fn has_sidecar(p: &Pod) -> bool {
+    p.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == "istio-proxy")
+    })
+}

@@ -266,6 +266,26 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// `kubectl apply --server-side -k deploy/`, as a user installs meshop (server-side: the CRD
+    /// is too large for a client-side apply's annotation).
+    pub fn apply_deploy(&self) -> Result<()> {
+        let out = std::process::Command::new(&self.binaries.kubectl)
+            .args([
+                "apply",
+                "--server-side",
+                "-k",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"),
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply -k deploy/: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// The audit log's path (written only when `Options::audit` is set).
     pub fn audit_log(&self) -> PathBuf {
         crate::audit::log_path(&self.dir)

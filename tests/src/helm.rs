@@ -58,3 +58,17 @@ impl Helm {
         Ok(String::from_utf8(out.stdout)?)
     }
 }
+
+/// The Kubernetes version charts are rendered for (`helm template --kube-version`): the test
+/// control plane's.
+pub const KUBE_VERSION: &str = "1.36.3";
+
+/// The non-empty documents of a multi-document YAML stream (what `helm template` prints).
+pub fn docs(yaml: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| {
+            let v: serde_json::Value = serde::Deserialize::deserialize(d).unwrap();
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}

@@ -20,16 +20,7 @@ use serde_json::{Value, json};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/chart/meshop");
 const NS: &str = "meshop-system";
-const KUBE_VERSION: &str = "1.36.3";
-
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| {
-            let v: Value = serde::Deserialize::deserialize(d).unwrap();
-            (!v.is_null()).then_some(v)
-        })
-        .collect()
-}
+use meshop_testenv::helm::{KUBE_VERSION, docs};
 
 /// `helm template` of the chart with `--set` values.
 fn template(helm: &Helm, values: &[&str]) -> Vec<Value> {

@@ -32,16 +32,7 @@ use serde_json::{Value, json};
 
 const NS: &str = "meshop-chart";
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/chart/meshop");
-const KUBE_VERSION: &str = "1.36.3";
-
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| {
-            let v: Value = serde::Deserialize::deserialize(d).unwrap();
-            (!v.is_null()).then_some(v)
-        })
-        .collect()
-}
+use meshop_testenv::helm::{KUBE_VERSION, docs};
 
 /// Server-side apply, dry run, strict field validation: what the API server would say.
 async fn dry_run(client: &Client, obj: &Value) {

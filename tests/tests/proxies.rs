@@ -54,21 +54,7 @@ async fn start(name: &str) -> Cluster {
     })
     .unwrap();
     let client = cp.client().await.unwrap();
-    let out = std::process::Command::new(&cp.binaries.kubectl)
-        .args([
-            "apply",
-            "--server-side",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"),
-        ])
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply -k deploy/: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.apply_deploy().unwrap();
     // The operator runs here as a local process; deploy/'s Deployment would only add kwok pods.
     Api::<Deployment>::namespaced(client.clone(), OPERATOR_NS)
         .patch(

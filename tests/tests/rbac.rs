@@ -22,21 +22,7 @@ async fn operator_works_with_its_own_rbac_only() {
     let admin = cp.client().await.unwrap();
 
     // `kubectl apply -k deploy/` as a user would (server-side, as the CRD is large).
-    let out = std::process::Command::new(&cp.binaries.kubectl)
-        .args([
-            "apply",
-            "--server-side",
-            "-k",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"),
-        ])
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply -k deploy/: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.apply_deploy().unwrap();
 
     // A client that is the operator's ServiceAccount, as far as authorization goes.
     let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).unwrap();

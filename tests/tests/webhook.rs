@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use meshop::api::{MeshInstall, WebhookState};
 use meshop::controller::status::{KStatus, kstatus};
-use meshop_testenv::apps::labelled_namespace;
+use meshop_testenv::apps::{has_sidecar, labelled_namespace};
 use serde_json::json;
 
 use anyhow::ensure;
@@ -24,14 +24,6 @@ fn pod(name: &str, labels: serde_json::Value, host_network: bool) -> Pod {
             "readinessProbe": { "httpGet": { "path": "/ready", "port": 8080 } } }] }
     }))
     .unwrap()
-}
-
-fn has_sidecar(p: &Pod) -> bool {
-    let spec = p.spec.as_ref().unwrap();
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == "istio-proxy")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

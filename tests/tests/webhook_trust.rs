@@ -14,16 +14,8 @@ use kube::{Client, ResourceExt};
 use meshop::api::MeshInstall;
 use meshop::effective::{Installation, Owner};
 use meshop::webhook::{CertBundle, CertResolver, Limits, View};
-use meshop_testenv::apps::labelled_namespace;
+use meshop_testenv::apps::{has_sidecar, labelled_namespace};
 use serde_json::json;
-
-fn has_sidecar(p: &Pod) -> bool {
-    let spec = p.spec.as_ref().unwrap();
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == "istio-proxy")
-}
 
 fn app_pod(name: &str) -> Pod {
     serde_json::from_value(json!({

@@ -169,14 +169,18 @@ async fn answer(view: &View, headers: &HeaderMap, body: Body) -> (Outcome, Respo
     if !view.is_synced() {
         return (Outcome::Error, still_syncing());
     }
+    let mut snapshot = view.snapshot();
     // A pod in a namespace the watch has not delivered yet: read it rather than guess its labels.
     if let Some(namespace) = admission::pod_create_namespace(&review.api_version, req)
-        && let Err(e) = view.resolve_namespace(namespace).await
+        && snapshot.namespace_labels(namespace).is_none()
     {
-        tracing::warn!(error = %e, uid = %req.uid, "answering 503 so the API server applies failurePolicy");
-        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        if let Err(e) = view.resolve_namespace(namespace).await {
+            tracing::warn!(error = %e, uid = %req.uid, "answering 503 so the API server applies failurePolicy");
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+        snapshot = view.snapshot();
     }
-    let resp = admission::admit(&review.api_version, req, &view.snapshot());
+    let resp = admission::admit(&review.api_version, req, &snapshot);
     let outcome = if resp.patch.is_some() {
         Outcome::Injected
     } else if resp.allowed {
