@@ -173,6 +173,34 @@ fn rbac_template() -> Result<String> {
     Ok(format!("{HEADER}{}", documents(&objects, &m)?))
 }
 
+/// templates/controlplane.yaml: for each of `controlPlaneNamespaces`, the grant that lets meshop
+/// install a control plane there ([`deploy::control_plane_objects`]). The Namespace is created
+/// only with `createControlPlaneNamespaces` (Helm cannot adopt one made before) and kept on
+/// uninstall: the mesh runs in it.
+fn control_plane_template() -> Result<String> {
+    let mut m = Markers::default();
+    let labels = m.line(|indent| {
+        format!(
+            "{indent}{{{{- include \"meshop.labels\" $ | nindent {} }}}}",
+            indent.len()
+        )
+    });
+    let ns = m.token_for("{{ . | quote }}");
+    let operator_ns = m.token_for("{{ $.Release.Namespace | quote }}");
+    let mut objects: Vec<Value> = deploy::control_plane_objects(&ns, &operator_ns)
+        .into_iter()
+        .map(|o| with_release_labels(o, &labels))
+        .collect();
+    let namespace = objects.remove(0);
+    let mut namespace = namespace;
+    namespace["metadata"]["annotations"] = json!({ "helm.sh/resource-policy": "keep" });
+    Ok(format!(
+        "{HEADER}{{{{- range .Values.controlPlaneNamespaces }}}}\n{{{{- if $.Values.createControlPlaneNamespaces }}}}\n{}{{{{- end }}}}\n{}{{{{- end }}}}\n",
+        documents(&[namespace], &m)?,
+        documents(&objects, &m)?
+    ))
+}
+
 /// templates/crd.yaml: the MeshInstall CRD, kept on uninstall (deleting it would delete every
 /// MeshInstall and so the meshes), upgraded with the chart (Helm never upgrades `crds/`).
 fn crd_template() -> Result<String> {
@@ -354,6 +382,15 @@ affinity:
 {affinity}
 podAnnotations: {{}}
 
+# The namespaces MeshInstalls may install a control plane into (their spec.namespace). meshop
+# writes Secrets (istiod's CA) only there: each gets a Role bound to meshop's ServiceAccount. A
+# MeshInstall naming another namespace is reported NamespaceNotGranted until it is added here.
+controlPlaneNamespaces:
+- istio-system
+# Create those namespaces (kept on uninstall: the mesh runs there). Set false when they exist
+# already, and label each `meshop.dev/control-plane=granted` so meshop never deletes it.
+createControlPlaneNamespaces: true
+
 crds:
   # Install and upgrade the MeshInstall CRD with the chart. It is kept on uninstall.
   install: true
@@ -387,6 +424,7 @@ pub fn files() -> Result<Vec<(&'static str, String)>> {
         ("templates/NOTES.txt", NOTES.to_string()),
         ("templates/crd.yaml", crd_template()?),
         ("templates/rbac.yaml", rbac_template()?),
+        ("templates/controlplane.yaml", control_plane_template()?),
         ("templates/operator.yaml", operator_template()?),
         ("templates/servicemonitor.yaml", service_monitor_template()?),
         ("templates/prometheusrule.yaml", prometheus_rule_template()?),

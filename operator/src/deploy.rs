@@ -3,12 +3,18 @@
 //! ([`own_rules`]) is checked against the API server's audit log by tests/tests/rbac.rs: every
 //! grant used in a full scenario but for a short list with reasons.
 //!
-//! Why the ClusterRole includes every permission that istiod's, the gateways' and the addons'
-//! roles grant: Kubernetes refuses to let anyone create a Role granting permissions it does not
-//! hold itself, unless it has the `escalate` and `bind` verbs, which would let meshop grant itself
-//! anything. Holding the union is the narrower choice. There are no wildcard verbs or resources.
-//! The union is why Secrets are still readable cluster-wide (istiod's ClusterRole) and writable
-//! cluster-wide (istiod's Role, in a control-plane namespace each MeshInstall chooses).
+//! Why meshop holds every permission that istiod's, the gateways' and the addons' roles grant:
+//! Kubernetes refuses to let anyone create a role granting permissions it does not hold itself,
+//! unless it has the `escalate` and `bind` verbs, which would let meshop grant itself anything.
+//! Holding them is the narrower choice. There are no wildcard verbs or resources.
+//!
+//! Where meshop holds them: what the rendered ClusterRoles grant, in the operator's ClusterRole
+//! (so Secrets are readable cluster-wide: istiod's ClusterRole reads gateway credentials
+//! anywhere); what the rendered Roles grant (istiod's Secret writes for its CA, its Leases), only
+//! in the control-plane namespaces the installer names ([`control_plane_objects`]; deploy/
+//! grants `istio-system`, the chart's `controlPlaneNamespaces`). A MeshInstall naming any other
+//! namespace is reported `NamespaceNotGranted` until the installer grants it. Those namespaces
+//! are the installer's: meshop never deletes one that carries [`LABEL_CONTROL_PLANE`].
 
 use std::collections::BTreeMap;
 
@@ -28,6 +34,13 @@ pub const OPERATOR_NAMESPACE: &str = "meshop-system";
 pub const OPERATOR_NAME: &str = "meshop";
 /// The Service in front of the operator's injection webhook (deploy/operator.yaml).
 pub const WEBHOOK_SERVICE: &str = "meshop-webhook";
+/// The Role (and its binding) that lets meshop install a control plane in one namespace.
+pub const CONTROL_PLANE_ROLE: &str = "meshop-control-plane";
+/// The control-plane namespaces deploy/ grants (the chart's `controlPlaneNamespaces` default).
+pub const DEFAULT_CONTROL_PLANE_NAMESPACES: &[&str] = &["istio-system"];
+/// Marks a namespace the installer created and granted to meshop: meshop installs into it and
+/// never deletes it (the grant lives there).
+pub const LABEL_CONTROL_PLANE: &str = "meshop.dev/control-plane";
 
 /// What meshop does with every managed kind: server-side apply (`patch`; `create` too when the
 /// apply creates the object, which the API server authorizes without a separate request), list
@@ -63,6 +76,17 @@ pub fn own_rules() -> Vec<PolicyRule> {
     ];
     let mut groups: Vec<(&str, bool, Vec<&str>)> = Vec::new();
     for kind in crate::kinds::MANAGED_KINDS {
+        if kind.plural == "namespaces" {
+            // Control-plane namespaces exist before meshop installs into them: the installer
+            // creates each with its grant (control_plane_objects), and meshop never deletes a
+            // granted one. meshop only labels them (an apply, which patches) and lists them.
+            rules.push(policy_rule(
+                &[kind.group],
+                &[kind.plural],
+                &["list", "patch"],
+            ));
+            continue;
+        }
         match groups
             .iter_mut()
             .find(|(g, w, _)| *g == kind.group && *w == kind.watched)
@@ -111,9 +135,19 @@ pub fn own_rules() -> Vec<PolicyRule> {
     rules
 }
 
-/// Every rule any rendered Role or ClusterRole grants (all components switched on): meshop
-/// holds these only so that it may create those roles.
-pub fn granted_rules() -> Vec<PolicyRule> {
+/// Every rule the rendered ClusterRoles grant (all components switched on): meshop holds these
+/// cluster-wide only so that it may create those ClusterRoles.
+pub fn granted_cluster_rules() -> Vec<PolicyRule> {
+    granted_rules("ClusterRole")
+}
+
+/// Every rule the rendered Roles grant (all in the control-plane namespace): meshop holds these
+/// only in the granted control-plane namespaces ([`control_plane_objects`]).
+pub fn granted_namespace_rules() -> Vec<PolicyRule> {
+    granted_rules("Role")
+}
+
+fn granted_rules(kind: &str) -> Vec<PolicyRule> {
     let spec: MeshInstallSpec =
         serde_yaml::from_str("profile: demo\ncomponents: {cni: {enabled: true}}\n")
             .expect("static spec");
@@ -127,7 +161,7 @@ pub fn granted_rules() -> Vec<PolicyRule> {
     .expect("demo resolves");
     let mut rules: Vec<PolicyRule> = Vec::new();
     for o in render::render(&install) {
-        if matches!(o.kind(), "ClusterRole" | "Role") {
+        if o.kind() == kind {
             let granted: Vec<PolicyRule> =
                 serde_json::from_value(o.object.data["rules"].clone()).unwrap_or_default();
             for mut r in granted {
@@ -142,6 +176,44 @@ pub fn granted_rules() -> Vec<PolicyRule> {
         }
     }
     rules
+}
+
+/// What an installer applies to let meshop install control planes into `namespace`: the
+/// Namespace (marked [`LABEL_CONTROL_PLANE`], so meshop never deletes it) and a Role with every
+/// rule the rendered Roles grant, bound to meshop's ServiceAccount in `operator_namespace`.
+pub fn control_plane_objects(namespace: &str, operator_namespace: &str) -> Vec<Value> {
+    let mut ns_meta = meta(namespace, None);
+    ns_meta
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(LABEL_CONTROL_PLANE.into(), "granted".into());
+    let docs = [
+        serde_json::to_value(Namespace {
+            metadata: ns_meta,
+            ..Default::default()
+        }),
+        serde_json::to_value(Role {
+            metadata: meta(CONTROL_PLANE_ROLE, Some(namespace)),
+            rules: Some(granted_namespace_rules()),
+        }),
+        serde_json::to_value(RoleBinding {
+            metadata: meta(CONTROL_PLANE_ROLE, Some(namespace)),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: CONTROL_PLANE_ROLE.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: OPERATOR_NAME.into(),
+                namespace: Some(operator_namespace.into()),
+                api_group: None,
+            }]),
+        }),
+    ];
+    docs.into_iter()
+        .map(|v| v.expect("RBAC objects serialize"))
+        .collect()
 }
 
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
@@ -165,7 +237,11 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
 /// The operator's ClusterRole.
 pub fn cluster_role() -> ClusterRole {
     let mut rules = own_rules();
-    rules.extend(granted_rules());
+    for r in granted_cluster_rules() {
+        if !rules.contains(&r) {
+            rules.push(r);
+        }
+    }
     ClusterRole {
         metadata: meta(OPERATOR_NAME, None),
         rules: Some(rules),
@@ -173,15 +249,17 @@ pub fn cluster_role() -> ClusterRole {
     }
 }
 
-/// Namespace, ServiceAccount, ClusterRole + binding, and a Role + binding in the operator's own
-/// namespace for its leader Lease and webhook certificate Secret.
+/// Namespace, ServiceAccount, ClusterRole + binding, a Role + binding in the operator's own
+/// namespace for its leader Lease and webhook certificate Secret, and the grant of each default
+/// control-plane namespace.
 pub fn rbac_yaml() -> String {
     let mut out =
         String::from("# Generated by `meshop deploy-rbac` (make generate). Do not edit by hand.\n");
-    out.push_str(
-        &crate::yaml::documents(&rbac_objects(OPERATOR_NAMESPACE, true))
-            .expect("RBAC objects serialize"),
-    );
+    let mut objects = rbac_objects(OPERATOR_NAMESPACE, true);
+    for ns in DEFAULT_CONTROL_PLANE_NAMESPACES {
+        objects.extend(control_plane_objects(ns, OPERATOR_NAMESPACE));
+    }
+    out.push_str(&crate::yaml::documents(&objects).expect("RBAC objects serialize"));
     out
 }
 
@@ -450,6 +528,57 @@ mod tests {
         }
     }
 
+    fn verbs_on(rules: &[PolicyRule], group: &str, plural: &str) -> Vec<String> {
+        let mut v: Vec<String> = rules
+            .iter()
+            .filter(|r| r.api_groups.iter().flatten().any(|g| g == group))
+            .filter(|r| r.resources.iter().flatten().any(|p| p == plural))
+            .flat_map(|r| r.verbs.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn secrets_are_written_only_in_granted_namespaces() {
+        // Namespaces are the installer's to create and delete.
+        let namespaces = verbs_on(&cluster_role().rules.unwrap(), "", "namespaces");
+        assert_eq!(namespaces, ["get", "list", "patch", "watch"]);
+        // Cluster-wide: read only (istiod's ClusterRole reads gateway credentials anywhere).
+        let cluster = verbs_on(&cluster_role().rules.unwrap(), "", "secrets");
+        assert_eq!(cluster, ["get", "list", "watch"]);
+        // Writes come with the grant of a control-plane namespace, and only there.
+        let objects = control_plane_objects("mesh-a", "ops");
+        let role: Role = serde_json::from_value(objects[1].clone()).unwrap();
+        assert_eq!(role.metadata.namespace.as_deref(), Some("mesh-a"));
+        let granted = verbs_on(&role.rules.unwrap(), "", "secrets");
+        for verb in ["create", "update", "delete"] {
+            assert!(granted.iter().any(|g| g == verb), "{verb}: {granted:?}");
+        }
+        let binding: RoleBinding = serde_json::from_value(objects[2].clone()).unwrap();
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            (OPERATOR_NAME, Some("ops"))
+        );
+        assert_eq!(
+            objects[0]["metadata"]["labels"][LABEL_CONTROL_PLANE],
+            "granted"
+        );
+        // The operator's own namespace Role: only the webhook certificate's Secret verbs.
+        let own_ns: Vec<Role> = rbac_objects("ops", false)
+            .into_iter()
+            .filter(|o| o["kind"] == "Role")
+            .map(|o| serde_json::from_value(o).unwrap())
+            .collect();
+        assert_eq!(own_ns.len(), 1);
+        assert_eq!(
+            verbs_on(own_ns[0].rules.as_ref().unwrap(), "", "secrets"),
+            ["create", "get", "update"]
+        );
+    }
+
     #[test]
     fn every_managed_kind_is_granted() {
         let rules = cluster_role().rules.unwrap();
@@ -461,7 +590,12 @@ mod tests {
                         && r.verbs.iter().any(|v| v == verb)
                 })
             };
-            for verb in ["list", "create", "patch", "delete"] {
+            let verbs: &[&str] = if kind.plural == "namespaces" {
+                &["list", "patch"]
+            } else {
+                &["list", "create", "patch", "delete"]
+            };
+            for verb in verbs {
                 assert!(granted(verb), "{} {} not granted", verb, kind.plural);
             }
             if kind.watched {

@@ -286,6 +286,35 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Grants meshop (deploy/'s ServiceAccount) a control-plane namespace as an installer does
+    /// (`meshop grant-namespace NS | kubectl apply --server-side -f -`).
+    pub fn grant_control_plane(&self, namespace: &str) -> Result<()> {
+        use std::io::Write;
+        let yaml = meshop::yaml::documents(&meshop::deploy::control_plane_objects(
+            namespace,
+            meshop::deploy::OPERATOR_NAMESPACE,
+        ))?;
+        let mut child = std::process::Command::new(&self.binaries.kubectl)
+            .args(["apply", "--server-side", "-f", "-"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(yaml.as_bytes())?;
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply (grant {namespace}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// The audit log's path (written only when `Options::audit` is set).
     pub fn audit_log(&self) -> PathBuf {
         crate::audit::log_path(&self.dir)

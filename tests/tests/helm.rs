@@ -171,10 +171,16 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
     let defaults = template(&[]);
     assert_eq!(
         defaults.len(),
-        10,
-        "CRD, SA, ClusterRole(Binding), Role(Binding), Deployment, PDB, 2 Services"
+        13,
+        "CRD, SA, ClusterRole(Binding), Role(Binding), Deployment, PDB, 2 Services, \
+         istio-system with its Role(Binding)"
     );
-    for obj in &defaults {
+    // The grant of istio-system goes to a namespace this control plane may not have: the same
+    // objects are dry-run below for a namespace that exists.
+    for obj in defaults
+        .iter()
+        .filter(|o| o["metadata"]["namespace"] != "istio-system")
+    {
         dry_run(&client, obj).await;
     }
     let everything = template(&[
@@ -206,7 +212,15 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
         "serviceMonitor.enabled=true",
         "--set",
         "prometheusRule.enabled=true",
+        "--set",
+        &format!("controlPlaneNamespaces={{{NS}}}"),
     ]);
+    let granted: Vec<&Value> = everything
+        .iter()
+        .filter(|o| o["metadata"]["name"] == "meshop-control-plane")
+        .collect();
+    assert_eq!(granted.len(), 2, "a Role and its RoleBinding");
+    assert!(granted.iter().all(|o| o["metadata"]["namespace"] == NS));
     let deployment = everything
         .iter()
         .find(|o| o["kind"] == "Deployment")
@@ -261,7 +275,8 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
     assert!(kustomized.status.success());
     let deploy: BTreeMap<String, Value> = docs(&String::from_utf8(kustomized.stdout).unwrap())
         .into_iter()
-        .filter(|o| o["kind"] != "Namespace")
+        // The operator's own namespace is Helm's (`--create-namespace`).
+        .filter(|o| !(o["kind"] == "Namespace" && o["metadata"]["name"] == "meshop-system"))
         .map(without_helm)
         .collect();
     let chart: BTreeMap<String, Value> = template(&["-n", "meshop-system"])
@@ -298,6 +313,8 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
         CHART,
         "-n",
         NS,
+        "--set",
+        "controlPlaneNamespaces={chart-mesh}",
         "--take-ownership",
         "--wait",
         "--timeout",
@@ -424,6 +441,17 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
         },
     )
     .await;
+    // The granted namespace is the installer's: meshop deleted its control plane, not the grant.
+    let grant: Api<k8s_openapi::api::rbac::v1::Role> =
+        Api::namespaced(client.clone(), "chart-mesh");
+    assert!(
+        grant
+            .get_opt("meshop-control-plane")
+            .await
+            .unwrap()
+            .is_some(),
+        "meshop deleted the namespace the chart granted it"
+    );
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
     let failures: Vec<String> = events
         .list(&ListParams::default())
@@ -493,6 +521,21 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_like_deploy() {
     assert!(sas.get_opt("meshop").await.unwrap().is_none());
     let roles: Api<ClusterRole> = Api::all(client.clone());
     assert!(roles.get_opt("meshop").await.unwrap().is_none());
+    // The grant goes; the namespace stays (the chart keeps it: a mesh may still run there).
+    assert!(
+        grant
+            .get_opt("meshop-control-plane")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<Namespace>::all(client.clone())
+            .get_opt("chart-mesh")
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(
         crds.get_opt("meshinstalls.meshop.dev")
             .await

@@ -36,7 +36,7 @@ use serde_json::json;
 const OPERATOR_NS: &str = "meshop-system";
 const READY: Duration = Duration::from_secs(180);
 
-/// A control plane with the audit log on, deploy/ applied, and `meshop run` as its ServiceAccount.
+/// A control plane with the audit log on, deploy/ applied, `{name}-system` granted, and `meshop run` as its ServiceAccount.
 struct Cluster {
     cp: ControlPlane,
     client: Client,
@@ -55,6 +55,8 @@ async fn start(name: &str) -> Cluster {
     .unwrap();
     let client = cp.client().await.unwrap();
     cp.apply_deploy().unwrap();
+    // The MeshInstall's control-plane namespace, granted as an installer would.
+    cp.grant_control_plane(&format!("{name}-system")).unwrap();
     // The operator runs here as a local process; deploy/'s Deployment would only add kwok pods.
     Api::<Deployment>::namespaced(client.clone(), OPERATOR_NS)
         .patch(

@@ -98,6 +98,23 @@ async fn operator_works_with_its_own_rbac_only() {
         "version": "1.30.5", "updateStrategy": "RevisionBased",
         "upgrade": {"tags": ["rbac"], "workloads": {"mode": "Rollout"}, "retirementGracePeriodSeconds": 0}}})).unwrap();
     api.create(&PostParams::default(), &canary).await.unwrap();
+    // Secrets are meshop's to write only where the installer granted it: until rbac-canary is
+    // granted, the MeshInstall says so (and nothing is applied, so no Forbidden either).
+    meshop_testenv::wait_until("NamespaceNotGranted", Duration::from_secs(60), || async {
+        let mi = api.get("rbac-canary").await?;
+        let stalled = mi
+            .status
+            .as_ref()
+            .and_then(|s| s.condition(meshop::api::condition::STALLED))
+            .map(|c| (c.status.clone(), c.reason.clone()));
+        anyhow::ensure!(
+            stalled == Some(("True".into(), "NamespaceNotGranted".into())),
+            "{stalled:?}"
+        );
+        Ok(())
+    })
+    .await;
+    cp.grant_control_plane("rbac-canary").unwrap();
     meshop_testenv::wait_for_kstatus(
         &api,
         "rbac-canary",

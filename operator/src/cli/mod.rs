@@ -72,6 +72,16 @@ enum Command {
     /// Print the operator's namespace, ServiceAccount and RBAC as YAML (deploy/rbac.yaml).
     #[command(hide = true)]
     DeployRbac,
+    /// Print what lets meshop install control planes into NAMESPACE (the namespace and a Role
+    /// bound to meshop's ServiceAccount), for `kubectl apply --server-side -f -`. deploy/ grants
+    /// istio-system; the chart grants its `controlPlaneNamespaces`.
+    GrantNamespace {
+        /// The control-plane namespace a MeshInstall's spec.namespace names.
+        namespace: String,
+        /// The namespace meshop runs in.
+        #[arg(long, default_value = crate::deploy::OPERATOR_NAMESPACE)]
+        operator_namespace: String,
+    },
     /// Run the operator: reconcile MeshInstalls, serve health and metrics.
     Run(run::RunArgs),
     /// List or show the install profiles.
@@ -130,6 +140,15 @@ pub fn main() -> ExitCode {
         } => inject(&file, mesh.as_deref(), istio_version.as_deref()).map(Into::into),
         Command::Crd => Ok(crate::api::crd_yaml().into()),
         Command::DeployRbac => Ok(crate::deploy::rbac_yaml().into()),
+        Command::GrantNamespace {
+            namespace,
+            operator_namespace,
+        } => crate::yaml::documents(&crate::deploy::control_plane_objects(
+            &namespace,
+            &operator_namespace,
+        ))
+        .map(Into::into)
+        .map_err(Into::into),
         Command::Version => Ok(format!(
             "meshop {}\ndefault Istio version: {}\n\n{}",
             env!("CARGO_PKG_VERSION"),

@@ -65,7 +65,8 @@ pub(crate) fn cleanup_set<'a>(found: &'a [Found], uid: &str) -> (Vec<&'a Found>,
 }
 
 /// The shared objects to delete once a MeshInstall is gone: the control-plane namespaces no
-/// other MeshInstall uses, and Istio's CRDs when no MeshInstall is left at all.
+/// other MeshInstall uses (but never one the installer granted: its grant lives there, see
+/// [`crate::deploy::control_plane_objects`]), and Istio's CRDs when no MeshInstall is left.
 pub(crate) fn shared_set<'a>(
     found: &'a [Found],
     unused_namespaces: &BTreeSet<String>,
@@ -74,12 +75,20 @@ pub(crate) fn shared_set<'a>(
     found
         .iter()
         .filter(|f| match f.kind.kind {
-            "Namespace" => f
-                .object
-                .metadata
-                .name
-                .as_ref()
-                .is_some_and(|n| unused_namespaces.contains(n)),
+            "Namespace" => {
+                let granted = f
+                    .object
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(crate::deploy::LABEL_CONTROL_PLANE));
+                !granted
+                    && f.object
+                        .metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| unused_namespaces.contains(n))
+            }
             "CustomResourceDefinition" => last_mesh,
             _ => false,
         })
@@ -252,6 +261,16 @@ mod tests {
             keys(&shared_set(&found, &unused, false)),
             vec!["Namespace//istio-canary"]
         );
+        // A namespace the installer granted keeps its grant: never deleted, used or not.
+        let mut granted = found.clone();
+        granted[1].object.metadata.labels = Some(
+            [(
+                crate::deploy::LABEL_CONTROL_PLANE.to_string(),
+                "granted".to_string(),
+            )]
+            .into(),
+        );
+        assert!(keys(&shared_set(&granted, &unused, false)).is_empty());
         assert_eq!(
             keys(&shared_set(&found, &unused, true)),
             vec![

@@ -31,6 +31,10 @@ use crate::render::ComponentId;
 pub const FINALIZER: &str = "meshop.dev/cleanup";
 /// How soon to look again while something is rolling out (watch events usually come first).
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(5);
+/// How often an ungranted control-plane namespace is looked at again.
+const GRANT_RECHECK: Duration = Duration::from_secs(30);
+/// The stall reason of a MeshInstall whose control-plane namespace meshop was not granted.
+pub const NAMESPACE_NOT_GRANTED: &str = "NamespaceNotGranted";
 /// How often a converged MeshInstall is checked anyway, for drift in kinds meshop does not watch.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -93,6 +97,21 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
             );
             return stall(ctx, mi, plan::REVISION_CONFLICT, message).await;
         }
+    }
+
+    // The control-plane namespace must be one the installer granted (deploy::control_plane_objects):
+    // meshop holds Secret writes nowhere else. Asked before anything is applied, so an ungranted
+    // namespace is one clear status instead of a Forbidden halfway through a stage. RBAC is not
+    // watched, so the grant is looked for again on a timer.
+    if !namespace_granted(ctx, &install.namespace).await {
+        let message = format!(
+            "meshop may not install a control plane in namespace {ns:?}: the installer has not \
+             granted it. Add it to the chart's controlPlaneNamespaces, or run `meshop \
+             grant-namespace {ns} | kubectl apply --server-side -f -`",
+            ns = install.namespace
+        );
+        stall(ctx, mi, NAMESPACE_NOT_GRANTED, message).await?;
+        return Ok(Action::requeue(GRANT_RECHECK));
     }
 
     let revision_based = install.update_strategy == UpdateStrategy::RevisionBased;
@@ -284,6 +303,38 @@ async fn prune(ctx: &Context, mi: &MeshInstall, plan: &Plan) -> Result<(), Error
         ctx.event(mi, EventType::Normal, "Pruned", &note).await;
     }
     Ok(())
+}
+
+/// Whether meshop may write Secrets in `namespace`, the one permission it holds only where an
+/// installer granted a control-plane namespace. Asked of the API server itself
+/// (SelfSubjectAccessReview, which every authenticated user may create), so an administrator's
+/// own grant counts too. If the question cannot be asked, the answer is yes: the apply that
+/// follows reports any Forbidden itself.
+async fn namespace_granted(ctx: &Context, namespace: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                verb: Some("create".into()),
+                group: Some(String::new()),
+                resource: Some("secrets".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(ctx.client.clone());
+    match api.create(&Default::default(), &review).await {
+        Ok(answer) => answer.status.is_some_and(|s| s.allowed),
+        Err(e) => {
+            warn!(error = %e, namespace, "could not ask the API server whether the control-plane namespace is granted");
+            true
+        }
+    }
 }
 
 /// Reports a spec the user must change: Stalled, an event, no requeue until the next change
