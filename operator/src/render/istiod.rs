@@ -109,7 +109,8 @@ fn named_rule(group: &str, resource: &str, verbs: &[&str], name: &str) -> Policy
 /// the real istiod as this ServiceAccount and reads the API server's audit log.
 fn cluster_rules(install: &Installation) -> Vec<PolicyRule> {
     // Mesh configuration. Istio writes the status of its own kinds only for its analysis
-    // (PILOT_ENABLE_ANALYSIS, off) and for the two below.
+    // (PILOT_ENABLE_ANALYSIS, off), in ambient mode (which meshop does not install) and for the
+    // two below. A user who turns either on through istiod's env needs to grant the rest.
     let mut rules = istio_rules(READ, None);
     rules.extend([
         // WorkloadEntry auto-registration of VMs (WorkloadGroup): entries created, updated and
