@@ -545,15 +545,15 @@ mod tests {
         // Namespaces are the installer's to create and delete.
         let namespaces = verbs_on(&cluster_role().rules.unwrap(), "", "namespaces");
         assert_eq!(namespaces, ["get", "list", "patch", "watch"]);
-        // Cluster-wide: read only (istiod's ClusterRole reads gateway credentials anywhere).
+        // Cluster-wide: list and watch only (istiod's ClusterRole: gateway credentials anywhere).
         let cluster = verbs_on(&cluster_role().rules.unwrap(), "", "secrets");
-        assert_eq!(cluster, ["get", "list", "watch"]);
+        assert_eq!(cluster, ["list", "watch"]);
         // Writes come with the grant of a control-plane namespace, and only there.
         let objects = control_plane_objects("mesh-a", "ops");
         let role: Role = serde_json::from_value(objects[1].clone()).unwrap();
         assert_eq!(role.metadata.namespace.as_deref(), Some("mesh-a"));
         let granted = verbs_on(&role.rules.unwrap(), "", "secrets");
-        for verb in ["create", "update", "delete"] {
+        for verb in ["create", "update"] {
             assert!(granted.iter().any(|g| g == verb), "{verb}: {granted:?}");
         }
         let binding: RoleBinding = serde_json::from_value(objects[2].clone()).unwrap();

@@ -9,6 +9,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
+};
+use kube::Client;
+use kube::api::{Api, ListParams};
 use serde::Deserialize;
 
 /// The policy: one event per request at `ResponseComplete`, with metadata only; a long-running
@@ -242,6 +247,144 @@ pub fn accesses_of(events: &[Event], user: &str) -> BTreeSet<Access> {
         .collect()
 }
 
+/// (verb, API group, resource) as an RBAC rule names it; a subresource is `resource/sub`.
+pub type Grant = (String, String, String);
+
+/// Every (verb, group, resource) that `rules` grant. A rule limited to named objects
+/// (`resourceNames`) counts as granting its verbs on the resource.
+pub fn grants(rules: &[PolicyRule]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for r in rules {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    out.insert((v.clone(), g.clone(), res.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The grants `user`'s requests used: the (verb, group, resource) of every request the API
+/// server did not refuse (403). A server-side apply that created its object (a `patch` answered
+/// 201) is authorized as a `create` too, so it uses both.
+pub fn used_grants(events: &[Event], user: &str) -> BTreeSet<Grant> {
+    let mut used = BTreeSet::new();
+    for e in events
+        .iter()
+        .filter(|e| e.user == user && !e.access.resource.is_empty() && e.code != 403)
+    {
+        let grant = |verb: &str| {
+            (
+                verb.to_string(),
+                e.access.group.clone(),
+                e.access.resource.clone(),
+            )
+        };
+        used.insert(grant(&e.verb));
+        if e.verb == "patch" && e.code == 201 {
+            used.insert(grant("create"));
+        }
+    }
+    used
+}
+
+/// How a subject's grants compare with what it used.
+#[derive(Debug)]
+pub struct Privilege {
+    /// How many of the grants were used.
+    pub used: usize,
+    /// How many (verb, group, resource) are granted.
+    pub granted: usize,
+    /// Granted, never used and not allowed to be, as `verb group/resource`.
+    pub unused: Vec<String>,
+    /// Allowed to be unused but used, or no longer granted: the allowance is stale.
+    pub stale: Vec<String>,
+}
+
+/// Compares `granted` with `used`. `allowed_unused` lists (verb, group, resource, reason) that
+/// may go unused.
+pub fn privilege(
+    granted: &BTreeSet<Grant>,
+    used: &BTreeSet<Grant>,
+    allowed_unused: &[(&str, &str, &str, &str)],
+) -> Privilege {
+    let show = |(v, g, r): &Grant| format!("{v} {}/{r}", if g.is_empty() { "core" } else { g });
+    let allowed = |(v, g, r): &Grant| {
+        allowed_unused
+            .iter()
+            .any(|(av, ag, ar, _)| v == av && g == ag && r == ar)
+    };
+    Privilege {
+        used: granted.intersection(used).count(),
+        granted: granted.len(),
+        unused: granted
+            .iter()
+            .filter(|g| !used.contains(*g) && !allowed(g))
+            .map(show)
+            .collect(),
+        stale: allowed_unused
+            .iter()
+            .map(|(v, g, r, _)| (v.to_string(), g.to_string(), r.to_string()))
+            .filter(|grant| used.contains(grant) || !granted.contains(grant))
+            .map(|grant| show(&grant))
+            .collect(),
+    }
+}
+
+/// The rules of every Role and ClusterRole bound (by a RoleBinding or ClusterRoleBinding that
+/// names it as a subject) to ServiceAccount `namespace/name`: what the API server authorizes it
+/// by, beyond what every ServiceAccount gets through its groups.
+pub async fn rules_bound_to(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<PolicyRule>> {
+    let names_it = |subjects: &Option<Vec<Subject>>| {
+        subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == name
+                && s.namespace.as_deref() == Some(namespace)
+        })
+    };
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    let mut rules = Vec::new();
+    for b in Api::<ClusterRoleBinding>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| names_it(&b.subjects))
+    {
+        let role = cluster_roles.get(&b.role_ref.name).await?;
+        rules.extend(role.rules.unwrap_or_default());
+    }
+    for b in Api::<RoleBinding>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| names_it(&b.subjects))
+    {
+        let role_rules = if b.role_ref.kind == "ClusterRole" {
+            cluster_roles.get(&b.role_ref.name).await?.rules
+        } else {
+            let ns = b
+                .metadata
+                .namespace
+                .as_deref()
+                .context("RoleBinding without a namespace")?;
+            Api::<Role>::namespaced(client.clone(), ns)
+                .get(&b.role_ref.name)
+                .await?
+                .rules
+        };
+        rules.extend(role_rules.unwrap_or_default());
+    }
+    Ok(rules)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +419,60 @@ mod tests {
             used.iter().next().unwrap().to_string(),
             "get core/secrets in istio-system named x"
         );
+    }
+}
+
+#[cfg(test)]
+mod privilege_tests {
+    use super::*;
+
+    fn grant(v: &str, g: &str, r: &str) -> Grant {
+        (v.into(), g.into(), r.into())
+    }
+
+    #[test]
+    fn refused_requests_use_nothing_and_a_creating_apply_is_a_create() {
+        let line = |verb: &str, code: u16| {
+            format!(
+                r#"{{"verb":"{verb}","user":{{"username":"u"}},"objectRef":{{"resource":"leases","namespace":"n","name":"l","apiGroup":"coordination.k8s.io"}},"responseStatus":{{"code":{code}}}}}"#
+            )
+        };
+        let log = [line("get", 404), line("update", 403), line("patch", 201)].join("\n");
+        let used = used_grants(&parse(&log).unwrap(), "u");
+        let lease = |v: &str| grant(v, "coordination.k8s.io", "leases");
+        assert_eq!(
+            used,
+            BTreeSet::from([lease("get"), lease("patch"), lease("create")])
+        );
+    }
+
+    #[test]
+    fn unused_grants_and_stale_allowances_are_reported() {
+        let rules: Vec<PolicyRule> = serde_json::from_value(serde_json::json!([
+            {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"], "resourceNames": ["p"]},
+        ]))
+        .unwrap();
+        let granted = grants(&rules);
+        assert_eq!(granted.len(), 5);
+        let used = BTreeSet::from([
+            grant("get", "", "secrets"),
+            grant("get", "", "configmaps"),
+            grant("list", "", "pods"),
+            grant("delete", "", "pods"),
+        ]);
+        let p = privilege(
+            &granted,
+            &used,
+            &[
+                ("update", "", "secrets", "allowed"),
+                ("get", "", "secrets", "used after all"),
+                ("watch", "", "pods", "not granted"),
+            ],
+        );
+        assert_eq!((p.used, p.granted), (3, 5));
+        assert_eq!(p.unused, ["update core/configmaps"]);
+        assert_eq!(p.stale, ["get core/secrets", "watch core/pods"]);
     }
 }
 

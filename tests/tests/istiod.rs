@@ -3,8 +3,15 @@
 //! then the real `pilot-discovery discovery`, built from Istio's Go module, runs as a local
 //! process authenticated as istiod's ServiceAccount, with the args, env and volumes of meshop's
 //! istiod Deployment. It must become ready under meshop's RBAC and do its job: publish the root
-//! certificate, create its CA Secret, win its leader Leases, and report the mesh config meshop
-//! meant. One istiod runs at a time: they would overwrite each other's root certificate in every
+//! certificate, create its CA Secret, win its leader Leases, report the mesh config meshop meant
+//! and allocate an address to a ServiceEntry. Then the API server's audit log judges the RBAC
+//! meshop gives istiod: no request of its ServiceAccount refused, and every (verb, group,
+//! resource) its roles grant used, but for a few listed with the reason (`UNUSED_ALLOWED`).
+//!
+//! meshop's gateways' RBAC (a Role reading the Secrets of their own namespace, for SDS) has no
+//! judge: no test runs a gateway's pilot-agent and Envoy.
+//!
+//! One istiod runs at a time: they would overwrite each other's root certificate in every
 //! namespace, and on two cores the time to ready would measure the neighbours.
 
 use std::time::Duration;
@@ -12,9 +19,11 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use meshop::api::MeshInstall;
 use meshop::controller::status::KStatus;
+use meshop_testenv::audit;
 use meshop_testenv::istio::{IstioBinaries, LocalIstiod};
 use serde_json::{Value, json};
 
@@ -80,7 +89,8 @@ async fn judge(expect: Expect) {
     } = expect;
     // First, so a missing build fails at once with how to get it.
     let istio = IstioBinaries::locate().unwrap_or_else(|e| panic!("{e:#}"));
-    let cp = meshop_testenv::shared_with_controllers();
+    // The audit log judges istiod's RBAC (`least_privilege`); first, so the operator shares it.
+    let cp = meshop_testenv::shared_with_audit();
     meshop_testenv::shared_operator();
     let client = cp.client().await.unwrap();
     // A workload namespace that asks for injection: istiod must publish its root certificate
@@ -117,6 +127,29 @@ async fn judge(expect: Expect) {
     };
 
     let _one = ONE_ISTIOD_AT_A_TIME.lock().await;
+    // A ServiceEntry without addresses: istiod allocates it one and patches it into its status.
+    // Created once no other istiod runs, so that this one is the one to do it.
+    let service_entries: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &app.name,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "networking.istio.io",
+            "v1",
+            "ServiceEntry",
+        )),
+    );
+    let entry: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": { "name": "external" },
+        "spec": { "hosts": ["external.example.com"], "location": "MESH_EXTERNAL",
+            "resolution": "DNS", "ports": [{ "number": 80, "name": "http", "protocol": "HTTP" }] }
+    }))
+    .unwrap();
+    service_entries
+        .create(&PostParams::default(), &entry)
+        .await
+        .unwrap();
+
     let mut istiod = LocalIstiod::start(cp, &client, &istio, ns, "istiod", profile)
         .await
         .unwrap();
@@ -262,6 +295,22 @@ async fn judge(expect: Expect) {
     )
     .await;
 
+    meshop_testenv::wait_until(
+        "an address allocated to the ServiceEntry",
+        Duration::from_secs(60),
+        || async {
+            let entry = service_entries.get("external").await?;
+            let addresses = &entry.data["status"]["addresses"];
+            anyhow::ensure!(
+                addresses.as_array().is_some_and(|a| !a.is_empty()),
+                "status {}",
+                entry.data["status"]
+            );
+            Ok(())
+        },
+    )
+    .await;
+
     // Last, so every controller had its chance to be refused. Istio's validation controller
     // patches every configuration labelled with its revision, so the other default-revision
     // control planes of this cluster (the other profiles' tests) are candidates too: RBAC
@@ -276,7 +325,166 @@ async fn judge(expect: Expect) {
         "istiod was refused by meshop's RBAC:\n{}",
         refused.join("\n")
     );
+    least_privilege(cp, &client, profile, ns, &own).await;
     drop(istiod);
+}
+
+/// What istiod's RBAC grants and it may leave unused here, feature by feature: (verbs, API
+/// group, resources, why). Every other (verb, group, resource) its roles grant it must use.
+const UNUSED_ALLOWED: &[(&[&str], &str, &[&str], &str)] = &[
+    (
+        &["create"],
+        "authentication.k8s.io",
+        &["tokenreviews"],
+        "its CA verifies the token of a proxy that asks for a workload certificate; no proxy \
+         connects here",
+    ),
+    (
+        &["create"],
+        "authorization.k8s.io",
+        &["subjectaccessreviews"],
+        "asked over SDS for a TLS credential, it checks that the gateway may read it; no gateway \
+         connects here",
+    ),
+    (
+        &["create", "update", "patch", "delete"],
+        "networking.istio.io",
+        &["workloadentries"],
+        "WorkloadEntry auto-registration of VMs (WorkloadGroup); no VM connects here",
+    ),
+    (
+        &["update"],
+        "networking.istio.io",
+        &["workloadentries/status"],
+        "the health of auto-registered VMs; no VM connects here",
+    ),
+    (
+        &["update"],
+        "networking.k8s.io",
+        &["ingresses/status"],
+        "the status of Ingresses of class istio, written by the ingress status leader; there is \
+         no Ingress here",
+    ),
+    (
+        &["update"],
+        "",
+        &["secrets"],
+        "rotating its self-signed root when it nears expiry (after years)",
+    ),
+    (
+        &["list", "watch"],
+        "gateway.networking.k8s.io",
+        GATEWAY_API,
+        "Gateway API: istiod informs on it once its CRDs are installed; this cluster has none",
+    ),
+    (
+        &["update"],
+        "gateway.networking.k8s.io",
+        GATEWAY_API_STATUS,
+        "the status of Gateway API objects, written by the status leader; this cluster has none",
+    ),
+];
+
+const GATEWAY_API: &[&str] = &[
+    "backendtlspolicies",
+    "gatewayclasses",
+    "gateways",
+    "grpcroutes",
+    "httproutes",
+    "referencegrants",
+    "tcproutes",
+    "tlsroutes",
+    "udproutes",
+];
+const GATEWAY_API_STATUS: &[&str] = &[
+    "backendtlspolicies/status",
+    "gatewayclasses/status",
+    "gateways/status",
+    "grpcroutes/status",
+    "httproutes/status",
+    "tcproutes/status",
+    "tlsroutes/status",
+    "udproutes/status",
+];
+
+/// istiod's ServiceAccount, as the API server's audit log tells: no request refused but for
+/// another control plane's validating configuration (see `foreign_validator`), and every
+/// (verb, group, resource) the roles bound to it grant used, but for [`UNUSED_ALLOWED`].
+///
+/// The gateways' Role (Secrets of their namespace, read over SDS by their pilot-agent) is not
+/// judged here or anywhere: no test runs a gateway's proxy.
+async fn least_privilege(
+    cp: &meshop_testenv::ControlPlane,
+    client: &kube::Client,
+    profile: &str,
+    ns: &str,
+    own_validator: &str,
+) {
+    // The account its Deployment names, as `LocalIstiod` runs it.
+    let account = "istiod";
+    let user = audit::service_account_user(ns, account);
+    let events = audit::read(&cp.audit_log()).unwrap();
+    let denied: Vec<String> = events
+        .iter()
+        .filter(|e| e.user == user && e.code == 403)
+        .filter(|e| {
+            !(e.access.resource == "validatingwebhookconfigurations"
+                && e.access.name != own_validator
+                && e.access.name.starts_with("istio-validator-"))
+        })
+        .map(|e| e.access.to_string())
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "the API server refused istiod on profile {profile}: {denied:#?}"
+    );
+
+    let rules = audit::rules_bound_to(client, ns, account).await.unwrap();
+    let granted = audit::grants(&rules);
+    assert!(!granted.is_empty(), "no role is bound to {user}");
+    let mut used = audit::used_grants(&events, &user);
+    // client-go's informers stream their initial list over the watch (`sendInitialEvents`) where
+    // the API server can, and list where it cannot: such a watch stands for the list.
+    used.extend(
+        events
+            .iter()
+            .filter(|e| e.user == user && e.verb == "watch" && e.code != 403)
+            .filter(|e| e.uri.contains("sendInitialEvents=true"))
+            .map(|e| {
+                (
+                    "list".to_string(),
+                    e.access.group.clone(),
+                    e.access.resource.clone(),
+                )
+            }),
+    );
+    let allowed: Vec<(&str, &str, &str, &str)> = UNUSED_ALLOWED
+        .iter()
+        .flat_map(|(verbs, group, resources, why)| {
+            verbs.iter().flat_map(move |verb| {
+                resources
+                    .iter()
+                    .map(move |resource| (*verb, *group, *resource, *why))
+            })
+        })
+        .collect();
+    let privilege = audit::privilege(&granted, &used, &allowed);
+    eprintln!(
+        "least privilege: istiod (profile {profile}) used {} of the {} (verb, group, resource) \
+         its RBAC grants",
+        privilege.used, privilege.granted
+    );
+    assert!(
+        privilege.unused.is_empty(),
+        "istiod's RBAC grants what it never used on profile {profile} (drop it from \
+         render/istiod.rs, or list it with the reason in UNUSED_ALLOWED): {:#?}",
+        privilege.unused
+    );
+    assert!(
+        privilege.stale.is_empty(),
+        "UNUSED_ALLOWED lists grants that were used or are not granted: {:?}",
+        privilege.stale
+    );
 }
 
 /// Whether a log line is about updating another control plane's validating configuration.

@@ -1,11 +1,9 @@
-//! The operator's own install (deploy/) applies cleanly, and the operator does a full install,
-//! profile switch and delete with nothing but the RBAC of its ServiceAccount (impersonated
-//! against the real API server), without a single Forbidden.
+//! The operator's own install (deploy/) applies cleanly, and the operator installs, switches
+//! through every profile, upgrades by revision and deletes with nothing but the RBAC of its
+//! ServiceAccount (impersonated against the real API server), without a single Forbidden.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::rbac::v1::PolicyRule;
 use meshop_testenv::audit;
 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -89,6 +87,19 @@ async fn operator_works_with_its_own_rbac_only() {
     .unwrap();
     meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
         .await;
+    // The other profiles: performance (autoscaled istiod and gateway) and empty (only what the
+    // spec switches on, CNI here: the switch prunes istiod and the gateways).
+    for profile in ["performance", "empty"] {
+        api.patch(
+            "rbac",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"profile": profile}})),
+        )
+        .await
+        .unwrap();
+        meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
+            .await;
+    }
 
     // A revision-based upgrade lists pods, namespaces and workloads cluster-wide and restarts a
     // workload onto the new revision: all with the ServiceAccount's RBAC (an Error::Upgrade,
@@ -200,23 +211,6 @@ async fn operator_works_with_its_own_rbac_only() {
     least_privilege(&audit_log.next_events().unwrap());
 }
 
-/// (verb, API group, resource) as an RBAC rule names it.
-type Grant = (String, String, String);
-
-fn expand(rules: &[PolicyRule]) -> BTreeSet<Grant> {
-    let mut out = BTreeSet::new();
-    for r in rules {
-        for g in r.api_groups.iter().flatten() {
-            for res in r.resources.iter().flatten() {
-                for v in &r.verbs {
-                    out.insert((v.clone(), g.clone(), res.clone()));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// What the operator's own RBAC grants and it may leave unused in this scenario, with why.
 /// (verb, API group, resource).
 const UNUSED_ALLOWED: &[(&str, &str, &str, &str)] = &[
@@ -249,23 +243,7 @@ const UNUSED_ALLOWED: &[(&str, &str, &str, &str)] = &[
 /// (Kubernetes lets no one grant what it does not hold) are istiod's and the gateways' to use,
 /// and are judged where those run (tests/tests/istiod.rs).
 fn least_privilege(events: &[audit::Event]) {
-    let mut used: BTreeSet<Grant> = audit::accesses_of(events, SA)
-        .into_iter()
-        .map(|a| (a.verb, a.group, a.resource))
-        .collect();
-    // A server-side apply that creates its object (201) is authorized as a create too.
-    used.extend(
-        events
-            .iter()
-            .filter(|e| e.user == SA && e.verb == "patch" && e.code == 201)
-            .map(|e| {
-                (
-                    "create".to_string(),
-                    e.access.group.clone(),
-                    e.access.resource.clone(),
-                )
-            }),
-    );
+    let used = audit::used_grants(events, SA);
     let denied: Vec<String> = events
         .iter()
         .filter(|e| e.user == SA && e.code == 403)
@@ -276,50 +254,27 @@ fn least_privilege(events: &[audit::Event]) {
         "the API server refused the operator: {denied:?}"
     );
 
-    let mut own = expand(&meshop::deploy::own_rules());
+    let mut own = audit::grants(&meshop::deploy::own_rules());
     for object in meshop::deploy::rbac_objects("meshop-system", false) {
         if object["kind"] == "Role" {
             let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(object).unwrap();
-            own.extend(expand(&role.rules.unwrap_or_default()));
+            own.extend(audit::grants(&role.rules.unwrap_or_default()));
         }
     }
-    let allowed = |g: &Grant| {
-        UNUSED_ALLOWED
-            .iter()
-            .any(|(v, group, r, _)| g.0 == *v && g.1 == *group && g.2 == *r)
-    };
-    let unused: Vec<String> = own
-        .iter()
-        .filter(|g| !used.contains(*g) && !allowed(g))
-        .map(|g| {
-            format!(
-                "{} {}/{}",
-                g.0,
-                if g.1.is_empty() { "core" } else { &g.1 },
-                g.2
-            )
-        })
-        .collect();
-    let stale: Vec<&str> = UNUSED_ALLOWED
-        .iter()
-        .filter(|(v, g, r, _)| {
-            let grant = (v.to_string(), g.to_string(), r.to_string());
-            used.contains(&grant) || !own.contains(&grant)
-        })
-        .map(|(_, _, r, _)| *r)
-        .collect();
+    let privilege = audit::privilege(&own, &used, UNUSED_ALLOWED);
     eprintln!(
         "least privilege: the operator used {} of the {} (verb, group, resource) its own RBAC grants",
-        own.iter().filter(|g| used.contains(*g)).count(),
-        own.len()
+        privilege.used, privilege.granted
     );
     assert!(
-        unused.is_empty(),
+        privilege.unused.is_empty(),
         "the operator's RBAC grants what it never used (drop it, or list it with the reason in \
-         UNUSED_ALLOWED): {unused:#?}"
+         UNUSED_ALLOWED): {:#?}",
+        privilege.unused
     );
     assert!(
-        stale.is_empty(),
-        "UNUSED_ALLOWED lists grants that were used or are not granted: {stale:?}"
+        privilege.stale.is_empty(),
+        "UNUSED_ALLOWED lists grants that were used or are not granted: {:?}",
+        privilege.stale
     );
 }

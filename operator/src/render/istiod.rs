@@ -16,7 +16,7 @@ use super::common::{
     self, env, field_env, hardened_container, hardened_pod, meta, mount, policy_rule, resource_env,
     with_user_env,
 };
-use super::istio_crds::{gateway_api_rule, istio_rules};
+use super::istio_crds::{GATEWAY_API_RESOURCES, gateway_api_rule, istio_rules};
 use super::{ComponentId, Rendered, validation};
 use crate::effective::Installation;
 use k8s_openapi::api::rbac::v1::PolicyRule;
@@ -56,12 +56,15 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         C,
         &name,
         vec![
-            // The self-signed CA keeps its key in a Secret of the control-plane namespace.
-            policy_rule(
-                &[""],
-                &["secrets"],
-                &["get", "list", "watch", "create", "update", "delete"],
-            ),
+            // The self-signed CA keeps its key in a Secret of the control-plane namespace: istiod
+            // reads it by name, creates it on first start and updates it when it rotates the root.
+            // It deletes no Secret (Istio's own Role grants `delete`; nothing in istiod calls it).
+            // Listing and watching Secrets is the ClusterRole's.
+            policy_rule(&[""], &["secrets"], &["get", "create", "update"]),
+            // Its other leader elections (ingress status, namespace controller, IP
+            // auto-allocation) lock ConfigMaps here, and it looks for the injector's ConfigMap:
+            // each read by name. Writing them is the ClusterRole's.
+            policy_rule(&[""], &["configmaps"], &["get"]),
             // Per-revision leader elections (Gateway API status and deployment controllers) hold
             // Leases here; Istio's lease lock only gets, creates and updates them.
             policy_rule(
@@ -89,8 +92,12 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     out
 }
 
-const READ: &[&str] = &["get", "list", "watch"];
-/// A rule on one named object (`resourceNames`): get, update, patch, delete only.
+/// What istiod does with what it only reads: its informers list and watch (client-go streams the
+/// initial list over the watch where the API server can, and lists where it cannot). It reads
+/// nothing of these by name: every `get` it sends is on its own namespace's Secrets, ConfigMaps
+/// and Leases (the Role).
+const READ: &[&str] = &["list", "watch"];
+/// A rule on one named object (`resourceNames`).
 fn named_rule(group: &str, resource: &str, verbs: &[&str], name: &str) -> PolicyRule {
     PolicyRule {
         resource_names: Some(vec![name.to_string()]),
@@ -98,32 +105,43 @@ fn named_rule(group: &str, resource: &str, verbs: &[&str], name: &str) -> Policy
     }
 }
 
+/// What istiod's ClusterRole grants. Held to what istiod uses by tests/tests/istiod.rs, which runs
+/// the real istiod as this ServiceAccount and reads the API server's audit log.
 fn cluster_rules(install: &Installation) -> Vec<PolicyRule> {
-    const STATUS: &[&str] = &["get", "update", "patch"];
-    // Mesh configuration, and status written back to it.
+    // Mesh configuration. Istio writes the status of its own kinds only for its analysis
+    // (PILOT_ENABLE_ANALYSIS, off), in ambient mode (which meshop does not install) and for the
+    // two below. A user who turns either on through istiod's env needs to grant the rest.
     let mut rules = istio_rules(READ, None);
-    rules.extend(istio_rules(STATUS, Some("status")));
     rules.extend([
+        // WorkloadEntry auto-registration of VMs (WorkloadGroup): entries created, updated and
+        // removed as proxies connect and leave, and their health written to their status.
         policy_rule(
             &["networking.istio.io"],
             &["workloadentries"],
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
+            &["create", "update", "patch", "delete"],
         ),
-        // Service discovery.
         policy_rule(
-            &[""],
-            &["pods", "nodes", "services", "namespaces", "endpoints"],
-            READ,
+            &["networking.istio.io"],
+            &["workloadentries/status"],
+            &["update"],
         ),
+        // Addresses auto-allocated to ServiceEntries that have none (PILOT_ENABLE_IP_AUTOALLOCATE,
+        // on by default), patched into their status.
+        policy_rule(
+            &["networking.istio.io"],
+            &["serviceentries/status"],
+            &["patch"],
+        ),
+        // Service discovery (EndpointSlices: istiod no longer reads Endpoints).
+        policy_rule(&[""], &["pods", "nodes", "services", "namespaces"], READ),
         policy_rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        // Kubernetes Ingress of class istio, and its status (written by the ingress status leader).
         policy_rule(
             &["networking.k8s.io"],
             &["ingresses", "ingressclasses"],
             READ,
         ),
-        policy_rule(&["networking.k8s.io"], &["ingresses/status"], STATUS),
+        policy_rule(&["networking.k8s.io"], &["ingresses/status"], &["update"]),
         policy_rule(
             &["apiextensions.k8s.io"],
             &["customresourcedefinitions"],
@@ -138,34 +156,46 @@ fn cluster_rules(install: &Installation) -> Vec<PolicyRule> {
                 "mutatingwebhookconfigurations",
                 "validatingwebhookconfigurations",
             ],
-            &["list", "watch"],
+            READ,
         ),
         // Its validation controller writes the CA bundle and failure policy of its own validating
-        // webhook configuration, and only that one.
+        // webhook configuration, and only that one (read from its informer, not by name).
         named_rule(
             "admissionregistration.k8s.io",
             "validatingwebhookconfigurations",
-            &["get", "update"],
+            &["update"],
             &validation::name(install),
         ),
-        // The root certificate is published to every namespace as a ConfigMap.
+        // The root certificate (and the CA's revocation list) is published to every namespace as
+        // a ConfigMap, kept up to date from an informer.
         policy_rule(
             &[""],
             &["configmaps"],
-            &["get", "list", "watch", "create", "update"],
+            &["list", "watch", "create", "update"],
         ),
-        // Gateway TLS credentials.
+        // Gateway TLS credentials (SDS) and remote-cluster Secrets, from informers.
         policy_rule(&[""], &["secrets"], READ),
         // Workload identity: verifying service account tokens before signing certificates.
         policy_rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        // Whether a gateway may read the credential it asks for over SDS.
         policy_rule(
             &["authorization.k8s.io"],
             &["subjectaccessreviews"],
             &["create"],
         ),
-        // Kubernetes Gateway API support.
+        // Kubernetes Gateway API support, and the status of what it programs (written by its
+        // status leader with an update; ReferenceGrants have no status).
         gateway_api_rule(READ, None),
-        gateway_api_rule(STATUS, Some("status")),
+        PolicyRule {
+            resources: Some(
+                GATEWAY_API_RESOURCES
+                    .iter()
+                    .filter(|r| **r != "referencegrants")
+                    .map(|r| format!("{r}/status"))
+                    .collect(),
+            ),
+            ..gateway_api_rule(&["update"], None)
+        },
     ]);
     rules
 }
