@@ -114,7 +114,10 @@ impl<'a> Injectors<'a> {
         let prefix = setting.name.replace('/', "-");
         let write = |name: &str, text: Option<&String>| -> Result<PathBuf> {
             let text = text.with_context(|| {
-                format!("istioctl manifest generate wrote no {name} for {}", setting.name)
+                format!(
+                    "istioctl manifest generate wrote no {name} for {}",
+                    setting.name
+                )
             })?;
             let path = dir.join(format!("{prefix}-{name}"));
             std::fs::write(&path, text)?;

@@ -37,8 +37,7 @@ use meshop_testenv::conformance::{
 use meshop_testenv::istio::IstioBinaries;
 use serde_json::Value;
 
-const BEGIN: &str =
-    "<!-- BEGIN GENERATED: Istio's injection inputs (MESHOP_BLESS=1 cargo test -p meshop-testenv --test istio_corpus) -->\n";
+const BEGIN: &str = "<!-- BEGIN GENERATED: Istio's injection inputs (MESHOP_BLESS=1 cargo test -p meshop-testenv --test istio_corpus) -->\n";
 const END: &str = "<!-- END GENERATED -->";
 
 fn manifest_dir() -> PathBuf {
@@ -80,7 +79,12 @@ fn corpus() -> Vec<Workload> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 100, "Istio's 100 input files in {}", dir.display());
+    assert_eq!(
+        files.len(),
+        100,
+        "Istio's 100 input files in {}",
+        dir.display()
+    );
     let mut out = Vec::new();
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
@@ -208,7 +212,12 @@ impl Compared {
     }
 }
 
-fn run_setting(bin: &IstioBinaries, setting: &Setting, corpus: &[Workload], dir: &Path) -> Vec<Compared> {
+fn run_setting(
+    bin: &IstioBinaries,
+    setting: &Setting,
+    corpus: &[Workload],
+    dir: &Path,
+) -> Vec<Compared> {
     let dir = dir.join(setting.name.replace('/', "-"));
     std::fs::create_dir_all(&dir).unwrap();
     let injectors = Injectors::new(bin, setting, &dir).unwrap();
@@ -304,9 +313,9 @@ impl Category {
     fn holds_for(&self, w: &Workload) -> bool {
         match &self.rule {
             Rule::Kind(k) => &w.kind == k,
-            Rule::Annotation(key, value) => w.annotations().any(|(k, v)| {
-                k == key && value.as_ref().is_none_or(|p| matches(p, v))
-            }),
+            Rule::Annotation(key, value) => w
+                .annotations()
+                .any(|(k, v)| k == key && value.as_ref().is_none_or(|p| matches(p, v))),
             _ => false,
         }
     }
@@ -397,15 +406,14 @@ fn describe_sides(r: &Compared) -> String {
         Side::Refused(e) => format!("refuses: {}", e.lines().last().unwrap_or_default()),
         other => other.verb().to_string(),
     };
-    format!(
-        "istioctl {}; meshop {}",
-        side(&r.istioctl),
-        side(&r.meshop)
-    )
+    format!("istioctl {}; meshop {}", side(&r.istioctl), side(&r.meshop))
 }
 
-/// The outcome of each workload under each setting, with its categories.
-type Table = Vec<(String, Vec<(String, BTreeSet<String>)>)>;
+/// One workload's outcome under one setting, and its categories.
+type Cell = (String, BTreeSet<String>);
+
+/// Every workload's cells, one per setting.
+type Table = Vec<(String, Vec<Cell>)>;
 
 /// The generated section: figures per setting, categories per setting, and every workload that
 /// is not identical.
@@ -462,7 +470,11 @@ fn section(corpus: &[Workload], table: &Table) -> String {
     writeln!(
         s,
         "| category | {} |",
-        SETTINGS.iter().map(|s| s.name).collect::<Vec<_>>().join(" | ")
+        SETTINGS
+            .iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(" | ")
     )
     .unwrap();
     writeln!(s, "|---|{}", "---|".repeat(SETTINGS.len())).unwrap();
@@ -501,7 +513,7 @@ fn section(corpus: &[Workload], table: &Table) -> String {
     writeln!(s, "|---|---|---|---|").unwrap();
     for (id, row) in table {
         // One line per distinct (outcome, categories), naming the settings it holds under.
-        let mut groups: Vec<(&(String, BTreeSet<String>), Vec<&str>)> = Vec::new();
+        let mut groups: Vec<(&Cell, Vec<&str>)> = Vec::new();
         for (i, cell) in row.iter().enumerate() {
             match groups.iter_mut().find(|(c, _)| *c == cell) {
                 Some((_, settings)) => settings.push(SETTINGS[i].name),
@@ -565,7 +577,11 @@ fn istios_injection_inputs_come_out_as_the_table_says() {
     let started = Instant::now();
     let bin = IstioBinaries::locate().unwrap();
     let corpus = corpus();
-    assert_eq!(corpus.len(), 101, "101 workloads in Istio's 100 input files");
+    assert_eq!(
+        corpus.len(),
+        101,
+        "101 workloads in Istio's 100 input files"
+    );
     let dir = tempfile::tempdir().unwrap();
     let results: Vec<Vec<Compared>> = std::thread::scope(|scope| {
         let handles: Vec<_> = SETTINGS
@@ -641,8 +657,14 @@ fn istios_injection_inputs_come_out_as_the_table_says() {
                  to rewrite its table once the change is meant; every difference is in {}):\n\
                  in the document only:\n  {}\nnow:\n  {}",
                 report.display(),
-                gone.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n  "),
-                came.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n  ")
+                gone.iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  "),
+                came.iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
             );
         }
     }
@@ -662,4 +684,92 @@ fn istios_injection_inputs_come_out_as_the_table_says() {
         stale.is_empty(),
         "categories in docs/istio-compatibility.md that explain nothing any more: {stale:?}"
     );
+}
+
+fn workload(annotations: Value) -> Workload {
+    Workload {
+        id: "w.yaml".into(),
+        kind: "Deployment".into(),
+        yaml: String::new(),
+        template: serde_json::json!({ "metadata": { "annotations": annotations }, "spec": {} }),
+    }
+}
+
+fn difference(path: &str, istioctl: Option<Value>, meshop: Option<Value>) -> Difference {
+    Difference {
+        path: path.into(),
+        istioctl,
+        meshop,
+    }
+}
+
+#[test]
+fn a_json_string_differs_by_the_keys_that_differ() {
+    let proxy = |config: &str| serde_json::json!({ "spec": { "containers": [{ "name": "istio-proxy", "env": [{ "name": "PROXY_CONFIG", "value": config }] }] } });
+    let (_, found) = differences_within_json(
+        &proxy(r#"{"concurrency":2,"tracing":{"sampling":1}}"#),
+        &proxy(r#"{ "tracing": {"sampling": 5}, "concurrency": 2, "discoveryAddress": "x:1" }"#),
+    );
+    let at = "/spec/containers[istio-proxy]/env[PROXY_CONFIG]/value";
+    assert_eq!(
+        found,
+        [
+            difference(
+                &format!("{at}/discoveryAddress"),
+                None,
+                Some(Value::from("x:1"))
+            ),
+            difference(
+                &format!("{at}/tracing/sampling"),
+                Some(Value::from(1)),
+                Some(Value::from(5))
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_category_explains_only_what_its_rule_names() {
+    let row = |r: &str| Category::parse(r).unwrap();
+    let address = row(
+        r#"| `c` | `path *[istio-proxy]/env[PROXY_CONFIG]/value/discoveryAddress - -> "istiod.*"` | why |"#,
+    );
+    let plain = workload(serde_json::json!({}));
+    let path = "/spec/containers[istio-proxy]/env[PROXY_CONFIG]/value/discoveryAddress";
+    let ours = |v: &str| difference(path, None, Some(Value::from(v)));
+    assert!(address.explains_difference(&plain, &ours("istiod.istio-system.svc:15012")));
+    // The same path with another value on either side is not explained.
+    assert!(!address.explains_difference(&plain, &ours("elsewhere:15012")));
+    assert!(!address.explains_difference(
+        &plain,
+        &difference(path, Some(Value::from("a")), Some(Value::from("istiod.x")))
+    ));
+    // An annotation rule explains every difference of a workload that has the annotation.
+    let grpc = row("| `g` | `annotation inject.istio.io/templates=grpc-*` | why |");
+    let d = difference("/spec/volumes[x]/name", Some(Value::from("x")), None);
+    assert!(grpc.explains_difference(
+        &workload(serde_json::json!({ "inject.istio.io/templates": "grpc-agent" })),
+        &d
+    ));
+    assert!(!grpc.explains_difference(
+        &workload(serde_json::json!({ "inject.istio.io/templates": "gateway" })),
+        &d
+    ));
+    assert!(!grpc.explains_difference(&plain, &d));
+    // A refusal rule explains only that injector's refusal.
+    let refusal = row("| `r` | `meshop-error supports only REDIRECT` | why |");
+    let compared = |istioctl: Side, meshop: Side| Compared {
+        istioctl,
+        meshop,
+        fields: 0,
+        differences: Vec::new(),
+    };
+    let refused =
+        Side::Refused("interceptionMode=\"TPROXY\": meshop supports only REDIRECT".into());
+    assert!(refusal.explains_outcome(&plain, &compared(Side::LeftAlone, refused.clone())));
+    assert!(!refusal.explains_outcome(&plain, &compared(refused, Side::LeftAlone)));
+    // Malformed rows are refused, not read as rules that match anything.
+    assert!(Category::parse("| `c` | `path /x` | |").is_err());
+    assert!(Category::parse("| `c` | `path /x \"a\"` | why |").is_err());
+    assert!(Category::parse("| `c` | `field /x` | why |").is_err());
 }
