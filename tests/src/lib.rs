@@ -13,6 +13,7 @@ pub mod apps;
 pub mod audit;
 pub mod binaries;
 pub mod certs;
+pub mod conformance;
 pub mod controlplane;
 pub mod helm;
 pub mod inventory;

@@ -9,56 +9,17 @@
 //! Strings holding JSON (`PROXY_CONFIG`, the app probers) are compared by their parsed value, the
 //! proxy image as written (istioctl is given the release meshop installs), and the order of
 //! containers, init containers and each container's env (the kubelet starts native sidecars in
-//! order, and `$(VAR)` expands only variables defined earlier) as fields of their own.
+//! order, and `$(VAR)` expands only variables defined earlier) as fields of their own. The
+//! machinery is `meshop_testenv::conformance`, shared with `istio_corpus.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 
+use meshop_testenv::conformance::{
+    Difference, Injectors, SETTINGS, differences, first_doc, matches, pod_template, show,
+};
 use meshop_testenv::istio::IstioBinaries;
 use serde_json::Value;
-
-/// The release both inject: meshop's MeshInstall asks for it, and istioctl's values carry it as
-/// the image tag (istioctl built from the release-1.31 branch otherwise tags `1.31-dev`).
-const VERSION: &str = "1.31.1";
-
-/// One injection setting: how to ask meshop and istioctl for it.
-struct Setting {
-    name: &'static str,
-    /// `spec.injection` (and components) of the MeshInstall meshop injects with.
-    meshop_spec: &'static str,
-    /// `istioctl manifest generate --set` flags.
-    istio_sets: &'static [&'static str],
-    /// `ENABLE_NATIVE_SIDECARS` for the offline istioctl process.
-    native: bool,
-}
-
-const SETTINGS: &[Setting] = &[
-    Setting {
-        name: "classic/iptables",
-        meshop_spec: "injection: {sidecarMode: classic}",
-        istio_sets: &[],
-        native: false,
-    },
-    Setting {
-        name: "native/iptables",
-        meshop_spec: "injection: {sidecarMode: native}",
-        istio_sets: &[],
-        native: true,
-    },
-    Setting {
-        name: "classic/cni",
-        meshop_spec: "components: {cni: {enabled: true}}\n  injection: {sidecarMode: classic, trafficCapture: cni}",
-        istio_sets: &["components.cni.enabled=true"],
-        native: false,
-    },
-    Setting {
-        name: "native/hold-application",
-        meshop_spec: "injection: {sidecarMode: native, proxy: {holdApplicationUntilProxyStarts: true}}",
-        istio_sets: &["meshConfig.defaultConfig.holdApplicationUntilProxyStarts=true"],
-        native: true,
-    },
-];
 
 /// The pod template every workload kind wraps: an init container that uses the network, HTTP,
 /// TCP, gRPC and exec probes, and annotations meshop honours.
@@ -118,226 +79,6 @@ fn workloads() -> Vec<(&'static str, String)> {
         ("DaemonSet", controller("DaemonSet", "apps/v1", selector)),
         ("Job", controller("Job", "batch/v1", "")),
     ]
-}
-
-/// istioctl's injector config, values and mesh config for a setting, from `manifest generate`.
-fn istio_injector(bin: &IstioBinaries, setting: &Setting, dir: &Path) -> [PathBuf; 3] {
-    let mut cmd = Command::new(&bin.istioctl);
-    cmd.args(["manifest", "generate", "--set", "profile=default", "--set"]);
-    cmd.arg(format!("tag={VERSION}"));
-    for set in setting.istio_sets {
-        cmd.args(["--set", set]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut files: BTreeMap<&str, String> = BTreeMap::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let Ok(doc) = <Value as serde::Deserialize>::deserialize(doc) else {
-            continue;
-        };
-        if doc["kind"] != "ConfigMap" {
-            continue;
-        }
-        match doc["metadata"]["name"].as_str() {
-            Some("istio-sidecar-injector") => {
-                files.insert("config", doc["data"]["config"].as_str().unwrap().into());
-                files.insert("values", doc["data"]["values"].as_str().unwrap().into());
-            }
-            Some("istio") => {
-                files.insert("mesh", doc["data"]["mesh"].as_str().unwrap().into());
-            }
-            _ => {}
-        }
-    }
-    ["config", "values", "mesh"].map(|name| {
-        let path = dir.join(format!("{}-{name}", setting.name.replace('/', "-")));
-        std::fs::write(
-            &path,
-            files.get(name).unwrap_or_else(|| panic!("no {name}")),
-        )
-        .unwrap();
-        path
-    })
-}
-
-fn first_doc(text: &str) -> Value {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap_or(Value::Null))
-        .find(|v| !v.is_null())
-        .unwrap_or_else(|| panic!("no document in {text}"))
-}
-
-/// The pod template (metadata + spec) of a workload, whatever its kind.
-fn pod_template(workload: &Value) -> Value {
-    match workload["kind"].as_str() {
-        Some("Pod") => {
-            serde_json::json!({ "metadata": { "labels": workload["metadata"]["labels"], "annotations": workload["metadata"]["annotations"] }, "spec": workload["spec"] })
-        }
-        _ => workload["spec"]["template"].clone(),
-    }
-}
-
-/// Lists whose order is meaningful: containers and init containers (native sidecars start in
-/// order; the first container is `kubectl`'s default) and env (`$(VAR)` expands only variables
-/// defined before it). Their order is compared as a field of its own, `<list>/#order`.
-const ORDERED: &[&str] = &["/containers", "/initContainers", "/env"];
-
-/// Flattens a value into `path -> JSON`, naming list items by their `name` where they have one;
-/// for the lists in [`ORDERED`], the names in order too.
-fn flatten(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                flatten(v, format!("{path}/{k}"), out);
-            }
-        }
-        Value::Array(items)
-            if !items.is_empty()
-                && items
-                    .iter()
-                    .all(|i| i.get("name").is_some_and(Value::is_string)) =>
-        {
-            if ORDERED.iter().any(|l| path.ends_with(l)) {
-                let names = items.iter().map(|i| i["name"].clone()).collect();
-                out.insert(format!("{path}/#order"), Value::Array(names));
-            }
-            for item in items {
-                flatten(
-                    item,
-                    format!("{path}[{}]", item["name"].as_str().unwrap()),
-                    out,
-                );
-            }
-        }
-        Value::Null => {}
-        other => {
-            out.insert(path, other.clone());
-        }
-    }
-}
-
-/// What the API server would make of a value anyway, so that only real differences remain.
-fn normalise(path: &str, value: &Value) -> Value {
-    // JSON in strings: compare what it means (the parsed value), not its whitespace or key
-    // order; null lists are empty lists.
-    if let Some(s) = value.as_str()
-        && (s.trim_start().starts_with('{') || s.trim_start().starts_with('['))
-        && let Ok(parsed) = serde_json::from_str::<Value>(s)
-    {
-        return canonical_json(&api_defaults_in_probes(parsed));
-    }
-    // Quantities: 2 == 2000m, 1Gi == 1024Mi.
-    if path.contains("/resources/")
-        && let Some(s) = value.as_str()
-    {
-        return Value::String(quantity(s));
-    }
-    value.clone()
-}
-
-fn canonical_json(v: &Value) -> Value {
-    match v {
-        // Go writes an empty list as null, serde as []: the same to every reader.
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
-                .map(|(k, v)| (k.clone(), canonical_json(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(canonical_json).collect()),
-        Value::Null => Value::Array(Vec::new()),
-        other => other.clone(),
-    }
-}
-
-/// The API server's probe defaults (scheme HTTP, timeoutSeconds 1), inside the app probers JSON.
-fn api_defaults_in_probes(mut v: Value) -> Value {
-    if let Value::Object(map) = &mut v {
-        for probe in map.values_mut() {
-            if let Some(get) = probe.get_mut("httpGet").and_then(Value::as_object_mut) {
-                get.entry("scheme").or_insert(Value::String("HTTP".into()));
-            }
-            let network = ["httpGet", "tcpSocket", "grpc"]
-                .iter()
-                .any(|k| probe.get(*k).is_some());
-            if let Some(p) = probe.as_object_mut().filter(|_| network) {
-                p.entry("timeoutSeconds").or_insert(Value::from(1));
-            }
-        }
-    }
-    v
-}
-
-fn quantity(s: &str) -> String {
-    let (number, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = number.parse().unwrap_or(f64::NAN);
-    let scaled = match unit {
-        "" => n,
-        "m" => n / 1000.0,
-        "Ki" => n * 1024.0,
-        "Mi" => n * 1024.0 * 1024.0,
-        "Gi" => n * 1024.0 * 1024.0 * 1024.0,
-        "k" => n * 1e3,
-        "M" => n * 1e6,
-        "G" => n * 1e9,
-        _ => return s.to_string(),
-    };
-    format!("{scaled}")
-}
-
-/// Fields the API server defaults on every pod: their absence on one side is no difference.
-fn api_server_default(path: &str, value: &Value) -> bool {
-    let last = path.rsplit('/').next().unwrap_or_default();
-    matches!(
-        (last, value),
-        ("initialDelaySeconds", Value::Number(n)) if n.as_i64() == Some(0)
-    ) || matches!(
-        (last, value),
-        ("terminationMessagePath", _) | ("terminationMessagePolicy", _) | ("imagePullPolicy", _)
-    )
-}
-
-/// One field where the two injections differ, with both normalised values (`None`: absent).
-#[derive(Clone, Debug, PartialEq)]
-struct Difference {
-    path: String,
-    istioctl: Option<Value>,
-    meshop: Option<Value>,
-}
-
-/// Compares two pod templates: how many fields there are, and where they differ.
-fn differences(theirs: &Value, ours: &Value) -> (usize, Vec<Difference>) {
-    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    flatten(theirs, String::new(), &mut a);
-    flatten(ours, String::new(), &mut b);
-    let paths: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let total = paths.len();
-    let mut out = Vec::new();
-    for path in paths {
-        let x = a.get(path).map(|v| normalise(path, v));
-        let y = b.get(path).map(|v| normalise(path, v));
-        let same = match (&x, &y) {
-            (Some(x), Some(y)) => x == y,
-            (None, Some(v)) | (Some(v), None) => api_server_default(path, v),
-            (None, None) => true,
-        };
-        if !same {
-            out.push(Difference {
-                path: path.clone(),
-                istioctl: x,
-                meshop: y,
-            });
-        }
-    }
-    (total, out)
 }
 
 /// A difference docs/istio-compatibility.md lists: the field path (`*` stands for any run of
@@ -410,31 +151,6 @@ fn listed() -> Vec<Listed> {
         .collect()
 }
 
-fn show(v: &Option<Value>) -> String {
-    v.as_ref().map_or("-".into(), Value::to_string)
-}
-
-fn matches(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            let Some(r) = rest.strip_prefix(part) else {
-                return false;
-            };
-            rest = r;
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            let Some(at) = rest.find(part) else {
-                return false;
-            };
-            rest = &rest[at + part.len()..];
-        }
-    }
-    rest.is_empty() || parts.len() > 1 && parts.last() == Some(&"")
-}
-
 #[test]
 fn meshop_injects_what_istioctl_injects_or_says_why_not() {
     let bin = IstioBinaries::locate().unwrap();
@@ -448,41 +164,20 @@ fn meshop_injects_what_istioctl_injects_or_says_why_not() {
     let mut unlisted = Vec::new();
     let mut report = Vec::new();
     for setting in SETTINGS {
-        let [config, values, mesh] = istio_injector(&bin, setting, dir.path());
-        let mesh_file = dir.path().join("mesh.yaml");
-        std::fs::write(
-            &mesh_file,
-            format!(
-                "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {{name: m}}\nspec:\n  profile: minimal\n  version: {VERSION}\n  {}\n",
-                setting.meshop_spec
-            ),
-        )
-        .unwrap();
+        let injectors = Injectors::new(&bin, setting, dir.path()).unwrap();
         for (kind, yaml) in workloads() {
             let input = dir.path().join(format!("{kind}.yaml"));
             std::fs::write(&input, &yaml).unwrap();
-            let istio = Command::new(&bin.istioctl)
-                .args(["kube-inject", "-r", "default", "-f"])
-                .arg(&input)
-                .arg("--injectConfigFile")
-                .arg(&config)
-                .arg("--valuesFile")
-                .arg(&values)
-                .arg("--meshConfigFile")
-                .arg(&mesh)
-                .env("ENABLE_NATIVE_SIDECARS", setting.native.to_string())
-                .output()
-                .unwrap();
+            let istio = injectors.istioctl_inject(&input).unwrap();
             assert!(
                 istio.status.success(),
                 "istioctl kube-inject {kind} {}: {}",
                 setting.name,
                 String::from_utf8_lossy(&istio.stderr)
             );
-            let theirs = pod_template(&first_doc(&String::from_utf8_lossy(&istio.stdout)));
-            let ours = pod_template(&first_doc(
-                &meshop::cli::inject(&input, Some(&mesh_file), None).unwrap(),
-            ));
+            let injected = |text: &str| pod_template(&first_doc(text)).expect("a pod template");
+            let theirs = injected(&String::from_utf8_lossy(&istio.stdout));
+            let ours = injected(&injectors.meshop_inject(&input).unwrap());
             let (fields, found) = differences(&theirs, &ours);
             let differ = found.len();
             let equal = fields - differ;
@@ -633,6 +328,29 @@ fn container_order_env_order_and_the_proxy_image_are_compared() {
             "PROXY_CONFIG"
         ]))
     );
+    // A variable on one side only is that variable's difference, not one of order; the order
+    // of the others still counts.
+    let (_, found) = differences(
+        &base,
+        &template("{}", &["POD_NAME", "EXTRA", "POD_NAMESPACE"], PROXY, "app"),
+    );
+    let paths: Vec<&str> = found.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/containers[istio-proxy]/env[EXTRA]/name",
+            "/spec/containers[istio-proxy]/env[EXTRA]/value"
+        ]
+    );
+    let (_, found) = differences(
+        &base,
+        &template("{}", &["POD_NAMESPACE", "EXTRA", "POD_NAME"], PROXY, "app"),
+    );
+    let paths: Vec<&str> = found.iter().map(|d| d.path.as_str()).collect();
+    assert!(
+        paths.contains(&"/spec/containers[istio-proxy]/env/#order"),
+        "{paths:?}"
+    );
     // The proxy first instead of the application.
     let (_, found) = differences(
         &base,
@@ -657,5 +375,40 @@ fn container_order_env_order_and_the_proxy_image_are_compared() {
     assert_eq!(
         differences(&vols(&["a", "b"]), &vols(&["b", "a"])).1,
         vec![]
+    );
+}
+
+#[test]
+fn the_api_servers_probe_defaults_are_no_difference() {
+    let probe = |get: Value, extra: Value| {
+        let mut p = serde_json::json!({ "httpGet": get });
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::json!({ "spec": { "containers": [{ "name": "app", "readinessProbe": p }] } })
+    };
+    let bare = probe(serde_json::json!({ "port": 8080 }), serde_json::json!({}));
+    // What the API server writes for a probe that names none of these.
+    let defaulted = probe(
+        serde_json::json!({ "port": 8080, "scheme": "HTTP" }),
+        serde_json::json!({ "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3 }),
+    );
+    assert_eq!(differences(&bare, &defaulted).1, vec![]);
+    // Any other value is a difference.
+    let https = probe(
+        serde_json::json!({ "port": 8080, "scheme": "HTTPS" }),
+        serde_json::json!({ "periodSeconds": 15 }),
+    );
+    let paths: Vec<String> = differences(&bare, &https)
+        .1
+        .into_iter()
+        .map(|d| d.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/containers[app]/readinessProbe/httpGet/scheme",
+            "/spec/containers[app]/readinessProbe/periodSeconds"
+        ]
     );
 }
