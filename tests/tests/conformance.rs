@@ -155,11 +155,9 @@ fn listed() -> Vec<Listed> {
 fn meshop_injects_what_istioctl_injects_or_says_why_not() {
     let bin = IstioBinaries::locate().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // Empty since PROXY_CONFIG is written as Istio writes it: every field of these workloads is
+    // equal. A row that does not parse still fails in `listed`.
     let patterns = listed();
-    assert!(
-        !patterns.is_empty(),
-        "docs/istio-compatibility.md lists no difference rows"
-    );
     let mut used: BTreeSet<usize> = BTreeSet::new();
     let mut unlisted = Vec::new();
     let mut report = Vec::new();

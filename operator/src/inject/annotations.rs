@@ -215,8 +215,9 @@ struct ProxyConfig {
 }
 
 /// PROXY_CONFIG: the discovery address, then the mesh's hold / concurrency, then the pod's
-/// `proxy.istio.io/config` on top (YAML or JSON). Istio's template passes concurrency here, not
-/// as pilot-agent's old `--concurrency` flag.
+/// `proxy.istio.io/config` on top (YAML or JSON), less what equals the agent's own defaults (as
+/// Istio writes it). Istio's template passes concurrency here, not as pilot-agent's old
+/// `--concurrency` flag.
 fn proxy_config(
     annotation: Option<&str>,
     cfg: &InjectionConfig,
@@ -250,6 +251,7 @@ fn proxy_config(
     if let Some(n) = concurrency {
         config.insert("concurrency".into(), Value::from(n));
     }
+    istio_proxy::without_agent_defaults(&mut config);
     Ok(ProxyConfig { config, hold })
 }
 
@@ -373,10 +375,8 @@ mod tests {
         assert_eq!(s.agent_log_level, "default:info");
         assert!(s.rewrite_probes);
         assert!(!s.hold_application);
-        assert_eq!(
-            s.proxy_config.get("discoveryAddress"),
-            Some(&Value::String("istiod.istio-system.svc:15012".into()))
-        );
+        // The default istiod is the agent's own default, left out as Istio leaves it out.
+        assert_eq!(s.proxy_config.get("discoveryAddress"), None);
         assert_eq!(s.redirect.include_inbound_ports, "*");
         assert_eq!(s.redirect.exclude_inbound_ports, "15090,15021,15020");
         assert_eq!(s.redirect.include_outbound_ranges, "*");
@@ -507,7 +507,7 @@ mod tests {
             Value::Bool(true)
         );
         assert_eq!(s.proxy_config["tracing"]["sampling"], 10);
-        assert!(s.proxy_config.contains_key("discoveryAddress"));
+        assert!(!s.proxy_config.contains_key("discoveryAddress"));
         let s = settings(
             &labels(&[(
                 keys::PROXY_CONFIG,

@@ -263,7 +263,7 @@ mod tests {
     fn proxy_image_args_and_port() {
         let (p, _) = build(
             &InjectionConfig {
-                concurrency: Some(2),
+                concurrency: Some(3),
                 log_level: crate::api::ProxyLogLevel::Debug,
                 ..cfg()
             },
@@ -285,7 +285,7 @@ mod tests {
         );
         let pc = p.env.iter().flatten().find(|e| e.name == "PROXY_CONFIG");
         let pc: Value = serde_json::from_str(pc.unwrap().value.as_deref().unwrap()).unwrap();
-        assert_eq!(pc["concurrency"], 2, "concurrency travels in PROXY_CONFIG");
+        assert_eq!(pc["concurrency"], 3, "concurrency travels in PROXY_CONFIG");
         let port = &p.ports.unwrap()[0];
         assert_eq!(
             (port.container_port, port.name.as_deref()),
@@ -329,10 +329,8 @@ mod tests {
             "limits.cpu"
         );
         let pc: Value = serde_json::from_str(&value("PROXY_CONFIG")).unwrap();
-        assert_eq!(
-            pc,
-            serde_json::json!({"discoveryAddress": "istiod.istio-system.svc:15012"})
-        );
+        // The default istiod is the agent's own default: Istio leaves it out, so does meshop.
+        assert_eq!(pc, serde_json::json!({}));
         let pp: Value = serde_json::from_str(&value("ISTIO_META_POD_PORTS")).unwrap();
         assert_eq!(
             pp,

@@ -98,6 +98,42 @@ pub(crate) fn proxy_config(discovery_address: String) -> Map<String, Value> {
     Map::from_iter([("discoveryAddress".into(), Value::String(discovery_address))])
 }
 
+/// The fields of pilot-agent's built-in ProxyConfig that Istio's injector leaves out of
+/// `PROXY_CONFIG` when a pod's value equals them (the agent starts from the same defaults, and the
+/// pod spec stays small), with those values. Read from Istio's injector and mesh defaults
+/// (release-1.31); the list is Istio's, not complete, and nothing breaks if a default is written.
+const AGENT_DEFAULTS: &[(&str, &str)] = &[
+    ("configPath", r#""./etc/istio/proxy""#),
+    ("binaryPath", r#""/usr/local/bin/envoy""#),
+    ("controlPlaneAuthPolicy", r#""MUTUAL_TLS""#),
+    ("serviceCluster", r#""istio-proxy""#),
+    ("drainDuration", r#""45s""#),
+    ("terminationDrainDuration", r#""5s""#),
+    ("parentShutdownDuration", r#""60s""#),
+    ("discoveryAddress", r#""istiod.istio-system.svc:15012""#),
+    (
+        "tracing",
+        r#"{"zipkin":{"address":"zipkin.istio-system:9411"}}"#,
+    ),
+    ("proxyAdminPort", "15000"),
+    ("statNameLength", "189"),
+    ("statusPort", "15020"),
+    ("concurrency", "2"),
+    ("proxyMetadata", "{}"),
+];
+
+/// `PROXY_CONFIG` as Istio's injector writes it: the proxy's settings without the fields whose
+/// value is the agent's own default ([`AGENT_DEFAULTS`]). A revision's or another namespace's
+/// istiod is not the default address, so it stays.
+pub(crate) fn without_agent_defaults(config: &mut Map<String, Value>) {
+    for (field, default) in AGENT_DEFAULTS {
+        let default: Value = serde_json::from_str(default).unwrap_or(Value::Null);
+        if config.get(*field) == Some(&default) {
+            config.remove(*field);
+        }
+    }
+}
+
 /// An env var from the container's own resources with `divisor: "1"` written out, as Istio's
 /// templates write it since 1.28: whole CPUs (rounded up) for `limits.cpu`, bytes for memory.
 pub(crate) fn resource_env(name: &str, resource: &str) -> EnvVar {
@@ -219,6 +255,27 @@ mod tests {
         assert_eq!(
             e.value.as_deref(),
             Some(r#"{"discoveryAddress":"istiod.x.svc:15012"}"#)
+        );
+    }
+
+    #[test]
+    fn proxy_config_leaves_out_the_agents_defaults() {
+        let mut c = proxy_config(discovery_address("", "istio-system"));
+        c.insert("concurrency".into(), 2.into());
+        c.insert("holdApplicationUntilProxyStarts".into(), true.into());
+        c.insert("proxyMetadata".into(), serde_json::json!({}));
+        without_agent_defaults(&mut c);
+        assert_eq!(
+            Value::Object(c),
+            serde_json::json!({"holdApplicationUntilProxyStarts": true})
+        );
+        // Another istiod, another concurrency: the agent must be told.
+        let mut c = proxy_config(discovery_address("canary", "istio-system"));
+        c.insert("concurrency".into(), 4.into());
+        without_agent_defaults(&mut c);
+        assert_eq!(
+            Value::Object(c),
+            serde_json::json!({"discoveryAddress": "istiod-canary.istio-system.svc:15012", "concurrency": 4})
         );
     }
 
