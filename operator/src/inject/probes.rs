@@ -70,7 +70,10 @@ fn original_action(probe: &Probe, resolve: &impl Fn(&IntOrString) -> Option<i32>
     let timeout = probe.timeout_seconds.unwrap_or(1);
     if let Some(h) = &probe.http_get {
         let mut action = Map::new();
-        action.insert("path".into(), json!(h.path.as_deref().unwrap_or("/")));
+        // No path is written as none, as Istio writes the probe: the agent asks for `/`.
+        if let Some(path) = h.path.as_deref().filter(|p| !p.is_empty()) {
+            action.insert("path".into(), json!(path));
+        }
         action.insert("port".into(), json!(resolve(&h.port)?));
         action.insert(
             "scheme".into(),
