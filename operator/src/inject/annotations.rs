@@ -24,7 +24,16 @@ pub(crate) struct Settings {
     pub(crate) proxy_config: Map<String, Value>,
     pub(crate) rewrite_probes: bool,
     pub(crate) redirect: Redirect,
+    /// pilot-agent's status port (`status.sidecar.istio.io/port`): where rewritten probes and
+    /// the drain request go; 0 turns the proxy's readiness and startup probes off, as in Istio.
+    pub(crate) status_port: u16,
+    /// The proxy's readiness probe: initial delay, period and failure threshold
+    /// (`readiness.status.sidecar.istio.io/*`).
+    pub(crate) readiness: [i32; 3],
 }
+
+/// Istio's readiness defaults for the proxy: no initial delay, every 15 s, 4 failures.
+pub(crate) const READINESS_DEFAULTS: [i32; 3] = [0, 15, 4];
 
 /// The iptables redirect rules (flags of `istio-iptables`, or annotations the CNI agent reads).
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +48,12 @@ pub(crate) struct Redirect {
     pub(crate) exclude_outbound_ranges: String,
     pub(crate) include_outbound_ports: Option<String>,
     pub(crate) exclude_outbound_ports: Option<String>,
+    /// Virtual interfaces (KubeVirt VMs) whose traffic is redirected like the pod's own
+    /// (`istio-iptables -k`): `istio.io/reroute-virtual-interfaces`, else the older
+    /// `traffic.sidecar.istio.io/kubevirtInterfaces`, as Istio chooses.
+    pub(crate) virtual_interfaces: Option<String>,
+    /// Interfaces left out of capture (`istio-iptables -c`).
+    pub(crate) exclude_interfaces: Option<String>,
 }
 
 const LOG_LEVELS: [&str; 8] = [
@@ -137,6 +152,33 @@ pub(crate) fn settings(
         hold: hold_application,
     } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
 
+    let status_port = match get(keys::STATUS_PORT) {
+        None => ports::AGENT_STATUS,
+        Some(v) => v.trim().parse::<u16>().map_err(|_| {
+            InjectError::annotation(keys::STATUS_PORT, v, "expected a port number, 0 to 65535")
+        })?,
+    };
+    let mut readiness = READINESS_DEFAULTS;
+    for (i, key) in [
+        keys::READINESS_INITIAL_DELAY,
+        keys::READINESS_PERIOD,
+        keys::READINESS_FAILURE_THRESHOLD,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(v) = get(key) {
+            readiness[i] = v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| {
+                    InjectError::annotation(key, v, "expected a non-negative whole number")
+                })?;
+        }
+    }
+
     Ok(Settings {
         image,
         resources: resources(annotations, cfg)?,
@@ -145,7 +187,9 @@ pub(crate) fn settings(
         hold_application,
         proxy_config,
         rewrite_probes,
-        redirect: redirect(annotations)?,
+        redirect: redirect(annotations, status_port)?,
+        status_port,
+        readiness,
     })
 }
 
@@ -255,23 +299,32 @@ fn proxy_config(
     Ok(ProxyConfig { config, hold })
 }
 
-fn redirect(annotations: &BTreeMap<String, String>) -> Result<Redirect, InjectError> {
+fn redirect(
+    annotations: &BTreeMap<String, String>,
+    status_port: u16,
+) -> Result<Redirect, InjectError> {
     let get = |key: &str| annotations.get(key).map(String::as_str);
     // Istio's order: Envoy's own ports, the user's, then the agent's status port last.
     let user_ports = get(keys::EXCLUDE_INBOUND_PORTS)
         .map(|v| port_list(keys::EXCLUDE_INBOUND_PORTS, v, false))
         .transpose()?
         .unwrap_or_default();
-    let exclude_inbound_ports_annotation = if user_ports.is_empty() {
-        ports::AGENT_STATUS.to_string()
+    // The status port is excluded too, unless it is 0 or the user excluded it already.
+    let status = status_port.to_string();
+    let mut excluded: Vec<&str> = user_ports.split(',').filter(|p| !p.is_empty()).collect();
+    if status_port != 0 && !excluded.contains(&status.as_str()) {
+        excluded.push(&status);
+    }
+    let exclude_inbound_ports_annotation = excluded.join(",");
+    let exclude_inbound_ports = if exclude_inbound_ports_annotation.is_empty() {
+        format!("{},{}", ports::ENVOY_PROMETHEUS, ports::HEALTH)
     } else {
-        format!("{user_ports},{}", ports::AGENT_STATUS)
+        format!(
+            "{},{},{exclude_inbound_ports_annotation}",
+            ports::ENVOY_PROMETHEUS,
+            ports::HEALTH
+        )
     };
-    let exclude_inbound_ports = format!(
-        "{},{},{exclude_inbound_ports_annotation}",
-        ports::ENVOY_PROMETHEUS,
-        ports::HEALTH
-    );
     Ok(Redirect {
         include_inbound_ports: get(keys::INCLUDE_INBOUND_PORTS)
             .map(|v| port_list(keys::INCLUDE_INBOUND_PORTS, v, true))
@@ -293,6 +346,10 @@ fn redirect(annotations: &BTreeMap<String, String>) -> Result<Redirect, InjectEr
         exclude_outbound_ports: get(keys::EXCLUDE_OUTBOUND_PORTS)
             .map(|v| port_list(keys::EXCLUDE_OUTBOUND_PORTS, v, false))
             .transpose()?,
+        virtual_interfaces: get(keys::REROUTE_VIRTUAL_INTERFACES)
+            .or_else(|| get(keys::KUBEVIRT_INTERFACES))
+            .map(String::from),
+        exclude_interfaces: get(keys::EXCLUDE_INTERFACES).map(String::from),
     })
 }
 

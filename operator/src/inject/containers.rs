@@ -112,6 +112,7 @@ pub(crate) fn proxy(
     if !facts.probers.is_empty() {
         env_vars.push(env("ISTIO_KUBE_APP_PROBERS", to_json(facts.probers)));
     }
+    env_vars.extend(proxy_metadata_env(s));
 
     let exec = |command: &[&str]| LifecycleHandler {
         exec: Some(ExecAction {
@@ -122,7 +123,7 @@ pub(crate) fn proxy(
     let lifecycle = if native {
         // Kubernetes stops a native sidecar only after the app containers; preStop runs when the
         // pod starts shutting down, so Envoy drains its connections while the app finishes.
-        let debug_port = format!("--debug-port={}", ports::AGENT_STATUS);
+        let debug_port = format!("--debug-port={}", s.status_port);
         Some(Lifecycle {
             pre_stop: Some(exec(&[
                 "pilot-agent",
@@ -156,8 +157,15 @@ pub(crate) fn proxy(
         args: Some(args),
         env: Some(env_vars),
         ports: Some(vec![istio_proxy::envoy_prometheus_port()]),
-        readiness_probe: Some(health_probe(15, 4)),
-        startup_probe: Some(health_probe(1, 600)),
+        // Status port 0: no agent endpoint to probe, as in Istio.
+        readiness_probe: (s.status_port != 0).then(|| {
+            let [delay, period, failures] = s.readiness;
+            Probe {
+                initial_delay_seconds: Some(delay),
+                ..health_probe(period, failures)
+            }
+        }),
+        startup_probe: (s.status_port != 0).then(|| health_probe(1, 600)),
         resources: Some(s.resources.clone()),
         lifecycle,
         restart_policy: native.then(|| "Always".into()),
@@ -165,6 +173,20 @@ pub(crate) fn proxy(
         volume_mounts: Some(mounts),
         ..Default::default()
     }
+}
+
+/// The entries of PROXY_CONFIG's `proxyMetadata` as env vars, sorted by name: Istio sets them on
+/// the proxy (last) and on the capture init container, which reads some of them itself.
+fn proxy_metadata_env(s: &Settings) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+    let Some(Value::Object(metadata)) = s.proxy_config.get("proxyMetadata") else {
+        return Vec::new();
+    };
+    let mut entries: Vec<(&String, String)> = metadata
+        .iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), String::from)))
+        .collect();
+    entries.sort();
+    entries.into_iter().map(|(k, v)| env(k, v)).collect()
 }
 
 /// `istio-init` for iptables capture, `istio-validation` for CNI capture.
@@ -185,6 +207,12 @@ pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     }
     if let Some(p) = &r.exclude_outbound_ports {
         flag("-o", p.clone());
+    }
+    if let Some(i) = &r.virtual_interfaces {
+        flag("-k", i.clone());
+    }
+    if let Some(i) = &r.exclude_interfaces {
+        flag("-c", i.clone());
     }
     args.push(format!("--log_output_level={}", s.agent_log_level));
 
@@ -215,6 +243,7 @@ pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
         name: if cni { names::VALIDATION } else { names::INIT }.into(),
         image: Some(s.image.clone()),
         args: Some(args),
+        env: Some(proxy_metadata_env(s)).filter(|e| !e.is_empty()),
         resources: Some(s.resources.clone()),
         security_context: Some(security_context),
         ..Default::default()

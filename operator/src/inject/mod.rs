@@ -70,6 +70,15 @@ pub(crate) mod keys {
     pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
     pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
+    pub const READINESS_INITIAL_DELAY: &str =
+        "readiness.status.sidecar.istio.io/initialDelaySeconds";
+    pub const READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
+    pub const READINESS_FAILURE_THRESHOLD: &str =
+        "readiness.status.sidecar.istio.io/failureThreshold";
+    pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+    pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
+    pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
     pub const TLS_MODE: &str = "security.istio.io/tlsMode";
     pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
     pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";

@@ -6,12 +6,10 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
 
-use crate::istio_proxy::ports;
-
 /// Rewrites the HTTP, TCP and gRPC probes of `containers` and returns the originals keyed by the
 /// agent path, the value of `ISTIO_KUBE_APP_PROBERS`. Exec probes, and probes whose named port
 /// does not exist on the container, are left as they are.
-pub(crate) fn rewrite(containers: &mut [Container]) -> Map<String, Value> {
+pub(crate) fn rewrite(containers: &mut [Container], status_port: u16) -> Map<String, Value> {
     let mut probers = Map::new();
     for c in containers.iter_mut() {
         let Container {
@@ -51,7 +49,7 @@ pub(crate) fn rewrite(containers: &mut [Container]) -> Map<String, Value> {
             *probe = Probe {
                 http_get: Some(HTTPGetAction {
                     path: Some(path),
-                    port: IntOrString::Int(ports::AGENT_STATUS.into()),
+                    port: IntOrString::Int(status_port.into()),
                     ..Default::default()
                 }),
                 tcp_socket: None,
@@ -113,7 +111,7 @@ mod tests {
 
     fn rewritten() -> (Vec<Container>, Map<String, Value>) {
         let mut containers = typical_pod().spec.unwrap().containers;
-        let probers = rewrite(&mut containers);
+        let probers = rewrite(&mut containers, 15020);
         (containers, probers)
     }
 
@@ -173,7 +171,7 @@ mod tests {
             .unwrap()
             .port = IntOrString::String("nope".into());
         let before = containers[0].liveness_probe.clone();
-        let probers = rewrite(&mut containers);
+        let probers = rewrite(&mut containers, 15020);
         assert_eq!(containers[0].liveness_probe, before);
         assert!(!probers.contains_key("/app-health/reviews/livez"));
     }
@@ -186,7 +184,7 @@ mod tests {
                 "httpHeaders": [{"name": "X-Probe", "value": "1"}]}}
         }]))
         .unwrap();
-        let probers = rewrite(&mut containers);
+        let probers = rewrite(&mut containers, 15020);
         assert_eq!(
             probers["/app-health/api/readyz"],
             json!({"httpGet": {"path": "/ready", "port": 8443, "scheme": "HTTPS", "host": "localhost",

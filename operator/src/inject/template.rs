@@ -93,7 +93,7 @@ pub(super) fn inject_as(
         return Err(InjectError::InvalidPod("it has no spec".into()));
     };
     let probers = if settings.rewrite_probes {
-        probes::rewrite(&mut out_spec.containers)
+        probes::rewrite(&mut out_spec.containers, settings.status_port)
     } else {
         Default::default()
     };
@@ -513,6 +513,80 @@ mod tests {
         );
         let out = inject(&p, &classic).unwrap();
         assert_eq!(out.spec.unwrap().containers[0].name, "istio-proxy");
+    }
+
+    #[test]
+    fn status_port_readiness_interfaces_and_proxy_metadata_annotations() {
+        let c = InjectionConfig {
+            sidecar_mode: SidecarMode::Native,
+            ..cfg()
+        };
+        let p = pod_with(
+            &[],
+            &[
+                (keys::STATUS_PORT, "16000"),
+                (keys::READINESS_FAILURE_THRESHOLD, "300"),
+                (keys::KUBEVIRT_INTERFACES, "net1"),
+                (keys::REROUTE_VIRTUAL_INTERFACES, "net2"),
+                (keys::EXCLUDE_INTERFACES, "eth9"),
+                (keys::PROXY_CONFIG, "proxyMetadata: {B: two, A: one}"),
+            ],
+        );
+        let mut p = p;
+        p.spec.as_mut().unwrap().containers[0].readiness_probe = Some(
+            serde_json::from_value(json!({"httpGet": {"path": "/ok", "port": 8080}})).unwrap(),
+        );
+        let out = inject(&p, &c).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        let args = init.args.as_ref().unwrap().join(" ");
+        // The status port is excluded from capture; reroute wins over kubevirt for -k.
+        assert!(
+            args.contains("-d 15090,15021,16000 -k net2 -c eth9 "),
+            "{args}"
+        );
+        let names = |c: &Container| -> Vec<String> {
+            c.env.iter().flatten().map(|e| e.name.clone()).collect()
+        };
+        assert_eq!(names(init), ["A", "B"]);
+        let proxy = &spec.init_containers.as_ref().unwrap()[1];
+        assert_eq!(names(proxy).last().map(String::as_str), Some("B"));
+        let readiness = proxy.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            (readiness.period_seconds, readiness.failure_threshold),
+            (Some(15), Some(300))
+        );
+        let pre_stop = proxy.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        let command = pre_stop.exec.as_ref().unwrap().command.as_ref().unwrap();
+        assert!(
+            command.contains(&"--debug-port=16000".to_string()),
+            "{command:?}"
+        );
+        // Rewritten app probes go to the annotated status port.
+        let probe = spec.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(16000)
+        );
+
+        // Status port 0: no proxy probes, nothing extra excluded.
+        let out = inject(&pod_with(&[], &[(keys::STATUS_PORT, "0")]), &c).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        let proxy = &spec.init_containers.as_ref().unwrap()[1];
+        assert!(proxy.readiness_probe.is_none() && proxy.startup_probe.is_none());
+        let args = spec.init_containers.as_ref().unwrap()[0]
+            .args
+            .as_ref()
+            .unwrap()
+            .join(" ");
+        assert!(args.contains("-d 15090,15021 "), "{args}");
+
+        for (key, bad) in [(keys::STATUS_PORT, "70000"), (keys::READINESS_PERIOD, "-1")] {
+            let err = inject(&pod_with(&[], &[(key, bad)]), &c)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -23,7 +23,9 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
         | "DaemonSet"
         | "ReplicaSet"
         | "ReplicationController"
-        | "Job" => Some("/spec/template"),
+        | "Job"
+        // OpenShift's (apps.openshift.io/v1, and the legacy v1), which Istio's injector knows.
+        | "DeploymentConfig" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
         _ => None,
     }
@@ -321,6 +323,7 @@ mod tests {
             ("ReplicaSet", "/spec/template/spec"),
             ("Job", "/spec/template/spec"),
             ("CronJob", "/spec/jobTemplate/spec/template/spec"),
+            ("DeploymentConfig", "/spec/template/spec"),
         ];
         for (kind, spec_at) in docs {
             let doc = if kind == "CronJob" {
