@@ -163,9 +163,18 @@ async fn webhook_injects_over_tls_and_honours_failure_policy() {
         )
         .await
         .unwrap();
-    let admitted = create("injected", pod("admitted", json!({}), false))
-        .await
-        .unwrap();
+    // The API server sees the new policy once its own watch of webhook configurations catches
+    // up: until then a refusal is the old policy, not a failure.
+    let admitted = meshop_testenv::wait_until(
+        "pod admitted under failurePolicy Ignore",
+        Duration::from_secs(30),
+        || async {
+            create("injected", pod("admitted", json!({}), false))
+                .await
+                .map_err(anyhow::Error::from)
+        },
+    )
+    .await;
     assert!(
         !has_sidecar(&admitted),
         "with Ignore and no webhook the pod is admitted as it is"
