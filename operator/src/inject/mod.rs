@@ -70,6 +70,7 @@ pub(crate) mod keys {
     pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
     pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    pub const TEMPLATES: &str = "inject.istio.io/templates";
     pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
     pub const READINESS_INITIAL_DELAY: &str =
         "readiness.status.sidecar.istio.io/initialDelaySeconds";

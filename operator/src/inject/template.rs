@@ -33,6 +33,43 @@ pub fn inject(pod: &Pod, cfg: &InjectionConfig) -> Result<Pod, InjectError> {
     inject_as(pod, cfg, None, None)
 }
 
+/// The templates of Istio's injector configuration (release-1.31), which a pod chooses with
+/// `inject.istio.io/templates`.
+const ISTIO_TEMPLATES: &[&str] = &[
+    "sidecar",
+    "gateway",
+    "grpc-simple",
+    "grpc-agent",
+    "waypoint",
+    "kube-gateway",
+    "agentgateway",
+    "agentgateway-waypoint",
+];
+
+/// A pod naming a template is injected only with what meshop has: `sidecar` (the default), and
+/// `gateway` with the pod's own proxy container. A name Istio does not know is refused as Istio
+/// refuses it; one Istio has and meshop does not is refused too, by name, rather than injected
+/// with the wrong proxy.
+fn check_templates(annotations: &BTreeMap<String, String>) -> Result<(), InjectError> {
+    let Some(value) = annotations.get(keys::TEMPLATES) else {
+        return Ok(());
+    };
+    for name in value.split(',').map(str::trim) {
+        if matches!(name, "sidecar" | "gateway") {
+            continue;
+        }
+        let reason = if ISTIO_TEMPLATES.contains(&name) {
+            format!(
+                "meshop does not have Istio's {name:?} template; it injects sidecar and gateway"
+            )
+        } else {
+            format!("requested template {name:?} not found; have sidecar, gateway")
+        };
+        return Err(InjectError::annotation(keys::TEMPLATES, value, reason));
+    }
+    Ok(())
+}
+
 /// [`inject`] in a cluster whose nodes' kubelets are `kubelets`: `sidecarMode: auto` is decided
 /// by them, as Istio decides it.
 pub fn inject_on(
@@ -56,6 +93,7 @@ pub(super) fn inject_as(
     if pod_annotations.contains_key(keys::STATUS) {
         return Ok(pod.clone());
     }
+    check_templates(pod_annotations)?;
     let spec = pod
         .spec
         .as_ref()
@@ -586,6 +624,25 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn templates_meshop_lacks_are_refused_by_name() {
+        let c = cfg();
+        assert!(inject(&pod_with(&[], &[(keys::TEMPLATES, "sidecar")]), &c).is_ok());
+        for (value, says) in [
+            ("custom", "requested template \"custom\" not found"),
+            ("sidecar,spire", "requested template \"spire\" not found"),
+            (
+                "grpc-agent",
+                "meshop does not have Istio's \"grpc-agent\" template",
+            ),
+        ] {
+            let err = inject(&pod_with(&[], &[(keys::TEMPLATES, value)]), &c)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says) && err.contains(keys::TEMPLATES), "{err}");
         }
     }
 
