@@ -25,6 +25,9 @@ pub(crate) struct PodFacts<'a> {
     pub(crate) app_containers: &'a [Container],
     /// `ISTIO_KUBE_APP_PROBERS`, empty when no probe was rewritten.
     pub(crate) probers: &'a Map<String, Value>,
+    /// The pod's `service.istio.io/workload-name` label, which names the workload in telemetry
+    /// (`ISTIO_META_WORKLOAD_NAME`) in place of its controller's name, as in Istio.
+    pub(crate) workload_name_label: Option<&'a str>,
 }
 
 fn health_probe(period: i32, failures: i32) -> Probe {
@@ -103,7 +106,10 @@ pub(crate) fn proxy(
         istio_proxy::cluster_env(),
         vec![env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT")],
         istio_proxy::workload_env(
-            &facts.workload.name,
+            facts
+                .workload_name_label
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&facts.workload.name),
             facts.workload.owner_uri(facts.namespace),
         ),
         istio_proxy::trust_domain_env(&cfg.trust_domain),
@@ -275,6 +281,7 @@ mod tests {
             workload: &w,
             app_containers: &apps,
             probers: &probers,
+            workload_name_label: None,
         };
         let native = is_native(None, c.sidecar_mode, None, None).unwrap();
         (proxy(&s, c, &facts, native), init(&s, c))

@@ -18,6 +18,7 @@ pub(crate) fn rewrite(containers: &mut [Container], status_port: u16) -> Map<Str
             liveness_probe,
             readiness_probe,
             startup_probe,
+            lifecycle,
             ..
         } = c;
         let resolve = |port: &IntOrString| -> Option<i32> {
@@ -57,6 +58,34 @@ pub(crate) fn rewrite(containers: &mut [Container], status_port: u16) -> Map<Str
                 exec: None,
                 ..probe.clone()
             };
+        }
+        // HTTP and TCP lifecycle hooks go through the agent too (`/app-lifecycle/...`), as in
+        // Istio: the kubelet's plain request would meet the same mTLS as a probe's.
+        if let Some(lifecycle) = lifecycle.as_mut() {
+            for (hook, kind) in [
+                (&mut lifecycle.post_start, "poststartz"),
+                (&mut lifecycle.pre_stop, "prestopz"),
+            ] {
+                let Some(handler) = hook.as_mut() else {
+                    continue;
+                };
+                let as_probe = Probe {
+                    http_get: handler.http_get.clone(),
+                    tcp_socket: handler.tcp_socket.clone(),
+                    ..Default::default()
+                };
+                let Some(original) = original_action(&as_probe, &resolve) else {
+                    continue;
+                };
+                let path = format!("/app-lifecycle/{name}/{kind}");
+                probers.insert(path.clone(), original);
+                handler.http_get = Some(HTTPGetAction {
+                    path: Some(path),
+                    port: IntOrString::Int(status_port.into()),
+                    ..Default::default()
+                });
+                handler.tcp_socket = None;
+            }
         }
     }
     probers

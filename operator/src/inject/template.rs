@@ -131,7 +131,20 @@ pub(super) fn inject_as(
         return Err(InjectError::InvalidPod("it has no spec".into()));
     };
     let probers = if settings.rewrite_probes {
-        probes::rewrite(&mut out_spec.containers, settings.status_port)
+        let mut probers = probes::rewrite(&mut out_spec.containers, settings.status_port);
+        // The pod's own native sidecars are probed like its containers, as in Istio.
+        for c in out_spec
+            .init_containers
+            .iter_mut()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        {
+            probers.extend(probes::rewrite(
+                std::slice::from_mut(c),
+                settings.status_port,
+            ));
+        }
+        probers
     } else {
         Default::default()
     };
@@ -140,6 +153,12 @@ pub(super) fn inject_as(
         workload: &workload,
         app_containers: &out_spec.containers,
         probers: &probers,
+        workload_name_label: pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("service.istio.io/workload-name"))
+            .map(String::as_str),
     };
     let proxy = containers::proxy(&settings, cfg, &facts, native);
     let init = containers::init(&settings, cfg);
@@ -625,6 +644,67 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn native_sidecars_hooks_and_the_workload_name_label_follow_istio() {
+        let mut p = pod_with(&[("service.istio.io/workload-name", "billing")], &[]);
+        let spec = p.spec.as_mut().unwrap();
+        spec.containers[0].lifecycle = Some(
+            serde_json::from_value(json!({
+                "preStop": {"httpGet": {"port": 91}},
+                "postStart": {"tcpSocket": {"port": 93}}
+            }))
+            .unwrap(),
+        );
+        spec.init_containers = Some(vec![
+            serde_json::from_value(
+                json!({"name": "helper", "image": "h", "restartPolicy": "Always",
+                "readinessProbe": {"httpGet": {"port": 3333}}}),
+            )
+            .unwrap(),
+        ]);
+        let out = inject(&p, &cfg()).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        let proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == "istio-proxy")
+            .unwrap();
+        let env = |name: &str| -> String {
+            proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(env("ISTIO_META_WORKLOAD_NAME"), "billing");
+        let probers: Value = serde_json::from_str(&env("ISTIO_KUBE_APP_PROBERS")).unwrap();
+        assert_eq!(
+            probers,
+            json!({
+                "/app-health/helper/readyz": {"httpGet": {"port": 3333, "scheme": "HTTP"}, "timeoutSeconds": 1},
+                "/app-lifecycle/app/prestopz": {"httpGet": {"port": 91, "scheme": "HTTP"}, "timeoutSeconds": 1},
+                "/app-lifecycle/app/poststartz": {"tcpSocket": {"port": 93}, "timeoutSeconds": 1},
+            })
+        );
+        let hooks = spec.containers.iter().find(|c| c.name == "app").unwrap();
+        let pre_stop = hooks.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert_eq!(
+            pre_stop.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/app-lifecycle/app/prestopz")
+        );
+        let post_start = hooks
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .post_start
+            .as_ref()
+            .unwrap();
+        assert!(post_start.tcp_socket.is_none() && post_start.http_get.is_some());
     }
 
     #[test]
