@@ -193,6 +193,15 @@ pub(crate) fn settings(
     })
 }
 
+/// A boolean as Go's `strconv.ParseBool` reads it (Istio reads some annotations so).
+pub(crate) fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "True" | "TRUE" => Some(true),
+        "0" | "f" | "F" | "false" | "False" | "FALSE" => Some(false),
+        _ => None,
+    }
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "true" | "True" | "TRUE" => Some(true),

@@ -160,7 +160,14 @@ pub(super) fn inject_as(
             .and_then(|l| l.get("service.istio.io/workload-name"))
             .map(String::as_str),
     };
-    let proxy = containers::proxy(&settings, cfg, &facts, native);
+    let mut proxy = containers::proxy(&settings, cfg, &facts, native);
+    if let Some(app) = merge_prometheus(out.metadata.annotations.get_or_insert_with(BTreeMap::new))
+    {
+        proxy
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(crate::k8s::env("ISTIO_PROMETHEUS_ANNOTATIONS", app));
+    }
     let init = containers::init(&settings, cfg);
     let first_app = spec.containers[0].name.clone();
 
@@ -300,24 +307,87 @@ fn set_annotations(
     annotations
         .entry(keys::DEFAULT_LOGS_CONTAINER.into())
         .or_insert_with(|| first_app.into());
-    // The agent serves Envoy's and (merged) the app's metrics on its status port. A pod that
-    // already says anything about scraping keeps its own settings.
-    let prometheus = [
-        keys::PROMETHEUS_SCRAPE,
-        keys::PROMETHEUS_PORT,
-        keys::PROMETHEUS_PATH,
-    ];
-    if !prometheus.iter().any(|k| annotations.contains_key(*k)) {
-        annotations.insert(keys::PROMETHEUS_SCRAPE.into(), "true".into());
-        annotations.insert(
-            keys::PROMETHEUS_PORT.into(),
-            ports::AGENT_STATUS.to_string(),
-        );
-        annotations.insert(
-            keys::PROMETHEUS_PATH.into(),
-            istio_proxy::PROMETHEUS_PATH.into(),
-        );
+}
+
+/// A Prometheus annotation key as Prometheus reads it (its label-name form): `prometheus.io/scrape`
+/// and `prometheus.io.scrape` are the same key to it.
+fn prometheus_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Prometheus merge, as Istio does it: the agent serves Envoy's and the app's metrics together on
+/// its status port. Unless the pod says `scrape: false` (in any spelling Prometheus reads) or is
+/// merged already, the pod's own `prometheus.io/*` settings (and Istio's
+/// `prometheus.istio.io/scrape-targets`) move into the JSON returned for the proxy's
+/// `ISTIO_PROMETHEUS_ANNOTATIONS` (`None` when the pod had none), and the annotations point at
+/// the agent.
+fn merge_prometheus(annotations: &mut BTreeMap<String, String>) -> Option<String> {
+    const SCRAPE: &str = "prometheus_io_scrape";
+    const PORT: &str = "prometheus_io_port";
+    const PATH: &str = "prometheus_io_path";
+    const TARGETS: &str = "prometheus_istio_io_scrape_targets";
+    let scrape = annotations
+        .iter()
+        .find(|(k, v)| prometheus_key(k) == SCRAPE && annotations::parse_go_bool(v).is_some())
+        .and_then(|(_, v)| annotations::parse_go_bool(v));
+    if scrape == Some(false) {
+        return None;
     }
+    let agent_port = ports::AGENT_STATUS.to_string();
+    if annotations.get(keys::PROMETHEUS_PORT) == Some(&agent_port) {
+        return None;
+    }
+    let mut app = serde_json::Map::new();
+    for (field, key) in [("scrape", SCRAPE), ("path", PATH), ("port", PORT)] {
+        let value = annotations
+            .iter()
+            .find(|(k, _)| prometheus_key(k) == key)
+            .map_or(String::new(), |(_, v)| v.clone());
+        app.insert(field.into(), value.into());
+    }
+    let targets: Vec<serde_json::Value> = annotations
+        .iter()
+        .find(|(k, _)| prometheus_key(k) == TARGETS)
+        .map(|(_, v)| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    let (port, path) = t.split_once(':').unwrap_or((t, ""));
+                    let path = if path.is_empty() { "/metrics" } else { path };
+                    serde_json::json!({ "port": port.trim(), "path": path })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(first) = targets.first() {
+        // The single-target fields, for agents that read only those: the first target.
+        for field in ["port", "path"] {
+            if app[field] == "" {
+                app.insert(field.into(), first[field].clone());
+            }
+        }
+        app.insert("targets".into(), serde_json::Value::Array(targets));
+    }
+    let had_any = app
+        .values()
+        .any(|v| v.as_str().is_none_or(|s| !s.is_empty()));
+    annotations.retain(|k, _| ![SCRAPE, PORT, PATH, TARGETS].contains(&prometheus_key(k).as_str()));
+    annotations.insert(keys::PROMETHEUS_PORT.into(), agent_port);
+    annotations.insert(
+        keys::PROMETHEUS_PATH.into(),
+        istio_proxy::PROMETHEUS_PATH.into(),
+    );
+    annotations.insert(keys::PROMETHEUS_SCRAPE.into(), "true".into());
+    had_any.then(|| serde_json::Value::Object(app).to_string())
 }
 
 /// With CNI capture the node agent programs the redirect, reading these annotations: write the
@@ -705,6 +775,49 @@ mod tests {
             .as_ref()
             .unwrap();
         assert!(post_start.tcp_socket.is_none() && post_start.http_get.is_some());
+    }
+
+    #[test]
+    fn prometheus_settings_merge_into_the_agent_as_istio_merges_them() {
+        let merged = |pairs: &[(&str, &str)]| {
+            let mut a: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let env = merge_prometheus(&mut a);
+            (a, env.map(|e| serde_json::from_str::<Value>(&e).unwrap()))
+        };
+        // Nothing said: the agent is scraped, no app endpoint to merge.
+        let (a, env) = merged(&[]);
+        assert_eq!(a[keys::PROMETHEUS_PORT], "15020");
+        assert_eq!(env, None);
+        // The app's own endpoint moves into the agent's environment.
+        let (a, env) = merged(&[
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", "8383"),
+            ("prometheus.io/path", "/manage"),
+        ]);
+        assert_eq!(
+            (
+                a[keys::PROMETHEUS_PORT].as_str(),
+                a[keys::PROMETHEUS_PATH].as_str()
+            ),
+            ("15020", "/stats/prometheus")
+        );
+        assert_eq!(
+            env,
+            Some(json!({"scrape": "true", "port": "8383", "path": "/manage"}))
+        );
+        // Several targets: the first also fills the single-target fields.
+        let (a, env) = merged(&[("prometheus.istio.io/scrape-targets", "8080:/m, 9100")]);
+        assert!(!a.contains_key("prometheus.istio.io/scrape-targets"));
+        assert_eq!(
+            env.unwrap()["targets"],
+            json!([{"port": "8080", "path": "/m"}, {"port": "9100", "path": "/metrics"}])
+        );
+        // scrape false in any spelling Prometheus reads: left alone.
+        let (a, env) = merged(&[("prometheus.io.scrape", "false")]);
+        assert_eq!((a.len(), env), (1, None));
     }
 
     #[test]
