@@ -12,6 +12,7 @@ mod annotations;
 mod containers;
 mod identity;
 mod native;
+mod overrides;
 mod patch;
 mod patch_json;
 mod probes;
@@ -64,6 +65,7 @@ pub(crate) mod keys {
     pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
     pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
     pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+    pub const OVERRIDES: &str = "proxy.istio.io/overrides";
     pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
     pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
     pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use super::identity::{self, Workload};
 use super::native::{self, Kubelets};
-use super::{InjectError, InjectionConfig, annotations, containers, keys, names, probes};
+use super::{
+    InjectError, InjectionConfig, annotations, containers, keys, names, overrides, probes,
+};
 use crate::api::TrafficCapture;
 use crate::istio_proxy::{self, ports};
 use crate::revision;
@@ -64,12 +66,6 @@ pub(super) fn inject_as(
         return Err(InjectError::InvalidPod("it has no containers".into()));
     }
     let added_volumes = added_volumes();
-    check_names(
-        &spec.containers,
-        spec.init_containers.as_deref().unwrap_or_default(),
-        spec.volumes.iter().flatten().map(|v| v.name.as_str()),
-        &added_volumes,
-    )?;
 
     let settings = annotations::settings(pod_annotations, cfg)?;
     let native = native::is_native(
@@ -92,6 +88,31 @@ pub(super) fn inject_as(
     let Some(out_spec) = out.spec.as_mut() else {
         return Err(InjectError::InvalidPod("it has no spec".into()));
     };
+    // The pod's own versions of the containers injection adds, merged over them below (Istio's
+    // container overrides): istio-proxy from the containers (or, native, the init containers),
+    // the redirect container from the init containers.
+    let cni = cfg.traffic_capture == TrafficCapture::Cni;
+    let init_name = if cni { names::VALIDATION } else { names::INIT };
+    let own_proxy = take(&mut out_spec.containers, names::PROXY).or_else(|| {
+        native
+            .then(|| {
+                take(
+                    out_spec.init_containers.get_or_insert_with(Vec::new),
+                    names::PROXY,
+                )
+            })
+            .flatten()
+    });
+    let own_init = take(
+        out_spec.init_containers.get_or_insert_with(Vec::new),
+        init_name,
+    );
+    check_names(
+        &out_spec.containers,
+        out_spec.init_containers.as_deref().unwrap_or_default(),
+        spec.volumes.iter().flatten().map(|v| v.name.as_str()),
+        &added_volumes,
+    )?;
     let probers = if settings.rewrite_probes {
         probes::rewrite(&mut out_spec.containers)
     } else {
@@ -100,12 +121,37 @@ pub(super) fn inject_as(
     let facts = containers::PodFacts {
         namespace,
         workload: &workload,
-        app_containers: &out_spec.containers,
+        app_containers: &spec.containers,
         probers: &probers,
     };
-    let proxy = containers::proxy(&settings, cfg, &facts, native);
-    let init = containers::init(&settings, cfg);
-    let first_app = spec.containers[0].name.clone();
+    let mut proxy = containers::proxy(&settings, cfg, &facts, native);
+    let mut init = containers::init(&settings, cfg);
+    let (mut proxy_overlay, mut init_overlay) = (None, None);
+    if let Some(own) = &own_proxy {
+        let (merged, overlay) = overrides::apply(&proxy, own)?;
+        proxy = merged;
+        proxy_overlay = Some(overlay);
+        // Istio appends the app probers after the merge: they stay the last variable.
+        if let Some(env) = proxy.env.as_mut()
+            && let Some(i) = env.iter().position(|e| e.name == "ISTIO_KUBE_APP_PROBERS")
+        {
+            let probers = env.remove(i);
+            env.push(probers);
+        }
+    }
+    if let Some(own) = &own_init {
+        let (merged, overlay) = overrides::apply(&init, own)?;
+        init = merged;
+        init_overlay = Some(overlay);
+    }
+    if let Some(own) = &own_proxy {
+        overrides::adjust_init_user(&mut init, own, cni);
+    }
+    let first_app = spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .find(|n| *n != names::PROXY);
 
     let mut status = Status {
         init_containers: vec![if cfg.traffic_capture == TrafficCapture::Cni {
@@ -156,7 +202,21 @@ pub(super) fn inject_as(
         &workload,
     );
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    set_annotations(annotations, &first_app, cfg);
+    set_annotations(annotations, first_app, cfg);
+    // Istio's template order: containers, then init containers (redirect first, then a native
+    // proxy).
+    let mut container_overlays = Vec::new();
+    let mut init_overlays: Vec<_> = init_overlay.into_iter().collect();
+    match native {
+        true => init_overlays.extend(proxy_overlay),
+        false => container_overlays.extend(proxy_overlay),
+    }
+    if !container_overlays.is_empty() || !init_overlays.is_empty() {
+        annotations.insert(
+            keys::OVERRIDES.into(),
+            overrides::annotation(container_overlays, init_overlays),
+        );
+    }
     if cfg.traffic_capture == TrafficCapture::Cni {
         set_cni_annotations(annotations, &settings.redirect);
     }
@@ -175,7 +235,15 @@ fn added_volumes() -> Vec<k8s_openapi::api::core::v1::Volume> {
     v
 }
 
-/// Refuses a pod that already uses a name the sidecar needs (one pass over the pod).
+/// Removes the container named `name` from `list` and returns it.
+fn take(list: &mut Vec<Container>, name: &str) -> Option<Container> {
+    let i = list.iter().position(|c| c.name == name)?;
+    Some(list.remove(i))
+}
+
+/// Refuses a pod that still uses a name the sidecar needs once its own versions of the injected
+/// containers are taken out (one pass over the pod): a second `istio-proxy`, an `istio-proxy`
+/// init container in classic mode, the other mode's redirect container, an injected volume name.
 fn check_names<'a>(
     containers: &[Container],
     init_containers: &[Container],
@@ -233,16 +301,19 @@ fn canonical_name(name: &str) -> &str {
 
 fn set_annotations(
     annotations: &mut BTreeMap<String, String>,
-    first_app: &str,
+    first_app: Option<&str>,
     cfg: &InjectionConfig,
 ) {
     annotations.insert(keys::REV.into(), revision::name(&cfg.revision).into());
-    annotations
-        .entry(keys::DEFAULT_CONTAINER.into())
-        .or_insert_with(|| first_app.into());
-    annotations
-        .entry(keys::DEFAULT_LOGS_CONTAINER.into())
-        .or_insert_with(|| first_app.into());
+    // The first container that is not the pod's own istio-proxy; none, no default.
+    if let Some(first_app) = first_app {
+        annotations
+            .entry(keys::DEFAULT_CONTAINER.into())
+            .or_insert_with(|| first_app.into());
+        annotations
+            .entry(keys::DEFAULT_LOGS_CONTAINER.into())
+            .or_insert_with(|| first_app.into());
+    }
     // The agent serves Envoy's and (merged) the app's metrics on its status port. A pod that
     // already says anything about scraping keeps its own settings.
     let prometheus = [
@@ -725,11 +796,14 @@ mod tests {
 
     #[test]
     fn name_conflicts_are_refused() {
+        // A second istio-proxy (the first is the pod's own override).
         let mut p = pod_with(&[], &[]);
-        p.spec.as_mut().unwrap().containers.push(Container {
-            name: "istio-proxy".into(),
-            ..Default::default()
-        });
+        for _ in 0..2 {
+            p.spec.as_mut().unwrap().containers.push(Container {
+                name: "istio-proxy".into(),
+                ..Default::default()
+            });
+        }
         assert!(matches!(
             inject(&p, &cfg()),
             Err(InjectError::NameConflict {
@@ -737,12 +811,161 @@ mod tests {
                 ..
             })
         ));
+        // The other capture mode's redirect container.
+        let mut p = pod_with(&[], &[]);
+        p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+            name: "istio-validation".into(),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            inject(&p, &cfg()),
+            Err(InjectError::NameConflict { name, .. }) if name == "istio-validation"
+        ));
         let mut p = typical_pod();
         p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].name = "istio-envoy".into();
         assert!(matches!(
             inject(&p, &cfg()),
             Err(InjectError::NameConflict { kind: "volume", .. })
         ));
+    }
+
+    /// The pod of Istio's `proxy-override-runas.yaml` with an `istio-init` of its own.
+    fn pod_with_own_proxy() -> Pod {
+        let mut p = typical_pod();
+        let spec = p.spec.as_mut().unwrap();
+        spec.containers.insert(
+            1,
+            serde_json::from_value(json!({
+                "name": "istio-proxy",
+                "image": "auto",
+                "args": ["-c", "my-config.yaml"],
+                "securityContext": {"runAsUser": 1234, "runAsGroup": 4321},
+            }))
+            .unwrap(),
+        );
+        spec.init_containers.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(json!({"name": "istio-init", "image": "fake/custom-image"}))
+                .unwrap(),
+        );
+        p
+    }
+
+    #[test]
+    fn a_pods_own_istio_proxy_is_merged_over_the_injected_one() {
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
+        let out = inject(&pod_with_own_proxy(), &classic).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            names_of(&Some(spec.containers.clone())),
+            ["reviews", "sidecar-logger", "istio-proxy"],
+            "one istio-proxy, last"
+        );
+        assert_eq!(names_of(&spec.init_containers), ["migrate", "istio-init"]);
+        let proxy = &spec.containers[2];
+        assert_eq!(
+            proxy.image.as_deref(),
+            Some("docker.io/istio/proxyv2:1.28.2")
+        );
+        assert_eq!(proxy.args.as_ref().unwrap(), &["-c", "my-config.yaml"]);
+        let sc = proxy.security_context.as_ref().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1234), Some(4321)));
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "the template's own fields stay"
+        );
+        assert!(proxy.readiness_probe.is_some() && proxy.env.is_some());
+        let env = |n: &str| {
+            proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env("ISTIO_META_APP_CONTAINERS").unwrap(),
+            "reviews,sidecar-logger"
+        );
+        let init = &spec.init_containers.as_ref().unwrap()[1];
+        assert_eq!(init.image.as_deref(), Some("fake/custom-image"));
+        let args = init.args.as_ref().unwrap();
+        let u = args.iter().position(|a| a == "-u").unwrap();
+        assert_eq!(
+            args[u + 1],
+            "1234",
+            "the redirect exempts the proxy's own uid"
+        );
+        let a = out.metadata.annotations.as_ref().unwrap();
+        let overrides: Value = serde_json::from_str(&a[keys::OVERRIDES]).unwrap();
+        assert_eq!(
+            overrides,
+            json!({
+                "containers": [{
+                    "name": "istio-proxy",
+                    "args": ["-c", "my-config.yaml"],
+                    "resources": {},
+                    "securityContext": {"runAsUser": 1234, "runAsGroup": 4321},
+                }],
+                "initContainers": [{"name": "istio-init", "image": "fake/custom-image", "resources": {}}],
+            })
+        );
+        assert_eq!(status_of(&out)["containers"], json!(["istio-proxy"]));
+
+        // Native: the pod's istio-proxy becomes the native sidecar, recorded as an init container.
+        let out = inject(&pod_with_own_proxy(), &cfg()).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            names_of(&Some(spec.containers.clone())),
+            ["reviews", "sidecar-logger"]
+        );
+        assert_eq!(
+            names_of(&spec.init_containers),
+            ["istio-init", "istio-proxy", "migrate"]
+        );
+        let overrides: Value =
+            serde_json::from_str(&out.metadata.annotations.as_ref().unwrap()[keys::OVERRIDES])
+                .unwrap();
+        let names: Vec<&str> = overrides["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["istio-init", "istio-proxy"]);
+        assert!(overrides.get("containers").is_none());
+    }
+
+    #[test]
+    fn a_pod_of_only_its_own_proxy_has_no_default_container() {
+        let mut p = typical_pod();
+        p.spec.as_mut().unwrap().containers = vec![Container {
+            name: "istio-proxy".into(),
+            image: Some("auto".into()),
+            ..Default::default()
+        }];
+        let out = inject(&p, &cfg()).unwrap();
+        let a = out.metadata.annotations.as_ref().unwrap();
+        assert!(!a.contains_key(keys::DEFAULT_CONTAINER));
+        assert_eq!(
+            a[keys::OVERRIDES],
+            r#"{"containers":[{"name":"istio-proxy","resources":{}}]}"#
+                .replace("containers", "initContainers")
+        );
+        let proxy = &out.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[1];
+        let apps = proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ISTIO_META_APP_CONTAINERS")
+            .unwrap();
+        assert_eq!(
+            apps.value, None,
+            "no app container: no value, as Go writes it"
+        );
     }
 
     #[test]
