@@ -107,6 +107,10 @@ pub(super) fn inject_as(
         out_spec.init_containers.get_or_insert_with(Vec::new),
         init_name,
     );
+    let other_redirect = take(
+        out_spec.init_containers.get_or_insert_with(Vec::new),
+        if cni { names::INIT } else { names::VALIDATION },
+    );
     check_names(
         &out_spec.containers,
         out_spec.init_containers.as_deref().unwrap_or_default(),
@@ -169,11 +173,18 @@ pub(super) fn inject_as(
     // pod's own, which so run inside the mesh. Classic: istio-validation first (it must hold back
     // everything else until the CNI redirect is in place), istio-init last, so the pod's own init
     // containers are not black-holed by a redirect to a proxy that is not running yet.
+    // A pod's own init container named like the other mode's redirect container is no override;
+    // Istio orders it by its name all the same.
     let own_inits = out_spec.init_containers.take().unwrap_or_default();
-    let mut inits = Vec::with_capacity(own_inits.len() + 2);
+    let (init_named, validation_named) = match cni {
+        true => (other_redirect, Some(init)),
+        false => (Some(init), other_redirect),
+    };
+    let mut inits = Vec::with_capacity(own_inits.len() + 3);
     if native {
         status.init_containers.push(names::PROXY);
-        inits.push(init);
+        inits.extend(init_named);
+        inits.extend(validation_named);
         inits.push(proxy);
         inits.extend(own_inits);
     } else {
@@ -183,13 +194,9 @@ pub(super) fn inject_as(
         } else {
             out_spec.containers.push(proxy);
         }
-        if cfg.traffic_capture == TrafficCapture::Cni {
-            inits.push(init);
-            inits.extend(own_inits);
-        } else {
-            inits.extend(own_inits);
-            inits.push(init);
-        }
+        inits.extend(validation_named);
+        inits.extend(own_inits);
+        inits.extend(init_named);
     }
     out_spec.init_containers = Some(inits);
     out_spec
@@ -811,15 +818,19 @@ mod tests {
                 ..
             })
         ));
-        // The other capture mode's redirect container.
+        // An istio-proxy init container in classic mode, next to the injected container.
         let mut p = pod_with(&[], &[]);
         p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
-            name: "istio-validation".into(),
+            name: "istio-proxy".into(),
             ..Default::default()
         }]);
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
         assert!(matches!(
-            inject(&p, &cfg()),
-            Err(InjectError::NameConflict { name, .. }) if name == "istio-validation"
+            inject(&p, &classic),
+            Err(InjectError::NameConflict { name, .. }) if name == "istio-proxy"
         ));
         let mut p = typical_pod();
         p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].name = "istio-envoy".into();
