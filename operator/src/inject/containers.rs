@@ -29,7 +29,7 @@ pub(crate) struct PodFacts<'a> {
     pub(crate) probers: &'a Map<String, Value>,
 }
 
-fn health_probe(period: i32, failures: i32) -> Probe {
+pub(super) fn health_probe(period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(istio_proxy::READY_PATH.into()),
@@ -62,7 +62,7 @@ fn unprivileged() -> SecurityContext {
 }
 
 /// Serialises a value that is always representable as JSON (maps of strings, typed structs).
-fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 

@@ -10,6 +10,7 @@
 
 mod annotations;
 mod containers;
+mod gateway;
 mod identity;
 mod native;
 mod overrides;
@@ -66,6 +67,7 @@ pub(crate) mod keys {
     pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
     pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
     pub const OVERRIDES: &str = "proxy.istio.io/overrides";
+    pub const TEMPLATES: &str = "inject.istio.io/templates";
     pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
     pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
     pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::identity::{self, Workload};
 use super::native::{self, Kubelets};
 use super::{
-    InjectError, InjectionConfig, annotations, containers, keys, names, overrides, probes,
+    InjectError, InjectionConfig, annotations, containers, gateway, keys, names, overrides, probes,
 };
 use crate::api::TrafficCapture;
 use crate::istio_proxy::{self, ports};
@@ -65,9 +65,9 @@ pub(super) fn inject_as(
     if spec.containers.is_empty() {
         return Err(InjectError::InvalidPod("it has no containers".into()));
     }
-    let added_volumes = added_volumes();
-
     let settings = annotations::settings(pod_annotations, cfg)?;
+    // Istio's gateway template: a router proxy in the containers, no redirect.
+    let gateway = gateway::requested(pod_annotations.get(keys::TEMPLATES).map(String::as_str));
     let native = native::is_native(
         pod_annotations
             .get(keys::NATIVE_SIDECAR)
@@ -75,7 +75,11 @@ pub(super) fn inject_as(
         cfg.sidecar_mode,
         kubelets,
         spec.node_name.as_deref(),
-    )?;
+    )? && !gateway;
+    let added_volumes = match gateway {
+        true => istio_proxy::sidecar_volumes(),
+        false => added_volumes(),
+    };
     let namespace = pod
         .metadata
         .namespace
@@ -103,14 +107,13 @@ pub(super) fn inject_as(
             })
             .flatten()
     });
-    let own_init = take(
-        out_spec.init_containers.get_or_insert_with(Vec::new),
-        init_name,
-    );
-    let other_redirect = take(
-        out_spec.init_containers.get_or_insert_with(Vec::new),
-        if cni { names::INIT } else { names::VALIDATION },
-    );
+    let inits_of = |spec: &mut k8s_openapi::api::core::v1::PodSpec, name: &str| {
+        (!gateway)
+            .then(|| take(spec.init_containers.get_or_insert_with(Vec::new), name))
+            .flatten()
+    };
+    let own_init = inits_of(out_spec, init_name);
+    let other_redirect = inits_of(out_spec, if cni { names::INIT } else { names::VALIDATION });
     check_names(
         &out_spec.containers,
         out_spec.init_containers.as_deref().unwrap_or_default(),
@@ -128,8 +131,11 @@ pub(super) fn inject_as(
         app_containers: &spec.containers,
         probers: &probers,
     };
-    let mut proxy = containers::proxy(&settings, cfg, &facts, native);
-    let mut init = containers::init(&settings, cfg);
+    let mut proxy = match gateway {
+        true => gateway::proxy(&settings, cfg, &facts),
+        false => containers::proxy(&settings, cfg, &facts, native),
+    };
+    let mut init = (!gateway).then(|| containers::init(&settings, cfg));
     let (mut proxy_overlay, mut init_overlay) = (None, None);
     if let Some(own) = &own_proxy {
         let (merged, overlay) = overrides::apply(&proxy, own)?;
@@ -143,13 +149,20 @@ pub(super) fn inject_as(
             env.push(probers);
         }
     }
-    if let Some(own) = &own_init {
-        let (merged, overlay) = overrides::apply(&init, own)?;
-        init = merged;
+    if let (Some(own), Some(injected)) = (&own_init, init.as_mut()) {
+        let (merged, overlay) = overrides::apply(injected, own)?;
+        *injected = merged;
         init_overlay = Some(overlay);
     }
+    // Istio adjusts the first container named istio-init, else istio-validation: under CNI, a
+    // pod's own istio-init takes the adjustment in the validation container's place.
+    let mut other_redirect = other_redirect;
     if let Some(own) = &own_proxy {
-        overrides::adjust_init_user(&mut init, own, cni);
+        match (cni, other_redirect.as_mut(), init.as_mut()) {
+            (true, Some(own_init), _) => overrides::adjust_init_user(own_init, own, false),
+            (_, _, Some(injected)) => overrides::adjust_init_user(injected, own, cni),
+            _ => {}
+        }
     }
     let first_app = spec
         .containers
@@ -158,11 +171,7 @@ pub(super) fn inject_as(
         .find(|n| *n != names::PROXY);
 
     let mut status = Status {
-        init_containers: vec![if cfg.traffic_capture == TrafficCapture::Cni {
-            names::VALIDATION
-        } else {
-            names::INIT
-        }],
+        init_containers: init.iter().map(|_| init_name).collect(),
         containers: vec![],
         volumes: added_volumes.iter().map(|v| v.name.as_str()).collect(),
         image_pull_secrets: None,
@@ -175,10 +184,11 @@ pub(super) fn inject_as(
     // containers are not black-holed by a redirect to a proxy that is not running yet.
     // A pod's own init container named like the other mode's redirect container is no override;
     // Istio orders it by its name all the same.
+    let pod_has_inits = spec.init_containers.is_some();
     let own_inits = out_spec.init_containers.take().unwrap_or_default();
     let (init_named, validation_named) = match cni {
-        true => (other_redirect, Some(init)),
-        false => (Some(init), other_redirect),
+        true => (other_redirect, init),
+        false => (init, other_redirect),
     };
     let mut inits = Vec::with_capacity(own_inits.len() + 3);
     if native {
@@ -198,15 +208,21 @@ pub(super) fn inject_as(
         inits.extend(own_inits);
         inits.extend(init_named);
     }
-    out_spec.init_containers = Some(inits);
+    out_spec.init_containers = (!inits.is_empty() || pod_has_inits).then_some(inits);
     out_spec
         .volumes
         .get_or_insert_with(Vec::new)
         .extend(added_volumes.iter().cloned());
 
+    if gateway {
+        out_spec.security_context = Some(gateway::pod_security_context(
+            out_spec.security_context.take(),
+        ));
+    }
     set_labels(
         out.metadata.labels.get_or_insert_with(BTreeMap::new),
         &workload,
+        !gateway,
     );
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
     set_annotations(annotations, first_app, cfg);
@@ -224,7 +240,7 @@ pub(super) fn inject_as(
             overrides::annotation(container_overlays, init_overlays),
         );
     }
-    if cfg.traffic_capture == TrafficCapture::Cni {
+    if cni && !gateway {
         set_cni_annotations(annotations, &settings.redirect);
     }
     annotations.insert(
@@ -280,8 +296,9 @@ fn check_names<'a>(
     Ok(())
 }
 
-/// mTLS marker and canonical-service labels; the pod's own values win.
-fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
+/// mTLS marker (a sidecar's) and canonical-service labels; the pod's own values win. The gateway
+/// template writes no mTLS marker and the canonical name uncut.
+fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload, sidecar: bool) {
     let pick = |candidates: &[&str]| candidates.iter().find_map(|k| labels.get(*k).cloned());
     let name = pick(&[keys::CANONICAL_NAME, "app.kubernetes.io/name", "app"])
         .unwrap_or_else(|| workload.name.clone());
@@ -291,10 +308,18 @@ fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
         "version",
     ])
     .unwrap_or_else(|| "latest".into());
-    labels
-        .entry(keys::TLS_MODE.into())
-        .or_insert_with(|| "istio".into());
-    labels.insert(keys::CANONICAL_NAME.into(), canonical_name(&name).into());
+    if sidecar {
+        labels
+            .entry(keys::TLS_MODE.into())
+            .or_insert_with(|| "istio".into());
+    }
+    let name = if sidecar {
+        canonical_name(&name)
+    } else {
+        &name
+    }
+    .to_string();
+    labels.insert(keys::CANONICAL_NAME.into(), name);
     labels.insert(keys::CANONICAL_REVISION.into(), revision);
 }
 
@@ -976,6 +1001,58 @@ mod tests {
         assert_eq!(
             apps.value, None,
             "no app container: no value, as Go writes it"
+        );
+    }
+
+    #[test]
+    fn the_gateway_template_injects_a_router_without_redirect() {
+        let mut p = pod_with(&[], &[(keys::TEMPLATES, "gateway")]);
+        let spec = p.spec.as_mut().unwrap();
+        spec.init_containers = None;
+        spec.containers.push(Container {
+            name: "istio-proxy".into(),
+            image: Some("auto".into()),
+            image_pull_policy: Some("IfNotPresent".into()),
+            ..Default::default()
+        });
+        let out = inject(&p, &cfg()).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.init_containers, None,
+            "no redirect, even in native mode"
+        );
+        let proxy = spec.containers.last().unwrap();
+        assert_eq!(proxy.name, "istio-proxy");
+        assert_eq!(proxy.args.as_ref().unwrap()[..2], ["proxy", "router"]);
+        assert_eq!(
+            proxy.image.as_deref(),
+            Some("docker.io/istio/proxyv2:1.28.2")
+        );
+        assert_eq!(proxy.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert!(proxy.startup_probe.is_none() && proxy.lifecycle.is_none());
+        let sysctls = spec
+            .security_context
+            .as_ref()
+            .unwrap()
+            .sysctls
+            .as_ref()
+            .unwrap();
+        assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+        assert!(
+            !out.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .contains_key(keys::TLS_MODE)
+        );
+        let status = status_of(&out);
+        assert_eq!(status["initContainers"], json!([]));
+        assert_eq!(status["containers"], json!(["istio-proxy"]));
+        assert!(
+            !status["volumes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("istio-ca-crl"))
         );
     }
 
