@@ -2,8 +2,8 @@
 //! redirect) or `istio-validation` (checks the CNI agent's redirect, needs no privileges).
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
-    Probe, SecurityContext,
+    Capabilities, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, Lifecycle,
+    LifecycleHandler, Probe, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value};
@@ -22,6 +22,8 @@ const COMPONENT_LOG_LEVEL: &str = "misc:error";
 pub(crate) struct PodFacts<'a> {
     pub(crate) namespace: &'a str,
     pub(crate) workload: &'a Workload,
+    /// The pod's containers, its own `istio-proxy` included (its ports are the pod's ports too;
+    /// it is no app container).
     pub(crate) app_containers: &'a [Container],
     /// `ISTIO_KUBE_APP_PROBERS`, empty when no probe was rewritten.
     pub(crate) probers: &'a Map<String, Value>,
@@ -30,7 +32,7 @@ pub(crate) struct PodFacts<'a> {
     pub(crate) workload_name_label: Option<&'a str>,
 }
 
-fn health_probe(period: i32, failures: i32) -> Probe {
+pub(super) fn health_probe(period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(istio_proxy::READY_PATH.into()),
@@ -63,7 +65,7 @@ fn unprivileged() -> SecurityContext {
 }
 
 /// Serialises a value that is always representable as JSON (maps of strings, typed structs).
-fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
@@ -89,6 +91,7 @@ pub(crate) fn proxy(
         .app_containers
         .iter()
         .map(|c| c.name.as_str())
+        .filter(|n| *n != names::PROXY)
         .collect();
     let mut env_vars = [
         istio_proxy::ca_env(cfg.discovery_address()),
@@ -99,7 +102,12 @@ pub(crate) fn proxy(
             resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
             istio_proxy::proxy_config_env(&s.proxy_config),
             env("ISTIO_META_POD_PORTS", to_json(&app_ports)),
-            env("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
+            // Go leaves out an empty value (a pod whose only container is its own istio-proxy).
+            EnvVar {
+                name: "ISTIO_META_APP_CONTAINERS".into(),
+                value: Some(app_names.join(",")).filter(|v| !v.is_empty()),
+                value_from: None,
+            },
             resource_env("GOMEMLIMIT", "limits.memory"),
             resource_env("GOMAXPROCS", "limits.cpu"),
         ],

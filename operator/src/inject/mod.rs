@@ -10,8 +10,10 @@
 
 mod annotations;
 mod containers;
+mod gateway;
 mod identity;
 mod native;
+mod overrides;
 mod patch;
 mod patch_json;
 mod probes;
@@ -64,13 +66,14 @@ pub(crate) mod keys {
     pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
     pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
     pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
+    pub const OVERRIDES: &str = "proxy.istio.io/overrides";
+    pub const TEMPLATES: &str = "inject.istio.io/templates";
     pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
     pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
     pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
     pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
     pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
-    pub const TEMPLATES: &str = "inject.istio.io/templates";
     pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
     pub const READINESS_INITIAL_DELAY: &str =
         "readiness.status.sidecar.istio.io/initialDelaySeconds";

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use super::identity::{self, Workload};
 use super::native::{self, Kubelets};
-use super::{InjectError, InjectionConfig, annotations, containers, keys, names, probes};
+use super::{
+    InjectError, InjectionConfig, annotations, containers, gateway, keys, names, overrides, probes,
+};
 use crate::api::TrafficCapture;
 use crate::istio_proxy::{self, ports};
 use crate::revision;
@@ -101,15 +103,9 @@ pub(super) fn inject_as(
     if spec.containers.is_empty() {
         return Err(InjectError::InvalidPod("it has no containers".into()));
     }
-    let added_volumes = added_volumes();
-    check_names(
-        &spec.containers,
-        spec.init_containers.as_deref().unwrap_or_default(),
-        spec.volumes.iter().flatten().map(|v| v.name.as_str()),
-        &added_volumes,
-    )?;
-
     let settings = annotations::settings(pod_annotations, cfg)?;
+    // Istio's gateway template: a router proxy in the containers, no redirect.
+    let gateway = gateway::requested(pod_annotations.get(keys::TEMPLATES).map(String::as_str));
     let native = native::is_native(
         pod_annotations
             .get(keys::NATIVE_SIDECAR)
@@ -117,7 +113,11 @@ pub(super) fn inject_as(
         cfg.sidecar_mode,
         kubelets,
         spec.node_name.as_deref(),
-    )?;
+    )? && !gateway;
+    let added_volumes = match gateway {
+        true => istio_proxy::sidecar_volumes(),
+        false => added_volumes(),
+    };
     let namespace = pod
         .metadata
         .namespace
@@ -130,6 +130,34 @@ pub(super) fn inject_as(
     let Some(out_spec) = out.spec.as_mut() else {
         return Err(InjectError::InvalidPod("it has no spec".into()));
     };
+    // The pod's own versions of the containers injection adds, merged over them below (Istio's
+    // container overrides): istio-proxy from the containers (or, native, the init containers),
+    // the redirect container from the init containers.
+    let cni = cfg.traffic_capture == TrafficCapture::Cni;
+    let init_name = if cni { names::VALIDATION } else { names::INIT };
+    let own_proxy = take(&mut out_spec.containers, names::PROXY).or_else(|| {
+        native
+            .then(|| {
+                take(
+                    out_spec.init_containers.get_or_insert_with(Vec::new),
+                    names::PROXY,
+                )
+            })
+            .flatten()
+    });
+    let inits_of = |spec: &mut k8s_openapi::api::core::v1::PodSpec, name: &str| {
+        (!gateway)
+            .then(|| take(spec.init_containers.get_or_insert_with(Vec::new), name))
+            .flatten()
+    };
+    let own_init = inits_of(out_spec, init_name);
+    let other_redirect = inits_of(out_spec, if cni { names::INIT } else { names::VALIDATION });
+    check_names(
+        &out_spec.containers,
+        out_spec.init_containers.as_deref().unwrap_or_default(),
+        spec.volumes.iter().flatten().map(|v| v.name.as_str()),
+        &added_volumes,
+    )?;
     let probers = if settings.rewrite_probes {
         let mut probers = probes::rewrite(&mut out_spec.containers, settings.status_port);
         // The pod's own native sidecars are probed like its containers, as in Istio.
@@ -151,7 +179,7 @@ pub(super) fn inject_as(
     let facts = containers::PodFacts {
         namespace,
         workload: &workload,
-        app_containers: &out_spec.containers,
+        app_containers: &spec.containers,
         probers: &probers,
         workload_name_label: pod
             .metadata
@@ -160,7 +188,40 @@ pub(super) fn inject_as(
             .and_then(|l| l.get("service.istio.io/workload-name"))
             .map(String::as_str),
     };
-    let mut proxy = containers::proxy(&settings, cfg, &facts, native);
+    let mut proxy = match gateway {
+        true => gateway::proxy(&settings, cfg, &facts),
+        false => containers::proxy(&settings, cfg, &facts, native),
+    };
+    let mut init = (!gateway).then(|| containers::init(&settings, cfg));
+    let (mut proxy_overlay, mut init_overlay) = (None, None);
+    if let Some(own) = &own_proxy {
+        let (merged, overlay) = overrides::apply(&proxy, own)?;
+        proxy = merged;
+        proxy_overlay = Some(overlay);
+        // Istio appends the app probers after the merge: they stay the last variable.
+        if let Some(env) = proxy.env.as_mut()
+            && let Some(i) = env.iter().position(|e| e.name == "ISTIO_KUBE_APP_PROBERS")
+        {
+            let probers = env.remove(i);
+            env.push(probers);
+        }
+    }
+    if let (Some(own), Some(injected)) = (&own_init, init.as_mut()) {
+        let (merged, overlay) = overrides::apply(injected, own)?;
+        *injected = merged;
+        init_overlay = Some(overlay);
+    }
+    // Istio adjusts the first container named istio-init, else istio-validation: under CNI, a
+    // pod's own istio-init takes the adjustment in the validation container's place.
+    let mut other_redirect = other_redirect;
+    if let Some(own) = &own_proxy {
+        match (cni, other_redirect.as_mut(), init.as_mut()) {
+            (true, Some(own_init), _) => overrides::adjust_init_user(own_init, own, false),
+            (_, _, Some(injected)) => overrides::adjust_init_user(injected, own, cni),
+            _ => {}
+        }
+    }
+    // Istio merges the app's Prometheus settings after the overrides: its variable comes last.
     if let Some(app) = merge_prometheus(out.metadata.annotations.get_or_insert_with(BTreeMap::new))
     {
         proxy
@@ -168,15 +229,14 @@ pub(super) fn inject_as(
             .get_or_insert_with(Vec::new)
             .push(crate::k8s::env("ISTIO_PROMETHEUS_ANNOTATIONS", app));
     }
-    let init = containers::init(&settings, cfg);
-    let first_app = spec.containers[0].name.clone();
+    let first_app = spec
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .find(|n| *n != names::PROXY);
 
     let mut status = Status {
-        init_containers: vec![if cfg.traffic_capture == TrafficCapture::Cni {
-            names::VALIDATION
-        } else {
-            names::INIT
-        }],
+        init_containers: init.iter().map(|_| init_name).collect(),
         containers: vec![],
         volumes: added_volumes.iter().map(|v| v.name.as_str()).collect(),
         image_pull_secrets: None,
@@ -187,11 +247,19 @@ pub(super) fn inject_as(
     // pod's own, which so run inside the mesh. Classic: istio-validation first (it must hold back
     // everything else until the CNI redirect is in place), istio-init last, so the pod's own init
     // containers are not black-holed by a redirect to a proxy that is not running yet.
+    // A pod's own init container named like the other mode's redirect container is no override;
+    // Istio orders it by its name all the same.
+    let pod_has_inits = spec.init_containers.is_some();
     let own_inits = out_spec.init_containers.take().unwrap_or_default();
-    let mut inits = Vec::with_capacity(own_inits.len() + 2);
+    let (init_named, validation_named) = match cni {
+        true => (other_redirect, init),
+        false => (init, other_redirect),
+    };
+    let mut inits = Vec::with_capacity(own_inits.len() + 3);
     if native {
         status.init_containers.push(names::PROXY);
-        inits.push(init);
+        inits.extend(init_named);
+        inits.extend(validation_named);
         inits.push(proxy);
         inits.extend(own_inits);
     } else {
@@ -201,27 +269,43 @@ pub(super) fn inject_as(
         } else {
             out_spec.containers.push(proxy);
         }
-        if cfg.traffic_capture == TrafficCapture::Cni {
-            inits.push(init);
-            inits.extend(own_inits);
-        } else {
-            inits.extend(own_inits);
-            inits.push(init);
-        }
+        inits.extend(validation_named);
+        inits.extend(own_inits);
+        inits.extend(init_named);
     }
-    out_spec.init_containers = Some(inits);
+    out_spec.init_containers = (!inits.is_empty() || pod_has_inits).then_some(inits);
     out_spec
         .volumes
         .get_or_insert_with(Vec::new)
         .extend(added_volumes.iter().cloned());
 
+    if gateway {
+        out_spec.security_context = Some(gateway::pod_security_context(
+            out_spec.security_context.take(),
+        ));
+    }
     set_labels(
         out.metadata.labels.get_or_insert_with(BTreeMap::new),
         &workload,
+        !gateway,
     );
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    set_annotations(annotations, &first_app, cfg);
-    if cfg.traffic_capture == TrafficCapture::Cni {
+    set_annotations(annotations, first_app, cfg);
+    // Istio's template order: containers, then init containers (redirect first, then a native
+    // proxy).
+    let mut container_overlays = Vec::new();
+    let mut init_overlays: Vec<_> = init_overlay.into_iter().collect();
+    match native {
+        true => init_overlays.extend(proxy_overlay),
+        false => container_overlays.extend(proxy_overlay),
+    }
+    if !container_overlays.is_empty() || !init_overlays.is_empty() {
+        annotations.insert(
+            keys::OVERRIDES.into(),
+            overrides::annotation(container_overlays, init_overlays),
+        );
+    }
+    if cni && !gateway {
         set_cni_annotations(annotations, &settings.redirect);
     }
     annotations.insert(
@@ -239,7 +323,15 @@ fn added_volumes() -> Vec<k8s_openapi::api::core::v1::Volume> {
     v
 }
 
-/// Refuses a pod that already uses a name the sidecar needs (one pass over the pod).
+/// Removes the container named `name` from `list` and returns it.
+fn take(list: &mut Vec<Container>, name: &str) -> Option<Container> {
+    let i = list.iter().position(|c| c.name == name)?;
+    Some(list.remove(i))
+}
+
+/// Refuses a pod that still uses a name the sidecar needs once its own versions of the injected
+/// containers are taken out (one pass over the pod): a second `istio-proxy`, an `istio-proxy`
+/// init container in classic mode, the other mode's redirect container, an injected volume name.
 fn check_names<'a>(
     containers: &[Container],
     init_containers: &[Container],
@@ -269,8 +361,9 @@ fn check_names<'a>(
     Ok(())
 }
 
-/// mTLS marker and canonical-service labels; the pod's own values win.
-fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
+/// mTLS marker (a sidecar's) and canonical-service labels; the pod's own values win. The gateway
+/// template writes no mTLS marker and the canonical name uncut.
+fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload, sidecar: bool) {
     let pick = |candidates: &[&str]| candidates.iter().find_map(|k| labels.get(*k).cloned());
     let name = pick(&[keys::CANONICAL_NAME, "app.kubernetes.io/name", "app"])
         .unwrap_or_else(|| workload.name.clone());
@@ -280,10 +373,18 @@ fn set_labels(labels: &mut BTreeMap<String, String>, workload: &Workload) {
         "version",
     ])
     .unwrap_or_else(|| "latest".into());
-    labels
-        .entry(keys::TLS_MODE.into())
-        .or_insert_with(|| "istio".into());
-    labels.insert(keys::CANONICAL_NAME.into(), canonical_name(&name).into());
+    if sidecar {
+        labels
+            .entry(keys::TLS_MODE.into())
+            .or_insert_with(|| "istio".into());
+    }
+    let name = if sidecar {
+        canonical_name(&name)
+    } else {
+        &name
+    }
+    .to_string();
+    labels.insert(keys::CANONICAL_NAME.into(), name);
     labels.insert(keys::CANONICAL_REVISION.into(), revision);
 }
 
@@ -297,16 +398,19 @@ fn canonical_name(name: &str) -> &str {
 
 fn set_annotations(
     annotations: &mut BTreeMap<String, String>,
-    first_app: &str,
+    first_app: Option<&str>,
     cfg: &InjectionConfig,
 ) {
     annotations.insert(keys::REV.into(), revision::name(&cfg.revision).into());
-    annotations
-        .entry(keys::DEFAULT_CONTAINER.into())
-        .or_insert_with(|| first_app.into());
-    annotations
-        .entry(keys::DEFAULT_LOGS_CONTAINER.into())
-        .or_insert_with(|| first_app.into());
+    // The first container that is not the pod's own istio-proxy; none, no default.
+    if let Some(first_app) = first_app {
+        annotations
+            .entry(keys::DEFAULT_CONTAINER.into())
+            .or_insert_with(|| first_app.into());
+        annotations
+            .entry(keys::DEFAULT_LOGS_CONTAINER.into())
+            .or_insert_with(|| first_app.into());
+    }
 }
 
 /// A Prometheus annotation key as Prometheus reads it (its label-name form): `prometheus.io/scrape`
@@ -1049,11 +1153,14 @@ mod tests {
 
     #[test]
     fn name_conflicts_are_refused() {
+        // A second istio-proxy (the first is the pod's own override).
         let mut p = pod_with(&[], &[]);
-        p.spec.as_mut().unwrap().containers.push(Container {
-            name: "istio-proxy".into(),
-            ..Default::default()
-        });
+        for _ in 0..2 {
+            p.spec.as_mut().unwrap().containers.push(Container {
+                name: "istio-proxy".into(),
+                ..Default::default()
+            });
+        }
         assert!(matches!(
             inject(&p, &cfg()),
             Err(InjectError::NameConflict {
@@ -1061,12 +1168,217 @@ mod tests {
                 ..
             })
         ));
+        // An istio-proxy init container in classic mode, next to the injected container.
+        let mut p = pod_with(&[], &[]);
+        p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+            name: "istio-proxy".into(),
+            ..Default::default()
+        }]);
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
+        assert!(matches!(
+            inject(&p, &classic),
+            Err(InjectError::NameConflict { name, .. }) if name == "istio-proxy"
+        ));
         let mut p = typical_pod();
         p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].name = "istio-envoy".into();
         assert!(matches!(
             inject(&p, &cfg()),
             Err(InjectError::NameConflict { kind: "volume", .. })
         ));
+    }
+
+    /// The pod of Istio's `proxy-override-runas.yaml` with an `istio-init` of its own.
+    fn pod_with_own_proxy() -> Pod {
+        let mut p = typical_pod();
+        let spec = p.spec.as_mut().unwrap();
+        spec.containers.insert(
+            1,
+            serde_json::from_value(json!({
+                "name": "istio-proxy",
+                "image": "auto",
+                "args": ["-c", "my-config.yaml"],
+                "securityContext": {"runAsUser": 1234, "runAsGroup": 4321},
+            }))
+            .unwrap(),
+        );
+        spec.init_containers.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(json!({"name": "istio-init", "image": "fake/custom-image"}))
+                .unwrap(),
+        );
+        p
+    }
+
+    #[test]
+    fn a_pods_own_istio_proxy_is_merged_over_the_injected_one() {
+        let classic = InjectionConfig {
+            sidecar_mode: SidecarMode::Classic,
+            ..cfg()
+        };
+        let out = inject(&pod_with_own_proxy(), &classic).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            names_of(&Some(spec.containers.clone())),
+            ["reviews", "sidecar-logger", "istio-proxy"],
+            "one istio-proxy, last"
+        );
+        assert_eq!(names_of(&spec.init_containers), ["migrate", "istio-init"]);
+        let proxy = &spec.containers[2];
+        assert_eq!(
+            proxy.image.as_deref(),
+            Some("docker.io/istio/proxyv2:1.28.2")
+        );
+        assert_eq!(proxy.args.as_ref().unwrap(), &["-c", "my-config.yaml"]);
+        let sc = proxy.security_context.as_ref().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1234), Some(4321)));
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "the template's own fields stay"
+        );
+        assert!(proxy.readiness_probe.is_some() && proxy.env.is_some());
+        let env = |n: &str| {
+            proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env("ISTIO_META_APP_CONTAINERS").unwrap(),
+            "reviews,sidecar-logger"
+        );
+        let init = &spec.init_containers.as_ref().unwrap()[1];
+        assert_eq!(init.image.as_deref(), Some("fake/custom-image"));
+        let args = init.args.as_ref().unwrap();
+        let u = args.iter().position(|a| a == "-u").unwrap();
+        assert_eq!(
+            args[u + 1],
+            "1234",
+            "the redirect exempts the proxy's own uid"
+        );
+        let a = out.metadata.annotations.as_ref().unwrap();
+        let overrides: Value = serde_json::from_str(&a[keys::OVERRIDES]).unwrap();
+        assert_eq!(
+            overrides,
+            json!({
+                "containers": [{
+                    "name": "istio-proxy",
+                    "args": ["-c", "my-config.yaml"],
+                    "resources": {},
+                    "securityContext": {"runAsUser": 1234, "runAsGroup": 4321},
+                }],
+                "initContainers": [{"name": "istio-init", "image": "fake/custom-image", "resources": {}}],
+            })
+        );
+        assert_eq!(status_of(&out)["containers"], json!(["istio-proxy"]));
+
+        // Native: the pod's istio-proxy becomes the native sidecar, recorded as an init container.
+        let out = inject(&pod_with_own_proxy(), &cfg()).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            names_of(&Some(spec.containers.clone())),
+            ["reviews", "sidecar-logger"]
+        );
+        assert_eq!(
+            names_of(&spec.init_containers),
+            ["istio-init", "istio-proxy", "migrate"]
+        );
+        let overrides: Value =
+            serde_json::from_str(&out.metadata.annotations.as_ref().unwrap()[keys::OVERRIDES])
+                .unwrap();
+        let names: Vec<&str> = overrides["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["istio-init", "istio-proxy"]);
+        assert!(overrides.get("containers").is_none());
+    }
+
+    #[test]
+    fn a_pod_of_only_its_own_proxy_has_no_default_container() {
+        let mut p = typical_pod();
+        p.spec.as_mut().unwrap().containers = vec![Container {
+            name: "istio-proxy".into(),
+            image: Some("auto".into()),
+            ..Default::default()
+        }];
+        let out = inject(&p, &cfg()).unwrap();
+        let a = out.metadata.annotations.as_ref().unwrap();
+        assert!(!a.contains_key(keys::DEFAULT_CONTAINER));
+        assert_eq!(
+            a[keys::OVERRIDES],
+            r#"{"containers":[{"name":"istio-proxy","resources":{}}]}"#
+                .replace("containers", "initContainers")
+        );
+        let proxy = &out.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[1];
+        let apps = proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ISTIO_META_APP_CONTAINERS")
+            .unwrap();
+        assert_eq!(
+            apps.value, None,
+            "no app container: no value, as Go writes it"
+        );
+    }
+
+    #[test]
+    fn the_gateway_template_injects_a_router_without_redirect() {
+        let mut p = pod_with(&[], &[(keys::TEMPLATES, "gateway")]);
+        let spec = p.spec.as_mut().unwrap();
+        spec.init_containers = None;
+        spec.containers.push(Container {
+            name: "istio-proxy".into(),
+            image: Some("auto".into()),
+            image_pull_policy: Some("IfNotPresent".into()),
+            ..Default::default()
+        });
+        let out = inject(&p, &cfg()).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.init_containers, None,
+            "no redirect, even in native mode"
+        );
+        let proxy = spec.containers.last().unwrap();
+        assert_eq!(proxy.name, "istio-proxy");
+        assert_eq!(proxy.args.as_ref().unwrap()[..2], ["proxy", "router"]);
+        assert_eq!(
+            proxy.image.as_deref(),
+            Some("docker.io/istio/proxyv2:1.28.2")
+        );
+        assert_eq!(proxy.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert!(proxy.startup_probe.is_none() && proxy.lifecycle.is_none());
+        let sysctls = spec
+            .security_context
+            .as_ref()
+            .unwrap()
+            .sysctls
+            .as_ref()
+            .unwrap();
+        assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+        assert!(
+            !out.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .contains_key(keys::TLS_MODE)
+        );
+        let status = status_of(&out);
+        assert_eq!(status["initContainers"], json!([]));
+        assert_eq!(status["containers"], json!(["istio-proxy"]));
+        assert!(
+            !status["volumes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("istio-ca-crl"))
+        );
     }
 
     #[test]
