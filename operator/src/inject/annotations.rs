@@ -30,6 +30,32 @@ pub(crate) struct Settings {
     /// The proxy's readiness probe: initial delay, period and failure threshold
     /// (`readiness.status.sidecar.istio.io/*`).
     pub(crate) readiness: [i32; 3],
+    /// How inbound and outbound traffic reaches the proxy (`sidecar.istio.io/interceptionMode`).
+    pub(crate) interception: Interception,
+    /// Volumes the pod asks to add for its proxy (`sidecar.istio.io/userVolume`), by name.
+    pub(crate) user_volumes: Vec<k8s_openapi::api::core::v1::Volume>,
+    /// Where the proxy mounts them (`sidecar.istio.io/userVolumeMount`), by name.
+    pub(crate) user_mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
+}
+
+/// Istio's interception modes. `REDIRECT` (NAT) is the mesh's; a pod may ask for `TPROXY` (the
+/// original source address kept; the proxy then runs as root with `NET_ADMIN`, as Istio runs it)
+/// or `NONE` (no capture at all, no redirect init container: the app talks to the proxy itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interception {
+    Redirect,
+    Tproxy,
+    None,
+}
+
+impl Interception {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Interception::Redirect => "REDIRECT",
+            Interception::Tproxy => "TPROXY",
+            Interception::None => "NONE",
+        }
+    }
 }
 
 /// Istio's readiness defaults for the proxy: no initial delay, every 15 s, 4 failures.
@@ -130,15 +156,18 @@ pub(crate) fn settings(
         None => "default:info".to_string(),
     };
 
-    if let Some(v) = get(keys::INTERCEPTION_MODE)
-        && v != "REDIRECT"
-    {
-        return Err(InjectError::annotation(
-            keys::INTERCEPTION_MODE,
-            v,
-            "meshop supports only REDIRECT",
-        ));
-    }
+    let interception = match get(keys::INTERCEPTION_MODE) {
+        None | Some("REDIRECT") => Interception::Redirect,
+        Some("TPROXY") => Interception::Tproxy,
+        Some("NONE") => Interception::None,
+        Some(v) => {
+            return Err(InjectError::annotation(
+                keys::INTERCEPTION_MODE,
+                v,
+                "expected REDIRECT, TPROXY or NONE",
+            ));
+        }
+    };
 
     let rewrite_probes = match get(keys::REWRITE_PROBES) {
         None => true,
@@ -190,7 +219,35 @@ pub(crate) fn settings(
         redirect: redirect(annotations, status_port)?,
         status_port,
         readiness,
+        interception,
+        user_volumes: named_objects(get(keys::USER_VOLUME), keys::USER_VOLUME)?,
+        user_mounts: named_objects(get(keys::USER_VOLUME_MOUNT), keys::USER_VOLUME_MOUNT)?,
     })
+}
+
+/// A JSON object of name -> object (a Volume or a VolumeMount without its name), as Istio's
+/// `userVolume` annotations hold them: the objects with their names set, sorted by name (Istio's
+/// template ranges over the map in key order).
+fn named_objects<T: serde::de::DeserializeOwned>(
+    value: Option<&str>,
+    key: &str,
+) -> Result<Vec<T>, InjectError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let bad = |reason: String| InjectError::annotation(key, value, reason);
+    let parsed: BTreeMap<String, Value> =
+        serde_json::from_str(value).map_err(|e| bad(format!("expected a JSON object: {e}")))?;
+    parsed
+        .into_iter()
+        .map(|(name, mut object)| {
+            let Value::Object(fields) = &mut object else {
+                return Err(bad(format!("{name:?} is not an object")));
+            };
+            fields.insert("name".into(), Value::String(name.clone()));
+            serde_json::from_value(object).map_err(|e| bad(format!("{name:?}: {e}")))
+        })
+        .collect()
 }
 
 /// A boolean as Go's `strconv.ParseBool` reads it (Istio reads some annotations so).
@@ -604,7 +661,15 @@ mod tests {
         );
         assert!(with(&[(keys::REWRITE_PROBES, "perhaps")]).is_err());
         assert!(with(&[(keys::INTERCEPTION_MODE, "REDIRECT")]).is_ok());
-        assert!(err_of(&[(keys::INTERCEPTION_MODE, "TPROXY")]).contains("only REDIRECT"));
+        assert_eq!(
+            with(&[(keys::INTERCEPTION_MODE, "TPROXY")])
+                .unwrap()
+                .interception,
+            Interception::Tproxy
+        );
+        assert!(
+            err_of(&[(keys::INTERCEPTION_MODE, "SPLICE")]).contains("REDIRECT, TPROXY or NONE")
+        );
     }
 
     #[test]

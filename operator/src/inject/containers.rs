@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value};
 
-use super::annotations::Settings;
+use super::annotations::{Interception, Settings};
 use super::identity::Workload;
 use super::{InjectionConfig, names};
 use crate::api::TrafficCapture;
@@ -112,7 +112,7 @@ pub(crate) fn proxy(
             resource_env("GOMAXPROCS", "limits.cpu"),
         ],
         istio_proxy::cluster_env(),
-        vec![env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT")],
+        vec![env("ISTIO_META_INTERCEPTION_MODE", s.interception.as_str())],
         istio_proxy::workload_env(
             facts
                 .workload_name_label
@@ -183,8 +183,26 @@ pub(crate) fn proxy(
         resources: Some(s.resources.clone()),
         lifecycle,
         restart_policy: native.then(|| "Always".into()),
-        security_context: Some(unprivileged()),
-        volume_mounts: Some(mounts),
+        security_context: Some(if s.interception == Interception::Tproxy {
+            // TPROXY binds to foreign addresses: Istio runs the proxy as root with NET_ADMIN.
+            SecurityContext {
+                capabilities: Some(Capabilities {
+                    add: Some(vec!["NET_ADMIN".into()]),
+                    drop: Some(vec!["ALL".into()]),
+                }),
+                run_as_non_root: Some(false),
+                run_as_user: Some(0),
+                ..unprivileged()
+            }
+        } else {
+            unprivileged()
+        }),
+        volume_mounts: Some(
+            mounts
+                .into_iter()
+                .chain(s.user_mounts.iter().cloned())
+                .collect(),
+        ),
         ..Default::default()
     }
 }
@@ -211,7 +229,7 @@ pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     flag("-p", ports::OUTBOUND_CAPTURE.to_string());
     flag("-z", ports::INBOUND_CAPTURE.to_string());
     flag("-u", UID.to_string());
-    flag("-m", "REDIRECT".into());
+    flag("-m", s.interception.as_str().into());
     flag("-i", r.include_outbound_ranges.clone());
     flag("-x", r.exclude_outbound_ranges.clone());
     flag("-b", r.include_inbound_ports.clone());

@@ -74,6 +74,8 @@ pub(crate) mod keys {
     pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
     pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    pub const USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+    pub const USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
     pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
     pub const READINESS_INITIAL_DELAY: &str =
         "readiness.status.sidecar.istio.io/initialDelaySeconds";

@@ -114,10 +114,14 @@ pub(super) fn inject_as(
         kubelets,
         spec.node_name.as_deref(),
     )? && !gateway;
-    let added_volumes = match gateway {
+    let mut added_volumes = match gateway {
         true => istio_proxy::sidecar_volumes(),
         false => added_volumes(),
     };
+    // The pod's own volumes for its proxy come last, as in Istio's template (and its status).
+    if !gateway {
+        added_volumes.extend(settings.user_volumes.iter().cloned());
+    }
     let namespace = pod
         .metadata
         .namespace
@@ -192,7 +196,9 @@ pub(super) fn inject_as(
         true => gateway::proxy(&settings, cfg, &facts),
         false => containers::proxy(&settings, cfg, &facts, native),
     };
-    let mut init = (!gateway).then(|| containers::init(&settings, cfg));
+    // NONE interception captures nothing: no redirect container at all, as in Istio.
+    let mut init = (!gateway && settings.interception != annotations::Interception::None)
+        .then(|| containers::init(&settings, cfg));
     let (mut proxy_overlay, mut init_overlay) = (None, None);
     if let Some(own) = &own_proxy {
         let (merged, overlay) = overrides::apply(&proxy, own)?;
@@ -306,7 +312,7 @@ pub(super) fn inject_as(
         );
     }
     if cni && !gateway {
-        set_cni_annotations(annotations, &settings.redirect);
+        set_cni_annotations(annotations, &settings.redirect, settings.interception);
     }
     annotations.insert(
         keys::STATUS.into(),
@@ -496,11 +502,15 @@ fn merge_prometheus(annotations: &mut BTreeMap<String, String>) -> Option<String
 
 /// With CNI capture the node agent programs the redirect, reading these annotations: write the
 /// effective values (the proxy's own ports are always excluded).
-fn set_cni_annotations(annotations: &mut BTreeMap<String, String>, r: &annotations::Redirect) {
+fn set_cni_annotations(
+    annotations: &mut BTreeMap<String, String>,
+    r: &annotations::Redirect,
+    interception: annotations::Interception,
+) {
     let mut set = |k: &str, v: &str| {
         annotations.insert(k.into(), v.into());
     };
-    set(keys::INTERCEPTION_MODE, "REDIRECT");
+    set(keys::INTERCEPTION_MODE, interception.as_str());
     set(keys::INCLUDE_INBOUND_PORTS, &r.include_inbound_ports);
     set(
         keys::EXCLUDE_INBOUND_PORTS,
@@ -922,6 +932,60 @@ mod tests {
         // scrape false in any spelling Prometheus reads: left alone.
         let (a, env) = merged(&[("prometheus.io.scrape", "false")]);
         assert_eq!((a.len(), env), (1, None));
+    }
+
+    #[test]
+    fn user_volumes_and_interception_modes() {
+        let p = pod_with(
+            &[],
+            &[
+                (
+                    keys::USER_VOLUME,
+                    r#"{"b":{"configMap":{"name":"cm"}},"a":{"persistentVolumeClaim":{"claimName":"pvc"}}}"#,
+                ),
+                (
+                    keys::USER_VOLUME_MOUNT,
+                    r#"{"a":{"mountPath":"/mnt/a","readOnly":true}}"#,
+                ),
+                (keys::INTERCEPTION_MODE, "TPROXY"),
+            ],
+        );
+        let out = inject(&p, &cfg()).unwrap();
+        let status = status_of(&out);
+        let volumes = status["volumes"].as_array().unwrap();
+        assert_eq!(volumes[volumes.len() - 2..], [json!("a"), json!("b")]);
+        let spec = out.spec.as_ref().unwrap();
+        let proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == "istio-proxy")
+            .unwrap();
+        let mount = proxy.volume_mounts.as_ref().unwrap().last().unwrap();
+        assert_eq!((mount.name.as_str(), mount.read_only), ("a", Some(true)));
+        let sc = proxy.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_user, Some(0));
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert!(init.args.as_ref().unwrap().join(" ").contains("-m TPROXY"));
+
+        // NONE: no redirect container at all.
+        let out = inject(&pod_with(&[], &[(keys::INTERCEPTION_MODE, "NONE")]), &cfg()).unwrap();
+        assert!(
+            names_of(&out.spec.as_ref().unwrap().init_containers)
+                .iter()
+                .all(|n| *n != "istio-init")
+        );
+        assert!(
+            !status_of(&out)["initContainers"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("istio-init"))
+        );
+
+        let err = inject(&pod_with(&[], &[(keys::USER_VOLUME, "[1]")]), &cfg())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(keys::USER_VOLUME), "{err}");
     }
 
     #[test]
