@@ -42,6 +42,9 @@ pub(crate) fn rewrite(containers: &mut [Container], status_port: u16) -> Map<Str
             let Some(probe) = probe.as_mut() else {
                 continue;
             };
+            if rewritten_before(probe.http_get.as_ref(), status_port) {
+                continue;
+            }
             let Some(original) = original_action(probe, &resolve) else {
                 continue;
             };
@@ -69,6 +72,9 @@ pub(crate) fn rewrite(containers: &mut [Container], status_port: u16) -> Map<Str
                 let Some(handler) = hook.as_mut() else {
                     continue;
                 };
+                if rewritten_before(handler.http_get.as_ref(), status_port) {
+                    continue;
+                }
                 let as_probe = Probe {
                     http_get: handler.http_get.clone(),
                     tcp_socket: handler.tcp_socket.clone(),
@@ -89,6 +95,17 @@ pub(crate) fn rewrite(containers: &mut [Container], status_port: u16) -> Map<Str
         }
     }
     probers
+}
+
+/// A probe or hook an earlier injection already sent through the agent: left as it is (its
+/// original is among the old proxy's app probers).
+fn rewritten_before(get: Option<&HTTPGetAction>, status_port: u16) -> bool {
+    get.is_some_and(|h| {
+        h.port == IntOrString::Int(status_port.into())
+            && h.path
+                .as_deref()
+                .is_some_and(|p| p.starts_with("/app-health/") || p.starts_with("/app-lifecycle/"))
+    })
 }
 
 /// The probe as the agent should run it, with named ports resolved; `None` if it is not

@@ -92,12 +92,16 @@ pub(crate) fn decide_selected(namespace: &str, pod: &Pod, cfg: &InjectionConfig)
 }
 
 /// Selection for `meshop inject -f`, where the namespace's labels are unknown: the user asked for
-/// injection, so every pod gets a sidecar unless it opts out, is already injected or uses the
-/// host's network.
+/// injection, so every pod gets a sidecar unless it opts out or uses the host's network.
+///
+/// A pod injected before is injected again, as `istioctl kube-inject` does (the engine strips
+/// what the earlier injection added). The webhook instead admits such a pod unchanged: the API
+/// server may call it again on the same pod (reinvocation), and a pod that already runs the
+/// mesh's sidecar is not rewritten at admission.
 pub(crate) fn offline_decide(pod: &Pod) -> Decision {
     match pod_veto(pod) {
+        Some(SkipReason::AlreadyInjected) | None => Decision::Inject,
         Some(reason) => Decision::Skip(reason),
-        None => Decision::Inject,
     }
 }
 
@@ -404,10 +408,8 @@ mod tests {
             decide("apps", &ns(&[("istio-injection", "enabled")]), &p, &cfg()),
             Decision::Skip(SkipReason::AlreadyInjected)
         );
-        assert_eq!(
-            offline_decide(&p),
-            Decision::Skip(SkipReason::AlreadyInjected)
-        );
+        // Offline, as istioctl kube-inject: injected again.
+        assert_eq!(offline_decide(&p), Decision::Inject);
     }
 
     #[test]

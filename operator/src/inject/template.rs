@@ -1,6 +1,7 @@
 //! Puts the pieces together: the injected pod is the original plus the sidecar containers and
 //! volumes, rewritten probes, and the labels and annotations Istio's tooling expects.
 
+use serde_json::{Map, Value as Json};
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -27,7 +28,8 @@ struct Status<'a> {
     revision: &'a str,
 }
 
-/// Returns `pod` with the sidecar injected. A pod that is already injected is returned unchanged.
+/// Returns `pod` with the sidecar injected. A pod injected before is injected again (what the
+/// earlier injection added is stripped first, as Istio does); the webhook never asks for that.
 /// The pod's namespace (`metadata.namespace`, `default` if unset) names its workload in telemetry;
 /// the webhook should set it from the admission request, where a new pod's own field may be empty.
 /// No nodes are known here, so `sidecarMode: auto` means native (see [`inject_on`]).
@@ -90,11 +92,22 @@ pub(super) fn inject_as(
     workload: Option<Workload>,
     kubelets: Option<&Kubelets>,
 ) -> Result<Pod, InjectError> {
+    // A pod injected before is injected again from the current settings, as Istio does.
+    let (stripped, old_probers);
+    let pod = if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(keys::STATUS))
+    {
+        (stripped, old_probers) = strip_injected(pod);
+        &stripped
+    } else {
+        old_probers = Map::new();
+        pod
+    };
     let empty = BTreeMap::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    if pod_annotations.contains_key(keys::STATUS) {
-        return Ok(pod.clone());
-    }
     check_templates(pod_annotations)?;
     let spec = pod
         .spec
@@ -175,6 +188,10 @@ pub(super) fn inject_as(
                 std::slice::from_mut(c),
                 settings.status_port,
             ));
+        }
+        // Probes rewritten by an earlier injection keep the originals its proxy carried.
+        for (path, original) in old_probers {
+            probers.entry(path).or_insert(original);
         }
         probers
     } else {
@@ -319,6 +336,68 @@ pub(super) fn inject_as(
         serde_json::to_string(&status).unwrap_or_default(),
     );
     Ok(out)
+}
+
+/// A pod injected before, ready to be injected again as Istio re-injects one: without the
+/// containers, init containers and volumes its `sidecar.istio.io/status` names (only names
+/// injection itself adds: a status cannot make meshop remove an application's container), without
+/// the status, and without Prometheus annotations that point at the agent. Returns it with the
+/// app probers its old proxy carried, which its rewritten probes still need.
+fn strip_injected(pod: &Pod) -> (Pod, Map<String, Json>) {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Old {
+        #[serde(default)]
+        init_containers: Option<Vec<String>>,
+        #[serde(default)]
+        containers: Option<Vec<String>>,
+        #[serde(default)]
+        volumes: Option<Vec<String>>,
+    }
+    let mut out = pod.clone();
+    let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let old: Old = annotations
+        .remove(keys::STATUS)
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    if annotations.get(keys::PROMETHEUS_PORT).map(String::as_str)
+        == Some(&*ports::AGENT_STATUS.to_string())
+    {
+        annotations.retain(|k, _| {
+            !matches!(
+                prometheus_key(k).as_str(),
+                "prometheus_io_scrape" | "prometheus_io_port" | "prometheus_io_path"
+            )
+        });
+    }
+    let ours_c = [names::PROXY, names::INIT, names::VALIDATION];
+    let ours_v: Vec<String> = added_volumes().into_iter().map(|v| v.name).collect();
+    let Some(spec) = out.spec.as_mut() else {
+        return (out, Map::new());
+    };
+    let probers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == names::PROXY)
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == "ISTIO_KUBE_APP_PROBERS"))
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| serde_json::from_str::<Map<String, Json>>(v).ok())
+        .unwrap_or_default();
+    let named = |list: &Option<Vec<String>>, name: &str| list.iter().flatten().any(|n| n == name);
+    spec.containers
+        .retain(|c| !(ours_c.contains(&c.name.as_str()) && named(&old.containers, &c.name)));
+    if let Some(inits) = spec.init_containers.as_mut() {
+        inits.retain(|c| {
+            !(ours_c.contains(&c.name.as_str())
+                && (named(&old.init_containers, &c.name) || named(&old.containers, &c.name)))
+        });
+    }
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| !(ours_v.contains(&v.name) && named(&old.volumes, &v.name)));
+    }
+    (out, probers)
 }
 
 /// The volumes injection adds: the proxy's (shared with gateways) and the optional CRL ConfigMap,
@@ -986,6 +1065,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(keys::USER_VOLUME), "{err}");
+    }
+
+    #[test]
+    fn injecting_an_injected_pod_again_changes_nothing() {
+        for c in [
+            cfg(),
+            InjectionConfig {
+                sidecar_mode: SidecarMode::Classic,
+                ..cfg()
+            },
+        ] {
+            let once = inject(&typical_pod(), &c).unwrap();
+            let twice = inject(&once, &c).unwrap();
+            let (a, b) = (
+                serde_json::to_value(&once).unwrap(),
+                serde_json::to_value(&twice).unwrap(),
+            );
+            assert_eq!(a, b, "\n{}\n{}", a, b);
+        }
     }
 
     #[test]
