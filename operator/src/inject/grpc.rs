@@ -371,7 +371,10 @@ mod tests {
             Ok(Some(Grpc::Agent))
         );
         assert_eq!(requested(Some("sidecar,grpc-agent")), Err("grpc-agent"));
-        assert_eq!(requested(Some("grpc-simple,grpc-agent")), Err("grpc-simple"));
+        assert_eq!(
+            requested(Some("grpc-simple,grpc-agent")),
+            Err("grpc-simple")
+        );
     }
 
     #[test]
