@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 /// Inputs covering the annotations and shapes the injector honours: probes of every kind, status
 /// and readiness settings, traffic and interface annotations, resources, native sidecars,
-/// Prometheus merge, a pod's own istio-proxy, init containers, the gateway template.
+/// Prometheus merge, a pod's own istio-proxy, init containers, the gateway and gRPC templates.
 const SAMPLE: &[&str] = &[
     "hello.yaml",
     "hello-probes.yaml",
@@ -39,6 +39,8 @@ const SAMPLE: &[&str] = &[
     "proxy-override.yaml",
     "multi-init.yaml",
     "gateway.yaml",
+    "grpc-agent.yaml",
+    "grpc-simple.yaml",
 ];
 
 const NAMESPACE: &str = "corpus";

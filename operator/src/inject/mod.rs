@@ -11,6 +11,7 @@
 mod annotations;
 mod containers;
 mod gateway;
+mod grpc;
 mod identity;
 mod native;
 mod overrides;

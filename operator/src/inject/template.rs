@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::identity::{self, Workload};
 use super::native::{self, Kubelets};
 use super::{
-    InjectError, InjectionConfig, annotations, containers, gateway, keys, names, overrides, probes,
+    InjectError, InjectionConfig, annotations, containers, gateway, grpc, keys, names, overrides,
+    probes,
 };
 use crate::api::TrafficCapture;
 use crate::istio_proxy::{self, ports};
@@ -50,28 +51,38 @@ const ISTIO_TEMPLATES: &[&str] = &[
     "agentgateway-waypoint",
 ];
 
-/// A pod naming a template is injected only with what meshop has: `sidecar` (the default), and
-/// `gateway` with the pod's own proxy container. A name Istio does not know is refused as Istio
-/// refuses it; one Istio has and meshop does not is refused too, by name, rather than injected
-/// with the wrong proxy.
-fn check_templates(annotations: &BTreeMap<String, String>) -> Result<(), InjectError> {
+/// Meshop's templates: `sidecar` (the default), `gateway` with the pod's own proxy container, and
+/// the proxyless gRPC ones, `grpc-agent` and `grpc-simple`.
+const MESHOP_TEMPLATES: &[&str] = &["sidecar", "gateway", "grpc-agent", "grpc-simple"];
+
+/// A pod naming a template is injected only with what meshop has ([`MESHOP_TEMPLATES`]), a gRPC
+/// template alone. A name Istio does not know is refused as Istio refuses it; one Istio has and
+/// meshop does not is refused too, by name, rather than injected with the wrong proxy.
+fn check_templates(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<grpc::Grpc>, InjectError> {
     let Some(value) = annotations.get(keys::TEMPLATES) else {
-        return Ok(());
+        return Ok(None);
     };
+    let have = MESHOP_TEMPLATES.join(", ");
     for name in value.split(',').map(str::trim) {
-        if matches!(name, "sidecar" | "gateway") {
+        if MESHOP_TEMPLATES.contains(&name) {
             continue;
         }
         let reason = if ISTIO_TEMPLATES.contains(&name) {
-            format!(
-                "meshop does not have Istio's {name:?} template; it injects sidecar and gateway"
-            )
+            format!("meshop does not have Istio's {name:?} template; it injects {have}")
         } else {
-            format!("requested template {name:?} not found; have sidecar, gateway")
+            format!("requested template {name:?} not found; have {have}")
         };
         return Err(InjectError::annotation(keys::TEMPLATES, value, reason));
     }
-    Ok(())
+    grpc::requested(Some(value)).map_err(|name| {
+        InjectError::annotation(
+            keys::TEMPLATES,
+            value,
+            format!("meshop injects Istio's {name:?} template alone, not with others"),
+        )
+    })
 }
 
 /// [`inject`] in a cluster whose nodes' kubelets are `kubelets`: `sidecarMode: auto` is decided
@@ -92,14 +103,17 @@ pub(super) fn inject_as(
     workload: Option<Workload>,
     kubelets: Option<&Kubelets>,
 ) -> Result<Pod, InjectError> {
-    // A pod injected before is injected again from the current settings, as Istio does.
+    // A pod injected before is injected again from the current settings, as Istio does; one
+    // injected with a proxyless gRPC template (which changes the app's own containers) is left
+    // as it is.
     let (stripped, old_probers);
-    let pod = if pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(keys::STATUS))
-    {
+    let annotations = pod.metadata.annotations.as_ref();
+    if annotations.is_some_and(|a| {
+        a.contains_key(keys::STATUS) && a.get(keys::TEMPLATES).is_some_and(|t| t.contains("grpc-"))
+    }) {
+        return Ok(pod.clone());
+    }
+    let pod = if annotations.is_some_and(|a| a.contains_key(keys::STATUS)) {
         (stripped, old_probers) = strip_injected(pod);
         &stripped
     } else {
@@ -108,7 +122,7 @@ pub(super) fn inject_as(
     };
     let empty = BTreeMap::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    check_templates(pod_annotations)?;
+    let grpc_template = check_templates(pod_annotations)?;
     let spec = pod
         .spec
         .as_ref()
@@ -117,6 +131,9 @@ pub(super) fn inject_as(
         return Err(InjectError::InvalidPod("it has no containers".into()));
     }
     let settings = annotations::settings(pod_annotations, cfg)?;
+    if let Some(template) = grpc_template {
+        return inject_grpc(pod, cfg, template, &settings, workload);
+    }
     // Istio's gateway template: a router proxy in the containers, no redirect.
     let gateway = gateway::requested(pod_annotations.get(keys::TEMPLATES).map(String::as_str));
     let native = native::is_native(
@@ -398,6 +415,163 @@ fn strip_injected(pod: &Pod) -> (Pod, Map<String, Json>) {
         volumes.retain(|v| !(ours_v.contains(&v.name) && named(&old.volumes, &v.name)));
     }
     (out, probers)
+}
+
+/// Injection with a proxyless gRPC template ([`grpc`]), as Istio merges it: the template's
+/// containers over the pod's by name (the pod's own fields win, and are recorded in
+/// `proxy.istio.io/overrides`), its init container and volumes appended, then the proxy placed
+/// last (first when holding the app until it starts) and the Prometheus settings merged.
+fn inject_grpc(
+    pod: &Pod,
+    cfg: &InjectionConfig,
+    template: grpc::Grpc,
+    settings: &annotations::Settings,
+    workload: Option<Workload>,
+) -> Result<Pod, InjectError> {
+    let agent = template == grpc::Grpc::Agent;
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    let workload = workload.unwrap_or_else(|| identity::workload_of(pod));
+    let mut out = pod.clone();
+    let Some(spec) = out.spec.as_mut() else {
+        return Err(InjectError::InvalidPod("it has no spec".into()));
+    };
+    let volumes = grpc::volumes(template, settings);
+    let ours: HashSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    if let Some(v) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| ours.contains(v.name.as_str()))
+    {
+        return Err(InjectError::NameConflict {
+            kind: "volume",
+            name: v.name.clone(),
+        });
+    }
+    let conflicting_init = if agent {
+        names::PROXY
+    } else {
+        grpc::SIMPLE_INIT
+    };
+    if spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == conflicting_init)
+    {
+        return Err(InjectError::NameConflict {
+            kind: "container",
+            name: conflicting_init.into(),
+        });
+    }
+
+    // The template's containers in its order (the agent first), each with the pod's own
+    // container of that name merged over it.
+    let mut status_containers = Vec::new();
+    let mut overlays = Vec::new();
+    let own_proxy = agent
+        .then(|| take(&mut spec.containers, names::PROXY))
+        .flatten();
+    let mut proxy = None;
+    if agent {
+        let facts = containers::PodFacts {
+            namespace,
+            workload: &workload,
+            app_containers: pod
+                .spec
+                .as_ref()
+                .map(|s| s.containers.as_slice())
+                .unwrap_or_default(),
+            probers: &Default::default(),
+            workload_name_label: None,
+        };
+        let mut injected = grpc::agent(settings, cfg, &facts);
+        if let Some(own) = &own_proxy {
+            let (merged, overlay) = overrides::apply(&injected, own)?;
+            injected = merged;
+            overlays.push(overlay);
+        }
+        status_containers.push(names::PROXY.to_string());
+        proxy = Some(injected);
+    }
+    for c in spec.containers.iter_mut() {
+        if !grpc::patches(template, &c.name) {
+            continue;
+        }
+        let (merged, overlay) = overrides::apply(&grpc::app_patch(template, &c.name), c)?;
+        status_containers.push(c.name.clone());
+        *c = merged;
+        overlays.push(overlay);
+    }
+    // Istio's order: the proxy last, so `kubectl exec` defaults to the app, or first when the app
+    // waits for it.
+    let proxy = proxy.or_else(|| take(&mut spec.containers, names::PROXY));
+    if let Some(proxy) = proxy {
+        match settings.hold_application {
+            true => spec.containers.insert(0, proxy),
+            false => spec.containers.push(proxy),
+        }
+    }
+    let init = (!agent).then(|| grpc::bootstrap_init(cfg));
+    let status_inits = init.as_ref().map(|c| vec![c.name.clone()]);
+    if let Some(init) = init {
+        spec.init_containers.get_or_insert_with(Vec::new).push(init);
+    }
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .extend(volumes.iter().cloned());
+    let first_app = spec
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .find(|n| n != names::PROXY);
+
+    if agent {
+        set_labels(
+            out.metadata.labels.get_or_insert_with(BTreeMap::new),
+            &workload,
+            false,
+        );
+    }
+    let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    // Both templates turn probe rewriting off: there is no Envoy to route the kubelet's probes.
+    annotations.insert(keys::REWRITE_PROBES.into(), "false".into());
+    if agent {
+        set_annotations(annotations, first_app.as_deref(), cfg);
+    }
+    if let Some(app) = merge_prometheus(annotations)
+        && let Some(proxy) = out
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers.iter_mut().find(|c| c.name == names::PROXY))
+    {
+        proxy
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(crate::k8s::env("ISTIO_PROMETHEUS_ANNOTATIONS", app));
+    }
+    let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    if !overlays.is_empty() {
+        annotations.insert(
+            keys::OVERRIDES.into(),
+            overrides::annotation(overlays, Vec::new()),
+        );
+    }
+    // Istio writes what its template listed; no init containers is `null`, as Go writes it.
+    let status = serde_json::json!({
+        "initContainers": status_inits,
+        "containers": status_containers,
+        "volumes": volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        "imagePullSecrets": null,
+        "revision": revision::name(&cfg.revision),
+    });
+    annotations.insert(keys::STATUS.into(), status.to_string());
+    Ok(out)
 }
 
 /// The volumes injection adds: the proxy's (shared with gateways) and the optional CRL ConfigMap,
@@ -1094,8 +1268,12 @@ mod tests {
             ("custom", "requested template \"custom\" not found"),
             ("sidecar,spire", "requested template \"spire\" not found"),
             (
-                "grpc-agent",
-                "meshop does not have Istio's \"grpc-agent\" template",
+                "waypoint",
+                "meshop does not have Istio's \"waypoint\" template",
+            ),
+            (
+                "sidecar,grpc-agent",
+                "meshop injects Istio's \"grpc-agent\" template alone",
             ),
         ] {
             let err = inject(&pod_with(&[], &[(keys::TEMPLATES, value)]), &c)
@@ -1489,6 +1667,221 @@ mod tests {
             apps.value, None,
             "no app container: no value, as Go writes it"
         );
+    }
+
+    /// A gRPC app pod: one container with its own env, a probe and a port.
+    fn grpc_pod(template: &str) -> Pod {
+        let mut p = pod_with(&[("app", "greeter")], &[(keys::TEMPLATES, template)]);
+        let app = &mut p.spec.as_mut().unwrap().containers[0];
+        app.env = Some(vec![crate::k8s::env("OWN", "1")]);
+        app.ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+            container_port: 50051,
+            ..Default::default()
+        }]);
+        app.readiness_probe = Some(k8s_openapi::api::core::v1::Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                port: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn env_names(c: &Container) -> Vec<&str> {
+        c.env.iter().flatten().map(|e| e.name.as_str()).collect()
+    }
+
+    fn mount_names(c: &Container) -> Vec<&str> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_grpc_agent_template_runs_the_agent_without_envoy_or_capture() {
+        for native in [false, true] {
+            let c = InjectionConfig {
+                sidecar_mode: if native {
+                    crate::api::SidecarMode::Native
+                } else {
+                    crate::api::SidecarMode::Classic
+                },
+                ..cfg()
+            };
+            let out = inject(&grpc_pod("grpc-agent"), &c).unwrap();
+            let spec = out.spec.as_ref().unwrap();
+            assert_eq!(spec.init_containers, None, "no redirect, no native sidecar");
+            assert_eq!(
+                names_of(&Some(spec.containers.clone())),
+                ["app", "istio-proxy"]
+            );
+            let app = &spec.containers[0];
+            assert_eq!(
+                env_names(app),
+                // The template's variables first, the pod's own after (istioctl's order).
+                [
+                    "GRPC_XDS_EXPERIMENTAL_SECURITY_SUPPORT",
+                    "GRPC_XDS_BOOTSTRAP",
+                    "OWN"
+                ]
+            );
+            assert_eq!(
+                mount_names(app),
+                ["istio-data", "istio-xds", "workload-certs"]
+            );
+            assert!(
+                app.readiness_probe.as_ref().unwrap().http_get.is_some(),
+                "not rewritten"
+            );
+            let proxy = &spec.containers[1];
+            assert_eq!(proxy.args.as_ref().unwrap()[..2], ["proxy", "sidecar"]);
+            let env = env_names(proxy);
+            assert_eq!(env[..2], ["ISTIO_META_GENERATOR", "OUTPUT_CERTS"]);
+            assert_eq!(
+                env[env.len() - 2..],
+                ["ISTIO_META_DNS_CAPTURE", "DISABLE_ENVOY"]
+            );
+            assert!(!env.contains(&"ISTIO_KUBE_APP_PROBERS"));
+            let ports = proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "ISTIO_META_POD_PORTS");
+            assert!(ports.unwrap().value.as_deref().unwrap().contains("50051"));
+            let probe = proxy.readiness_probe.as_ref().unwrap();
+            assert_eq!(
+                probe.http_get.as_ref().unwrap().port,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15020)
+            );
+            assert!(proxy.lifecycle.as_ref().unwrap().post_start.is_some());
+            assert!(proxy.security_context.is_none());
+            let labels = out.metadata.labels.as_ref().unwrap();
+            assert!(!labels.contains_key(keys::TLS_MODE));
+            assert_eq!(labels[keys::CANONICAL_NAME], "greeter");
+            let annotations = out.metadata.annotations.as_ref().unwrap();
+            assert_eq!(annotations[keys::REWRITE_PROBES], "false");
+            assert_eq!(annotations[keys::DEFAULT_CONTAINER], "app");
+            assert_eq!(annotations[keys::PROMETHEUS_PORT], "15020");
+            let overrides: Value = serde_json::from_str(&annotations[keys::OVERRIDES]).unwrap();
+            assert_eq!(overrides["containers"][0]["name"], "app");
+            let status = status_of(&out);
+            assert_eq!(status["initContainers"], Value::Null);
+            assert_eq!(status["containers"], json!(["istio-proxy", "app"]));
+            assert_eq!(
+                status["volumes"],
+                json!([
+                    "workload-socket",
+                    "workload-certs",
+                    "istio-xds",
+                    "istio-data",
+                    "istio-podinfo",
+                    "istio-token",
+                    "istiod-ca-cert"
+                ])
+            );
+            assert_eq!(spec.volumes.as_ref().unwrap().len(), 7);
+        }
+    }
+
+    #[test]
+    fn the_grpc_agent_goes_first_when_the_app_waits_and_honours_the_status_port() {
+        let c = InjectionConfig {
+            hold_application_until_proxy_starts: true,
+            ..cfg()
+        };
+        let out = inject(&grpc_pod("grpc-agent"), &c).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            names_of(&Some(spec.containers.clone())),
+            ["istio-proxy", "app"]
+        );
+
+        let mut p = grpc_pod("grpc-agent");
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("status.sidecar.istio.io/port".into(), "0".into());
+        let out = inject(&p, &cfg()).unwrap();
+        let proxy = out
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .last()
+            .unwrap()
+            .clone();
+        assert!(proxy.readiness_probe.is_none() && proxy.volume_mounts.is_none());
+    }
+
+    #[test]
+    fn the_grpc_simple_template_bootstraps_from_an_init_container() {
+        let mut p = grpc_pod("grpc-simple");
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys::REWRITE_PROBES.into(), "true".into());
+        let out = inject(&p, &cfg()).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(names_of(&spec.init_containers), ["grpc-bootstrap-init"]);
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            env_names(init),
+            [
+                "INSTANCE_IP",
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "ISTIO_NAMESPACE"
+            ]
+        );
+        assert_eq!(names_of(&Some(spec.containers.clone())), ["app"]);
+        let app = &spec.containers[0];
+        assert_eq!(
+            env_names(app),
+            [
+                "GRPC_XDS_BOOTSTRAP",
+                "GRPC_GO_LOG_VERBOSITY_LEVEL",
+                "GRPC_GO_LOG_SEVERITY_LEVEL",
+                "OWN"
+            ]
+        );
+        assert_eq!(mount_names(app), ["grpc-io-proxyless-bootstrap"]);
+        assert!(
+            out.metadata.labels.as_ref().unwrap().len() == 1,
+            "no labels added"
+        );
+        let annotations = out.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[keys::REWRITE_PROBES], "false");
+        assert!(!annotations.contains_key(keys::REV));
+        assert!(!annotations.contains_key(keys::DEFAULT_CONTAINER));
+        let status = status_of(&out);
+        assert_eq!(status["initContainers"], json!(["grpc-bootstrap-init"]));
+        assert_eq!(status["containers"], json!(["app"]));
+        assert_eq!(status["volumes"], json!(["grpc-io-proxyless-bootstrap"]));
+        // Injected once: the status annotation keeps a second pass from adding anything.
+        assert_eq!(inject(&out, &cfg()).unwrap(), out);
+    }
+
+    #[test]
+    fn grpc_templates_refuse_volume_and_container_name_clashes() {
+        let mut p = grpc_pod("grpc-simple");
+        p.spec.as_mut().unwrap().volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+            name: "grpc-io-proxyless-bootstrap".into(),
+            ..Default::default()
+        }]);
+        let err = inject(&p, &cfg()).unwrap_err().to_string();
+        assert!(err.contains("grpc-io-proxyless-bootstrap"), "{err}");
+        let mut p = grpc_pod("grpc-simple");
+        p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+            name: "grpc-bootstrap-init".into(),
+            ..Default::default()
+        }]);
+        let err = inject(&p, &cfg()).unwrap_err().to_string();
+        assert!(err.contains("grpc-bootstrap-init"), "{err}");
     }
 
     #[test]
