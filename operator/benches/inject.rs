@@ -118,7 +118,9 @@ fn view() -> View {
 
 fn bench(c: &mut Criterion) {
     let cfg = config();
+    // Timers on: the webhook bounds a body's read with a timeout.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("runtime");
     let app = router(view(), Default::default());
