@@ -32,6 +32,41 @@ pub(crate) struct PodFacts<'a> {
     pub(crate) workload_name_label: Option<&'a str>,
 }
 
+/// pilot-agent's arguments in `mode` with the pod's log levels: every template's proxy starts so.
+pub(super) fn agent_args(mode: Mode, s: &Settings) -> Vec<String> {
+    let mut args = istio_proxy::agent_args(mode);
+    args.push(format!("--proxyLogLevel={}", s.log_level));
+    args.push(format!("--proxyComponentLogLevel={COMPONENT_LOG_LEVEL}"));
+    args.push(format!("--log_output_level={}", s.agent_log_level));
+    args
+}
+
+/// `ISTIO_META_POD_PORTS`: every port of the app containers.
+pub(super) fn pod_ports_env(facts: &PodFacts) -> EnvVar {
+    let ports: Vec<&ContainerPort> = facts
+        .app_containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .collect();
+    env("ISTIO_META_POD_PORTS", to_json(&ports))
+}
+
+/// `ISTIO_META_APP_CONTAINERS`: the app containers but the pod's own istio-proxy. Go leaves out
+/// an empty value (a pod whose only container is its own istio-proxy).
+pub(super) fn app_containers_env(facts: &PodFacts) -> EnvVar {
+    let names: Vec<&str> = facts
+        .app_containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .filter(|n| *n != names::PROXY)
+        .collect();
+    EnvVar {
+        name: "ISTIO_META_APP_CONTAINERS".into(),
+        value: Some(names.join(",")).filter(|v| !v.is_empty()),
+        value_from: None,
+    }
+}
+
 pub(super) fn health_probe(period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -77,22 +112,7 @@ pub(crate) fn proxy(
     facts: &PodFacts,
     native: bool,
 ) -> Container {
-    let mut args = istio_proxy::agent_args(Mode::Sidecar);
-    args.push(format!("--proxyLogLevel={}", s.log_level));
-    args.push(format!("--proxyComponentLogLevel={COMPONENT_LOG_LEVEL}"));
-    args.push(format!("--log_output_level={}", s.agent_log_level));
-
-    let app_ports: Vec<&ContainerPort> = facts
-        .app_containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .collect();
-    let app_names: Vec<&str> = facts
-        .app_containers
-        .iter()
-        .map(|c| c.name.as_str())
-        .filter(|n| *n != names::PROXY)
-        .collect();
+    let args = agent_args(Mode::Sidecar, s);
     let mut env_vars = [
         istio_proxy::ca_env(cfg.discovery_address()),
         istio_proxy::pod_env(),
@@ -101,13 +121,8 @@ pub(crate) fn proxy(
             istio_proxy::host_ip_env(),
             resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
             istio_proxy::proxy_config_env(&s.proxy_config),
-            env("ISTIO_META_POD_PORTS", to_json(&app_ports)),
-            // Go leaves out an empty value (a pod whose only container is its own istio-proxy).
-            EnvVar {
-                name: "ISTIO_META_APP_CONTAINERS".into(),
-                value: Some(app_names.join(",")).filter(|v| !v.is_empty()),
-                value_from: None,
-            },
+            pod_ports_env(facts),
+            app_containers_env(facts),
             resource_env("GOMEMLIMIT", "limits.memory"),
             resource_env("GOMAXPROCS", "limits.cpu"),
         ],

@@ -5,12 +5,10 @@
 //! template of Istio's injector configuration (release-1.31), `istioctl kube-inject` being the
 //! oracle (tests/tests/istio_corpus.rs).
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSecurityContext, SecurityContext, Sysctl,
-};
+use k8s_openapi::api::core::v1::{Container, PodSecurityContext, SecurityContext, Sysctl};
 
 use super::annotations::Settings;
-use super::containers::{PodFacts, health_probe, to_json};
+use super::containers::{self, PodFacts, health_probe, to_json};
 use super::{InjectionConfig, names};
 use crate::istio_proxy::{self, Mode, UID, resource_env};
 use crate::k8s::env;
@@ -26,22 +24,7 @@ pub(crate) fn requested(templates: Option<&str>) -> bool {
 
 /// The gateway's istio-proxy container, before the pod's own is merged over it.
 pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
-    let mut args = istio_proxy::agent_args(Mode::Router);
-    args.push(format!("--proxyLogLevel={}", s.log_level));
-    args.push("--proxyComponentLogLevel=misc:error".into());
-    args.push(format!("--log_output_level={}", s.agent_log_level));
-
-    let pod_ports: Vec<&ContainerPort> = facts
-        .app_containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .collect();
-    let app_names: Vec<&str> = facts
-        .app_containers
-        .iter()
-        .map(|c| c.name.as_str())
-        .filter(|n| *n != names::PROXY)
-        .collect();
+    let args = containers::agent_args(Mode::Router, s);
     let mut env_vars = [
         istio_proxy::ca_env(cfg.discovery_address()),
         istio_proxy::pod_env(),
@@ -50,14 +33,10 @@ pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
             istio_proxy::host_ip_env(),
             resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
             istio_proxy::proxy_config_env(&s.proxy_config),
-            env("ISTIO_META_POD_PORTS", to_json(&pod_ports)),
+            containers::pod_ports_env(facts),
             resource_env("GOMEMLIMIT", "limits.memory"),
             resource_env("GOMAXPROCS", "limits.cpu"),
-            EnvVar {
-                name: "ISTIO_META_APP_CONTAINERS".into(),
-                value: Some(app_names.join(",")).filter(|v| !v.is_empty()),
-                value_from: None,
-            },
+            containers::app_containers_env(facts),
         ],
         istio_proxy::cluster_env(),
         vec![env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT")],

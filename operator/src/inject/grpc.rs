@@ -12,14 +12,14 @@
 //! (tests/tests/istio_corpus.rs).
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction, HTTPGetAction, Lifecycle,
-    LifecycleHandler, Probe, Volume, VolumeMount,
+    Container, ContainerPort, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, Probe,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::annotations::Settings;
-use super::containers::{PodFacts, to_json};
+use super::containers::{self, PodFacts, to_json};
 use super::{InjectionConfig, names};
 use crate::istio_proxy::{self, ports};
 use crate::k8s::{env, field_env};
@@ -76,35 +76,20 @@ pub(crate) const SIMPLE_INIT: &str = "grpc-bootstrap-init";
 const SIMPLE_IMAGE: &str = "busybox:1.28";
 
 fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        ..Default::default()
-    }
-}
-
-fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
-    Volume {
-        name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            medium: medium.map(Into::into),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    crate::k8s::mount(name, path, false)
 }
 
 /// The volumes the template adds, in its order (the pod's `userVolume`s last for `grpc-agent`).
 pub(crate) fn volumes(grpc: Grpc, s: &Settings) -> Vec<Volume> {
     match grpc {
-        Grpc::Simple => vec![empty_dir(SIMPLE_VOLUME, None)],
+        Grpc::Simple => vec![istio_proxy::empty_dir(SIMPLE_VOLUME, None)],
         Grpc::Agent => {
             let proxy_volumes = istio_proxy::sidecar_volumes();
             let take = |name: &str| proxy_volumes.iter().find(|v| v.name == name).cloned();
             ["workload-socket", "workload-certs"]
                 .into_iter()
                 .filter_map(take)
-                .chain([empty_dir("istio-xds", Some("Memory"))])
+                .chain([istio_proxy::empty_dir("istio-xds", Some("Memory"))])
                 .chain(
                     [
                         "istio-data",
@@ -240,22 +225,7 @@ fn istio_layout(bootstrap: &Value) -> String {
 /// `grpc-agent`'s istio-proxy: pilot-agent in sidecar mode with Envoy disabled, telling the app
 /// its xDS and certificates through [`XDS_DIR`] and [`DATA_DIR`].
 pub(crate) fn agent(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Container {
-    let mut args = istio_proxy::agent_args(istio_proxy::Mode::Sidecar);
-    args.push(format!("--proxyLogLevel={}", s.log_level));
-    args.push("--proxyComponentLogLevel=misc:error".into());
-    args.push(format!("--log_output_level={}", s.agent_log_level));
-
-    let pod_ports: Vec<&ContainerPort> = facts
-        .app_containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .collect();
-    let app_names: Vec<&str> = facts
-        .app_containers
-        .iter()
-        .map(|c| c.name.as_str())
-        .filter(|n| *n != names::PROXY)
-        .collect();
+    let args = containers::agent_args(istio_proxy::Mode::Sidecar, s);
     let mut env_vars = [
         vec![
             env("ISTIO_META_GENERATOR", "grpc"),
@@ -267,12 +237,8 @@ pub(crate) fn agent(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
             istio_proxy::service_account_env(),
             istio_proxy::host_ip_env(),
             istio_proxy::proxy_config_env(&s.proxy_config),
-            env("ISTIO_META_POD_PORTS", to_json(&pod_ports)),
-            EnvVar {
-                name: "ISTIO_META_APP_CONTAINERS".into(),
-                value: Some(app_names.join(",")).filter(|v| !v.is_empty()),
-                value_from: None,
-            },
+            containers::pod_ports_env(facts),
+            containers::app_containers_env(facts),
         ],
         istio_proxy::cluster_env(),
         istio_proxy::workload_env(

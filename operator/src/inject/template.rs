@@ -152,12 +152,7 @@ pub(super) fn inject_as(
     if !gateway {
         added_volumes.extend(settings.user_volumes.iter().cloned());
     }
-    let namespace = pod
-        .metadata
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default");
+    let namespace = namespace_of(pod);
     let workload = workload.unwrap_or_else(|| identity::workload_of(pod));
 
     let mut out = pod.clone();
@@ -429,12 +424,7 @@ fn inject_grpc(
     workload: Option<Workload>,
 ) -> Result<Pod, InjectError> {
     let agent = template == grpc::Grpc::Agent;
-    let namespace = pod
-        .metadata
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default");
+    let namespace = namespace_of(pod);
     let workload = workload.unwrap_or_else(|| identity::workload_of(pod));
     let mut out = pod.clone();
     let Some(spec) = out.spec.as_mut() else {
@@ -572,6 +562,15 @@ fn inject_grpc(
     });
     annotations.insert(keys::STATUS.into(), status.to_string());
     Ok(out)
+}
+
+/// The namespace that names the pod's workload in telemetry: its own, `default` if unset.
+fn namespace_of(pod: &Pod) -> &str {
+    pod.metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
 }
 
 /// The volumes injection adds: the proxy's (shared with gateways) and the optional CRL ConfigMap,

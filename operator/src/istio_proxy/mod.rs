@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::k8s::{env, field_env};
 
-pub(crate) use volumes::{crl_mount, crl_volume, proxy_mounts, sidecar_volumes};
+pub(crate) use volumes::{crl_mount, crl_volume, empty_dir, proxy_mounts, sidecar_volumes};
 
 /// The container's name.
 pub(crate) const CONTAINER: &str = "istio-proxy";
@@ -126,9 +126,18 @@ const AGENT_DEFAULTS: &[(&str, &str)] = &[
 /// value is the agent's own default ([`AGENT_DEFAULTS`]). A revision's or another namespace's
 /// istiod is not the default address, so it stays.
 pub(crate) fn without_agent_defaults(config: &mut Map<String, Value>) {
-    for (field, default) in AGENT_DEFAULTS {
-        let default: Value = serde_json::from_str(default).unwrap_or(Value::Null);
-        if config.get(*field) == Some(&default) {
+    // Parsed once: this runs for every pod the webhook injects.
+    static DEFAULTS: std::sync::LazyLock<Vec<(&str, Value)>> = std::sync::LazyLock::new(|| {
+        AGENT_DEFAULTS
+            .iter()
+            .map(|(f, v)| (*f, serde_json::from_str(v).unwrap_or(Value::Null)))
+            .collect()
+    });
+    if config.is_empty() {
+        return;
+    }
+    for (field, default) in DEFAULTS.iter() {
+        if config.get(*field) == Some(default) {
             config.remove(*field);
         }
     }

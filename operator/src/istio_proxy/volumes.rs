@@ -13,7 +13,8 @@ use crate::k8s::mount;
 /// Lifetime of the istio-ca token; the kubelet refreshes it well before it expires.
 const TOKEN_SECONDS: i64 = 43200;
 
-fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
+/// An `emptyDir` volume (`medium: Memory` for the proxy's sockets and certificates).
+pub(crate) fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource {
