@@ -607,17 +607,7 @@ mod tests {
     #[test]
     fn workload_migration_is_granted_and_no_more() {
         let rules = cluster_role().rules.unwrap();
-        let verbs = |group: &str, plural: &str| -> Vec<String> {
-            let mut v: Vec<String> = rules
-                .iter()
-                .filter(|r| r.api_groups.iter().flatten().any(|g| g == group))
-                .filter(|r| r.resources.iter().flatten().any(|p| p == plural))
-                .flat_map(|r| r.verbs.clone())
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
+        let verbs = |group: &str, plural: &str| verbs_on(&rules, group, plural);
         for a in crate::kinds::MIGRATION_ACCESS {
             let granted = verbs(a.group, a.plural);
             for verb in a.verbs {
