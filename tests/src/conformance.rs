@@ -93,8 +93,28 @@ impl<'a> Injectors<'a> {
             );
         }
         let text = String::from_utf8(out.stdout)?;
+        let meshinstall = format!(
+            "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {{name: m}}\nspec:\n  profile: minimal\n  version: {VERSION}\n  {}\n",
+            setting.meshop_spec
+        );
+        let prefix = setting.name.replace('/', "-");
+        Injectors::from_manifest(bin, setting, &text, &meshinstall, dir, &prefix)
+    }
+
+    /// Both injectors from the output of an `istioctl manifest generate` (its injector config,
+    /// values and mesh config: the ConfigMaps holding `config` and `values`, and `mesh`) and a
+    /// MeshInstall, written into `dir` with file names starting `prefix`; istioctl injects with
+    /// `setting`'s `ENABLE_NATIVE_SIDECARS`.
+    pub fn from_manifest(
+        bin: &IstioBinaries,
+        setting: &'a Setting,
+        manifest: &str,
+        meshinstall: &str,
+        dir: &Path,
+        prefix: &str,
+    ) -> Result<Injectors<'a>> {
         let mut files: BTreeMap<&str, String> = BTreeMap::new();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_yaml::Deserializer::from_str(manifest) {
             let Ok(doc) = <Value as serde::Deserialize>::deserialize(doc) else {
                 continue;
             };
@@ -102,31 +122,21 @@ impl<'a> Injectors<'a> {
                 continue;
             }
             let data = |key: &str| doc["data"][key].as_str().map(str::to_string);
-            match doc["metadata"]["name"].as_str() {
-                Some("istio-sidecar-injector") => {
-                    files.extend(data("config").map(|c| ("config", c)));
-                    files.extend(data("values").map(|v| ("values", v)));
-                }
-                Some("istio") => files.extend(data("mesh").map(|m| ("mesh", m))),
-                _ => {}
+            if let (Some(config), Some(values)) = (data("config"), data("values")) {
+                files.insert("config", config);
+                files.insert("values", values);
             }
+            files.extend(data("mesh").map(|m| ("mesh", m)));
         }
-        let prefix = setting.name.replace('/', "-");
         let write = |name: &str, text: Option<&String>| -> Result<PathBuf> {
             let text = text.with_context(|| {
-                format!(
-                    "istioctl manifest generate wrote no {name} for {}",
-                    setting.name
-                )
+                format!("istioctl manifest generate wrote no {name} for {prefix}")
             })?;
             let path = dir.join(format!("{prefix}-{name}"));
             std::fs::write(&path, text)?;
             Ok(path)
         };
-        let meshinstall = format!(
-            "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {{name: m}}\nspec:\n  profile: minimal\n  version: {VERSION}\n  {}\n",
-            setting.meshop_spec
-        );
+        let meshinstall = meshinstall.to_string();
         Ok(Injectors {
             setting,
             istioctl: bin.istioctl.clone(),

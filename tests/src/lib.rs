@@ -19,6 +19,7 @@ pub mod helm;
 pub mod inventory;
 pub mod istio;
 pub mod judges;
+pub mod manifest_generate;
 pub mod process;
 pub mod wait;
 
