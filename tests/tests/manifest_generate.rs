@@ -97,7 +97,9 @@ fn run_input(bin: &IstioBinaries, file: &Path, dir: &Path) -> Input {
         .and_then(|d| d.into_iter().next())
         .unwrap_or(Value::Null);
     let leaves = leaf_count(&first["spec"]);
-    let conversions = meshop_convert(file);
+    // Messages name the file by its name alone: the checkout's path is no part of the outcome.
+    let local = |e: String| e.replace(&file.display().to_string(), &name);
+    let conversions = meshop_convert(file).map_err(local);
     let not_carried = conversions.clone().map(|cs| {
         cs.iter()
             .flat_map(|c| c["notCarried"].as_array().cloned().unwrap_or_default())
@@ -123,7 +125,7 @@ fn run_input(bin: &IstioBinaries, file: &Path, dir: &Path) -> Input {
     } else {
         let prefix = name.trim_end_matches(".yaml");
         match both_sides(bin, file, &first, dir, prefix).unwrap() {
-            Err(refused) => Outcome::Refused(refused),
+            Err(refused) => Outcome::Refused(local(refused)),
             Ok((input, _)) => {
                 let base_file = dir.join(format!("{prefix}-topology.yaml"));
                 std::fs::write(
