@@ -331,11 +331,15 @@ impl Installation {
         }
 
         // meshop's own settings (the layered spec: profile shorthands), in Istio's shape.
-        let mut proxy = json!({
-            "discoveryAddress": self.discovery_address(),
-            "tracing": { "sampling": self.mesh.trace_sampling },
-            "holdApplicationUntilProxyStarts": self.injection.hold_application_until_proxy_starts,
-        });
+        // The sampling rate of traceSampling goes to istiod as PILOT_TRACE_SAMPLING, as Istio's
+        // chart passes values.pilot.traceSampling; defaultConfig.tracing is the user's alone
+        // (it reaches every proxy's PROXY_CONFIG, and a sampling set there overrides istiod's).
+        // holdApplicationUntilProxyStarts only when on: off is Istio's default, and what the
+        // mesh says reaches every pod's PROXY_CONFIG.
+        let mut proxy = json!({ "discoveryAddress": self.discovery_address() });
+        if self.injection.hold_application_until_proxy_starts {
+            proxy["holdApplicationUntilProxyStarts"] = json!(true);
+        }
         if let Some(c) = self.injection.concurrency {
             proxy["concurrency"] = json!(c);
         }
@@ -354,25 +358,13 @@ impl Installation {
             unreachable!("a JSON object literal")
         };
         crate::api::meshconfig::merge(&mut config, &istio);
-        // The user's own shorthands last: they say the same as Istio's field, which the user
-        // did not set.
+        // The user's own shorthand last: it says the same as Istio's field, which the user did
+        // not set (the layered spec may hold the profile's shorthand instead).
         if let Some(on) = own.access_logging {
             config.insert(
                 "accessLogFile".into(),
                 json!(if on { "/dev/stdout" } else { "" }),
             );
-        }
-        if let Some(sampling) = own.trace_sampling
-            && let Some(Value::Object(pc)) = config.get_mut("defaultConfig")
-        {
-            match pc.get_mut("tracing") {
-                Some(Value::Object(t)) => {
-                    t.insert("sampling".into(), json!(sampling));
-                }
-                _ => {
-                    pc.insert("tracing".into(), json!({ "sampling": sampling }));
-                }
-            }
         }
         let merged = Value::Object(config);
         let errors = crate::api::meshconfig::check_semantics("spec.meshConfig", &merged);
@@ -549,7 +541,7 @@ mod tests {
         assert_eq!(c["defaultConfig"]["proxyMetadata"], json!({"ISTIO_META_DNS_CAPTURE": "true"}));
         // meshop's own defaultConfig fields stay, the user's are merged in field by field.
         assert_eq!(c["defaultConfig"]["discoveryAddress"], "istiod.istio-system.svc:15012");
-        assert_eq!(c["defaultConfig"]["holdApplicationUntilProxyStarts"], true);
+        assert_eq!(c["defaultConfig"]["holdApplicationUntilProxyStarts"], true, "production's");
         assert_eq!(i.injection.concurrency, Some(3), "defaultConfig wins over the profile");
         assert_eq!(i.mesh.outbound, OutboundTrafficPolicy::REGISTRY_ONLY);
         assert_eq!(c["outboundTrafficPolicy"], json!({"mode": "REGISTRY_ONLY"}));
@@ -557,10 +549,15 @@ mod tests {
 
     #[test]
     fn the_old_string_forms_and_shorthands_still_work() {
+        assert_eq!(
+            resolve("profile: minimal\nmeshConfig: {outboundTrafficPolicy: ALLOW_SOME}\n").unwrap_err().to_string(),
+            "spec.meshConfig.outboundTrafficPolicy.mode: \"ALLOW_SOME\" is not one of REGISTRY_ONLY, ALLOW_ANY, ALLOW_ANY_DYNAMIC_DNS"
+        );
         let i = resolve("profile: minimal\nmeshConfig: {outboundTrafficPolicy: REGISTRY_ONLY, accessLogging: true, traceSampling: 5}\n").unwrap();
         assert_eq!(i.mesh.config["outboundTrafficPolicy"], json!({"mode": "REGISTRY_ONLY"}));
         assert_eq!(i.mesh.config["accessLogFile"], "/dev/stdout");
-        assert_eq!(i.mesh.config["defaultConfig"]["tracing"], json!({"sampling": 5.0}));
+        assert_eq!(i.mesh.trace_sampling, 5.0);
+        assert_eq!(i.mesh.config["defaultConfig"].get("tracing"), None);
         assert!(i.mesh.access_logging);
         // Istio's own field, over the profile's shorthand (demo logs to stdout).
         let i = resolve("profile: demo\nmeshConfig: {accessLogFile: /var/log/access.log, defaultConfig: {tracing: {sampling: 2}}}\n").unwrap();

@@ -602,8 +602,10 @@ fn preserve_unknown_fields(schema: &mut schemars::Schema) {
 pub enum OutboundTrafficPolicySetting {
     /// `ALLOW_ANY` or `REGISTRY_ONLY`.
     Mode(OutboundTrafficPolicy),
-    /// Istio's `{mode: ...}` (and any other field of Istio's OutboundTrafficPolicy), as given.
-    Istio(serde_json::Map<String, serde_json::Value>),
+    /// Istio's `{mode: ...}` (and any other field of Istio's OutboundTrafficPolicy), as given;
+    /// anything else is kept as given too, for the mesh config check to name it (a CEL rule
+    /// cannot be put on a node without a type).
+    Istio(serde_json::Value),
 }
 
 impl OutboundTrafficPolicySetting {
@@ -622,7 +624,11 @@ impl OutboundTrafficPolicySetting {
     pub fn to_istio(&self) -> serde_json::Value {
         match self {
             OutboundTrafficPolicySetting::Mode(m) => serde_json::json!({ "mode": m }),
-            OutboundTrafficPolicySetting::Istio(o) => serde_json::Value::Object(o.clone()),
+            // A string that is no mode: as the mode it tries to be, for the check to name.
+            OutboundTrafficPolicySetting::Istio(serde_json::Value::String(s)) => {
+                serde_json::json!({ "mode": s })
+            }
+            OutboundTrafficPolicySetting::Istio(o) => o.clone(),
         }
     }
 }
@@ -635,11 +641,7 @@ impl JsonSchema for OutboundTrafficPolicySetting {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "description": "Istio's {mode: ALLOW_ANY | REGISTRY_ONLY}, or the mode alone as a string.",
-            "x-kubernetes-preserve-unknown-fields": true,
-            "x-kubernetes-validations": [{
-                "rule": "type(self) == string ? self in ['ALLOW_ANY', 'REGISTRY_ONLY'] : type(self) == map",
-                "message": "outboundTrafficPolicy is {mode: ALLOW_ANY} or {mode: REGISTRY_ONLY} (or the mode alone)"
-            }]
+            "x-kubernetes-preserve-unknown-fields": true
         })
     }
 }

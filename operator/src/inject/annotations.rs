@@ -117,6 +117,11 @@ pub(crate) fn settings(
 ) -> Result<Settings, InjectError> {
     let get = |key: &str| annotations.get(key).map(String::as_str);
 
+    let ProxyConfig {
+        config: proxy_config,
+        hold: hold_application,
+    } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
+
     let image = match get(keys::PROXY_IMAGE) {
         Some(v) if !valid_image(v) => {
             return Err(InjectError::annotation(
@@ -126,7 +131,28 @@ pub(crate) fn settings(
             ));
         }
         Some(v) => v.to_string(),
-        None => cfg.proxy_image(),
+        None => {
+            // Istio's image types (`distroless`, `debug`) are a suffix of the tag; the pod's
+            // annotation over the ProxyConfig's `image.imageType`.
+            let image_type = get(keys::PROXY_IMAGE_TYPE).map(str::to_string).or_else(|| {
+                proxy_config
+                    .get("image")
+                    .and_then(|i| i.get("imageType"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+            match image_type.as_deref() {
+                None | Some("" | "default") => cfg.proxy_image(),
+                Some(t) if !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') => {
+                    return Err(InjectError::annotation(
+                        keys::PROXY_IMAGE_TYPE,
+                        t,
+                        "expected an image type such as distroless or debug",
+                    ));
+                }
+                Some(t) => format!("{}-{t}", cfg.proxy_image()),
+            }
+        }
     };
 
     let log_level = match get(keys::LOG_LEVEL) {
@@ -175,11 +201,6 @@ pub(crate) fn settings(
             InjectError::annotation(keys::REWRITE_PROBES, v, "expected true or false")
         })?,
     };
-
-    let ProxyConfig {
-        config: proxy_config,
-        hold: hold_application,
-    } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
 
     let status_port = match get(keys::STATUS_PORT) {
         None => ports::AGENT_STATUS,
@@ -332,7 +353,11 @@ fn proxy_config(
     annotation: Option<&str>,
     cfg: &InjectionConfig,
 ) -> Result<ProxyConfig, InjectError> {
-    let mut config = istio_proxy::proxy_config(cfg.discovery_address());
+    // The mesh's defaultConfig, as Istio's injector starts from it.
+    let mut config = cfg.default_config.clone();
+    config
+        .entry("discoveryAddress")
+        .or_insert_with(|| Value::String(cfg.discovery_address()));
     let mut hold = cfg.hold_application_until_proxy_starts;
     let mut concurrency = cfg.concurrency;
     if let Some(text) = annotation {
@@ -353,7 +378,17 @@ fn proxy_config(
                 n.ok_or_else(|| bad("concurrency must be a non-negative integer".into()))? as i32,
             );
         }
-        config.extend(overrides);
+        // Istio's MergeProxyConfig: fields replace, proxyMetadata merges key by key.
+        for (k, v) in overrides {
+            match (k.as_str(), config.get_mut(&k), v) {
+                ("proxyMetadata", Some(Value::Object(base)), Value::Object(extra)) => {
+                    base.extend(extra);
+                }
+                (_, _, v) => {
+                    config.insert(k, v);
+                }
+            }
+        }
     }
     if hold {
         config.insert("holdApplicationUntilProxyStarts".into(), Value::Bool(true));
