@@ -297,13 +297,14 @@ impl Installation {
         ));
         let pc = istio.get("defaultConfig");
         let set_in_pc = |field: &str| pc.and_then(|p| p.get(field)).is_some_and(|v| !v.is_null());
-        let mut both = |shorthand: &str, has_shorthand: bool, istio_field: &str, has_istio: bool| {
-            if has_shorthand && has_istio {
-                errors.push(format!(
+        let mut both =
+            |shorthand: &str, has_shorthand: bool, istio_field: &str, has_istio: bool| {
+                if has_shorthand && has_istio {
+                    errors.push(format!(
                     "{shorthand} and spec.meshConfig.{istio_field} are the same setting: set one"
                 ));
-            }
-        };
+                }
+            };
         both(
             "spec.meshConfig.traceSampling",
             own.trace_sampling.is_some(),
@@ -536,13 +537,32 @@ mod tests {
         .unwrap();
         let c = &i.mesh.config;
         assert_eq!(c["extensionProviders"][0]["name"], "otel");
-        assert_eq!(c["defaultProviders"], json!({"metrics": ["prometheus"], "tracing": ["otel"]}));
-        assert_eq!(c["discoverySelectors"], json!([{"matchLabels": {"team": "a"}}]));
-        assert_eq!(c["defaultConfig"]["proxyMetadata"], json!({"ISTIO_META_DNS_CAPTURE": "true"}));
+        assert_eq!(
+            c["defaultProviders"],
+            json!({"metrics": ["prometheus"], "tracing": ["otel"]})
+        );
+        assert_eq!(
+            c["discoverySelectors"],
+            json!([{"matchLabels": {"team": "a"}}])
+        );
+        assert_eq!(
+            c["defaultConfig"]["proxyMetadata"],
+            json!({"ISTIO_META_DNS_CAPTURE": "true"})
+        );
         // meshop's own defaultConfig fields stay, the user's are merged in field by field.
-        assert_eq!(c["defaultConfig"]["discoveryAddress"], "istiod.istio-system.svc:15012");
-        assert_eq!(c["defaultConfig"]["holdApplicationUntilProxyStarts"], true, "production's");
-        assert_eq!(i.injection.concurrency, Some(3), "defaultConfig wins over the profile");
+        assert_eq!(
+            c["defaultConfig"]["discoveryAddress"],
+            "istiod.istio-system.svc:15012"
+        );
+        assert_eq!(
+            c["defaultConfig"]["holdApplicationUntilProxyStarts"], true,
+            "production's"
+        );
+        assert_eq!(
+            i.injection.concurrency,
+            Some(3),
+            "defaultConfig wins over the profile"
+        );
         assert_eq!(i.mesh.outbound, OutboundTrafficPolicy::REGISTRY_ONLY);
         assert_eq!(c["outboundTrafficPolicy"], json!({"mode": "REGISTRY_ONLY"}));
     }
@@ -550,11 +570,16 @@ mod tests {
     #[test]
     fn the_old_string_forms_and_shorthands_still_work() {
         assert_eq!(
-            resolve("profile: minimal\nmeshConfig: {outboundTrafficPolicy: ALLOW_SOME}\n").unwrap_err().to_string(),
+            resolve("profile: minimal\nmeshConfig: {outboundTrafficPolicy: ALLOW_SOME}\n")
+                .unwrap_err()
+                .to_string(),
             "spec.meshConfig.outboundTrafficPolicy.mode: \"ALLOW_SOME\" is not one of REGISTRY_ONLY, ALLOW_ANY, ALLOW_ANY_DYNAMIC_DNS"
         );
         let i = resolve("profile: minimal\nmeshConfig: {outboundTrafficPolicy: REGISTRY_ONLY, accessLogging: true, traceSampling: 5}\n").unwrap();
-        assert_eq!(i.mesh.config["outboundTrafficPolicy"], json!({"mode": "REGISTRY_ONLY"}));
+        assert_eq!(
+            i.mesh.config["outboundTrafficPolicy"],
+            json!({"mode": "REGISTRY_ONLY"})
+        );
         assert_eq!(i.mesh.config["accessLogFile"], "/dev/stdout");
         assert_eq!(i.mesh.trace_sampling, 5.0);
         assert_eq!(i.mesh.config["defaultConfig"].get("tracing"), None);
@@ -569,7 +594,9 @@ mod tests {
     fn a_bad_mesh_config_names_each_field_and_why() {
         let err = |yaml: &str| resolve(yaml).unwrap_err().to_string();
         assert_eq!(
-            err("profile: minimal\nmeshConfig: {defaultConfig: {drainDuration: -1s}, enablePrometheusMerg: true}\n"),
+            err(
+                "profile: minimal\nmeshConfig: {defaultConfig: {drainDuration: -1s}, enablePrometheusMerg: true}\n"
+            ),
             "spec.meshConfig.enablePrometheusMerg: unknown field (not in Istio's MeshConfig)"
         );
         assert_eq!(
@@ -577,11 +604,15 @@ mod tests {
             "spec.meshConfig.defaultConfig.drainDuration: invalid drain duration: duration must be greater than 1ms"
         );
         assert_eq!(
-            err("profile: minimal\nmeshConfig: {extensionProviders: [{name: a, envoyFileAccessLog: {}}, {name: a, prometheus: {}}]}\n"),
+            err(
+                "profile: minimal\nmeshConfig: {extensionProviders: [{name: a, envoyFileAccessLog: {}}, {name: a, prometheus: {}}]}\n"
+            ),
             "spec.meshConfig.extensionProviders[1]: duplicate extension provider name a"
         );
         assert_eq!(
-            err("profile: minimal\nmeshConfig: {traceSampling: 1, defaultConfig: {tracing: {sampling: 2}, concurrency: 4}}\ninjection: {proxy: {concurrency: 2}}\n"),
+            err(
+                "profile: minimal\nmeshConfig: {traceSampling: 1, defaultConfig: {tracing: {sampling: 2}, concurrency: 4}}\ninjection: {proxy: {concurrency: 2}}\n"
+            ),
             "spec.meshConfig.traceSampling and spec.meshConfig.defaultConfig.tracing.sampling are the same setting: set one; spec.injection.proxy.concurrency and spec.meshConfig.defaultConfig.concurrency are the same setting: set one"
         );
     }

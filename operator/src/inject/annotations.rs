@@ -143,7 +143,11 @@ pub(crate) fn settings(
             });
             match image_type.as_deref() {
                 None | Some("" | "default") => cfg.proxy_image(),
-                Some(t) if !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') => {
+                Some(t)
+                    if !t.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+                    }) =>
+                {
                     return Err(InjectError::annotation(
                         keys::PROXY_IMAGE_TYPE,
                         t,

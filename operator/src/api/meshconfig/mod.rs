@@ -121,7 +121,10 @@ fn check_field(table: &Table, field: &Field, path: &str, value: &Value, errors: 
     }
     if field.map {
         let Value::Object(entries) = value else {
-            errors.push(format!("{path}: expected an object, got {}", kind_of(value)));
+            errors.push(format!(
+                "{path}: expected an object, got {}",
+                kind_of(value)
+            ));
             return;
         };
         for (k, v) in entries {
@@ -246,14 +249,15 @@ fn well_known(name: &str, value: &Value) -> Option<String> {
         "google.protobuf.Int64Value" => wrapped("int64"),
         "google.protobuf.UInt64Value" => wrapped("uint64"),
         "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => wrapped("double"),
-        "google.protobuf.Struct" | "google.protobuf.Empty" | "google.protobuf.Any" => (!value
-            .is_object())
-        .then(|| format!("{value} is not an object")),
+        "google.protobuf.Struct" | "google.protobuf.Empty" | "google.protobuf.Any" => {
+            (!value.is_object()).then(|| format!("{value} is not an object"))
+        }
         "google.protobuf.ListValue" => {
             (!value.is_array()).then(|| format!("{value} is not a list"))
         }
-        "google.protobuf.Timestamp" => (!value.is_string())
-            .then(|| format!("{value} is not an RFC 3339 timestamp")),
+        "google.protobuf.Timestamp" => {
+            (!value.is_string()).then(|| format!("{value} is not an RFC 3339 timestamp"))
+        }
         _ => None,
     }
 }
@@ -368,7 +372,9 @@ fn dns1123_labels(domain: &str) -> Result<(), String> {
             return Ok(());
         }
         if !dns1123_label(label) {
-            return Err(format!("domain name {domain:?} invalid (label {label:?} invalid)"));
+            return Err(format!(
+                "domain name {domain:?} invalid (label {label:?} invalid)"
+            ));
         }
     }
     Ok(())
@@ -461,7 +467,9 @@ fn provider_service(service: &str) -> Result<(), String> {
     match service.split_once('/') {
         None => {
             if fqdn(service).is_err() && !ip(service) {
-                return Err(format!("invalid service fmt {service}: {service} is not a valid IP"));
+                return Err(format!(
+                    "invalid service fmt {service}: {service} is not a valid IP"
+                ));
             }
             Ok(())
         }
@@ -524,7 +532,9 @@ fn check_provider(provider: &Map<String, Value>) -> Vec<String> {
             && !prefix.is_empty()
             && !prefix.starts_with('/')
         {
-            errs.push(format!("pathPrefix should begin with `/` but found {prefix:?}"));
+            errs.push(format!(
+                "pathPrefix should begin with `/` but found {prefix:?}"
+            ));
         }
         if *kind == "opentelemetry" && p.get("grpc").is_some() && p.get("http").is_some() {
             errs.push("OpenTelemetryTracingProvider cannot specify both grpc and http".into());
@@ -599,7 +609,10 @@ pub fn check_semantics(path: &str, mesh: &Value) -> Vec<String> {
             ),
             Some(a) => {
                 if let Err(e) = proxy_address(a) {
-                    pc_err("discoveryAddress", format!("invalid discovery address: {e}"));
+                    pc_err(
+                        "discoveryAddress",
+                        format!("invalid discovery address: {e}"),
+                    );
                 }
             }
             None => {}
@@ -608,8 +621,14 @@ pub fn check_semantics(path: &str, mesh: &Value) -> Vec<String> {
             ("tracing.zipkin.address", "/tracing/zipkin/address"),
             ("statsdUdpAddress", "/statsdUdpAddress"),
             ("envoyMetricsServiceAddress", "/envoyMetricsServiceAddress"),
-            ("envoyMetricsService.address", "/envoyMetricsService/address"),
-            ("envoyAccessLogService.address", "/envoyAccessLogService/address"),
+            (
+                "envoyMetricsService.address",
+                "/envoyMetricsService/address",
+            ),
+            (
+                "envoyAccessLogService.address",
+                "/envoyAccessLogService/address",
+            ),
         ] {
             if let Some(a) = pc.pointer(pointer).and_then(Value::as_str)
                 && (!a.is_empty() || field == "tracing.zipkin.address")
@@ -659,7 +678,10 @@ pub fn check_semantics(path: &str, mesh: &Value) -> Vec<String> {
                 .filter_map(Value::as_str)
             {
                 if let Err(e) = wildcard_domain(h) {
-                    err(&format!("serviceSettings[{i}].hosts"), format!("host `{h}`: {e}"));
+                    err(
+                        &format!("serviceSettings[{i}].hosts"),
+                        format!("host `{h}`: {e}"),
+                    );
                 }
             }
         }

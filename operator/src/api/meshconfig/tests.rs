@@ -43,14 +43,19 @@ fn a_production_mesh_config_is_accepted() {
         "connect_timeout": "5s",
     });
     assert_eq!(fields(mesh.clone()), Vec::<String>::new());
-    assert_eq!(check_semantics("spec.meshConfig", &mesh), Vec::<String>::new());
+    assert_eq!(
+        check_semantics("spec.meshConfig", &mesh),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn unknown_fields_and_wrong_kinds_are_named_by_path() {
     assert_eq!(
         fields(json!({"defaultConfig": {"holdApplicationUntilProxyStart": true}})),
-        ["spec.meshConfig.defaultConfig.holdApplicationUntilProxyStart: unknown field (not in Istio's ProxyConfig)"]
+        [
+            "spec.meshConfig.defaultConfig.holdApplicationUntilProxyStart: unknown field (not in Istio's ProxyConfig)"
+        ]
     );
     assert_eq!(
         fields(json!({"enablePrometheusMerge": "yes"})),
@@ -62,11 +67,15 @@ fn unknown_fields_and_wrong_kinds_are_named_by_path() {
     );
     assert_eq!(
         fields(json!({"defaultConfig": {"drainDuration": "soon"}})),
-        ["spec.meshConfig.defaultConfig.drainDuration: \"soon\" is not a duration such as 1.5s or 1m30s: expected a number before each unit"]
+        [
+            "spec.meshConfig.defaultConfig.drainDuration: \"soon\" is not a duration such as 1.5s or 1m30s: expected a number before each unit"
+        ]
     );
     assert_eq!(
         fields(json!({"extensionProviders": [{"name": "x", "zipkin": {"port": 70000000000i64}}]})),
-        ["spec.meshConfig.extensionProviders[0].zipkin.port: 70000000000 is out of range for uint32"]
+        [
+            "spec.meshConfig.extensionProviders[0].zipkin.port: 70000000000 is out of range for uint32"
+        ]
     );
     assert_eq!(
         fields(json!({"defaultConfig": {"concurrency": -1, "proxyMetadata": {"A": 1}}})),
@@ -91,11 +100,15 @@ fn semantic_checks_mirror_istios() {
     let check = |v: Value| check_semantics("m", &v);
     assert_eq!(
         check(json!({"defaultConfig": {"drainDuration": "-1s"}})),
-        ["m.defaultConfig.drainDuration: invalid drain duration: duration must be greater than 1ms"]
+        [
+            "m.defaultConfig.drainDuration: invalid drain duration: duration must be greater than 1ms"
+        ]
     );
     assert_eq!(
         check(json!({"defaultConfig": {"drainDuration": "1500ms"}})),
-        ["m.defaultConfig.drainDuration: invalid drain duration: drain time only supports durations to seconds precision"]
+        [
+            "m.defaultConfig.drainDuration: invalid drain duration: drain time only supports durations to seconds precision"
+        ]
     );
     assert_eq!(
         check(json!({"connectTimeout": "2h"})),
@@ -109,8 +122,12 @@ fn semantic_checks_mirror_istios() {
         ["m.extensionProviders[1]: duplicate extension provider name a"]
     );
     assert_eq!(
-        check(json!({"extensionProviders": [{"name": "z", "zipkin": {"service": "zipkin", "port": 0}}]})),
-        ["m.extensionProviders[0]: invalid extension provider z: port number 0 must be in the range 1..65535"]
+        check(
+            json!({"extensionProviders": [{"name": "z", "zipkin": {"service": "zipkin", "port": 0}}]})
+        ),
+        [
+            "m.extensionProviders[0]: invalid extension provider z: port number 0 must be in the range 1..65535"
+        ]
     );
     assert_eq!(
         check(json!({"trustDomainAliases": ["Bad_Domain"]})),
@@ -118,7 +135,9 @@ fn semantic_checks_mirror_istios() {
     );
     assert_eq!(
         check(json!({"defaultConfig": {"discoveryAddress": "istiod"}})),
-        ["m.defaultConfig.discoveryAddress: invalid discovery address: unable to split \"istiod\": missing port in address"]
+        [
+            "m.defaultConfig.discoveryAddress: invalid discovery address: unable to split \"istiod\": missing port in address"
+        ]
     );
 }
 
