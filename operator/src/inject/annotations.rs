@@ -16,6 +16,9 @@ use crate::istio_proxy::{self, ports};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
     pub(crate) image: String,
+    /// The capture init container's image: Istio's `ProxyInitImage`, which takes the pod's
+    /// `sidecar.istio.io/proxyImage` and `proxyImageType` but not the ProxyConfig's image type.
+    pub(crate) init_image: String,
     pub(crate) resources: ResourceRequirements,
     pub(crate) log_level: String,
     pub(crate) agent_log_level: String,
@@ -122,7 +125,40 @@ pub(crate) fn settings(
         hold: hold_application,
     } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
 
-    let image = match get(keys::PROXY_IMAGE) {
+    let annotated_type = get(keys::PROXY_IMAGE_TYPE);
+    if let Some(t) = annotated_type
+        && !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(InjectError::annotation(
+            keys::PROXY_IMAGE_TYPE,
+            t,
+            "expected an image type such as distroless or debug",
+        ));
+    }
+    let config_type = proxy_config
+        .get("image")
+        .and_then(|i| i.get("imageType"))
+        .and_then(Value::as_str);
+    if let Some(t) = config_type
+        && !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(InjectError::annotation(
+            keys::PROXY_CONFIG,
+            t,
+            "image.imageType must be an image type such as distroless or debug",
+        ));
+    }
+    // Istio's image types (`distroless`, `debug`) are a suffix of the tag: the pod's annotation
+    // over the ProxyConfig's `image.imageType` (which the init container does not take).
+    let with_type = |t: Option<&str>| match t {
+        None | Some("" | "default") => cfg.proxy_image(),
+        Some(t) => format!("{}-{t}", cfg.proxy_image()),
+    };
+    let (image, init_image) = match get(keys::PROXY_IMAGE) {
         Some(v) if !valid_image(v) => {
             return Err(InjectError::annotation(
                 keys::PROXY_IMAGE,
@@ -130,33 +166,11 @@ pub(crate) fn settings(
                 "expected an image reference such as registry.local/istio/proxyv2:1.31.1 (letters, digits and ._-/:@ only)",
             ));
         }
-        Some(v) => v.to_string(),
-        None => {
-            // Istio's image types (`distroless`, `debug`) are a suffix of the tag; the pod's
-            // annotation over the ProxyConfig's `image.imageType`.
-            let image_type = get(keys::PROXY_IMAGE_TYPE).map(str::to_string).or_else(|| {
-                proxy_config
-                    .get("image")
-                    .and_then(|i| i.get("imageType"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
-            match image_type.as_deref() {
-                None | Some("" | "default") => cfg.proxy_image(),
-                Some(t)
-                    if !t.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
-                    }) =>
-                {
-                    return Err(InjectError::annotation(
-                        keys::PROXY_IMAGE_TYPE,
-                        t,
-                        "expected an image type such as distroless or debug",
-                    ));
-                }
-                Some(t) => format!("{}-{t}", cfg.proxy_image()),
-            }
-        }
+        Some(v) => (v.to_string(), v.to_string()),
+        None => (
+            with_type(annotated_type.or(config_type)),
+            with_type(annotated_type),
+        ),
     };
 
     let log_level = match get(keys::LOG_LEVEL) {
@@ -235,6 +249,7 @@ pub(crate) fn settings(
 
     Ok(Settings {
         image,
+        init_image,
         resources: resources(annotations, cfg)?,
         log_level,
         agent_log_level,
