@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help demo cluster test unit testenv istio helm judges image chart build generate crds golden bench loadtest lint fmt clean-testenv tools
+.PHONY: help demo cluster test unit testenv istio helm judges istio-judges meshconfig-table image chart build generate crds golden bench loadtest lint fmt clean-testenv tools
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ demo: tools testenv ## The main job: control plane, operator, a demo MeshInstall
 cluster: tools testenv ## Start a local control plane (controllers mode, CRDs installed) until Ctrl-C.
 	$(CARGO) run -q -p meshop-testenv --bin meshop-cluster
 
-test: tools testenv istio helm judges ## Unit and integration tests against a real kube-apiserver, Istio's binaries, helm and the judges (GitOps health, promtool; built when not cached).
+test: tools testenv istio helm judges istio-judges ## Unit and integration tests against a real kube-apiserver, Istio's binaries, helm and the judges (GitOps health, promtool; built when not cached).
 	$(CARGO) build --workspace --locked --bins
 	$(CARGO) test --workspace --locked --no-fail-fast
 
@@ -36,6 +36,12 @@ helm: tools ## Build (or reuse) helm from helm.sh/helm/v3 in ~/.cache/meshop (th
 
 judges: tools ## Build (or reuse) the judges (kstatus, Flux CEL, Argo CD Lua, promtool) in ~/.cache/meshop.
 	@bash tests/testenv/build-judges.sh >/dev/null
+
+istio-judges: tools ## Build (or reuse) the Istio judges (meshconfig: Istio's MeshConfig fields and istiod's verdict on a mesh config) in ~/.cache/meshop.
+	@bash tests/testenv/build-istio-judges.sh >/dev/null
+
+meshconfig-table: tools ## Regenerate operator/src/api/meshconfig/fields.json from Istio's proto descriptors (tests/tests/meshconfig.rs checks it).
+	@d="$$(bash tests/testenv/build-istio-judges.sh)"; $$d/meshconfig table > operator/src/api/meshconfig/fields.json
 
 image: tools ## Build the operator image with no container engine: target/image/oci/ (OCI layout) and meshop-<version>.oci.tar.
 	@bash image/build.sh

@@ -11,6 +11,8 @@ use crate::api::{
     MigrationMode, MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel,
     ServiceType, SidecarMode, TrafficCapture, UpdateStrategy,
 };
+use serde_json::{Map, Value, json};
+
 use crate::profiles::{self, ProfileError};
 use crate::versions;
 
@@ -32,6 +34,10 @@ pub enum SpecError {
         "revision {0:?} with the release appended is longer than 50 characters; shorten spec.revision"
     )]
     RevisionTooLong(String),
+    /// spec.meshConfig is not a mesh config istiod would accept as meant: every problem, each
+    /// with its field path.
+    #[error("{}", .0.join("; "))]
+    MeshConfig(Vec<String>),
 }
 
 /// Which MeshInstall the objects belong to (for labels and owner references).
@@ -125,6 +131,10 @@ pub struct Mesh {
     pub trace_sampling: f64,
     pub trust_domain: String,
     pub outbound: OutboundTrafficPolicy,
+    /// The mesh config istiod reads (ConfigMap `istio[-<revision>]`, key `mesh`): meshop's own
+    /// settings with `spec.meshConfig` merged on top as istiod merges mesh config
+    /// ([`crate::api::meshconfig::merge`]). The fields above are read back from it.
+    pub config: Map<String, Value>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -198,7 +208,7 @@ impl Installation {
         let mesh = layered.mesh_config.clone().unwrap_or_default();
         let injection = layered.injection.clone().unwrap_or_default();
         let proxy = injection.proxy.clone().unwrap_or_default();
-        let install = Installation {
+        let mut install = Installation {
             owner,
             profile: spec.profile,
             version,
@@ -222,7 +232,10 @@ impl Installation {
                 trust_domain: mesh.trust_domain.unwrap_or_else(|| "cluster.local".into()),
                 outbound: mesh
                     .outbound_traffic_policy
+                    .as_ref()
+                    .and_then(|o| o.mode())
                     .unwrap_or(OutboundTrafficPolicy::ALLOW_ANY),
+                config: Map::new(),
             },
             injection: Injection {
                 enabled: injection.enabled.unwrap_or(true),
@@ -244,7 +257,163 @@ impl Installation {
         if install.injection.traffic_capture == TrafficCapture::Cni && !install.cni.enabled {
             return Err(SpecError::CniCaptureWithoutCni);
         }
+        install.merge_mesh_config(spec)?;
         Ok(install)
+    }
+
+    /// Builds [`Mesh::config`]: meshop's mesh settings from the layered spec (profile shorthands
+    /// included), then the user's own `spec.meshConfig` merged on top as istiod merges mesh
+    /// config, then the user's own shorthands; checks the user's fields as istiod reads them
+    /// and the result as istiod validates it; and reads the typed settings back.
+    ///
+    /// Precedence: a setting has a meshop shorthand and Istio's own field (accessLogging /
+    /// accessLogFile, traceSampling / defaultConfig.tracing.sampling, injection.proxy.concurrency /
+    /// defaultConfig.concurrency, injection.proxy.holdApplicationUntilProxyStarts /
+    /// defaultConfig.holdApplicationUntilProxyStarts): the user's spec may set one of the two
+    /// (both is refused); whichever the user sets wins over the profile's.
+    fn merge_mesh_config(&mut self, spec: &MeshInstallSpec) -> Result<(), SpecError> {
+        let own = spec.mesh_config.clone().unwrap_or_default();
+        let own_proxy = spec
+            .injection
+            .as_ref()
+            .and_then(|i| i.proxy.clone())
+            .unwrap_or_default();
+        let mut errors = Vec::new();
+
+        // The user's fields, in Istio's shape, checked against Istio's MeshConfig.
+        let mut istio = own.istio.clone();
+        if let Some(file) = &own.access_log_file {
+            istio.insert("accessLogFile".into(), json!(file));
+        }
+        if let Some(td) = &own.trust_domain {
+            istio.insert("trustDomain".into(), json!(td));
+        }
+        if let Some(o) = &own.outbound_traffic_policy {
+            istio.insert("outboundTrafficPolicy".into(), o.to_istio());
+        }
+        errors.extend(crate::api::meshconfig::check_fields(
+            "spec.meshConfig",
+            &Value::Object(istio.clone()),
+        ));
+        let pc = istio.get("defaultConfig");
+        let set_in_pc = |field: &str| pc.and_then(|p| p.get(field)).is_some_and(|v| !v.is_null());
+        let mut both =
+            |shorthand: &str, has_shorthand: bool, istio_field: &str, has_istio: bool| {
+                if has_shorthand && has_istio {
+                    errors.push(format!(
+                    "{shorthand} and spec.meshConfig.{istio_field} are the same setting: set one"
+                ));
+                }
+            };
+        both(
+            "spec.meshConfig.traceSampling",
+            own.trace_sampling.is_some(),
+            "defaultConfig.tracing.sampling",
+            pc.and_then(|p| p.pointer("/tracing/sampling"))
+                .is_some_and(|v| !v.is_null()),
+        );
+        both(
+            "spec.injection.proxy.concurrency",
+            own_proxy.concurrency.is_some(),
+            "defaultConfig.concurrency",
+            set_in_pc("concurrency"),
+        );
+        both(
+            "spec.injection.proxy.holdApplicationUntilProxyStarts",
+            own_proxy.hold_application_until_proxy_starts.is_some(),
+            "defaultConfig.holdApplicationUntilProxyStarts",
+            set_in_pc("holdApplicationUntilProxyStarts"),
+        );
+        if own.access_logging.is_some() && own.access_log_file.is_some() {
+            errors.push("spec.meshConfig.accessLogging and spec.meshConfig.accessLogFile are the same setting: set one".into());
+        }
+        if !errors.is_empty() {
+            return Err(SpecError::MeshConfig(errors));
+        }
+
+        // meshop's own settings (the layered spec: profile shorthands), in Istio's shape.
+        // The sampling rate of traceSampling goes to istiod as PILOT_TRACE_SAMPLING, as Istio's
+        // chart passes values.pilot.traceSampling; defaultConfig.tracing is the user's alone
+        // (it reaches every proxy's PROXY_CONFIG, and a sampling set there overrides istiod's).
+        // holdApplicationUntilProxyStarts only when on: off is Istio's default, and what the
+        // mesh says reaches every pod's PROXY_CONFIG.
+        let mut proxy = json!({ "discoveryAddress": self.discovery_address() });
+        if self.injection.hold_application_until_proxy_starts {
+            proxy["holdApplicationUntilProxyStarts"] = json!(true);
+        }
+        if let Some(c) = self.injection.concurrency {
+            proxy["concurrency"] = json!(c);
+        }
+        let Value::Object(mut config) = json!({
+            "accessLogFile": if self.mesh.access_logging { "/dev/stdout" } else { "" },
+            "defaultConfig": proxy,
+            // Without a default metrics provider (and no Telemetry resource, which meshop does
+            // not render) sidecars emit none of Istio's standard metrics such as
+            // istio_requests_total.
+            "defaultProviders": { "metrics": ["prometheus"] },
+            "enablePrometheusMerge": true,
+            "rootNamespace": self.namespace,
+            "trustDomain": self.mesh.trust_domain,
+            "outboundTrafficPolicy": { "mode": self.mesh.outbound },
+        }) else {
+            unreachable!("a JSON object literal")
+        };
+        crate::api::meshconfig::merge(&mut config, &istio);
+        // The user's own shorthand last: it says the same as Istio's field, which the user did
+        // not set (the layered spec may hold the profile's shorthand instead).
+        if let Some(on) = own.access_logging {
+            config.insert(
+                "accessLogFile".into(),
+                json!(if on { "/dev/stdout" } else { "" }),
+            );
+        }
+        let merged = Value::Object(config);
+        let errors = crate::api::meshconfig::check_semantics("spec.meshConfig", &merged);
+        if !errors.is_empty() {
+            return Err(SpecError::MeshConfig(errors));
+        }
+        let Value::Object(config) = merged else {
+            unreachable!("built as an object")
+        };
+
+        // The typed settings, read back from what istiod will read.
+        let mesh = &mut self.mesh;
+        mesh.access_logging = config
+            .get("accessLogFile")
+            .and_then(Value::as_str)
+            .is_some_and(|f| !f.is_empty());
+        if let Some(s) = config
+            .get("defaultConfig")
+            .and_then(|p| p.pointer("/tracing/sampling"))
+            .and_then(Value::as_f64)
+        {
+            mesh.trace_sampling = s;
+        }
+        if let Some(td) = config.get("trustDomain").and_then(Value::as_str) {
+            mesh.trust_domain = td.to_string();
+        }
+        if let Some(mode) = config
+            .get("outboundTrafficPolicy")
+            .and_then(|o| o.get("mode"))
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+        {
+            mesh.outbound = mode;
+        }
+        let pc = config.get("defaultConfig");
+        if let Some(hold) = pc
+            .and_then(|p| p.get("holdApplicationUntilProxyStarts"))
+            .and_then(Value::as_bool)
+        {
+            self.injection.hold_application_until_proxy_starts = hold;
+        }
+        if let Some(c) = pc.and_then(|p| p.get("concurrency")) {
+            self.injection.concurrency = c
+                .as_i64()
+                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+                .and_then(|n| i32::try_from(n).ok());
+        }
+        mesh.config = config;
+        Ok(())
     }
 
     /// The suffix Istio appends to revisioned names: `""` or `-<revision>`.
@@ -358,6 +527,94 @@ mod tests {
             },
             &spec,
         )
+    }
+
+    #[test]
+    fn istios_mesh_config_is_carried_merged_onto_meshops() {
+        let i = resolve(
+            "profile: production\nmeshConfig:\n  extensionProviders: [{name: otel, opentelemetry: {service: otel.o.svc.cluster.local, port: 4317}}]\n  defaultProviders: {tracing: [otel]}\n  discoverySelectors: [{matchLabels: {team: a}}]\n  defaultConfig: {proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}, concurrency: 3}\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+        )
+        .unwrap();
+        let c = &i.mesh.config;
+        assert_eq!(c["extensionProviders"][0]["name"], "otel");
+        assert_eq!(
+            c["defaultProviders"],
+            json!({"metrics": ["prometheus"], "tracing": ["otel"]})
+        );
+        assert_eq!(
+            c["discoverySelectors"],
+            json!([{"matchLabels": {"team": "a"}}])
+        );
+        assert_eq!(
+            c["defaultConfig"]["proxyMetadata"],
+            json!({"ISTIO_META_DNS_CAPTURE": "true"})
+        );
+        // meshop's own defaultConfig fields stay, the user's are merged in field by field.
+        assert_eq!(
+            c["defaultConfig"]["discoveryAddress"],
+            "istiod.istio-system.svc:15012"
+        );
+        assert_eq!(
+            c["defaultConfig"]["holdApplicationUntilProxyStarts"], true,
+            "production's"
+        );
+        assert_eq!(
+            i.injection.concurrency,
+            Some(3),
+            "defaultConfig wins over the profile"
+        );
+        assert_eq!(i.mesh.outbound, OutboundTrafficPolicy::REGISTRY_ONLY);
+        assert_eq!(c["outboundTrafficPolicy"], json!({"mode": "REGISTRY_ONLY"}));
+    }
+
+    #[test]
+    fn the_old_string_forms_and_shorthands_still_work() {
+        assert_eq!(
+            resolve("profile: minimal\nmeshConfig: {outboundTrafficPolicy: ALLOW_SOME}\n")
+                .unwrap_err()
+                .to_string(),
+            "spec.meshConfig.outboundTrafficPolicy.mode: \"ALLOW_SOME\" is not one of REGISTRY_ONLY, ALLOW_ANY, ALLOW_ANY_DYNAMIC_DNS"
+        );
+        let i = resolve("profile: minimal\nmeshConfig: {outboundTrafficPolicy: REGISTRY_ONLY, accessLogging: true, traceSampling: 5}\n").unwrap();
+        assert_eq!(
+            i.mesh.config["outboundTrafficPolicy"],
+            json!({"mode": "REGISTRY_ONLY"})
+        );
+        assert_eq!(i.mesh.config["accessLogFile"], "/dev/stdout");
+        assert_eq!(i.mesh.trace_sampling, 5.0);
+        assert_eq!(i.mesh.config["defaultConfig"].get("tracing"), None);
+        assert!(i.mesh.access_logging);
+        // Istio's own field, over the profile's shorthand (demo logs to stdout).
+        let i = resolve("profile: demo\nmeshConfig: {accessLogFile: /var/log/access.log, defaultConfig: {tracing: {sampling: 2}}}\n").unwrap();
+        assert_eq!(i.mesh.config["accessLogFile"], "/var/log/access.log");
+        assert_eq!(i.mesh.trace_sampling, 2.0);
+    }
+
+    #[test]
+    fn a_bad_mesh_config_names_each_field_and_why() {
+        let err = |yaml: &str| resolve(yaml).unwrap_err().to_string();
+        assert_eq!(
+            err(
+                "profile: minimal\nmeshConfig: {defaultConfig: {drainDuration: -1s}, enablePrometheusMerg: true}\n"
+            ),
+            "spec.meshConfig.enablePrometheusMerg: unknown field (not in Istio's MeshConfig)"
+        );
+        assert_eq!(
+            err("profile: minimal\nmeshConfig: {defaultConfig: {drainDuration: -1s}}\n"),
+            "spec.meshConfig.defaultConfig.drainDuration: invalid drain duration: duration must be greater than 1ms"
+        );
+        assert_eq!(
+            err(
+                "profile: minimal\nmeshConfig: {extensionProviders: [{name: a, envoyFileAccessLog: {}}, {name: a, prometheus: {}}]}\n"
+            ),
+            "spec.meshConfig.extensionProviders[1]: duplicate extension provider name a"
+        );
+        assert_eq!(
+            err(
+                "profile: minimal\nmeshConfig: {traceSampling: 1, defaultConfig: {tracing: {sampling: 2}, concurrency: 4}}\ninjection: {proxy: {concurrency: 2}}\n"
+            ),
+            "spec.meshConfig.traceSampling and spec.meshConfig.defaultConfig.tracing.sampling are the same setting: set one; spec.injection.proxy.concurrency and spec.meshConfig.defaultConfig.concurrency are the same setting: set one"
+        );
     }
 
     #[test]

@@ -62,6 +62,25 @@ pub const SETTINGS: &[Setting] = &[
     },
 ];
 
+/// Istio's own ProxyConfig fields in the mesh's defaultConfig (meshop's MeshInstall and
+/// istioctl's mesh config say the same), which both injectors start PROXY_CONFIG from. Compared
+/// by `conformance.rs` on meshop's workloads (not part of [`SETTINGS`], whose table of Istio's
+/// corpus docs/istio-compatibility.md keeps).
+pub const DEFAULT_CONFIG: Setting = Setting {
+    name: "native/default-config",
+    meshop_spec: "meshConfig:\n    defaultConfig:\n      proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\", EXIT_ON_ZERO_ACTIVE_CONNECTIONS: \"true\"}\n      holdApplicationUntilProxyStarts: true\n      tracing: {sampling: 10}\n      concurrency: 3\n      drainDuration: 30s\n      image: {imageType: distroless}\n  injection: {sidecarMode: native}",
+    istio_sets: &[
+        "meshConfig.defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE=true",
+        "meshConfig.defaultConfig.proxyMetadata.EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true",
+        "meshConfig.defaultConfig.holdApplicationUntilProxyStarts=true",
+        "meshConfig.defaultConfig.tracing.sampling=10",
+        "meshConfig.defaultConfig.concurrency=3",
+        "meshConfig.defaultConfig.drainDuration=30s",
+        "meshConfig.defaultConfig.image.imageType=distroless",
+    ],
+    native: true,
+};
+
 /// Both injectors, set up for one setting: istioctl's injector config, values and mesh config
 /// (from `istioctl manifest generate`) and the MeshInstall meshop injects with.
 #[derive(Debug)]
@@ -115,9 +134,15 @@ impl<'a> Injectors<'a> {
     ) -> Result<Injectors<'a>> {
         let mut files: BTreeMap<&str, String> = BTreeMap::new();
         for doc in serde_yaml::Deserializer::from_str(manifest) {
-            let Ok(doc) = <Value as serde::Deserialize>::deserialize(doc) else {
-                continue;
-            };
+            // serde_yaml's document iterator repeats an error forever: stop at the first one
+            // (istioctl writes some warnings to stdout, in front of the manifest).
+            let doc = <Value as serde::Deserialize>::deserialize(doc).with_context(|| {
+                format!(
+                    "istioctl manifest generate for {} wrote what is not YAML: {}",
+                    setting.name,
+                    manifest.lines().next().unwrap_or_default()
+                )
+            })?;
             if doc["kind"] != "ConfigMap" {
                 continue;
             }

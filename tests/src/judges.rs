@@ -128,3 +128,20 @@ impl Judges {
         })
     }
 }
+
+/// The directory of the Istio judges (tests/istio-judges/), built and cached by
+/// `tests/testenv/build-istio-judges.sh` (`make istio-judges`) on first use, once per process.
+pub fn istio_judges() -> Result<PathBuf> {
+    static LOCATED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    LOCATED
+        .get_or_init(|| {
+            crate::binaries::run_build_script("build-istio-judges.sh").map_err(|e| {
+                format!(
+                    "the Istio judges are missing and {e:#}: build them with `make istio-judges` \
+                     or point MESHOP_ISTIO_JUDGES_BIN at a directory holding meshconfig"
+                )
+            })
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}

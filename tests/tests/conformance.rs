@@ -16,7 +16,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use meshop_testenv::conformance::{
-    Difference, Injectors, SETTINGS, differences, first_doc, matches, pod_template, show,
+    DEFAULT_CONFIG, Difference, Injectors, SETTINGS, differences, first_doc, matches, pod_template,
+    show,
 };
 use meshop_testenv::istio::IstioBinaries;
 use serde_json::Value;
@@ -161,7 +162,7 @@ fn meshop_injects_what_istioctl_injects_or_says_why_not() {
     let mut used: BTreeSet<usize> = BTreeSet::new();
     let mut unlisted = Vec::new();
     let mut report = Vec::new();
-    for setting in SETTINGS {
+    for setting in SETTINGS.iter().chain([&DEFAULT_CONFIG]) {
         let injectors = Injectors::new(&bin, setting, dir.path()).unwrap();
         for (kind, yaml) in workloads() {
             let input = dir.path().join(format!("{kind}.yaml"));

@@ -271,9 +271,11 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             "spec.meshConfig.trustDomain: Invalid value",
         ),
         (
-            "outboundTrafficPolicy unknown",
-            json!({"profile": "demo", "meshConfig": {"outboundTrafficPolicy": "DENY"}}),
-            "spec.meshConfig.outboundTrafficPolicy: Unsupported value",
+            // outboundTrafficPolicy takes Istio's object or the mode alone, so it has no schema
+            // type; a mode that does not exist is reported in status (reconciler.rs).
+            "accessLogging and accessLogFile",
+            json!({"profile": "demo", "meshConfig": {"accessLogging": true, "accessLogFile": "/dev/stdout"}}),
+            "meshConfig.accessLogging and meshConfig.accessLogFile both set where the access log goes: set one",
         ),
         (
             "sidecarMode unknown",

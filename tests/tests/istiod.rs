@@ -42,6 +42,9 @@ struct Expect {
     namespace: &'static str,
     access_log_file: &'static str,
     mtls: &'static str,
+    /// `spec.meshConfig` beyond the profile (null for none): istiod must report each of its
+    /// top-level fields as given, in `/debug/mesh` (merged as istiod merges mesh config).
+    mesh_config: Value,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,6 +55,7 @@ async fn istiod_runs_on_the_minimal_profile() {
         namespace: "istiod-minimal-system",
         access_log_file: "",
         mtls: "PERMISSIVE",
+        mesh_config: Value::Null,
     })
     .await;
 }
@@ -64,6 +68,7 @@ async fn istiod_runs_on_the_demo_profile() {
         namespace: "istiod-demo-system",
         access_log_file: "/dev/stdout",
         mtls: "PERMISSIVE",
+        mesh_config: Value::Null,
     })
     .await;
 }
@@ -76,6 +81,42 @@ async fn istiod_runs_on_the_production_profile() {
         namespace: "istiod-production-system",
         access_log_file: "",
         mtls: "STRICT",
+        mesh_config: Value::Null,
+    })
+    .await;
+}
+
+/// Istio's own MeshConfig fields in `spec.meshConfig` (an OpenTelemetry tracer and an ext-authz
+/// provider, default providers, discovery selectors, proxy metadata) reach istiod as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istiod_runs_with_istios_own_mesh_config_fields() {
+    let namespace = "istiod-meshcfg-system";
+    judge(Expect {
+        profile: "minimal",
+        name: "istiod-meshcfg",
+        namespace,
+        access_log_file: "/var/log/istio/access.log",
+        mtls: "PERMISSIVE",
+        mesh_config: json!({
+            "accessLogFile": "/var/log/istio/access.log",
+            "extensionProviders": [
+                { "name": "otel-tracing", "opentelemetry": {
+                    "service": "otel-collector.observability.svc.cluster.local", "port": 4317 } },
+                { "name": "ext-authz", "envoyExtAuthzHttp": {
+                    "service": "authz.security.svc.cluster.local", "port": 8000,
+                    "includeRequestHeadersInCheck": ["authorization", "x-user"],
+                    "headersToUpstreamOnAllow": ["x-user-id"] } },
+            ],
+            "defaultProviders": { "tracing": ["otel-tracing"], "metrics": ["prometheus"] },
+            // The workload namespaces that ask for injection, and the control plane's own.
+            "discoverySelectors": [
+                { "matchLabels": { "istio-injection": "enabled" } },
+                { "matchLabels": { "kubernetes.io/metadata.name": namespace } },
+            ],
+            "defaultConfig": {
+                "proxyMetadata": { "ISTIO_META_DNS_CAPTURE": "true", "EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "true" },
+            },
+        }),
     })
     .await;
 }
@@ -111,7 +152,7 @@ async fn judge(expect: Expect) {
     let mi: MeshInstall = serde_json::from_value(json!({
         "apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
         "metadata": { "name": name },
-        "spec": { "profile": profile, "namespace": ns }
+        "spec": { "profile": profile, "namespace": ns, "meshConfig": expect.mesh_config }
     }))
     .unwrap();
     meshes.create(&PostParams::default(), &mi).await.unwrap();
@@ -251,6 +292,29 @@ async fn judge(expect: Expect) {
         mesh["defaultConfig"]["discoveryAddress"], intended["defaultConfig"]["discoveryAddress"],
         "{mesh:#}"
     );
+    // Istio's own fields of spec.meshConfig, each as given.
+    if let Some(given) = expect.mesh_config.as_object() {
+        for (field, value) in given {
+            match field.as_str() {
+                // Merged by name onto istiod's own providers: each given one, as given.
+                "extensionProviders" => {
+                    for p in value.as_array().unwrap() {
+                        let found = mesh[field]
+                            .as_array()
+                            .and_then(|l| l.iter().find(|e| e["name"] == p["name"]));
+                        assert_eq!(found, Some(p), "{field} {}: {mesh:#}", p["name"]);
+                    }
+                }
+                // Merged field by field onto meshop's: each given field, as given.
+                "defaultConfig" | "defaultProviders" => {
+                    for (k, v) in value.as_object().unwrap() {
+                        assert_eq!(&mesh[field][k], v, "{field}.{k}: {mesh:#}");
+                    }
+                }
+                _ => assert_eq!(&mesh[field], value, "{field}: {mesh:#}"),
+            }
+        }
+    }
 
     // mTLS is not mesh config but the root namespace's PeerAuthentication: istiod must have read
     // meshop's, with the profile's mode.

@@ -400,3 +400,81 @@ async fn an_unsupported_version_is_stalled_with_a_clear_message() {
     );
     mesh.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_config_istiod_would_refuse_is_stalled_naming_the_field() {
+    // Each a mesh config Istio refuses or would misread: a misspelt field (istiod ignores it), a
+    // negative drain duration (istiod refuses the whole mesh config) and two extension providers
+    // of one name (istiod keeps the last silently).
+    let mesh = Mesh::create(
+        "badmesh",
+        "rc-badmesh",
+        json!({ "profile": "minimal", "meshConfig": {
+            "enablePrometheusMerg": true,
+            "defaultConfig": { "drainDuration": "-5s" },
+            "extensionProviders": [
+                { "name": "log", "envoyFileAccessLog": { "path": "/dev/stdout" } },
+                { "name": "log", "envoyFileAccessLog": { "path": "/dev/stderr" } },
+            ],
+        } }),
+    )
+    .await;
+    let stalled = mesh.wait(KStatus::Failed, Duration::from_secs(60)).await;
+    let status = stalled.status.unwrap();
+    let message = &status.condition(condition::READY).unwrap().message;
+    assert!(
+        message.contains("spec.meshConfig.enablePrometheusMerg: unknown field"),
+        "{message}"
+    );
+    // Field problems come first; once fixed, the semantic ones are reported.
+    mesh.api
+        .patch(
+            mesh.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "meshConfig": { "enablePrometheusMerg": null } } })),
+        )
+        .await
+        .unwrap();
+    let stalled = meshop_testenv::wait_until(
+        "the semantic problems reported",
+        Duration::from_secs(60),
+        || async {
+            let mi = mesh.api.get(mesh.name).await?;
+            let message = mi
+                .status
+                .as_ref()
+                .and_then(|s| s.condition(condition::READY))
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            anyhow::ensure!(message.contains("drainDuration"), "{message}");
+            Ok(mi)
+        },
+    )
+    .await;
+    let message = &stalled
+        .status
+        .as_ref()
+        .unwrap()
+        .condition(condition::READY)
+        .unwrap()
+        .message;
+    assert!(
+        message.contains(
+            "spec.meshConfig.defaultConfig.drainDuration: invalid drain duration: duration must be greater than 1ms"
+        ) && message
+            .contains("spec.meshConfig.extensionProviders[1]: duplicate extension provider name log"),
+        "{message}"
+    );
+    let created = meshop_testenv::inventory::left_of(
+        &mesh.client,
+        mesh.name,
+        stalled.metadata.uid.as_deref().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        created.is_empty(),
+        "a refused mesh config created {created:?}"
+    );
+    mesh.delete().await;
+}

@@ -1,5 +1,6 @@
 //! The `MeshInstall` API (`meshop.dev/v1alpha1`).
 
+pub mod meshconfig;
 mod spec;
 mod status;
 

@@ -540,17 +540,32 @@ pub enum PortProtocol {
     SCTP,
 }
 
-/// Mesh-wide settings (the mesh ConfigMap and the mesh-wide PeerAuthentication).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// Mesh-wide settings: the mesh ConfigMap istiod reads and the mesh-wide PeerAuthentication.
+///
+/// Besides meshop's own fields below, any field of Istio's MeshConfig, with Istio's names and JSON
+/// shapes (extensionProviders, defaultProviders, defaultConfig, discoverySelectors,
+/// localityLbSetting, meshMTLS, ...): paste the meshConfig of an IstioOperator or of Helm values.
+/// They are checked as istiod reads them (an unknown field or a bad value stalls the MeshInstall
+/// with the field's path) and carried to the mesh ConfigMap merged as istiod merges mesh config
+/// (docs/api.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = preserve_unknown_fields)]
+#[x_kube(validation = Rule::new("!(has(self.accessLogging) && has(self.accessLogFile))")
+    .message("meshConfig.accessLogging and meshConfig.accessLogFile both set where the access log goes: set one"))]
 pub struct MeshConfig {
     /// Mutual TLS between workloads: STRICT accepts only mTLS; PERMISSIVE also accepts plain text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls_mode: Option<MtlsMode>,
-    /// Whether proxies write an access log line per request to standard output.
+    /// Whether proxies write an access log line per request to standard output (meshop's
+    /// shorthand for accessLogFile /dev/stdout; set one of the two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_logging: Option<bool>,
-    /// The percentage of requests traced, from 0 to 100; fractions such as 0.5 are allowed.
+    /// Istio's accessLogFile: where proxies write access logs ("" for none, /dev/stdout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_file: Option<String>,
+    /// The percentage of requests traced, from 0 to 100; fractions such as 0.5 are allowed
+    /// (meshop's shorthand for defaultConfig.tracing.sampling; set one of the two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub trace_sampling: Option<f64>,
@@ -558,10 +573,77 @@ pub struct MeshConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
     pub trust_domain: Option<String>,
-    /// Traffic to destinations outside the mesh registry: ALLOW_ANY lets it through; REGISTRY_ONLY
-    /// blocks it unless a ServiceEntry names the destination.
+    /// Traffic to destinations outside the mesh registry, Istio's object {mode: ALLOW_ANY} or
+    /// {mode: REGISTRY_ONLY} (the plain string ALLOW_ANY or REGISTRY_ONLY is accepted too):
+    /// ALLOW_ANY lets it through; REGISTRY_ONLY blocks it unless a ServiceEntry names the
+    /// destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicySetting>,
+    /// Every other field of Istio's MeshConfig, as given.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub istio: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Keeps the fields of Istio's MeshConfig the schema does not list (checked by meshop instead).
+fn preserve_unknown_fields(schema: &mut schemars::Schema) {
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("additionalProperties");
+        object.insert(
+            "x-kubernetes-preserve-unknown-fields".into(),
+            serde_json::Value::Bool(true),
+        );
+    }
+}
+
+/// `outboundTrafficPolicy`: Istio's object, or meshop's older plain string.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum OutboundTrafficPolicySetting {
+    /// `ALLOW_ANY` or `REGISTRY_ONLY`.
+    Mode(OutboundTrafficPolicy),
+    /// Istio's `{mode: ...}` (and any other field of Istio's OutboundTrafficPolicy), as given;
+    /// anything else is kept as given too, for the mesh config check to name it (a CEL rule
+    /// cannot be put on a node without a type).
+    Istio(serde_json::Value),
+}
+
+impl OutboundTrafficPolicySetting {
+    /// The mode this setting asks for; `None` when the object leaves it out or names no mode
+    /// meshop knows (the field check reports that).
+    pub fn mode(&self) -> Option<OutboundTrafficPolicy> {
+        match self {
+            OutboundTrafficPolicySetting::Mode(m) => Some(*m),
+            OutboundTrafficPolicySetting::Istio(o) => o
+                .get("mode")
+                .and_then(|m| serde_json::from_value(m.clone()).ok()),
+        }
+    }
+
+    /// Istio's shape: `{mode: ...}`.
+    pub fn to_istio(&self) -> serde_json::Value {
+        match self {
+            OutboundTrafficPolicySetting::Mode(m) => serde_json::json!({ "mode": m }),
+            // A string that is no mode: as the mode it tries to be, for the check to name.
+            OutboundTrafficPolicySetting::Istio(serde_json::Value::String(s)) => {
+                serde_json::json!({ "mode": s })
+            }
+            OutboundTrafficPolicySetting::Istio(o) => o.clone(),
+        }
+    }
+}
+
+impl JsonSchema for OutboundTrafficPolicySetting {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OutboundTrafficPolicySetting".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Istio's {mode: ALLOW_ANY | REGISTRY_ONLY}, or the mode alone as a string.",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
 }
 
 /// Mutual TLS modes.

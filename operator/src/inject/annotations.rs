@@ -16,6 +16,9 @@ use crate::istio_proxy::{self, ports};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
     pub(crate) image: String,
+    /// The capture init container's image: Istio's `ProxyInitImage`, which takes the pod's
+    /// `sidecar.istio.io/proxyImage` and `proxyImageType` but not the ProxyConfig's image type.
+    pub(crate) init_image: String,
     pub(crate) resources: ResourceRequirements,
     pub(crate) log_level: String,
     pub(crate) agent_log_level: String,
@@ -117,7 +120,45 @@ pub(crate) fn settings(
 ) -> Result<Settings, InjectError> {
     let get = |key: &str| annotations.get(key).map(String::as_str);
 
-    let image = match get(keys::PROXY_IMAGE) {
+    let ProxyConfig {
+        config: proxy_config,
+        hold: hold_application,
+    } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
+
+    let annotated_type = get(keys::PROXY_IMAGE_TYPE);
+    if let Some(t) = annotated_type
+        && !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(InjectError::annotation(
+            keys::PROXY_IMAGE_TYPE,
+            t,
+            "expected an image type such as distroless or debug",
+        ));
+    }
+    let config_type = proxy_config
+        .get("image")
+        .and_then(|i| i.get("imageType"))
+        .and_then(Value::as_str);
+    if let Some(t) = config_type
+        && !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(InjectError::annotation(
+            keys::PROXY_CONFIG,
+            t,
+            "image.imageType must be an image type such as distroless or debug",
+        ));
+    }
+    // Istio's image types (`distroless`, `debug`) are a suffix of the tag: the pod's annotation
+    // over the ProxyConfig's `image.imageType` (which the init container does not take).
+    let with_type = |t: Option<&str>| match t {
+        None | Some("" | "default") => cfg.proxy_image(),
+        Some(t) => format!("{}-{t}", cfg.proxy_image()),
+    };
+    let (image, init_image) = match get(keys::PROXY_IMAGE) {
         Some(v) if !valid_image(v) => {
             return Err(InjectError::annotation(
                 keys::PROXY_IMAGE,
@@ -125,8 +166,11 @@ pub(crate) fn settings(
                 "expected an image reference such as registry.local/istio/proxyv2:1.31.1 (letters, digits and ._-/:@ only)",
             ));
         }
-        Some(v) => v.to_string(),
-        None => cfg.proxy_image(),
+        Some(v) => (v.to_string(), v.to_string()),
+        None => (
+            with_type(annotated_type.or(config_type)),
+            with_type(annotated_type),
+        ),
     };
 
     let log_level = match get(keys::LOG_LEVEL) {
@@ -176,11 +220,6 @@ pub(crate) fn settings(
         })?,
     };
 
-    let ProxyConfig {
-        config: proxy_config,
-        hold: hold_application,
-    } = proxy_config(get(keys::PROXY_CONFIG), cfg)?;
-
     let status_port = match get(keys::STATUS_PORT) {
         None => ports::AGENT_STATUS,
         Some(v) => v.trim().parse::<u16>().map_err(|_| {
@@ -210,6 +249,7 @@ pub(crate) fn settings(
 
     Ok(Settings {
         image,
+        init_image,
         resources: resources(annotations, cfg)?,
         log_level,
         agent_log_level,
@@ -332,7 +372,11 @@ fn proxy_config(
     annotation: Option<&str>,
     cfg: &InjectionConfig,
 ) -> Result<ProxyConfig, InjectError> {
-    let mut config = istio_proxy::proxy_config(cfg.discovery_address());
+    // The mesh's defaultConfig, as Istio's injector starts from it.
+    let mut config = cfg.default_config.clone();
+    config
+        .entry("discoveryAddress")
+        .or_insert_with(|| Value::String(cfg.discovery_address()));
     let mut hold = cfg.hold_application_until_proxy_starts;
     let mut concurrency = cfg.concurrency;
     if let Some(text) = annotation {
@@ -353,7 +397,17 @@ fn proxy_config(
                 n.ok_or_else(|| bad("concurrency must be a non-negative integer".into()))? as i32,
             );
         }
-        config.extend(overrides);
+        // Istio's MergeProxyConfig: fields replace, proxyMetadata merges key by key.
+        for (k, v) in overrides {
+            match (k.as_str(), config.get_mut(&k), v) {
+                ("proxyMetadata", Some(Value::Object(base)), Value::Object(extra)) => {
+                    base.extend(extra);
+                }
+                (_, _, v) => {
+                    config.insert(k, v);
+                }
+            }
+        }
     }
     if hold {
         config.insert("holdApplicationUntilProxyStarts".into(), Value::Bool(true));

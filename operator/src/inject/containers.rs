@@ -138,10 +138,11 @@ pub(crate) fn proxy(
         istio_proxy::trust_domain_env(&cfg.trust_domain),
     ]
     .concat();
+    env_vars.extend(proxy_metadata_env(s));
+    // Istio appends the app probers after rendering its template: the last variable.
     if !facts.probers.is_empty() {
         env_vars.push(env("ISTIO_KUBE_APP_PROBERS", to_json(facts.probers)));
     }
-    env_vars.extend(proxy_metadata_env(s));
 
     let exec = |command: &[&str]| LifecycleHandler {
         exec: Some(ExecAction {
@@ -288,7 +289,7 @@ pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     }
     Container {
         name: if cni { names::VALIDATION } else { names::INIT }.into(),
-        image: Some(s.image.clone()),
+        image: Some(s.init_image.clone()),
         args: Some(args),
         env: Some(proxy_metadata_env(s)).filter(|e| !e.is_empty()),
         resources: Some(s.resources.clone()),

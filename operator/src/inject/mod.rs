@@ -62,6 +62,7 @@ pub(crate) mod keys {
     pub const PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
     pub const PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
     pub const PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
+    pub const PROXY_IMAGE_TYPE: &str = "sidecar.istio.io/proxyImageType";
     pub const LOG_LEVEL: &str = "sidecar.istio.io/logLevel";
     pub const AGENT_LOG_LEVEL: &str = "sidecar.istio.io/agentLogLevel";
     pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
@@ -123,6 +124,10 @@ pub struct InjectionConfig {
     pub log_level: ProxyLogLevel,
     /// Start application containers only once the proxy is ready.
     pub hold_application_until_proxy_starts: bool,
+    /// The mesh config's `defaultConfig` (ProxyConfig), as istiod reads it: the start of every
+    /// pod's `PROXY_CONFIG`, as Istio's injector starts from it. `concurrency` and
+    /// `holdApplicationUntilProxyStarts` above are read from it already.
+    pub default_config: serde_json::Map<String, serde_json::Value>,
 }
 
 impl InjectionConfig {
@@ -153,6 +158,13 @@ impl From<&Installation> for InjectionConfig {
             concurrency: inj.concurrency,
             log_level: inj.log_level,
             hold_application_until_proxy_starts: inj.hold_application_until_proxy_starts,
+            default_config: install
+                .mesh
+                .config
+                .get("defaultConfig")
+                .and_then(serde_json::Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 }
@@ -173,6 +185,7 @@ impl Default for InjectionConfig {
             concurrency: None,
             log_level: ProxyLogLevel::Warning,
             hold_application_until_proxy_starts: false,
+            default_config: serde_json::Map::new(),
         }
     }
 }

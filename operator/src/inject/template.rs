@@ -1043,7 +1043,11 @@ mod tests {
         };
         assert_eq!(names(init), ["A", "B"]);
         let proxy = &spec.init_containers.as_ref().unwrap()[1];
-        assert_eq!(names(proxy).last().map(String::as_str), Some("B"));
+        // Istio's order: the metadata, then the app probers, which Istio appends last.
+        assert_eq!(
+            names(proxy).split_off(names(proxy).len() - 3),
+            ["A", "B", "ISTIO_KUBE_APP_PROBERS"]
+        );
         let readiness = proxy.readiness_probe.as_ref().unwrap();
         assert_eq!(
             (readiness.period_seconds, readiness.failure_threshold),

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::common::{cluster_meta, meta};
 use super::{ComponentId, Rendered};
-use crate::api::{MtlsMode, OutboundTrafficPolicy};
+use crate::api::MtlsMode;
 use crate::effective::Installation;
 
 pub fn namespace(install: &Installation) -> Vec<Rendered> {
@@ -37,31 +37,10 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     ]
 }
 
-/// The mesh configuration istiod reads (`istio` or `istio-<revision>` ConfigMap, key `mesh`).
+/// The mesh configuration istiod reads (`istio` or `istio-<revision>` ConfigMap, key `mesh`):
+/// built and checked when the spec is resolved ([`crate::effective::Mesh::config`]).
 pub fn mesh_config(install: &Installation) -> serde_json::Value {
-    let mesh = &install.mesh;
-    let mut proxy = json!({
-        "discoveryAddress": install.discovery_address(),
-        "tracing": { "sampling": mesh.trace_sampling },
-        "holdApplicationUntilProxyStarts": install.injection.hold_application_until_proxy_starts,
-    });
-    if let Some(c) = install.injection.concurrency {
-        proxy["concurrency"] = json!(c);
-    }
-    json!({
-        "accessLogFile": if mesh.access_logging { "/dev/stdout" } else { "" },
-        "defaultConfig": proxy,
-        // Without a default metrics provider (and no Telemetry resource, which meshop does not
-        // render) sidecars emit none of Istio's standard metrics such as istio_requests_total.
-        "defaultProviders": { "metrics": ["prometheus"] },
-        "enablePrometheusMerge": true,
-        "rootNamespace": install.namespace,
-        "trustDomain": mesh.trust_domain,
-        "outboundTrafficPolicy": { "mode": match mesh.outbound {
-            OutboundTrafficPolicy::ALLOW_ANY => "ALLOW_ANY",
-            OutboundTrafficPolicy::REGISTRY_ONLY => "REGISTRY_ONLY",
-        } },
-    })
+    serde_json::Value::Object(install.mesh.config.clone())
 }
 
 fn mesh_config_map(install: &Installation) -> ConfigMap {
