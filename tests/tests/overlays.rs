@@ -47,12 +47,15 @@ async fn create(client: &Client, name: &str, namespace: &str, spec: Value) -> Ap
     let api: Api<MeshInstall> = Api::all(client.clone());
     let mut spec = spec;
     spec["namespace"] = json!(namespace);
-    let mi: MeshInstall = serde_json::from_value(json!({
+    // As a user sends it (kubectl apply): the API server, not meshop's types, reads it first.
+    let resource = kube::api::ApiResource::erase::<MeshInstall>(&());
+    let raw: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    let mi: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
         "metadata": { "name": name }, "spec": spec
     }))
     .unwrap();
-    api.create(&PostParams::default(), &mi).await.unwrap();
+    raw.create(&PostParams::default(), &mi).await.unwrap();
     api
 }
 
