@@ -231,6 +231,26 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             "podDisruptionBudget takes minAvailable or maxUnavailable, not both",
         ),
         (
+            "overlay with both patches",
+            json!({"profile": "demo", "components": {"istiod": {"overlays": [{"kind": "Deployment", "name": "istiod", "strategicMerge": {}, "jsonPatch": [{"op": "remove", "path": "/spec/replicas"}]}]}}}),
+            "an overlay takes exactly one of strategicMerge and jsonPatch",
+        ),
+        (
+            "overlay with no patch",
+            json!({"profile": "demo", "components": {"addons": {"kiali": {"overlays": [{"kind": "Deployment"}]}}}}),
+            "an overlay takes exactly one of strategicMerge and jsonPatch",
+        ),
+        (
+            "JSON patch move without from",
+            json!({"profile": "demo", "components": {"cni": {"overlays": [{"kind": "DaemonSet", "jsonPatch": [{"op": "move", "path": "/spec/x"}]}]}}}),
+            "from is set for move and copy, and only for them",
+        ),
+        (
+            "JSON patch op unknown",
+            json!({"profile": "demo", "components": {"istiod": {"overlays": [{"kind": "Deployment", "jsonPatch": [{"op": "merge", "path": "/spec"}]}]}}}),
+            "Unsupported value: \"merge\"",
+        ),
+        (
             "cni with replicas",
             json!({"profile": "demo", "components": {"cni": {"enabled": true, "replicas": 2}}}),
             "cni runs one pod per node as a DaemonSet",
