@@ -446,21 +446,14 @@ mod tests {
 
     #[test]
     fn an_overlay_without_a_name_patches_the_components_only_object_of_that_kind() {
-        let rb = install(
-            "profile: minimal\nupdateStrategy: RevisionBased\nversion: 1.31.1\ncomponents:\n  istiod:\n    overlays: [{kind: Deployment, jsonPatch: [{op: add, path: /metadata/annotations, value: {team: mesh}}]}]\n",
-        );
+        let yaml = "profile: minimal\nupdateStrategy: RevisionBased\nversion: 1.31.1\ncomponents:\n  istiod:\n    overlays: [{kind: Deployment, jsonPatch: [{op: add, path: /metadata/annotations, value: {team: mesh}}]}]\n";
+        let rb = install(yaml);
         let objects = render(&rb).unwrap();
         let d = object(&objects, "Deployment", "istiod-1-31-1");
         assert_eq!(d["metadata"]["annotations"]["team"], "mesh");
         // An older revision's control plane gets the spec's istiod overlays too.
-        let older = Installation::resolve_at(rb.owner.clone(), &{
-            let spec: MeshInstallSpec = serde_yaml::from_str(
-                "profile: minimal\nupdateStrategy: RevisionBased\nversion: 1.31.1\ncomponents:\n  istiod:\n    overlays: [{kind: Deployment, jsonPatch: [{op: add, path: /metadata/annotations, value: {team: mesh}}]}]\n",
-            )
-            .unwrap();
-            spec
-        }, Some("1.30.5"))
-        .unwrap();
+        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+        let older = Installation::resolve_at(rb.owner.clone(), &spec, Some("1.30.5")).unwrap();
         let both = super::super::render_revision_based(&rb, &[older], None, &[]).unwrap();
         let old = object(&both, "Deployment", "istiod-1-30-5");
         assert_eq!(old["metadata"]["annotations"]["team"], "mesh");
@@ -575,8 +568,8 @@ mod tests {
         );
         assert!(
             err.ends_with(
-                "spec.template.spec.containers[0].imagePullPolicyy is not a field of Deployment"
-            ) || err.contains("imagePullPolicyy is not a field of Deployment"),
+                "(Deployment istiod): spec.template.spec.containers[0].imagePullPolicyy is not a field of Deployment"
+            ),
             "{err}"
         );
         let err = error(
