@@ -143,7 +143,8 @@ fn error(path: &str, reason: impl Into<String>) -> MergeError {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+/// `path.key`, or `key` at the top.
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -678,5 +679,15 @@ mod tests {
             .map(|e| e["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["b", "c", "x", "a"]);
+        // Original [X, A, Y], patch [A, N]: X stays before A, Y after the new N.
+        let out = merged(
+            json!({"env": [{"name": "X"}, {"name": "A"}, {"name": "Y"}]}),
+            json!({"env": [{"name": "A", "value": "1"}, {"name": "N"}]}),
+            Schema::Container,
+        );
+        assert_eq!(
+            out["env"],
+            json!([{"name": "X"}, {"name": "A", "value": "1"}, {"name": "N"}, {"name": "Y"}])
+        );
     }
 }

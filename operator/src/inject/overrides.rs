@@ -399,21 +399,6 @@ mod tests {
     }
 
     #[test]
-    fn list_merge_keeps_server_items_before_later_patch_items() {
-        let mut merged = json!({"env": [{"name": "X"}, {"name": "A"}, {"name": "Y"}]});
-        let patch = json!({"env": [{"name": "A", "v": 1}, {"name": "N"}]});
-        strategic_merge::merge(&mut merged, &patch, Schema::Container).unwrap();
-        let names: Vec<&str> = merged["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["X", "A", "N", "Y"]);
-        assert_eq!(merged["env"][1]["v"], 1);
-    }
-
-    #[test]
     fn the_proxys_own_user_reaches_the_redirect() {
         let own = container(
             json!({"name": "istio-proxy", "securityContext": {"runAsUser": 1234, "runAsGroup": 4321}}),

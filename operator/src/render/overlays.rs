@@ -252,11 +252,7 @@ fn refuse(before: &Value, after: &Value, object: &Rendered) -> Result<(), String
 fn takes_initial(object: &Value, initial: &Value, path: &str) -> Option<String> {
     match (object, initial) {
         (Value::Object(o), Value::Object(i)) => i.iter().find_map(|(k, iv)| {
-            let at = if path.is_empty() {
-                k.clone()
-            } else {
-                format!("{path}.{k}")
-            };
+            let at = strategic_merge::join(path, k);
             match (o.get(k), iv) {
                 (None, _) => None,
                 (Some(ov), Value::Object(_) | Value::Array(_)) => takes_initial(ov, iv, &at),
@@ -324,11 +320,7 @@ fn check<K: DeserializeOwned + Serialize>(kind: &str, value: &Value) -> Result<(
 fn unknown_field(patched: &Value, typed: &Value, path: &str) -> Option<String> {
     match (patched, typed) {
         (Value::Object(p), Value::Object(t)) => p.iter().find_map(|(k, v)| {
-            let at = if path.is_empty() {
-                k.clone()
-            } else {
-                format!("{path}.{k}")
-            };
+            let at = strategic_merge::join(path, k);
             match t.get(k) {
                 None if !v.is_null() => Some(at),
                 None => None,
