@@ -160,7 +160,7 @@ fn granted_rules(kind: &str) -> Vec<PolicyRule> {
     )
     .expect("demo resolves");
     let mut rules: Vec<PolicyRule> = Vec::new();
-    for o in render::render(&install) {
+    for o in render::render(&install).expect("a spec without overlays renders") {
         if o.kind() == kind {
             let granted: Vec<PolicyRule> =
                 serde_json::from_value(o.object.data["rules"].clone()).unwrap_or_default();

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
     Component, FailurePolicy, GatewayComponent, GatewayPort, MeshInstall, MeshInstallSpec,
-    MigrationMode, MtlsMode, OutboundTrafficPolicy, PortProtocol, Profile, ProxyLogLevel,
+    MigrationMode, MtlsMode, OutboundTrafficPolicy, Overlay, PortProtocol, Profile, ProxyLogLevel,
     ServiceType, SidecarMode, TrafficCapture, UpdateStrategy,
 };
 use serde_json::{Map, Value, json};
@@ -88,6 +88,8 @@ pub struct Settings {
     pub env: Vec<EnvVar>,
     /// Gateways only.
     pub service: Option<Service>,
+    /// Patches on the component's rendered objects, in order (`render::overlays`).
+    pub overlays: Vec<Overlay>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -487,6 +489,7 @@ fn settings(c: Option<&Component>, service: Option<Service>) -> Settings {
         affinity: c.affinity.clone(),
         env: c.env.clone().unwrap_or_default(),
         service,
+        overlays: c.overlays.clone().unwrap_or_default(),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod profiles;
 pub mod render;
 mod revision;
 pub mod server;
+pub mod strategic_merge;
 pub mod versions;
 pub mod webhook;
 pub mod yaml;

@@ -75,7 +75,7 @@ fn components(objects: &[Rendered]) -> BTreeSet<ComponentId> {
 fn profiles_deploy_exactly_their_components() {
     use ComponentId::*;
     let expect = |profile, want: &[ComponentId]| {
-        let got = components(&render::render(&profile_install(profile)));
+        let got = components(&render::render(&profile_install(profile)).unwrap());
         let want: BTreeSet<_> = want.iter().copied().collect();
         assert_eq!(got, want, "{profile}");
     };
@@ -105,7 +105,7 @@ fn typed<K: serde::de::DeserializeOwned>(o: &Rendered) -> K {
 #[test]
 fn production_and_performance_are_highly_available() {
     for profile in [Profile::Production, Profile::Performance] {
-        let objects = render::render(&profile_install(profile));
+        let objects = render::render(&profile_install(profile)).unwrap();
         for name in ["istiod", "istio-ingressgateway"] {
             let hpa: HorizontalPodAutoscaler = typed(
                 objects
@@ -143,7 +143,7 @@ fn production_and_performance_are_highly_available() {
             );
         }
     }
-    let perf = render::render(&profile_install(Profile::Performance));
+    let perf = render::render(&profile_install(Profile::Performance)).unwrap();
     let hpa: HorizontalPodAutoscaler = typed(
         perf.iter()
             .find(|o| o.kind() == "HorizontalPodAutoscaler" && o.name() == "istio-ingressgateway")
@@ -167,7 +167,7 @@ fn overrides_reach_the_objects() {
         &mi.spec,
     )
     .unwrap();
-    let objects = render::render(&install);
+    let objects = render::render(&install).unwrap();
     let d: Deployment = typed(
         objects
             .iter()
@@ -206,7 +206,7 @@ fn overrides_reach_the_objects() {
 #[test]
 fn apply_order_respects_dependencies() {
     for (what, install) in all_installs() {
-        let objects = render::render(&install);
+        let objects = render::render(&install).unwrap();
         let stages: Vec<Stage> = objects.iter().map(|o| o.stage()).collect();
         assert!(
             stages.windows(2).all(|w| w[0] <= w[1]),
@@ -236,7 +236,7 @@ const REQUIRED_LABELS: [&str; 4] = [
 #[test]
 fn every_object_is_labelled_owned_and_unique() {
     for (what, install) in all_installs() {
-        let objects = render::render(&install);
+        let objects = render::render(&install).unwrap();
         let mut keys = BTreeSet::new();
         for o in &objects {
             let labels = o.object.metadata.labels.clone().unwrap_or_default();
@@ -310,7 +310,7 @@ fn pod_templates(objects: &[Rendered]) -> Vec<(String, BTreeMap<String, String>,
 #[test]
 fn selectors_and_ports_line_up() {
     for (what, install) in all_installs() {
-        let objects = render::render(&install);
+        let objects = render::render(&install).unwrap();
         let pods = pod_templates(&objects);
         for o in objects.iter().filter(|o| o.kind() == "Service") {
             let spec = typed::<Service>(o).spec.unwrap();
@@ -384,7 +384,7 @@ fn selectors_and_ports_line_up() {
 #[test]
 fn every_container_is_hardened_with_requests_and_probes() {
     for (what, install) in all_installs() {
-        let objects = render::render(&install);
+        let objects = render::render(&install).unwrap();
         for (name, _, template) in pod_templates(&objects) {
             let spec = template.spec.unwrap();
             for c in &spec.containers {
@@ -444,7 +444,7 @@ fn mesh_settings_follow_the_profile() {
     assert!(!perf.mesh.access_logging);
     assert_eq!(perf.mesh.trace_sampling, 0.0);
     assert!(perf.injection.concurrency.is_some());
-    let objects = render::render(&profile_install(Profile::Production));
+    let objects = render::render(&profile_install(Profile::Production)).unwrap();
     let pa = objects
         .iter()
         .find(|o| o.kind() == "PeerAuthentication")

@@ -173,7 +173,7 @@ fn generated_documents() -> Vec<(String, String)> {
         .unwrap(),
     ));
     for (what, install) in installs {
-        let objects = meshop::render::render(&install);
+        let objects = meshop::render::render(&install).unwrap();
         let text = meshop::render::to_yaml(&objects);
         // The writer must not change what a YAML 1.2 reader sees: same objects back.
         let back: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)

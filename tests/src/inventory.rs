@@ -25,6 +25,8 @@ pub struct ClusterObject {
     /// It has a deletionTimestamp (finalizers still pending).
     pub deleting: bool,
     pub uid: String,
+    /// Changes with every write to the object.
+    pub resource_version: String,
     /// Per field manager and operation (`meshop:Apply`), the time of its last change (from
     /// managedFields).
     pub managers: BTreeMap<String, String>,
@@ -88,6 +90,7 @@ pub async fn objects(
                         .collect(),
                     deleting: meta.deletion_timestamp.is_some(),
                     uid: meta.uid.unwrap_or_default(),
+                    resource_version: meta.resource_version.unwrap_or_default(),
                     managers: meta
                         .managed_fields
                         .unwrap_or_default()

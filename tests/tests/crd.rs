@@ -118,6 +118,34 @@ async fn every_documented_example_is_accepted() {
     assert!(count >= 5, "expected at least 5 examples, found {count}");
 }
 
+/// Overlays are patches: the API server must keep them exactly as written, nulls (which delete)
+/// and JSON patch values of any type included, or meshop would render another patch.
+#[tokio::test]
+async fn overlays_are_stored_as_written() {
+    let cp = meshop_testenv::shared();
+    let client = cp.client().await.unwrap();
+    let mut obj: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(examples_dir().join("overlays.yaml")).unwrap(),
+    )
+    .unwrap();
+    obj["metadata"]["name"] = json!("overlays-as-written");
+    obj["spec"]["components"]["cni"] = json!({"overlays": [{"kind": "DaemonSet", "jsonPatch": [
+        {"op": "add", "path": "/metadata/annotations/a", "value": null},
+        {"op": "test", "path": "/spec/x", "value": [1, "two", {"three": null}]},
+        {"op": "test", "path": "/spec/y", "value": 4.5}
+    ]}]});
+    let created = apply(&client, &obj).await.unwrap();
+    let stored = serde_json::to_value(&created).unwrap();
+    assert_eq!(
+        stored["spec"]["components"], obj["spec"]["components"],
+        "the API server changed the overlays"
+    );
+    mesh_api(&client)
+        .delete("overlays-as-written", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn schema_defaults_are_applied() {
     let cp = meshop_testenv::shared();
@@ -229,6 +257,26 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             "PDB with both bounds",
             json!({"profile": "demo", "components": {"istiod": {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}}}),
             "podDisruptionBudget takes minAvailable or maxUnavailable, not both",
+        ),
+        (
+            "overlay with both patches",
+            json!({"profile": "demo", "components": {"istiod": {"overlays": [{"kind": "Deployment", "name": "istiod", "strategicMerge": {}, "jsonPatch": [{"op": "remove", "path": "/spec/replicas"}]}]}}}),
+            "an overlay takes exactly one of strategicMerge and jsonPatch",
+        ),
+        (
+            "overlay with no patch",
+            json!({"profile": "demo", "components": {"addons": {"kiali": {"overlays": [{"kind": "Deployment"}]}}}}),
+            "an overlay takes exactly one of strategicMerge and jsonPatch",
+        ),
+        (
+            "JSON patch move without from",
+            json!({"profile": "demo", "components": {"cni": {"overlays": [{"kind": "DaemonSet", "jsonPatch": [{"op": "move", "path": "/spec/x"}]}]}}}),
+            "from is set for move and copy, and only for them",
+        ),
+        (
+            "JSON patch op unknown",
+            json!({"profile": "demo", "components": {"istiod": {"overlays": [{"kind": "Deployment", "jsonPatch": [{"op": "merge", "path": "/spec"}]}]}}}),
+            "Unsupported value: \"merge\"",
         ),
         (
             "cni with replicas",

@@ -120,6 +120,7 @@ async fn leader_election_and_crash_safety() {
     let uid = mi.metadata.uid.clone().unwrap();
     let install = meshop::effective::Installation::from_mesh(&mi).unwrap();
     let expected: BTreeSet<String> = meshop::render::render(&install)
+        .unwrap()
         .into_iter()
         .filter(|o| !o.shared)
         .map(|o| o.key())

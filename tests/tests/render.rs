@@ -10,7 +10,7 @@ use meshop::render::{self, Stage};
 const MANAGER: &str = "render-test";
 
 async fn check(client: &kube::Client, what: &str, install: &Installation) {
-    let objects = render::render(install);
+    let objects = render::render(install).unwrap();
     let real = PatchParams::apply(MANAGER).force().validation_strict();
     for o in objects.iter().filter(|o| o.stage() == Stage::Base) {
         o.api(client)

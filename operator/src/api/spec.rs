@@ -399,6 +399,12 @@ macro_rules! component_struct {
             /// Extra environment variables for the component's main container, after meshop's own.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub env: Option<Vec<EnvVar>>,
+            /// Patches on the objects meshop renders for this component, applied in order after
+            /// every other setting (docs/api.md, "Overlays"). A patch that does not apply stalls
+            /// the MeshInstall and nothing is applied.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(length(max = 64))]
+            pub overlays: Option<Vec<Overlay>>,
             $($(#[$fmeta])* pub $field: $ty,)*
         }
     };
@@ -431,8 +437,90 @@ impl GatewayComponent {
             tolerations: self.tolerations.clone(),
             affinity: self.affinity.clone(),
             env: self.env.clone(),
+            overlays: self.overlays.clone(),
         }
     }
+}
+
+/// A patch on one object meshop renders for a component, addressed by its kind and name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.strategicMerge) != has(self.jsonPatch)")
+    .message("an overlay takes exactly one of strategicMerge and jsonPatch"))]
+pub struct Overlay {
+    /// The kind of the object, such as Deployment or Service.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// The object's name, such as istiod. Left out: the component's only object of that kind
+    /// (the way to address istiod-<revision> in a revision-based install, whose name changes
+    /// with every upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// A strategic merge patch, as kubectl patch --type strategic takes it: maps merge, the lists
+    /// Kubernetes keys (containers and env by name, volumeMounts by mountPath, ports by
+    /// containerPort or port, ...) merge item by item, null deletes, $patch delete/replace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub strategic_merge: Option<serde_json::Value>,
+    /// An RFC 6902 JSON patch: operations applied in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub json_patch: Option<Vec<JsonPatchOperation>>,
+}
+
+/// One RFC 6902 operation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("(self.op == 'move' || self.op == 'copy') == has(self.from)")
+    .message("from is set for move and copy, and only for them"))]
+pub struct JsonPatchOperation {
+    /// add, remove, replace, move, copy or test.
+    pub op: JsonPatchOp,
+    /// A JSON pointer (RFC 6901), such as /spec/template/spec/containers/0/args/-.
+    #[schemars(length(max = 1024))]
+    pub path: String,
+    /// The source pointer of move and copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub from: Option<String>,
+    /// The value of add, replace and test: any JSON value, null included.
+    #[serde(
+        default,
+        deserialize_with = "present_value",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "any_value")]
+    pub value: Option<serde_json::Value>,
+}
+
+/// RFC 6902 operations.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonPatchOp {
+    Add,
+    Remove,
+    Replace,
+    Move,
+    Copy,
+    Test,
+}
+
+/// A value that is present, even as `null` (which `Option<Value>` would read as absent).
+fn present_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// Any JSON object, kept as written.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// Any JSON value, kept as written.
+fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"nullable": true, "x-kubernetes-preserve-unknown-fields": true})
 }
 
 /// Horizontal pod autoscaling on CPU utilisation.

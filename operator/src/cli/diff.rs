@@ -391,8 +391,8 @@ fn offline_report(args: &DiffArgs) -> Result<Report> {
         }
         _ => bail!("give the MeshInstall after: --to FILE, --to-profile or --to-version"),
     };
-    let before = crate::render::render(&from_install);
-    let after = crate::render::render(&to_install);
+    let before = crate::render::render(&from_install)?;
+    let after = crate::render::render(&to_install)?;
     let mut report = compare(format!("{from_label} -> {to_label}"), &before, &after);
     report.notes.push(
         "offline: the webhook registration (known only to a running operator) is left out".into(),
@@ -578,7 +578,13 @@ pub async fn cluster_report(
         install,
         older.as_ref().map_or(&[][..], |o| &o.older[..]),
         webhook,
-    );
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "the reconciler would refuse this spec (Stalled, {}): {e}",
+            crate::controller::INVALID_OVERLAY
+        )
+    })?;
     let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     for (i, object) in plan.objects.iter().enumerate() {
         cluster::progress(&format!(
@@ -674,7 +680,7 @@ mod tests {
     }
 
     fn rendered(yaml: &str) -> Vec<Rendered> {
-        crate::render::render(&plan::test_install(yaml))
+        crate::render::render(&plan::test_install(yaml)).unwrap()
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn render(
     component: Option<&str>,
 ) -> Result<String> {
     let install = installation(file, profile, istio_version)?;
-    let mut objects = render::render(&install);
+    let mut objects = render::render(&install)?;
     if let Some(name) = component {
         let Some(id) = ComponentId::from_name(name) else {
             let names: Vec<_> = ComponentId::ALL.iter().map(|c| c.name()).collect();

@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
 pub use apply::FIELD_MANAGER;
-pub use reconcile::FINALIZER;
+pub use reconcile::{FINALIZER, INVALID_OVERLAY};
 
 use crate::api::MeshInstall;
 use crate::kinds::MANAGED_KINDS;

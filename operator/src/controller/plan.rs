@@ -35,10 +35,15 @@ impl Plan {
     /// Renders the installation and, when injection is on and this process serves a webhook, its
     /// MutatingWebhookConfiguration, which rides in the stage after istiod so injection starts only
     /// once istiod is ready.
-    pub fn new(install: Installation, webhook: Option<WebhookEndpoint>) -> Plan {
+    /// An overlay that does not apply fails the whole plan: nothing of it is applied.
+    pub fn new(
+        install: Installation,
+        webhook: Option<WebhookEndpoint>,
+    ) -> Result<Plan, render::OverlayError> {
         let webhook = webhook.filter(|_| install.injection.enabled);
-        let objects = render::render_with_injector(&install, webhook.as_ref().map(|w| &w.injector));
-        Plan::of(install, objects, webhook)
+        let objects =
+            render::render_with_injector(&install, webhook.as_ref().map(|w| &w.injector))?;
+        Ok(Plan::of(install, objects, webhook))
     }
 
     /// The plan of one pass, as the reconciler applies it and `meshop diff -f` predicts it:
@@ -49,7 +54,7 @@ impl Plan {
         install: Installation,
         older: &[Installation],
         webhook: Option<WebhookEndpoint>,
-    ) -> Plan {
+    ) -> Result<Plan, render::OverlayError> {
         match install.update_strategy {
             crate::api::UpdateStrategy::RevisionBased => {
                 Plan::revision_based(install, older, webhook)
@@ -65,7 +70,7 @@ impl Plan {
         install: Installation,
         older: &[Installation],
         webhook: Option<WebhookEndpoint>,
-    ) -> Plan {
+    ) -> Result<Plan, render::OverlayError> {
         let webhook = webhook.filter(|_| install.injection.enabled);
         let routes: Vec<&str> = std::iter::once(install.revision.as_str())
             .chain(older.iter().map(|o| o.revision.as_str()))
@@ -76,8 +81,8 @@ impl Plan {
             older,
             webhook.as_ref().map(|w| &w.injector),
             &routes,
-        );
-        Plan::of(install, objects, webhook)
+        )?;
+        Ok(Plan::of(install, objects, webhook))
     }
 
     fn of(install: Installation, objects: Vec<Rendered>, webhook: Option<WebhookEndpoint>) -> Plan {
@@ -275,7 +280,7 @@ pub(crate) fn test_install(yaml: &str) -> Installation {
 /// The plan (without a webhook) of a spec written as YAML; for unit tests.
 #[cfg(test)]
 pub(crate) fn test_plan(yaml: &str) -> Plan {
-    Plan::new(test_install(yaml), None)
+    Plan::new(test_install(yaml), None).unwrap()
 }
 
 #[cfg(test)]
@@ -302,7 +307,7 @@ mod tests {
 
     #[test]
     fn autoscaled_deployments_get_their_floor_from_the_settings() {
-        let plan = Plan::new(install("profile: production"), None);
+        let plan = Plan::new(install("profile: production"), None).unwrap();
         let floors: Vec<(&str, i32)> = plan
             .replica_floors
             .iter()
@@ -318,6 +323,7 @@ mod tests {
         // Without an autoscaler there is no floor: spec.replicas is the truth.
         assert!(
             Plan::new(install("profile: demo"), None)
+                .unwrap()
                 .replica_floors
                 .is_empty()
         );
@@ -325,7 +331,7 @@ mod tests {
 
     #[test]
     fn the_webhook_registration_rides_after_istiod_and_only_with_injection_on() {
-        let plan = Plan::new(install("profile: minimal"), Some(endpoint()));
+        let plan = Plan::new(install("profile: minimal"), Some(endpoint())).unwrap();
         let stages = plan.stages();
         let stage_of = |kind: &str| {
             stages
@@ -343,7 +349,8 @@ mod tests {
         let off = Plan::new(
             install("profile: minimal\ninjection: {enabled: false}"),
             Some(endpoint()),
-        );
+        )
+        .unwrap();
         assert!(off.webhook.is_none());
         assert!(
             !off.objects
@@ -351,7 +358,7 @@ mod tests {
                 .any(|o| o.kind() == "MutatingWebhookConfiguration")
         );
         // No webhook served by this process: nothing to register either.
-        let unserved = Plan::new(install("profile: minimal"), None);
+        let unserved = Plan::new(install("profile: minimal"), None).unwrap();
         assert!(!unserved.components().contains(&ComponentId::Webhook));
     }
 
@@ -362,7 +369,8 @@ mod tests {
         let target = install(yaml);
         let spec: crate::api::MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
         let older = Installation::resolve_at(target.owner.clone(), &spec, Some("1.30.5")).unwrap();
-        let plan = Plan::revision_based(target, std::slice::from_ref(&older), Some(endpoint()));
+        let plan =
+            Plan::revision_based(target, std::slice::from_ref(&older), Some(endpoint())).unwrap();
         let keys = plan.keys();
         for key in [
             "Deployment/istio-system/istiod-1-31-1",
@@ -478,13 +486,13 @@ mod tests {
 
     #[test]
     fn keys_are_what_pruning_keeps() {
-        let plan = Plan::new(install("profile: demo"), None);
+        let plan = Plan::new(install("profile: demo"), None).unwrap();
         assert_eq!(plan.keys().len(), plan.objects.len(), "keys are unique");
         assert!(
             plan.keys()
                 .contains("Deployment/istio-system/istio-egressgateway")
         );
-        let minimal = Plan::new(install("profile: minimal"), None);
+        let minimal = Plan::new(install("profile: minimal"), None).unwrap();
         assert!(
             !minimal
                 .keys()
@@ -540,7 +548,7 @@ mod tests {
         for profile in ["demo", "production", "performance", "minimal", "empty"] {
             for revision in ["", "revision: canary\n"] {
                 let yaml = format!("profile: {profile}\n{revision}{everything}");
-                let plan = Plan::new(install(&yaml), Some(endpoint()));
+                let plan = Plan::new(install(&yaml), Some(endpoint())).unwrap();
                 for o in &plan.objects {
                     let entry =
                         crate::kinds::find(&o.resource.group, o.kind()).unwrap_or_else(|| {
@@ -611,8 +619,8 @@ mod tests {
         // In place: exactly Plan::new.
         let in_place = install("profile: minimal");
         assert_eq!(
-            Plan::for_pass(in_place.clone(), &[], None).keys(),
-            Plan::new(in_place, None).keys()
+            Plan::for_pass(in_place.clone(), &[], None).unwrap().keys(),
+            Plan::new(in_place, None).unwrap().keys()
         );
         // Revision-based in the middle of an upgrade: the older revision's istiod is planned
         // (so prune keeps it) beside the target's, and every revision and tag is routed.
@@ -620,7 +628,8 @@ mod tests {
             "profile: minimal\nupdateStrategy: RevisionBased\nupgrade: {tags: [prod-stable]}";
         let target = install(&format!("{spec}\nversion: 1.31.1"));
         let old = install(&format!("{spec}\nversion: 1.30.5"));
-        let plan = Plan::for_pass(target.clone(), std::slice::from_ref(&old), Some(endpoint()));
+        let plan =
+            Plan::for_pass(target.clone(), std::slice::from_ref(&old), Some(endpoint())).unwrap();
         let keys = plan.keys();
         assert!(
             keys.contains("Deployment/istio-system/istiod-1-31-1"),
@@ -632,10 +641,12 @@ mod tests {
         );
         assert_eq!(
             keys,
-            Plan::revision_based(target.clone(), &[old], Some(endpoint())).keys()
+            Plan::revision_based(target.clone(), &[old], Some(endpoint()))
+                .unwrap()
+                .keys()
         );
         // A first install is revision-based too: its istiod carries the revision.
-        let first = Plan::for_pass(target, &[], None).keys();
+        let first = Plan::for_pass(target, &[], None).unwrap().keys();
         assert!(
             first.contains("Deployment/istio-system/istiod-1-31-1"),
             "{first:?}"

@@ -35,6 +35,8 @@ const PROGRESS_REQUEUE: Duration = Duration::from_secs(5);
 const GRANT_RECHECK: Duration = Duration::from_secs(30);
 /// The stall reason of a MeshInstall whose control-plane namespace meshop was not granted.
 pub const NAMESPACE_NOT_GRANTED: &str = "NamespaceNotGranted";
+/// The stall reason of a MeshInstall whose overlay does not apply.
+pub const INVALID_OVERLAY: &str = "InvalidOverlay";
 /// How often a converged MeshInstall is checked anyway, for drift in kinds meshop does not watch.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -154,7 +156,12 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     let older = upgrade_seen
         .as_ref()
         .map_or(&[][..], |seen| &seen.older[..]);
-    let plan = Plan::for_pass(install, older, ctx.webhook_endpoint());
+    // An overlay that does not apply is the user's to fix, like a spec meshop cannot install:
+    // nothing is applied (no half-patched installation), the running mesh keeps what it has.
+    let plan = match Plan::for_pass(install, older, ctx.webhook_endpoint()) {
+        Ok(plan) => plan,
+        Err(e) => return stall(ctx, mi, INVALID_OVERLAY, e.to_string()).await,
+    };
     let pass = apply_stages(ctx, &plan, mi.metadata.generation).await;
 
     let uid = mi.metadata.uid.clone().unwrap_or_default();

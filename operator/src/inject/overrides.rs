@@ -5,7 +5,8 @@
 //!
 //! Istio's injector (release-1.31, `pkg/kube/inject`) applies its template over the pod with a
 //! Kubernetes strategic merge patch, then applies the pod's own container over the result the
-//! same way, with `image: auto` meaning "the injected image". Both steps are reproduced here on
+//! same way, with `image: auto` meaning "the injected image". Both steps are reproduced here, with
+//! the crate's one strategic merge (`crate::strategic_merge`), on
 //! the containers' JSON: maps merge key by key, the lists Kubernetes declares mergeable (`env` by
 //! name, `ports` by containerPort, `volumeMounts` by mountPath, `volumeDevices` by devicePath)
 //! merge item by item in the order the strategic merge gives them, every other list and every
@@ -18,20 +19,10 @@ use k8s_openapi::api::core::v1::Container;
 use serde_json::{Map, Value, json};
 
 use super::InjectError;
+use crate::strategic_merge::{self, Schema};
 
 /// The image value that keeps the injected image.
 pub(crate) const AUTO_IMAGE: &str = "auto";
-
-/// The merge key of a container's mergeable lists (`patchMergeKey` in Kubernetes' types).
-fn merge_key(field: &str) -> Option<&'static str> {
-    match field {
-        "env" => Some("name"),
-        "ports" => Some("containerPort"),
-        "volumeMounts" => Some("mountPath"),
-        "volumeDevices" => Some("devicePath"),
-        _ => None,
-    }
-}
 
 /// A container as Go's `corev1.Container` encodes it: `resources` always present, `omitempty`
 /// scalars left out when zero, quantities canonical.
@@ -126,8 +117,14 @@ pub(crate) fn apply(
     let template = serde_json::to_value(injected).unwrap_or(Value::Null);
     // The template over the pod's container, then the pod's container over the result.
     let mut merged = own;
-    merge_container(&mut merged, &template);
-    merge_container(&mut merged, &overlay);
+    let merge_error = |e: crate::strategic_merge::MergeError| {
+        InjectError::InvalidPod(format!(
+            "its own {:?} container cannot be merged with the injected one: {e}",
+            injected.name
+        ))
+    };
+    strategic_merge::merge(&mut merged, &template, Schema::Container).map_err(merge_error)?;
+    strategic_merge::merge(&mut merged, &overlay, Schema::Container).map_err(merge_error)?;
     let container = serde_json::from_value(merged).map_err(|e| {
         InjectError::InvalidPod(format!(
             "its own {:?} container cannot be merged with the injected one: {e}",
@@ -135,88 +132,6 @@ pub(crate) fn apply(
         ))
     })?;
     Ok((container, overlay))
-}
-
-/// A strategic merge of `patch` into a container's JSON.
-fn merge_container(original: &mut Value, patch: &Value) {
-    let (Value::Object(o), Value::Object(p)) = (original, patch) else {
-        return;
-    };
-    for (k, pv) in p {
-        match (o.get_mut(k), pv, merge_key(k)) {
-            (_, Value::Null, _) => {
-                o.remove(k);
-            }
-            (Some(Value::Array(ov)), Value::Array(pv), Some(key)) => {
-                let merged = merge_list(std::mem::take(ov), pv, key);
-                *ov = merged;
-            }
-            (Some(ov @ Value::Object(_)), Value::Object(_), _) => merge_map(ov, pv),
-            _ => {
-                o.insert(k.clone(), pv.clone());
-            }
-        }
-    }
-}
-
-/// A strategic merge of two maps with no mergeable lists inside (probes, security contexts,
-/// resources, lifecycle hooks): key by key, lists and scalars replaced, `null` deletes.
-fn merge_map(original: &mut Value, patch: &Value) {
-    let (Value::Object(o), Value::Object(p)) = (&mut *original, patch) else {
-        *original = patch.clone();
-        return;
-    };
-    for (k, pv) in p {
-        match (o.get_mut(k), pv) {
-            (_, Value::Null) => {
-                o.remove(k);
-            }
-            (Some(ov @ Value::Object(_)), Value::Object(_)) => merge_map(ov, pv),
-            _ => {
-                o.insert(k.clone(), pv.clone());
-            }
-        }
-    }
-}
-
-/// A strategic merge of two lists of objects keyed by `key`: items of `patch` merged into the
-/// item of `original` with the same key (or added), then ordered as Kubernetes orders them: the
-/// patch's items in the patch's order, each of the original's other items placed before the first
-/// patch item that followed it in the original.
-fn merge_list(original: Vec<Value>, patch: &[Value], key: &str) -> Vec<Value> {
-    let key_of = |v: &Value| v.get(key).cloned();
-    let order: Vec<Option<Value>> = original.iter().map(key_of).collect();
-    let mut merged = original;
-    for p in patch {
-        match merged.iter_mut().find(|o| key_of(o) == key_of(p)) {
-            Some(o) => merge_map(o, p),
-            None => merged.push(p.clone()),
-        }
-    }
-    let patch_index = |v: &Value| patch.iter().position(|p| key_of(p) == key_of(v));
-    let (mut patched, server_only): (Vec<Value>, Vec<Value>) =
-        merged.into_iter().partition(|v| patch_index(v).is_some());
-    patched.sort_by_key(|v| patch_index(v));
-    let server_index = |v: &Value| order.iter().position(|k| *k == key_of(v));
-    let mut out = Vec::with_capacity(patched.len() + server_only.len());
-    let (mut left, mut right) = (
-        server_only.into_iter().peekable(),
-        patched.into_iter().peekable(),
-    );
-    loop {
-        let take_left = match (left.peek(), right.peek()) {
-            (Some(l), Some(r)) => matches!(
-                (server_index(l), server_index(r)),
-                (Some(li), Some(ri)) if li < ri
-            ),
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => break,
-        };
-        let next = if take_left { left.next() } else { right.next() };
-        out.extend(next);
-    }
-    out
 }
 
 /// Istio's `proxy.istio.io/overrides`: the overlays of the injected containers (`containers`)
@@ -481,20 +396,6 @@ mod tests {
             overlay["livenessProbe"],
             json!({"httpGet": {"port": 15021}, "periodSeconds": 2})
         );
-    }
-
-    #[test]
-    fn list_merge_keeps_server_items_before_later_patch_items() {
-        let original = vec![
-            json!({"name": "X"}),
-            json!({"name": "A"}),
-            json!({"name": "Y"}),
-        ];
-        let patch = [json!({"name": "A", "v": 1}), json!({"name": "N"})];
-        let merged = merge_list(original, &patch, "name");
-        let names: Vec<&str> = merged.iter().map(|v| v["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["X", "A", "N", "Y"]);
-        assert_eq!(merged[1]["v"], 1);
     }
 
     #[test]

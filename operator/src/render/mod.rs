@@ -10,6 +10,7 @@ mod gateway;
 mod istio_crds;
 mod istiod;
 mod mesh;
+mod overlays;
 mod validation;
 mod webhook;
 
@@ -26,6 +27,7 @@ pub use common::{
     cluster_meta, owner_reference,
 };
 pub use istio_crds::istio_crds;
+pub use overlays::OverlayError;
 pub use webhook::{InjectorEndpoint, WEBHOOK_PATH, webhook_configuration_name};
 
 /// Apply stages, in order. A stage is applied only once the one before it is ready.
@@ -228,7 +230,9 @@ impl Rendered {
 /// Every object of an installation, in apply order: by stage, then cluster-scoped and
 /// dependency-first kinds (CRDs, namespace, accounts, RBAC, config) before workloads, then by name.
 /// Offline: without the injector's registration, which only a running operator can render.
-pub fn render(install: &Installation) -> Vec<Rendered> {
+/// Each component's overlays are applied (the one place they are): an overlay that does not
+/// apply fails the whole rendering.
+pub fn render(install: &Installation) -> Result<Vec<Rendered>, OverlayError> {
     render_with_injector(install, None)
 }
 
@@ -237,7 +241,7 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
 pub fn render_with_injector(
     install: &Installation,
     injector: Option<&InjectorEndpoint>,
-) -> Vec<Rendered> {
+) -> Result<Vec<Rendered>, OverlayError> {
     let mut objects = Vec::new();
     objects.extend(mesh::namespace(install));
     objects.extend(istio_crds(install));
@@ -265,8 +269,9 @@ pub fn render_with_injector(
     for object in objects.iter_mut() {
         common::finish(install, object);
     }
+    overlays::apply(install, &mut objects)?;
     sort(&mut objects);
-    objects
+    Ok(objects)
 }
 
 /// A revision-based install: everything of `target` (its istiod, and the gateways, CNI and
@@ -278,8 +283,8 @@ pub fn render_revision_based(
     older: &[Installation],
     injector: Option<&InjectorEndpoint>,
     routes: &[&str],
-) -> Vec<Rendered> {
-    let mut objects = render_with_injector(target, None);
+) -> Result<Vec<Rendered>, OverlayError> {
+    let mut objects = render_with_injector(target, None)?;
     for install in older.iter().filter(|i| i.istiod.enabled) {
         let mut revision: Vec<Rendered> = istiod::render(install);
         // Objects labelled with an older revision are still validated by its istiod.
@@ -288,6 +293,8 @@ pub fn render_revision_based(
         for object in revision.iter_mut() {
             common::finish(install, object);
         }
+        // The spec's istiod overlays apply to every revision's control plane.
+        overlays::apply(install, &mut revision)?;
         objects.extend(revision);
     }
     if let Some(endpoint) = injector.filter(|_| target.injection.enabled) {
@@ -296,7 +303,7 @@ pub fn render_revision_based(
         objects.push(registration);
     }
     sort(&mut objects);
-    objects
+    Ok(objects)
 }
 
 /// Puts objects in apply order: by stage, then by the kind's position in
