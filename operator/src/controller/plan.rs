@@ -81,11 +81,12 @@ impl Plan {
     }
 
     fn of(install: Installation, objects: Vec<Rendered>, webhook: Option<WebhookEndpoint>) -> Plan {
+        let gateways = install.gateways();
         let replica_floors = objects
             .iter()
             .filter(|o| o.kind() == "Deployment")
             .filter_map(|o| {
-                let floor = component_settings(&install, o.component)?
+                let floor = workload_settings(&install, &gateways, o)?
                     .autoscale
                     .as_ref()?
                     .min;
@@ -188,12 +189,23 @@ pub(crate) fn strategy_switch(
     }
 }
 
-/// The resolved settings behind a component's workload.
-fn component_settings(install: &Installation, component: ComponentId) -> Option<&Settings> {
-    Some(match component {
+/// The resolved settings behind a rendered workload: its component's, or, for a gateway, those
+/// of the gateway of that namespace and name.
+fn workload_settings<'a>(
+    install: &'a Installation,
+    gateways: &'a [crate::effective::Gateway],
+    object: &Rendered,
+) -> Option<&'a Settings> {
+    Some(match object.component {
         ComponentId::Istiod => &install.istiod,
-        ComponentId::IngressGateway => &install.ingress_gateway,
-        ComponentId::EgressGateway => &install.egress_gateway,
+        ComponentId::IngressGateway | ComponentId::EgressGateway => {
+            &gateways
+                .iter()
+                .find(|g| {
+                    Some(g.namespace.as_str()) == object.namespace() && g.name == object.name()
+                })?
+                .settings
+        }
         ComponentId::Cni => &install.cni,
         ComponentId::Prometheus => &install.prometheus,
         ComponentId::Grafana => &install.grafana,

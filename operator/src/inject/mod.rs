@@ -123,6 +123,14 @@ pub struct InjectionConfig {
     pub log_level: ProxyLogLevel,
     /// Start application containers only once the proxy is ready.
     pub hold_application_until_proxy_starts: bool,
+    /// `ISTIO_META_CLUSTER_ID` (`global.clusterName`, else `Kubernetes`).
+    pub cluster_id: String,
+    /// `ISTIO_META_MESH_ID` (`global.meshID`, else the trust domain).
+    pub mesh_id: String,
+    /// `ISTIO_META_NETWORK` when set (`global.network`).
+    pub network: Option<String>,
+    /// The injected containers' `imagePullPolicy` when set (`global.imagePullPolicy`).
+    pub image_pull_policy: Option<String>,
 }
 
 impl InjectionConfig {
@@ -153,6 +161,10 @@ impl From<&Installation> for InjectionConfig {
             concurrency: inj.concurrency,
             log_level: inj.log_level,
             hold_application_until_proxy_starts: inj.hold_application_until_proxy_starts,
+            cluster_id: install.global.cluster_id.clone(),
+            mesh_id: install.global.mesh_id.clone(),
+            network: install.global.network.clone(),
+            image_pull_policy: install.global.image_pull_policy.clone(),
         }
     }
 }
@@ -173,6 +185,10 @@ impl Default for InjectionConfig {
             concurrency: None,
             log_level: ProxyLogLevel::Warning,
             hold_application_until_proxy_starts: false,
+            cluster_id: crate::effective::DEFAULT_CLUSTER_ID.to_string(),
+            mesh_id: "cluster.local".to_string(),
+            network: None,
+            image_pull_policy: None,
         }
     }
 }
