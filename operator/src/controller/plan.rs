@@ -215,6 +215,27 @@ fn workload_settings<'a>(
     })
 }
 
+/// The stall message of a namespace meshop was not granted: the control plane's, or the one
+/// named by the gateways that run there.
+pub(crate) fn not_granted_message(install: &Installation, namespace: &str) -> String {
+    let what = if namespace == install.namespace {
+        "a control plane".to_string()
+    } else {
+        let names: Vec<String> = install
+            .gateways()
+            .into_iter()
+            .filter(|g| g.namespace == namespace)
+            .map(|g| g.name)
+            .collect();
+        format!("gateway {}", names.join(", "))
+    };
+    format!(
+        "meshop may not install {what} in namespace {namespace:?}: the installer has not \
+         granted it. Add it to the chart's controlPlaneNamespaces, or run `meshop \
+         grant-namespace {namespace} | kubectl apply --server-side -f -`"
+    )
+}
+
 /// Whether `other` is another MeshInstall than `mine` that is not being deleted: the ones whose
 /// claims and shared objects still count.
 pub(crate) fn is_live_other(mine: &MeshInstall, other: &MeshInstall) -> bool {
@@ -332,6 +353,41 @@ mod tests {
             Plan::new(install("profile: demo"), None)
                 .replica_floors
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn listed_gateways_get_their_own_floor_and_grant_message() {
+        let install = install(
+            "profile: production\ncomponents:\n  ingressGateways:\n  - {name: internal, autoscale: {minReplicas: 3}}\n  - {name: public, namespace: edge, autoscale: {enabled: false}}\n  - {name: spare, namespace: edge}\n",
+        );
+        let plan = Plan::new(install.clone(), None);
+        let floors: Vec<(&str, i32)> = plan
+            .replica_floors
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            floors,
+            vec![
+                ("Deployment/edge/spare", 2),
+                ("Deployment/istio-system/internal", 3),
+                ("Deployment/istio-system/istio-ingressgateway", 2),
+                ("Deployment/istio-system/istiod", 2),
+            ]
+        );
+        assert_eq!(install.namespaces(), ["istio-system", "edge"]);
+        let message = not_granted_message(&install, "edge");
+        assert!(
+            message
+                .starts_with("meshop may not install gateway public, spare in namespace \"edge\""),
+            "{message}"
+        );
+        assert!(message.contains("meshop grant-namespace edge"), "{message}");
+        assert!(
+            not_granted_message(&install, "istio-system").starts_with(
+                "meshop may not install a control plane in namespace \"istio-system\""
+            )
         );
     }
 

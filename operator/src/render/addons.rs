@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, EnvVar, PodSpec, Probe, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, EnvVar, PodSpec, Probe, Volume,
+};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::json;
 

@@ -128,7 +128,10 @@ fn workload<'a>(install: &'a Installation, gateway: &'a Gateway) -> Workload<'a>
     let name = gateway.name.as_str();
     let namespace = gateway.namespace.as_str();
     let labels = BTreeMap::from([
-        (keys::REV.to_string(), revision::name(&install.revision).to_string()),
+        (
+            keys::REV.to_string(),
+            revision::name(&install.revision).to_string(),
+        ),
         (keys::INJECT.to_string(), "false".to_string()),
         (keys::CANONICAL_NAME.to_string(), name.to_string()),
         (keys::CANONICAL_REVISION.to_string(), "latest".to_string()),
@@ -148,7 +151,10 @@ fn workload<'a>(install: &'a Installation, gateway: &'a Gateway) -> Workload<'a>
         ),
         istio_proxy::trust_domain_env(&install.global.mesh_id, &install.mesh.trust_domain),
         vec![env("ISTIO_META_UNPRIVILEGED_POD", "true")],
-        istio_proxy::cluster_env(&install.global.cluster_id, install.global.network.as_deref()),
+        istio_proxy::cluster_env(
+            &install.global.cluster_id,
+            install.global.network.as_deref(),
+        ),
         vec![istio_proxy::proxy_config_env(&istio_proxy::proxy_config(
             discovery_address,
         ))],
