@@ -837,13 +837,13 @@ fn global_identity_and_pull_policy_reach_injected_proxies() {
     let pod = dir.join("pod.yaml");
     std::fs::write(
         &pod,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: apps}\nspec:\n  containers: [{name: c, image: x}]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: apps}\nspec:\n  imagePullSecrets: [{name: own}, {name: regcred}]\n  containers: [{name: c, image: x}]\n",
     )
     .unwrap();
     let mesh = dir.join("mesh.yaml");
     std::fs::write(
         &mesh,
-        "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {name: m}\nspec:\n  profile: minimal\n  injection: {sidecarMode: classic}\n  global: {meshID: mesh1, network: net1, clusterName: c1, imagePullPolicy: Always}\n",
+        "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {name: m}\nspec:\n  profile: minimal\n  injection: {sidecarMode: classic}\n  global: {meshID: mesh1, network: net1, clusterName: c1, imagePullPolicy: Always, imagePullSecrets: [regcred, other]}\n",
     )
     .unwrap();
     let out = meshop::cli::inject(&pod, Some(&mesh), None).unwrap();
@@ -873,5 +873,13 @@ fn global_identity_and_pull_policy_reach_injected_proxies() {
         .find(|c| c.name == "istio-init")
         .unwrap();
     assert_eq!(init.image_pull_policy.as_deref(), Some("Always"));
+    // The pod's own pull secrets stay; global's are added once each.
+    let secrets: Vec<String> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(secrets, ["own", "regcred", "other"]);
     std::fs::remove_dir_all(&dir).ok();
 }

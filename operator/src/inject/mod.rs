@@ -131,6 +131,8 @@ pub struct InjectionConfig {
     pub network: Option<String>,
     /// The injected containers' `imagePullPolicy` when set (`global.imagePullPolicy`).
     pub image_pull_policy: Option<String>,
+    /// Added to the pod's `imagePullSecrets` (`global.imagePullSecrets`).
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl InjectionConfig {
@@ -165,6 +167,7 @@ impl From<&Installation> for InjectionConfig {
             mesh_id: install.global.mesh_id.clone(),
             network: install.global.network.clone(),
             image_pull_policy: install.global.image_pull_policy.clone(),
+            image_pull_secrets: install.global.image_pull_secrets.clone(),
         }
     }
 }
@@ -189,6 +192,7 @@ impl Default for InjectionConfig {
             mesh_id: "cluster.local".to_string(),
             network: None,
             image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }
