@@ -133,8 +133,8 @@ pub struct Global {
     pub log_level: String,
     /// `--log_as_json` for istiod and the gateways.
     pub log_as_json: bool,
-    /// The mesh id: `global.meshID`, else the trust domain (as Istio's injector defaults it).
-    pub mesh_id: String,
+    /// `global.meshID` ([`Installation::mesh_id`] falls back to the trust domain).
+    pub mesh_id: Option<String>,
     pub network: Option<String>,
     /// Istio's CLUSTER_ID: `global.clusterName`, else `Kubernetes`.
     pub cluster_id: String,
@@ -334,7 +334,7 @@ impl Installation {
                 mtls: mesh.mtls_mode.unwrap_or(MtlsMode::PERMISSIVE),
                 access_logging: mesh.access_logging.unwrap_or(false),
                 trace_sampling: mesh.trace_sampling.unwrap_or(1.0),
-                trust_domain: trust_domain.clone(),
+                trust_domain,
                 outbound: mesh
                     .outbound_traffic_policy
                     .unwrap_or(OutboundTrafficPolicy::ALLOW_ANY),
@@ -361,7 +361,7 @@ impl Installation {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
                 log_as_json: global.log_as_json.unwrap_or(false),
-                mesh_id: global.mesh_id.clone().unwrap_or(trust_domain),
+                mesh_id: global.mesh_id.clone(),
                 network: global.network.clone(),
                 cluster_id: global
                     .cluster_name
@@ -395,6 +395,15 @@ impl Installation {
     /// The address proxies reach istiod's xDS and CA on.
     pub fn discovery_address(&self) -> String {
         crate::istio_proxy::discovery_address(&self.revision, &self.namespace)
+    }
+
+    /// The mesh id proxies report: `global.meshID`, else the trust domain (as Istio's templates
+    /// default it).
+    pub fn mesh_id(&self) -> &str {
+        self.global
+            .mesh_id
+            .as_deref()
+            .unwrap_or(&self.mesh.trust_domain)
     }
 
     pub fn image(&self, name: &str) -> String {

@@ -803,11 +803,26 @@ global:
             );
         }
     }
+    // meshID also reaches istiod's mesh config, as Istio's chart writes it (defaultConfig.meshId).
+    let mesh_of = |objects: &[Rendered]| -> serde_yaml::Value {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = typed(
+            objects
+                .iter()
+                .find(|o| o.kind() == "ConfigMap" && o.name() == "istio")
+                .unwrap(),
+        );
+        serde_yaml::from_str(&cm.data.unwrap()["mesh"]).unwrap()
+    };
+    assert_eq!(
+        mesh_of(&objects)["defaultConfig"]["meshId"],
+        serde_yaml::Value::from("mesh1")
+    );
     // Without spec.global: Istio's defaults (cluster Kubernetes, the trust domain as mesh id, no
     // network, default:info, plain text logs).
     let plain = render::render(&resolve(
         "profile: minimal\ncomponents: {ingressGateway: {enabled: true}}\n",
     ));
+    assert_eq!(mesh_of(&plain)["defaultConfig"].get("meshId"), None);
     for (name, _, template) in pod_templates(&plain) {
         let args = args_of(&template);
         assert!(

@@ -164,7 +164,7 @@ impl From<&Installation> for InjectionConfig {
             log_level: inj.log_level,
             hold_application_until_proxy_starts: inj.hold_application_until_proxy_starts,
             cluster_id: install.global.cluster_id.clone(),
-            mesh_id: install.global.mesh_id.clone(),
+            mesh_id: install.mesh_id().to_string(),
             network: install.global.network.clone(),
             image_pull_policy: install.global.image_pull_policy.clone(),
             image_pull_secrets: install.global.image_pull_secrets.clone(),

@@ -149,7 +149,7 @@ fn workload<'a>(install: &'a Installation, gateway: &'a Gateway) -> Workload<'a>
             name,
             istio_proxy::owner_uri("apps/v1", "Deployment", namespace, name),
         ),
-        istio_proxy::trust_domain_env(&install.global.mesh_id, &install.mesh.trust_domain),
+        istio_proxy::trust_domain_env(install.mesh_id(), &install.mesh.trust_domain),
         vec![env("ISTIO_META_UNPRIVILEGED_POD", "true")],
         istio_proxy::cluster_env(
             &install.global.cluster_id,

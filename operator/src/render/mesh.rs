@@ -48,6 +48,9 @@ pub fn mesh_config(install: &Installation) -> serde_json::Value {
     if let Some(c) = install.injection.concurrency {
         proxy["concurrency"] = json!(c);
     }
+    if let Some(id) = &install.global.mesh_id {
+        proxy["meshId"] = json!(id);
+    }
     json!({
         "accessLogFile": if mesh.access_logging { "/dev/stdout" } else { "" },
         "defaultConfig": proxy,
