@@ -36,6 +36,22 @@ pub enum SpecError {
         "gateway {0:?} is listed twice, or takes the name of a default gateway (istio-ingressgateway, istio-egressgateway); gateway names must be unique"
     )]
     DuplicateGateway(String),
+    #[error(
+        "gateway {0:?} sets label {1:?}, which meshop sets itself (istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-*, app.kubernetes.io/*)"
+    )]
+    ReservedGatewayLabel(String, String),
+}
+
+/// Labels a gateway's `labels` may not set: meshop sets them on its pods, so a selector with
+/// them would not match the pods (the CRD refuses them too).
+fn reserved_label(key: &str) -> bool {
+    matches!(
+        key,
+        "istio.io/rev"
+            | "sidecar.istio.io/inject"
+            | "service.istio.io/canonical-name"
+            | "service.istio.io/canonical-revision"
+    ) || key.starts_with("app.kubernetes.io/")
 }
 
 /// Which MeshInstall the objects belong to (for labels and owner references).
@@ -483,6 +499,15 @@ fn listed_gateways(
         for g in list.iter().flatten() {
             if !seen.insert(g.name.clone()) {
                 return Err(SpecError::DuplicateGateway(g.name.clone()));
+            }
+            if let Some(key) = g
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .find(|k| reserved_label(k))
+            {
+                return Err(SpecError::ReservedGatewayLabel(g.name.clone(), key.clone()));
             }
             let mut base = base.clone().unwrap_or_default();
             base.affinity = None;

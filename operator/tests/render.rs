@@ -620,7 +620,18 @@ fn a_gateway_listed_twice_is_a_spec_error() {
         "profile: minimal\ncomponents:\n  egressGateways: [{name: istio-ingressgateway}]\n",
     )
     .unwrap();
-    assert!(Installation::resolve(owner, &spec).is_err());
+    assert!(Installation::resolve(owner.clone(), &spec).is_err());
+    // A label meshop sets itself would give the gateway a selector its pods do not match.
+    let spec: meshop::api::MeshInstallSpec = serde_yaml::from_str(
+        "profile: minimal\ncomponents:\n  ingressGateways: [{name: a, labels: {sidecar.istio.io/inject: 'true'}}]\n",
+    )
+    .unwrap();
+    let err = Installation::resolve(owner, &spec).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sets label \"sidecar.istio.io/inject\""),
+        "{err}"
+    );
 }
 
 const SETTINGS: &str = "profile: demo

@@ -346,6 +346,16 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             "unknown field \"spec.components.ingressGateways[0].label\"",
         ),
         (
+            "a gateway label meshop sets itself",
+            json!({"profile": "demo", "components": {"egressGateways": [{"name": "out", "labels": {"istio.io/rev": "canary"}}]}}),
+            "a gateway's labels may not set istio.io/rev",
+        ),
+        (
+            "too many gateway labels",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "edge", "labels": (0..33).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}]}}),
+            "spec.components.ingressGateways[0].labels: Too many",
+        ),
+        (
             "imagePullPolicy unknown",
             json!({"profile": "demo", "components": {"istiod": {"imagePullPolicy": "Sometimes"}}}),
             "spec.components.istiod.imagePullPolicy: Unsupported value",

@@ -355,6 +355,8 @@ pub struct Components {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     #[x_kube(validation = Rule::new("self.all(g, g.name != 'istio-ingressgateway' && g.name != 'istio-egressgateway')")
         .message("istio-ingressgateway and istio-egressgateway are the profile's default gateways: set them in ingressGateway and egressGateway"))]
+    #[x_kube(validation = Rule::new("self.all(g, !has(g.labels) || g.labels.all(k, !(k in ['istio.io/rev', 'sidecar.istio.io/inject', 'service.istio.io/canonical-name', 'service.istio.io/canonical-revision']) && !k.startsWith('app.kubernetes.io/')))")
+        .message("a gateway's labels may not set istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-* or app.kubernetes.io/*: meshop sets them"))]
     pub ingress_gateways: Option<Vec<Gateway>>,
     /// Egress gateways besides the profile's default one (egressGateway); as ingressGateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -362,6 +364,8 @@ pub struct Components {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     #[x_kube(validation = Rule::new("self.all(g, g.name != 'istio-ingressgateway' && g.name != 'istio-egressgateway')")
         .message("istio-ingressgateway and istio-egressgateway are the profile's default gateways: set them in ingressGateway and egressGateway"))]
+    #[x_kube(validation = Rule::new("self.all(g, !has(g.labels) || g.labels.all(k, !(k in ['istio.io/rev', 'sidecar.istio.io/inject', 'service.istio.io/canonical-name', 'service.istio.io/canonical-revision']) && !k.startsWith('app.kubernetes.io/')))")
+        .message("a gateway's labels may not set istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-* or app.kubernetes.io/*: meshop sets them"))]
     pub egress_gateways: Option<Vec<Gateway>>,
     /// The Istio CNI node agent (DaemonSet istio-cni-node), needed for injection.trafficCapture cni.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -481,8 +485,11 @@ component_struct! {
         namespace: Option<String>,
         /// Labels of the gateway's pods and selector, over the defaults app=<name> and
         /// istio=ingressgateway (or egressgateway); Istio Gateway resources select gateways by
-        /// them. A Deployment's selector cannot change: to relabel a gateway, rename it.
+        /// them. A Deployment's selector cannot change: to relabel a gateway, rename it. The
+        /// labels meshop sets itself (istio.io/rev, sidecar.istio.io/inject,
+        /// service.istio.io/canonical-*, app.kubernetes.io/*) are refused.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(extend("maxProperties" = 32))]
         labels: Option<BTreeMap<String, String>>,
         /// The gateway's Service.
         #[serde(default, skip_serializing_if = "Option::is_none")]
