@@ -180,3 +180,181 @@ impl Workload<'_> {
         Rendered::new(self.component, &daemon_set)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, SecurityContext, Toleration};
+
+    fn install() -> Installation {
+        let spec = serde_yaml::from_str("profile: minimal").unwrap();
+        let owner = crate::effective::Owner {
+            name: "t".into(),
+            uid: None,
+        };
+        Installation::resolve(owner, &spec).unwrap()
+    }
+
+    fn workload<'a>(install: &'a Installation, settings: &'a Settings) -> Workload<'a> {
+        Workload {
+            install,
+            component: ComponentId::Istiod,
+            name: "w",
+            namespace: "elsewhere",
+            settings,
+            selector: BTreeMap::from([("app".to_string(), "w".to_string())]),
+            labels: BTreeMap::from([("mine".to_string(), "ours".to_string())]),
+            annotations: BTreeMap::new(),
+            pod: PodSpec {
+                containers: vec![
+                    Container {
+                        name: "main".into(),
+                        env: Some(vec![common::env("A", "ours"), common::env("B", "ours")]),
+                        ..Default::default()
+                    },
+                    Container {
+                        name: "privileged".into(),
+                        security_context: Some(SecurityContext {
+                            privileged: Some(true),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ],
+                tolerations: Some(vec![Toleration {
+                    operator: Some("Exists".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            default_priority_class: Some("fallback"),
+        }
+    }
+
+    #[test]
+    fn settings_apply_in_one_place_and_meshops_own_fields_win() {
+        let install = install();
+        let settings = Settings {
+            replicas: 2,
+            env: vec![common::env("B", "user"), common::env("C", "user")],
+            tolerations: Some(vec![Toleration {
+                key: Some("user".into()),
+                ..Default::default()
+            }]),
+            pod_labels: BTreeMap::from([
+                ("app".to_string(), "hijack".to_string()),
+                ("mine".to_string(), "theirs".to_string()),
+                ("team".to_string(), "t".to_string()),
+            ]),
+            image_pull_policy: Some("Always".into()),
+            image_pull_secrets: vec!["regcred".into()],
+            ..Default::default()
+        };
+        let template = workload(&install, &settings).template();
+        let labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        assert_eq!(
+            (
+                labels["app"].as_str(),
+                labels["mine"].as_str(),
+                labels["team"].as_str()
+            ),
+            ("w", "ours", "t")
+        );
+        assert_eq!(labels[common::LABEL_MANAGED_BY], "meshop");
+        // No annotations from anyone: none written.
+        assert_eq!(template.metadata.as_ref().unwrap().annotations, None);
+        let pod = template.spec.unwrap();
+        let env: Vec<(String, String)> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        // The user's variable replaces meshop's in place; a new one goes last. Only the main
+        // container gets env and resources.
+        assert_eq!(
+            env,
+            [("A", "ours"), ("B", "user"), ("C", "user")].map(|(k, v)| (k.into(), v.into()))
+        );
+        assert_eq!(pod.containers[1].env, None);
+        assert!(pod.containers[0].resources.is_some() && pod.containers[1].resources.is_none());
+        // Hardened unless the renderer chose otherwise (the CNI agent's documented exception).
+        assert_eq!(
+            pod.containers[0].security_context,
+            Some(hardened_container())
+        );
+        assert_eq!(
+            pod.containers[1]
+                .security_context
+                .as_ref()
+                .unwrap()
+                .privileged,
+            Some(true)
+        );
+        for c in &pod.containers {
+            assert_eq!(c.image_pull_policy.as_deref(), Some("Always"), "{}", c.name);
+        }
+        let tolerations: Vec<_> = pod
+            .tolerations
+            .unwrap()
+            .into_iter()
+            .map(|t| t.key.or(t.operator).unwrap())
+            .collect();
+        assert_eq!(tolerations, ["Exists", "user"]);
+        assert_eq!(pod.priority_class_name.as_deref(), Some("fallback"));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+    }
+
+    #[test]
+    fn deployments_share_one_rollout_and_leave_replicas_to_the_autoscaler() {
+        let install = install();
+        let fixed = Settings {
+            replicas: 3,
+            priority_class_name: Some("mine".into()),
+            ..Default::default()
+        };
+        let out = workload(&install, &fixed).deployment();
+        assert_eq!(out.len(), 1, "no autoscaler or budget asked for");
+        let d: Deployment =
+            serde_json::from_value(serde_json::to_value(&out[0].object).unwrap()).unwrap();
+        assert_eq!(d.metadata.namespace.as_deref(), Some("elsewhere"));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.strategy, Some(deployment_strategy()));
+        assert_eq!(
+            spec.template.spec.unwrap().priority_class_name.as_deref(),
+            Some("mine")
+        );
+        let scaled = Settings {
+            autoscale: Some(crate::effective::Autoscale {
+                min: 2,
+                max: 4,
+                target_cpu: 80,
+            }),
+            pdb: Some(crate::effective::Pdb::MinAvailable(IntOrString::Int(1))),
+            ..Default::default()
+        };
+        let out = workload(&install, &scaled).deployment();
+        let kinds: Vec<(&str, Option<&str>)> =
+            out.iter().map(|o| (o.kind(), o.namespace())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("Deployment", Some("elsewhere")),
+                ("HorizontalPodAutoscaler", Some("elsewhere")),
+                ("PodDisruptionBudget", Some("elsewhere"))
+            ]
+        );
+        let d: Deployment =
+            serde_json::from_value(serde_json::to_value(&out[0].object).unwrap()).unwrap();
+        assert_eq!(d.spec.unwrap().replicas, None);
+        let ds: DaemonSet = serde_json::from_value(
+            serde_json::to_value(&workload(&install, &scaled).daemon_set().object).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            ds.spec.unwrap().update_strategy,
+            Some(daemon_set_strategy())
+        );
+    }
+}
