@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Tolerat
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
-    Component, FailurePolicy, GatewayComponent, GatewayPort, MeshInstall, MeshInstallSpec,
+    self, Component, FailurePolicy, GatewayComponent, GatewayPort, MeshInstall, MeshInstallSpec,
     MigrationMode, MtlsMode, OutboundTrafficPolicy, Overlay, PortProtocol, Profile, ProxyLogLevel,
     ServiceType, SidecarMode, TrafficCapture, UpdateStrategy,
 };
@@ -38,6 +38,26 @@ pub enum SpecError {
     /// with its field path.
     #[error("{}", .0.join("; "))]
     MeshConfig(Vec<String>),
+    #[error(
+        "gateway {0:?} is listed twice, or takes the name of a default gateway (istio-ingressgateway, istio-egressgateway); gateway names must be unique"
+    )]
+    DuplicateGateway(String),
+    #[error(
+        "gateway {0:?} sets label {1:?}, which meshop sets itself (istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-*, app.kubernetes.io/*)"
+    )]
+    ReservedGatewayLabel(String, String),
+}
+
+/// Labels a gateway's `labels` may not set: meshop sets them on its pods, so a selector with
+/// them would not match the pods (the CRD refuses them too).
+fn reserved_label(key: &str) -> bool {
+    matches!(
+        key,
+        "istio.io/rev"
+            | "sidecar.istio.io/inject"
+            | "service.istio.io/canonical-name"
+            | "service.istio.io/canonical-revision"
+    ) || key.starts_with("app.kubernetes.io/")
 }
 
 /// Which MeshInstall the objects belong to (for labels and owner references).
@@ -61,8 +81,13 @@ pub struct Installation {
     /// Revision-based upgrades (read only with [`UpdateStrategy::RevisionBased`]).
     pub upgrade: UpgradeSettings,
     pub istiod: Settings,
+    /// The profile's default ingress gateway (istio-ingressgateway).
     pub ingress_gateway: Settings,
+    /// The profile's default egress gateway (istio-egressgateway).
     pub egress_gateway: Settings,
+    /// The gateways `components.ingressGateways` and `egressGateways` list, in that order,
+    /// enabled or not ([`Installation::gateways`] gives the ones that run, defaults included).
+    pub listed_gateways: Vec<Gateway>,
     pub cni: Settings,
     pub prometheus: Settings,
     pub grafana: Settings,
@@ -70,6 +95,90 @@ pub struct Installation {
     pub jaeger: Settings,
     pub mesh: Mesh,
     pub injection: Injection,
+    pub global: Global,
+}
+
+/// Ingress or egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GatewayKind {
+    Ingress,
+    Egress,
+}
+
+impl GatewayKind {
+    /// The name of the profile's default gateway of this kind (Istio's conventional names).
+    pub fn default_name(self) -> &'static str {
+        match self {
+            GatewayKind::Ingress => "istio-ingressgateway",
+            GatewayKind::Egress => "istio-egressgateway",
+        }
+    }
+
+    /// The value of the `istio` label Istio's gateways of this kind carry.
+    pub fn istio_label(self) -> &'static str {
+        match self {
+            GatewayKind::Ingress => "ingressgateway",
+            GatewayKind::Egress => "egressgateway",
+        }
+    }
+}
+
+/// One gateway: the profile's default one or a listed one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gateway {
+    pub kind: GatewayKind,
+    pub name: String,
+    pub namespace: String,
+    /// Pod and selector labels over `app=<name>, istio=<kind>`.
+    pub labels: BTreeMap<String, String>,
+    pub settings: Settings,
+}
+
+impl Gateway {
+    /// The Deployment's selector (and the pods' labels that identify the gateway): app=<name>,
+    /// istio=ingressgateway or egressgateway, then the gateway's own labels over them.
+    pub fn selector(&self) -> BTreeMap<String, String> {
+        let mut selector = BTreeMap::from([
+            ("app".to_string(), self.name.clone()),
+            ("istio".to_string(), self.kind.istio_label().to_string()),
+        ]);
+        selector.extend(self.labels.clone());
+        selector
+    }
+}
+
+/// Resolved `spec.global`: what is mesh-wide rather than a component's (pull policy and secrets,
+/// priority class and pod metadata are resolved into each component's [`Settings`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Global {
+    /// istiod's and the gateways' `--log_output_level`.
+    pub log_level: String,
+    /// `--log_as_json` for istiod and the gateways.
+    pub log_as_json: bool,
+    /// `global.meshID` ([`Installation::mesh_id`] falls back to the trust domain).
+    pub mesh_id: Option<String>,
+    pub network: Option<String>,
+    /// Istio's CLUSTER_ID: `global.clusterName`, else `Kubernetes`.
+    pub cluster_id: String,
+    /// For injected istio-proxy and istio-init containers.
+    pub image_pull_policy: Option<String>,
+    /// Added to injected pods.
+    pub image_pull_secrets: Vec<String>,
+}
+
+/// The log level Istio's charts give istiod and gateways.
+pub const DEFAULT_LOG_LEVEL: &str = "default:info";
+/// Istio's cluster id when none is set.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+/// Which of `spec.global`'s workload settings reach a component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GlobalScope {
+    /// istiod and the gateways: every one (Istio's control-plane and gateway pods).
+    ControlPlane,
+    /// The CNI agent: image pull policy and secrets only (it keeps its node-critical priority).
+    /// The addons, which do not run Istio's images, take none of them.
+    Images,
 }
 
 /// Resolved settings of one component.
@@ -90,6 +199,16 @@ pub struct Settings {
     pub service: Option<Service>,
     /// Patches on the component's rendered objects, in order (`render::overlays`).
     pub overlays: Vec<Overlay>,
+    /// The component's, else `global.priorityClassName` (control plane and gateways).
+    pub priority_class_name: Option<String>,
+    /// `global.podAnnotations` with the component's over them.
+    pub pod_annotations: BTreeMap<String, String>,
+    /// `global.podLabels` with the component's over them.
+    pub pod_labels: BTreeMap<String, String>,
+    /// The component's, else `global.imagePullPolicy`.
+    pub image_pull_policy: Option<String>,
+    /// `global.imagePullSecrets`.
+    pub image_pull_secrets: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -210,6 +329,13 @@ impl Installation {
         let mesh = layered.mesh_config.clone().unwrap_or_default();
         let injection = layered.injection.clone().unwrap_or_default();
         let proxy = injection.proxy.clone().unwrap_or_default();
+        let global = layered.global.clone().unwrap_or_default();
+        let trust_domain = mesh
+            .trust_domain
+            .clone()
+            .unwrap_or_else(|| "cluster.local".into());
+        let cp = |s: Settings| with_global(s, &global, GlobalScope::ControlPlane);
+        let listed_gateways = listed_gateways(spec, &layered.namespace, &global)?;
         let mut install = Installation {
             owner,
             profile: spec.profile,
@@ -219,10 +345,15 @@ impl Installation {
             revision,
             update_strategy: layered.update_strategy,
             upgrade,
-            istiod: settings(components.istiod.as_ref(), None),
-            ingress_gateway: gateway(components.ingress_gateway.as_ref()),
-            egress_gateway: gateway(components.egress_gateway.as_ref()),
-            cni: settings(components.cni.as_ref(), None),
+            istiod: cp(settings(components.istiod.as_ref(), None)),
+            ingress_gateway: cp(gateway(components.ingress_gateway.as_ref())),
+            egress_gateway: cp(gateway(components.egress_gateway.as_ref())),
+            listed_gateways,
+            cni: with_global(
+                settings(components.cni.as_ref(), None),
+                &global,
+                GlobalScope::Images,
+            ),
             prometheus: settings(addons.prometheus.as_ref(), None),
             grafana: settings(addons.grafana.as_ref(), None),
             kiali: settings(addons.kiali.as_ref(), None),
@@ -231,7 +362,7 @@ impl Installation {
                 mtls: mesh.mtls_mode.unwrap_or(MtlsMode::PERMISSIVE),
                 access_logging: mesh.access_logging.unwrap_or(false),
                 trace_sampling: mesh.trace_sampling.unwrap_or(1.0),
-                trust_domain: mesh.trust_domain.unwrap_or_else(|| "cluster.local".into()),
+                trust_domain,
                 outbound: mesh
                     .outbound_traffic_policy
                     .as_ref()
@@ -254,6 +385,21 @@ impl Installation {
                 hold_application_until_proxy_starts: proxy
                     .hold_application_until_proxy_starts
                     .unwrap_or(false),
+            },
+            global: Global {
+                log_level: global
+                    .log_level
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
+                log_as_json: global.log_as_json.unwrap_or(false),
+                mesh_id: global.mesh_id.clone(),
+                network: global.network.clone(),
+                cluster_id: global
+                    .cluster_name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CLUSTER_ID.into()),
+                image_pull_policy: global.image_pull_policy.map(|p| p.as_str().to_string()),
+                image_pull_secrets: global.image_pull_secrets.clone().unwrap_or_default(),
             },
         };
         if install.injection.traffic_capture == TrafficCapture::Cni && !install.cni.enabled {
@@ -345,6 +491,10 @@ impl Installation {
         }
         if let Some(c) = self.injection.concurrency {
             proxy["concurrency"] = json!(c);
+        }
+        // Istio's chart writes global.meshID as the proxies' default meshId.
+        if let Some(id) = &self.global.mesh_id {
+            proxy["meshId"] = json!(id);
         }
         let Value::Object(mut config) = json!({
             "accessLogFile": if self.mesh.access_logging { "/dev/stdout" } else { "" },
@@ -438,9 +588,142 @@ impl Installation {
         crate::istio_proxy::discovery_address(&self.revision, &self.namespace)
     }
 
+    /// The mesh id proxies report: `global.meshID`, else the trust domain (as Istio's templates
+    /// default it).
+    pub fn mesh_id(&self) -> &str {
+        self.global
+            .mesh_id
+            .as_deref()
+            .unwrap_or(&self.mesh.trust_domain)
+    }
+
     pub fn image(&self, name: &str) -> String {
         format!("{}/{}:{}", self.hub, name, self.version)
     }
+
+    /// Every gateway that runs: the profile's default ingress and egress gateways where enabled,
+    /// then the listed ones that are enabled.
+    pub fn gateways(&self) -> Vec<Gateway> {
+        let defaults = [
+            (GatewayKind::Ingress, &self.ingress_gateway),
+            (GatewayKind::Egress, &self.egress_gateway),
+        ]
+        .into_iter()
+        .filter(|(_, s)| s.enabled)
+        .map(|(kind, settings)| Gateway {
+            kind,
+            name: kind.default_name().to_string(),
+            namespace: self.namespace.clone(),
+            labels: BTreeMap::new(),
+            settings: settings.clone(),
+        });
+        defaults
+            .chain(
+                self.listed_gateways
+                    .iter()
+                    .filter(|g| g.settings.enabled)
+                    .cloned(),
+            )
+            .collect()
+    }
+
+    /// The namespaces meshop installs into: the control plane's, then every other one a running
+    /// gateway names, each once.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out = vec![self.namespace.clone()];
+        for g in self.gateways() {
+            if !out.contains(&g.namespace) {
+                out.push(g.namespace);
+            }
+        }
+        out
+    }
+}
+
+/// The listed gateways, each on top of the profile's own default gateway of its kind (without
+/// that one's affinity, which selects the default gateway's pods, and enabled unless it says
+/// otherwise), then `spec.global`.
+fn listed_gateways(
+    spec: &MeshInstallSpec,
+    namespace: &str,
+    global: &api::Global,
+) -> Result<Vec<Gateway>, SpecError> {
+    let Some(components) = spec.components.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let profile = profiles::profile_spec(spec.profile)?
+        .components
+        .unwrap_or_default();
+    let mut seen: std::collections::BTreeSet<String> = api::DEFAULT_GATEWAY_NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let mut out = Vec::new();
+    for (kind, list, base) in [
+        (
+            GatewayKind::Ingress,
+            &components.ingress_gateways,
+            &profile.ingress_gateway,
+        ),
+        (
+            GatewayKind::Egress,
+            &components.egress_gateways,
+            &profile.egress_gateway,
+        ),
+    ] {
+        for g in list.iter().flatten() {
+            if !seen.insert(g.name.clone()) {
+                return Err(SpecError::DuplicateGateway(g.name.clone()));
+            }
+            if let Some(key) = g
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .find(|k| reserved_label(k))
+            {
+                return Err(SpecError::ReservedGatewayLabel(g.name.clone(), key.clone()));
+            }
+            let mut base = base.clone().unwrap_or_default();
+            base.affinity = None;
+            base.enabled = Some(true);
+            let mut merged = serde_json::to_value(&base).unwrap_or_default();
+            profiles::merge(
+                &mut merged,
+                &serde_json::to_value(g.overrides()).unwrap_or_default(),
+            );
+            // Both sides are GatewayComponents, so their merge is one too.
+            let merged: GatewayComponent = serde_json::from_value(merged).unwrap_or_default();
+            out.push(Gateway {
+                kind,
+                name: g.name.clone(),
+                namespace: g.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+                labels: g.labels.clone().unwrap_or_default(),
+                settings: with_global(gateway(Some(&merged)), global, GlobalScope::ControlPlane),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `spec.global`'s workload settings under a component's own, as far as they reach it.
+fn with_global(mut s: Settings, global: &api::Global, scope: GlobalScope) -> Settings {
+    if s.image_pull_policy.is_none() {
+        s.image_pull_policy = global.image_pull_policy.map(|p| p.as_str().to_string());
+    }
+    s.image_pull_secrets = global.image_pull_secrets.clone().unwrap_or_default();
+    if scope == GlobalScope::ControlPlane {
+        if s.priority_class_name.is_none() {
+            s.priority_class_name = global.priority_class_name.clone();
+        }
+        let mut annotations = global.pod_annotations.clone().unwrap_or_default();
+        annotations.extend(std::mem::take(&mut s.pod_annotations));
+        s.pod_annotations = annotations;
+        let mut labels = global.pod_labels.clone().unwrap_or_default();
+        labels.extend(std::mem::take(&mut s.pod_labels));
+        s.pod_labels = labels;
+    }
+    s
 }
 
 /// Istio's own default for a version: `auto` (ENABLE_NATIVE_SIDECARS=auto, native where every
@@ -490,6 +773,11 @@ fn settings(c: Option<&Component>, service: Option<Service>) -> Settings {
         env: c.env.clone().unwrap_or_default(),
         service,
         overlays: c.overlays.clone().unwrap_or_default(),
+        priority_class_name: c.priority_class_name.clone(),
+        pod_annotations: c.pod_annotations.clone().unwrap_or_default(),
+        pod_labels: c.pod_labels.clone().unwrap_or_default(),
+        image_pull_policy: c.image_pull_policy.map(|p| p.as_str().to_string()),
+        image_pull_secrets: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshop::api::{MeshInstall, Profile};
 use meshop::effective::{Installation, Owner};
 use meshop::render::{self, ComponentId, Rendered, Stage};
@@ -267,10 +268,11 @@ fn every_object_is_labelled_owned_and_unique() {
                 assert_eq!(owners[0].kind, "MeshInstall");
             }
             if o.namespaced {
-                assert_eq!(
-                    o.namespace(),
-                    Some(install.namespace.as_str()),
-                    "{what}: {}",
+                // The control plane's namespace, or that of a gateway listed in another one.
+                let namespaces = install.namespaces();
+                assert!(
+                    namespaces.iter().any(|n| o.namespace() == Some(n.as_str())),
+                    "{what}: {} outside {namespaces:?}",
                     o.key()
                 );
             }
@@ -461,4 +463,450 @@ fn component_filter_and_unknown_component() {
         err.to_string().contains("unknown component \"pilot\""),
         "{err}"
     );
+}
+
+fn resolve(yaml: &str) -> Installation {
+    let spec: meshop::api::MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+    Installation::resolve(
+        Owner {
+            name: "t".into(),
+            uid: Some("uid-1".into()),
+        },
+        &spec,
+    )
+    .unwrap()
+}
+
+fn keys_of(objects: &[Rendered], kind: &str) -> BTreeSet<String> {
+    objects
+        .iter()
+        .filter(|o| o.kind() == kind)
+        .map(|o| o.key())
+        .collect()
+}
+
+fn env_of(template: &PodTemplateSpec, name: &str) -> Option<String> {
+    template.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+fn args_of(template: &PodTemplateSpec) -> Vec<String> {
+    template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+}
+
+const GATEWAYS: &str = "profile: minimal
+namespace: mesh
+components:
+  ingressGateway: {enabled: true}
+  egressGateway: {enabled: true}
+  ingressGateways:
+  - name: internal
+    labels: {istio: internal}
+  - name: public
+    namespace: edge
+    replicas: 3
+  - name: off
+    enabled: false
+";
+
+#[test]
+fn listed_gateways_render_in_their_namespaces_under_their_names() {
+    let install = resolve(GATEWAYS);
+    let objects = render::render(&install).unwrap();
+    let want: BTreeSet<String> = [
+        "Deployment/mesh/istiod",
+        "Deployment/mesh/istio-ingressgateway",
+        "Deployment/mesh/istio-egressgateway",
+        "Deployment/mesh/internal",
+        "Deployment/edge/public",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(keys_of(&objects, "Deployment"), want);
+    for kind in ["ServiceAccount", "Role", "RoleBinding", "Service"] {
+        assert!(
+            keys_of(&objects, kind).contains(&format!("{kind}/edge/public")),
+            "{kind} of the gateway in edge"
+        );
+    }
+    assert_eq!(install.namespaces(), ["mesh", "edge"]);
+    let by_key = |key: &str| objects.iter().find(|o| o.key() == key).unwrap();
+    // The Role is bound to the gateway's own ServiceAccount, in the gateway's namespace.
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = typed(by_key("RoleBinding/edge/public"));
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        ("public", Some("edge"))
+    );
+    // Labels replace the default selector's values; the Service selects the same pods.
+    let internal: Deployment = typed(by_key("Deployment/mesh/internal"));
+    let selector = internal
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .clone()
+        .unwrap();
+    assert_eq!(
+        selector,
+        BTreeMap::from([
+            ("app".to_string(), "internal".to_string()),
+            ("istio".to_string(), "internal".to_string())
+        ])
+    );
+    let svc: Service = typed(by_key("Service/mesh/internal"));
+    assert_eq!(svc.spec.unwrap().selector.unwrap(), selector);
+    // Each gateway is its own component's: status sums them under ingressGateway.
+    assert_eq!(
+        by_key("Deployment/edge/public").component,
+        ComponentId::IngressGateway
+    );
+    let public: Deployment = typed(by_key("Deployment/edge/public"));
+    let spec = public.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(
+        env_of(&spec.template, "ISTIO_META_OWNER").as_deref(),
+        Some("kubernetes://apis/apps/v1/namespaces/edge/deployments/public")
+    );
+    // A listed gateway starts from the profile's gateway settings (service ports, resources).
+    let default: Service = typed(by_key("Service/mesh/istio-ingressgateway"));
+    let public_svc: Service = typed(by_key("Service/edge/public"));
+    assert_eq!(
+        public_svc.spec.unwrap().ports,
+        default.spec.unwrap().ports,
+        "the profile's ports"
+    );
+}
+
+#[test]
+fn a_listed_gateway_does_not_inherit_the_default_gateways_anti_affinity() {
+    let install =
+        resolve("profile: production\ncomponents:\n  ingressGateways:\n  - name: internal\n");
+    let gateways = install.gateways();
+    let default = gateways
+        .iter()
+        .find(|g| g.name == "istio-ingressgateway")
+        .unwrap();
+    let internal = gateways.iter().find(|g| g.name == "internal").unwrap();
+    assert!(default.settings.affinity.is_some());
+    assert_eq!(internal.settings.affinity, None);
+    // Everything else is the profile's: autoscaled, with a disruption budget.
+    assert_eq!(internal.settings.autoscale, default.settings.autoscale);
+    assert_eq!(internal.settings.pdb, default.settings.pdb);
+    assert_eq!(internal.settings.resources, default.settings.resources);
+}
+
+#[test]
+fn a_gateway_listed_twice_is_a_spec_error() {
+    let spec: meshop::api::MeshInstallSpec = serde_yaml::from_str(
+        "profile: minimal\ncomponents:\n  ingressGateways: [{name: a}]\n  egressGateways: [{name: a}]\n",
+    )
+    .unwrap();
+    let owner = Owner {
+        name: "t".into(),
+        uid: None,
+    };
+    let err = Installation::resolve(owner.clone(), &spec).unwrap_err();
+    assert!(err.to_string().contains("\"a\" is listed twice"), "{err}");
+    let spec: meshop::api::MeshInstallSpec = serde_yaml::from_str(
+        "profile: minimal\ncomponents:\n  egressGateways: [{name: istio-ingressgateway}]\n",
+    )
+    .unwrap();
+    assert!(Installation::resolve(owner.clone(), &spec).is_err());
+    // A label meshop sets itself would give the gateway a selector its pods do not match.
+    let spec: meshop::api::MeshInstallSpec = serde_yaml::from_str(
+        "profile: minimal\ncomponents:\n  ingressGateways: [{name: a, labels: {sidecar.istio.io/inject: 'true'}}]\n",
+    )
+    .unwrap();
+    let err = Installation::resolve(owner, &spec).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sets label \"sidecar.istio.io/inject\""),
+        "{err}"
+    );
+}
+
+const SETTINGS: &str = "profile: demo
+injection: {trafficCapture: cni}
+global:
+  priorityClassName: mesh-critical
+  podAnnotations: {a: global, b: global}
+  podLabels: {team: mesh, app: hijack, sidecar.istio.io/inject: 'true', istio.io/rev: other}
+  imagePullPolicy: Always
+  imagePullSecrets: [regcred]
+components:
+  cni: {enabled: true}
+  istiod:
+    podAnnotations: {b: istiod, sidecar.istio.io/inject: 'true'}
+    imagePullPolicy: IfNotPresent
+  ingressGateways:
+  - name: extra
+    priorityClassName: edge-critical
+    podLabels: {team: edge}
+  addons:
+    grafana:
+      podLabels: {x: y}
+      priorityClassName: low
+      imagePullPolicy: Never
+";
+
+#[test]
+fn pod_settings_reach_every_workload_through_the_one_builder() {
+    let install = resolve(SETTINGS);
+    let objects = render::render(&install).unwrap();
+    let workloads = pod_templates(&objects);
+    assert_eq!(workloads.len(), 9, "istiod, 3 gateways, cni, 4 addons");
+    for (name, labels, template) in &workloads {
+        let spec = template.spec.as_ref().unwrap();
+        let annotations = template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .clone()
+            .unwrap_or_default();
+        let pull: BTreeSet<Option<String>> = spec
+            .containers
+            .iter()
+            .map(|c| c.image_pull_policy.clone())
+            .collect();
+        let secrets: Vec<String> = spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.clone())
+            .collect();
+        // meshop's own labels and annotations win over the user's.
+        assert_eq!(
+            labels.get("sidecar.istio.io/inject").map(String::as_str),
+            Some("false"),
+            "{name}"
+        );
+        assert_ne!(
+            labels.get("app").map(String::as_str),
+            Some("hijack"),
+            "{name}"
+        );
+        assert_ne!(
+            labels.get("istio.io/rev").map(String::as_str),
+            Some("other"),
+            "{name}"
+        );
+        let (priority, pulls, team) = match name.as_str() {
+            "istiod" => {
+                assert_eq!(annotations["b"], "istiod");
+                assert_eq!(annotations["sidecar.istio.io/inject"], "false");
+                (Some("mesh-critical"), Some("IfNotPresent"), Some("mesh"))
+            }
+            "istio-ingressgateway" | "istio-egressgateway" => {
+                assert_eq!(annotations["b"], "global");
+                (Some("mesh-critical"), Some("Always"), Some("mesh"))
+            }
+            "extra" => (Some("edge-critical"), Some("Always"), Some("edge")),
+            // The CNI agent keeps its node-critical priority and takes only the image settings.
+            "istio-cni-node" => (Some("system-node-critical"), Some("Always"), None),
+            "grafana" => {
+                assert_eq!(labels["x"], "y");
+                (Some("low"), Some("Never"), None)
+            }
+            // The other addons run no Istio image: global does not reach them.
+            _ => (None, None, None),
+        };
+        assert_eq!(spec.priority_class_name.as_deref(), priority, "{name}");
+        assert_eq!(pull, BTreeSet::from([pulls.map(String::from)]), "{name}");
+        assert_eq!(labels.get("team").map(String::as_str), team, "{name}");
+        let global_reaches =
+            !matches!(name.as_str(), "grafana" | "prometheus" | "kiali" | "jaeger");
+        assert_eq!(
+            secrets,
+            if global_reaches {
+                vec!["regcred".to_string()]
+            } else {
+                vec![]
+            },
+            "{name}"
+        );
+        if team.is_some() {
+            assert_eq!(annotations["a"], "global", "{name}");
+        } else {
+            assert!(!annotations.contains_key("a"), "{name}");
+        }
+    }
+    // One rollout rule for every Deployment: surge, never below the wanted capacity.
+    for o in objects.iter().filter(|o| o.kind() == "Deployment") {
+        let strategy = typed::<Deployment>(o).spec.unwrap().strategy.unwrap();
+        let rolling = strategy.rolling_update.unwrap();
+        assert_eq!(
+            (rolling.max_surge, rolling.max_unavailable),
+            (
+                Some(IntOrString::String("100%".into())),
+                Some(IntOrString::Int(0))
+            ),
+            "{}",
+            o.key()
+        );
+    }
+}
+
+#[test]
+fn global_logging_and_cluster_identity_reach_istiod_gateways_and_sidecars() {
+    let install = resolve(
+        "profile: minimal
+components:
+  ingressGateway: {enabled: true}
+  egressGateways: [{name: out, namespace: edge}]
+global:
+  logLevel: default:debug,ads:info
+  logAsJson: true
+  meshID: mesh1
+  network: net1
+  clusterName: c1
+",
+    );
+    let objects = render::render(&install).unwrap();
+    for (name, _, template) in pod_templates(&objects) {
+        let args = args_of(&template);
+        assert!(
+            args.contains(&"--log_output_level=default:debug,ads:info".to_string()),
+            "{name}: {args:?}"
+        );
+        assert!(
+            args.contains(&"--log_as_json".to_string()),
+            "{name}: {args:?}"
+        );
+        assert_eq!(
+            args.iter()
+                .filter(|a| a.starts_with("--log_output_level"))
+                .count(),
+            1,
+            "{name}"
+        );
+        if name == "istiod" {
+            assert_eq!(env_of(&template, "CLUSTER_ID").as_deref(), Some("c1"));
+        } else {
+            assert_eq!(
+                env_of(&template, "ISTIO_META_CLUSTER_ID").as_deref(),
+                Some("c1"),
+                "{name}"
+            );
+            assert_eq!(
+                env_of(&template, "ISTIO_META_NETWORK").as_deref(),
+                Some("net1"),
+                "{name}"
+            );
+            assert_eq!(
+                env_of(&template, "ISTIO_META_MESH_ID").as_deref(),
+                Some("mesh1"),
+                "{name}"
+            );
+            assert_eq!(
+                env_of(&template, "TRUST_DOMAIN").as_deref(),
+                Some("cluster.local"),
+                "{name}"
+            );
+        }
+    }
+    // meshID also reaches istiod's mesh config, as Istio's chart writes it (defaultConfig.meshId).
+    let mesh_of = |objects: &[Rendered]| -> serde_yaml::Value {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = typed(
+            objects
+                .iter()
+                .find(|o| o.kind() == "ConfigMap" && o.name() == "istio")
+                .unwrap(),
+        );
+        serde_yaml::from_str(&cm.data.unwrap()["mesh"]).unwrap()
+    };
+    assert_eq!(
+        mesh_of(&objects)["defaultConfig"]["meshId"],
+        serde_yaml::Value::from("mesh1")
+    );
+    // Without spec.global: Istio's defaults (cluster Kubernetes, the trust domain as mesh id, no
+    // network, default:info, plain text logs).
+    let plain = render::render(&resolve(
+        "profile: minimal\ncomponents: {ingressGateway: {enabled: true}}\n",
+    ))
+    .unwrap();
+    assert_eq!(mesh_of(&plain)["defaultConfig"].get("meshId"), None);
+    for (name, _, template) in pod_templates(&plain) {
+        let args = args_of(&template);
+        assert!(
+            args.contains(&"--log_output_level=default:info".to_string()),
+            "{name}"
+        );
+        assert!(!args.contains(&"--log_as_json".to_string()), "{name}");
+        if name == "istiod" {
+            assert_eq!(
+                env_of(&template, "CLUSTER_ID").as_deref(),
+                Some("Kubernetes")
+            );
+        } else {
+            assert_eq!(env_of(&template, "ISTIO_META_NETWORK"), None);
+            assert_eq!(
+                env_of(&template, "ISTIO_META_MESH_ID").as_deref(),
+                Some("cluster.local")
+            );
+        }
+    }
+}
+
+#[test]
+fn global_identity_and_pull_policy_reach_injected_proxies() {
+    let dir = std::env::temp_dir().join(format!("meshop-global-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pod = dir.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: apps}\nspec:\n  imagePullSecrets: [{name: own}, {name: regcred}]\n  containers: [{name: c, image: x}]\n",
+    )
+    .unwrap();
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {name: m}\nspec:\n  profile: minimal\n  injection: {sidecarMode: classic}\n  global: {meshID: mesh1, network: net1, clusterName: c1, imagePullPolicy: Always, imagePullSecrets: [regcred, other]}\n",
+    )
+    .unwrap();
+    let out = meshop::cli::inject(&pod, Some(&mesh), None).unwrap();
+    let injected: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&out).unwrap();
+    let spec = injected.spec.unwrap();
+    let proxy = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "istio-proxy")
+        .unwrap();
+    let env = |name: &str| {
+        proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(env("ISTIO_META_CLUSTER_ID").as_deref(), Some("c1"));
+    assert_eq!(env("ISTIO_META_NETWORK").as_deref(), Some("net1"));
+    assert_eq!(env("ISTIO_META_MESH_ID").as_deref(), Some("mesh1"));
+    assert_eq!(proxy.image_pull_policy.as_deref(), Some("Always"));
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "istio-init")
+        .unwrap();
+    assert_eq!(init.image_pull_policy.as_deref(), Some("Always"));
+    // The pod's own pull secrets stay; global's are added once each.
+    let secrets: Vec<String> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(secrets, ["own", "regcred", "other"]);
+    std::fs::remove_dir_all(&dir).ok();
 }

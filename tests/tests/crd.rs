@@ -350,6 +350,96 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             json!({"profile": "demo", "injection": {"proxy": {"logLevel": "verbose"}}}),
             "spec.injection.proxy.logLevel: Unsupported value: \"verbose\"",
         ),
+        (
+            "a listed gateway without a name",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"namespace": "edge"}]}}),
+            "spec.components.ingressGateways[0].name: Required value",
+        ),
+        (
+            "a listed gateway named like a default one",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "istio-ingressgateway"}]}}),
+            "are the profile's default gateways",
+        ),
+        (
+            "an egress gateway named like the default ingress one",
+            json!({"profile": "demo", "components": {"egressGateways": [{"name": "istio-ingressgateway"}]}}),
+            "are the profile's default gateways",
+        ),
+        (
+            "a gateway listed twice",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "edge"}, {"name": "edge"}]}}),
+            "spec.components.ingressGateways[1]: Duplicate value",
+        ),
+        (
+            "an ingress and an egress gateway of one name",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "edge"}], "egressGateways": [{"name": "edge"}]}}),
+            "gateway names must be unique across ingressGateways and egressGateways",
+        ),
+        (
+            "a gateway name that is not a DNS label",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "Edge_1"}]}}),
+            "spec.components.ingressGateways[0].name: Invalid value",
+        ),
+        (
+            "a gateway namespace that is not a DNS label",
+            json!({"profile": "demo", "components": {"egressGateways": [{"name": "out", "namespace": "Edge!"}]}}),
+            "spec.components.egressGateways[0].namespace: Invalid value",
+        ),
+        (
+            "more gateways than allowed",
+            json!({"profile": "demo", "components": {"ingressGateways": (0..33).map(|i| json!({"name": format!("g{i}")})).collect::<Vec<_>>()}}),
+            "spec.components.ingressGateways: Too many",
+        ),
+        (
+            "an unknown field on a listed gateway",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "edge", "label": {"istio": "edge"}}]}}),
+            "unknown field \"spec.components.ingressGateways[0].label\"",
+        ),
+        (
+            "a gateway label meshop sets itself",
+            json!({"profile": "demo", "components": {"egressGateways": [{"name": "out", "labels": {"istio.io/rev": "canary"}}]}}),
+            "a gateway's labels may not set istio.io/rev",
+        ),
+        (
+            "too many gateway labels",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "edge", "labels": (0..33).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}]}}),
+            "spec.components.ingressGateways[0].labels: Too many",
+        ),
+        (
+            "imagePullPolicy unknown",
+            json!({"profile": "demo", "components": {"istiod": {"imagePullPolicy": "Sometimes"}}}),
+            "spec.components.istiod.imagePullPolicy: Unsupported value",
+        ),
+        (
+            "priorityClassName not a DNS subdomain",
+            json!({"profile": "demo", "components": {"ingressGateways": [{"name": "edge", "priorityClassName": "High Priority"}]}}),
+            "spec.components.ingressGateways[0].priorityClassName: Invalid value",
+        ),
+        (
+            "global logLevel without a scope",
+            json!({"profile": "demo", "global": {"logLevel": "verbose"}}),
+            "spec.global.logLevel: Invalid value",
+        ),
+        (
+            "global logLevel with an unknown level",
+            json!({"profile": "demo", "global": {"logLevel": "default:trace"}}),
+            "spec.global.logLevel: Invalid value",
+        ),
+        (
+            "global imagePullSecrets repeated",
+            json!({"profile": "demo", "global": {"imagePullSecrets": ["regcred", "regcred"]}}),
+            "spec.global.imagePullSecrets[1]: Duplicate value",
+        ),
+        (
+            "global meshID with a space",
+            json!({"profile": "demo", "global": {"meshID": "mesh one"}}),
+            "spec.global.meshID: Invalid value",
+        ),
+        (
+            "unknown global field",
+            json!({"profile": "demo", "global": {"multiCluster": {"clusterName": "a"}}}),
+            "unknown field \"spec.global.multiCluster\"",
+        ),
     ]
 }
 

@@ -78,6 +78,46 @@ async fn operator_works_with_its_own_rbac_only() {
     api.create(&PostParams::default(), &mi).await.unwrap();
     meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
         .await;
+    // A gateway in another namespace needs that namespace granted too: until it is, the
+    // MeshInstall says so, naming the gateway; once granted, the gateway installs there with the
+    // ServiceAccount's RBAC (its Role and RoleBinding included) and stays through the switches.
+    api.patch(
+        "rbac",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"components": {"ingressGateways": [
+            {"name": "rbac-edge-gateway", "namespace": "rbac-edge"}]}}})),
+    )
+    .await
+    .unwrap();
+    meshop_testenv::wait_until(
+        "NamespaceNotGranted for the gateway's namespace",
+        Duration::from_secs(60),
+        || async {
+            let mi = api.get("rbac").await?;
+            let stalled = mi
+                .status
+                .as_ref()
+                .and_then(|s| s.condition(meshop::api::condition::STALLED))
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+            let Some((status, reason, message)) = stalled else {
+                anyhow::bail!("no Stalled condition");
+            };
+            anyhow::ensure!(
+                status == "True"
+                    && reason == "NamespaceNotGranted"
+                    && message.contains("gateway rbac-edge-gateway in namespace \"rbac-edge\""),
+                "{status} {reason} {message}"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    cp.grant_control_plane("rbac-edge").unwrap();
+    meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
+        .await;
+    let edge: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(admin.clone(), "rbac-edge");
+    assert!(edge.get_opt("rbac-edge-gateway").await.unwrap().is_some());
     api.patch(
         "rbac",
         &PatchParams::default(),
@@ -178,6 +218,15 @@ async fn operator_works_with_its_own_rbac_only() {
         }
     })
     .await;
+    // Deletion removed the gateway in the other namespace too, and left the granted namespace.
+    assert!(
+        edge.get_opt("rbac-edge-gateway")
+            .await
+            .unwrap()
+            .is_none_or(|d| d.metadata.deletion_timestamp.is_some())
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    assert!(namespaces.get_opt("rbac-edge").await.unwrap().is_some());
     meshop_testenv::wait_until(
         "MeshInstall rbac-canary deleted",
         Duration::from_secs(120),

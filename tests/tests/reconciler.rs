@@ -478,3 +478,171 @@ async fn a_mesh_config_istiod_would_refuse_is_stalled_naming_the_field() {
     );
     mesh.delete().await;
 }
+
+/// What meshop has of one gateway in the API: its Deployment, Service, ServiceAccount, Role and
+/// RoleBinding, by kind, with their uids; read from the API server, not from meshop's own list.
+async fn gateway_objects(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> std::collections::BTreeMap<&'static str, String> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let mut out = std::collections::BTreeMap::new();
+    async fn uid<K>(client: &Client, namespace: &str, name: &str) -> Option<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), namespace);
+        let object = api.get_opt(name).await.unwrap()?;
+        let meta = object.meta();
+        // Being deleted counts as gone (its dependents are garbage collected after it).
+        meta.deletion_timestamp
+            .is_none()
+            .then(|| meta.uid.clone().unwrap())
+    }
+    for (kind, found) in [
+        (
+            "Deployment",
+            uid::<Deployment>(client, namespace, name).await,
+        ),
+        ("Service", uid::<Service>(client, namespace, name).await),
+        (
+            "ServiceAccount",
+            uid::<ServiceAccount>(client, namespace, name).await,
+        ),
+        ("Role", uid::<Role>(client, namespace, name).await),
+        (
+            "RoleBinding",
+            uid::<RoleBinding>(client, namespace, name).await,
+        ),
+    ] {
+        if let Some(uid) = found {
+            out.insert(kind, uid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_are_added_renamed_and_removed_keeping_the_others() {
+    const EDGE: &str = "rc-gateways-edge";
+    let cp = meshop_testenv::shared_with_controllers();
+    // A gateway in another namespace: it exists and is granted, as an installer does it.
+    cp.grant_control_plane(EDGE).unwrap();
+    let mesh = Mesh::create(
+        "gateways",
+        "rc-gateways",
+        json!({
+            "profile": "minimal",
+            "components": {
+                "ingressGateway": { "enabled": true },
+                "egressGateway": { "enabled": true },
+                "ingressGateways": [
+                    { "name": "internal", "labels": { "istio": "internal" } },
+                    { "name": "public", "namespace": EDGE, "replicas": 2 },
+                ],
+            },
+        }),
+    )
+    .await;
+    let mi = mesh.wait(KStatus::Current, READY).await;
+    let status = mi.status.unwrap();
+    let component = |name: &str| {
+        status
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no component {name}: {:?}", status.components))
+            .clone()
+    };
+    // Three ingress gateways (1 + 1 + 2 replicas) and one egress gateway, all ready.
+    let ingress = component("ingressGateway");
+    assert_eq!(
+        (
+            ingress.state,
+            ingress.desired_replicas,
+            ingress.ready_replicas
+        ),
+        (meshop::api::ComponentState::Ready, Some(4), Some(4)),
+        "{ingress:?}"
+    );
+    let egress = component("egressGateway");
+    assert_eq!(
+        (egress.state, egress.ready_replicas),
+        (meshop::api::ComponentState::Ready, Some(1)),
+        "{egress:?}"
+    );
+    let ns = mesh.namespace;
+    let mut before = std::collections::BTreeMap::new();
+    for (namespace, name) in [
+        (ns, "istio-ingressgateway"),
+        (ns, "istio-egressgateway"),
+        (ns, "internal"),
+        (EDGE, "public"),
+    ] {
+        let objects = gateway_objects(&mesh.client, namespace, name).await;
+        assert_eq!(objects.len(), 5, "{namespace}/{name}: {objects:?}");
+        before.insert((namespace, name), objects);
+    }
+    let istiod = mesh.uid_of("istiod").await;
+
+    // Rename internal to internal-v2, remove public (in the other namespace).
+    mesh.api
+        .patch(
+            mesh.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "components": { "ingressGateways": [
+                { "name": "internal-v2", "labels": { "istio": "internal-v2" } },
+            ] } } })),
+        )
+        .await
+        .unwrap();
+    let mi = mesh.wait(KStatus::Current, READY).await;
+    let status = mi.status.unwrap();
+    let ingress = status
+        .components
+        .iter()
+        .find(|c| c.name == "ingressGateway")
+        .unwrap();
+    assert_eq!(
+        (ingress.desired_replicas, ingress.ready_replicas),
+        (Some(2), Some(2)),
+        "{ingress:?}"
+    );
+    assert_eq!(
+        gateway_objects(&mesh.client, ns, "internal-v2").await.len(),
+        5
+    );
+    // What is gone is gone from the API, in both namespaces.
+    for (namespace, name) in [(ns, "internal"), (EDGE, "public")] {
+        meshop_testenv::wait_until(
+            &format!("{namespace}/{name} pruned"),
+            Duration::from_secs(30),
+            || async {
+                let left = gateway_objects(&mesh.client, namespace, name).await;
+                ensure!(left.is_empty(), "still there: {left:?}");
+                Ok(())
+            },
+        )
+        .await;
+    }
+    // What stays was never recreated.
+    for key in [(ns, "istio-ingressgateway"), (ns, "istio-egressgateway")] {
+        assert_eq!(
+            gateway_objects(&mesh.client, key.0, key.1).await,
+            before[&key],
+            "{}/{} recreated",
+            key.0,
+            key.1
+        );
+    }
+    assert_eq!(mesh.uid_of("istiod").await, istiod);
+    // The granted namespace is the installer's: meshop never deletes it.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(mesh.client.clone());
+    assert!(namespaces.get_opt(EDGE).await.unwrap().is_some());
+    mesh.delete().await;
+}

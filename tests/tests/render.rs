@@ -23,6 +23,20 @@ async fn check(client: &kube::Client, what: &str, install: &Installation) {
                 .unwrap();
         }
     }
+    // A gateway in another namespace needs that namespace to exist (meshop creates only the
+    // control plane's; an installer grants the others).
+    for ns in install.namespaces().iter().skip(1) {
+        let namespace: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } })).unwrap();
+        match kube::Api::all(client.clone())
+            .create(&Default::default(), &namespace)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("{what}: creating namespace {ns}: {e}"),
+        }
+    }
     let mut dry = real.clone();
     dry.dry_run = true;
     let mut failures = Vec::new();

@@ -150,6 +150,12 @@ pub struct MeshInstallSpec {
     /// Sidecar injection settings on top of the profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injection: Option<Injection>,
+
+    /// Mesh-wide workload settings (what Istio users set in values.global): image pull policy
+    /// and secrets, log level and format, priority class, pod annotations and labels, and the
+    /// multi-cluster identity. A component's own setting of the same name wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<Global>,
 }
 
 // serde's field defaults (and through them the CRD schema's `default:`) and `Default` below use
@@ -177,6 +183,7 @@ impl Default for MeshInstallSpec {
             components: None,
             mesh_config: None,
             injection: None,
+            global: None,
         }
     }
 }
@@ -319,9 +326,16 @@ pub enum MigrationMode {
     Rollout,
 }
 
+/// The most gateways of one kind a MeshInstall lists besides the profile's default one.
+pub const MAX_GATEWAYS: u32 = 32;
+/// The names of the profile's default gateways, which listed gateways may not take.
+pub const DEFAULT_GATEWAY_NAMES: [&str; 2] = ["istio-ingressgateway", "istio-egressgateway"];
+
 /// Per-component overrides. Only these keys exist; an unknown key is refused.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(self.ingressGateways) || !has(self.egressGateways) || self.ingressGateways.all(g, !self.egressGateways.exists(e, e.name == g.name))")
+    .message("gateway names must be unique across ingressGateways and egressGateways"))]
 pub struct Components {
     /// The control plane (Deployment istiod, or istiod-<revision>).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,6 +346,27 @@ pub struct Components {
     /// The egress gateway (Deployment istio-egressgateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_gateway: Option<GatewayComponent>,
+    /// Ingress gateways besides the profile's default one (ingressGateway), each its own
+    /// Deployment, Service, ServiceAccount and Role named after it. Each starts from the profile's
+    /// ingress gateway settings (but its affinity, which selects the default gateway's pods) and
+    /// is enabled unless it says enabled: false. Listed under status component ingressGateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_GATEWAYS))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[x_kube(validation = Rule::new("self.all(g, g.name != 'istio-ingressgateway' && g.name != 'istio-egressgateway')")
+        .message("istio-ingressgateway and istio-egressgateway are the profile's default gateways: set them in ingressGateway and egressGateway"))]
+    #[x_kube(validation = Rule::new("self.all(g, !has(g.labels) || g.labels.all(k, !(k in ['istio.io/rev', 'sidecar.istio.io/inject', 'service.istio.io/canonical-name', 'service.istio.io/canonical-revision']) && !k.startsWith('app.kubernetes.io/')))")
+        .message("a gateway's labels may not set istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-* or app.kubernetes.io/*: meshop sets them"))]
+    pub ingress_gateways: Option<Vec<Gateway>>,
+    /// Egress gateways besides the profile's default one (egressGateway); as ingressGateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_GATEWAYS))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[x_kube(validation = Rule::new("self.all(g, g.name != 'istio-ingressgateway' && g.name != 'istio-egressgateway')")
+        .message("istio-ingressgateway and istio-egressgateway are the profile's default gateways: set them in ingressGateway and egressGateway"))]
+    #[x_kube(validation = Rule::new("self.all(g, !has(g.labels) || g.labels.all(k, !(k in ['istio.io/rev', 'sidecar.istio.io/inject', 'service.istio.io/canonical-name', 'service.istio.io/canonical-revision']) && !k.startsWith('app.kubernetes.io/')))")
+        .message("a gateway's labels may not set istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-* or app.kubernetes.io/*: meshop sets them"))]
+    pub egress_gateways: Option<Vec<Gateway>>,
     /// The Istio CNI node agent (DaemonSet istio-cni-node), needed for injection.trafficCapture cni.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("!has(self.replicas) && !has(self.autoscale) && !has(self.podDisruptionBudget)")
@@ -405,6 +440,21 @@ macro_rules! component_struct {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(length(max = 64))]
             pub overlays: Option<Vec<Overlay>>,
+            /// The PriorityClass of the component's pods; replaces global.priorityClassName.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+            pub priority_class_name: Option<String>,
+            /// Extra annotations of the component's pods, over global.podAnnotations. meshop's
+            /// own annotations (such as sidecar.istio.io/inject) win.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub pod_annotations: Option<BTreeMap<String, String>>,
+            /// Extra labels of the component's pods, over global.podLabels. meshop's own labels
+            /// (the selector, app.kubernetes.io/*, istio.io/rev, sidecar.istio.io/inject) win.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub pod_labels: Option<BTreeMap<String, String>>,
+            /// When the kubelet pulls the component's images; replaces global.imagePullPolicy.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub image_pull_policy: Option<PullPolicy>,
             $($(#[$fmeta])* pub $field: $ty,)*
         }
     };
@@ -424,20 +474,84 @@ component_struct! {
     }
 }
 
+component_struct! {
+    /// A gateway besides the profile's default one: its name, namespace and labels, plus every
+    /// gateway override. Fields left out take the profile's default gateway settings.
+    Gateway {
+        /// The gateway's name: of its Deployment, Service, ServiceAccount and Role, and its app
+        /// label. Unique across ingressGateways and egressGateways. Renaming a gateway replaces it:
+        /// the old one's objects are deleted once the new one is ready.
+        #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+        name: String,
+        /// The namespace the gateway runs in; the mesh's namespace when left out. Another
+        /// namespace must exist and be granted to meshop as a control-plane namespace is
+        /// (meshop grant-namespace); until it is, the MeshInstall is Stalled NamespaceNotGranted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+        namespace: Option<String>,
+        /// Labels of the gateway's pods and selector, over the defaults app=<name> and
+        /// istio=ingressgateway (or egressgateway); Istio Gateway resources select gateways by
+        /// them. A Deployment's selector cannot change: to relabel a gateway, rename it. The
+        /// labels meshop sets itself (istio.io/rev, sidecar.istio.io/inject,
+        /// service.istio.io/canonical-*, app.kubernetes.io/*) are refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(extend("maxProperties" = 32))]
+        labels: Option<BTreeMap<String, String>>,
+        /// The gateway's Service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<GatewayService>,
+    }
+}
+
+/// The overrides every component shares, from any of the component structs.
+macro_rules! common_of {
+    ($s:expr) => {
+        Component {
+            enabled: $s.enabled,
+            replicas: $s.replicas,
+            resources: $s.resources.clone(),
+            autoscale: $s.autoscale.clone(),
+            pod_disruption_budget: $s.pod_disruption_budget.clone(),
+            node_selector: $s.node_selector.clone(),
+            tolerations: $s.tolerations.clone(),
+            affinity: $s.affinity.clone(),
+            env: $s.env.clone(),
+            priority_class_name: $s.priority_class_name.clone(),
+            pod_annotations: $s.pod_annotations.clone(),
+            pod_labels: $s.pod_labels.clone(),
+            image_pull_policy: $s.image_pull_policy,
+            overlays: $s.overlays.clone(),
+        }
+    };
+}
+
 impl GatewayComponent {
     /// The overrides every component shares, without the Service.
     pub fn common(&self) -> Component {
-        Component {
-            enabled: self.enabled,
-            replicas: self.replicas,
-            resources: self.resources.clone(),
-            autoscale: self.autoscale.clone(),
-            pod_disruption_budget: self.pod_disruption_budget.clone(),
-            node_selector: self.node_selector.clone(),
-            tolerations: self.tolerations.clone(),
-            affinity: self.affinity.clone(),
-            env: self.env.clone(),
-            overlays: self.overlays.clone(),
+        common_of!(self)
+    }
+}
+
+impl Gateway {
+    /// The gateway's overrides as those of a default gateway (no name, namespace or labels).
+    pub fn overrides(&self) -> GatewayComponent {
+        let c = common_of!(self);
+        GatewayComponent {
+            enabled: c.enabled,
+            replicas: c.replicas,
+            resources: c.resources,
+            autoscale: c.autoscale,
+            pod_disruption_budget: c.pod_disruption_budget,
+            node_selector: c.node_selector,
+            tolerations: c.tolerations,
+            affinity: c.affinity,
+            env: c.env,
+            priority_class_name: c.priority_class_name,
+            pod_annotations: c.pod_annotations,
+            pod_labels: c.pod_labels,
+            image_pull_policy: c.image_pull_policy,
+            overlays: c.overlays,
+            service: self.service.clone(),
         }
     }
 }
@@ -521,6 +635,82 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// Any JSON value, kept as written.
 fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"nullable": true, "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// When the kubelet pulls an image.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Pull only when the node does not have the image.
+    IfNotPresent,
+    /// Never pull; the image must be on the node.
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Istio's scoped log level: `<scope>:<level>` pairs separated by commas, such as
+/// `default:info,ads:debug`; levels are none, fatal, error, warn, info and debug.
+pub const SCOPED_LOG_LEVEL_PATTERN: &str = "^[a-z0-9_.-]+:(none|fatal|error|warn|info|debug)(,[a-z0-9_.-]+:(none|fatal|error|warn|info|debug))*$";
+
+/// Mesh-wide workload settings (Istio's values.global).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Global {
+    /// When the kubelet pulls Istio's images: istiod, the gateways, the CNI agent, and the
+    /// istio-proxy and istio-init containers meshop injects. A component's imagePullPolicy wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Secrets (in each pod's namespace) to pull Istio's images with: on istiod, the gateways
+    /// and the CNI agent, and added to every pod meshop injects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), inner(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub image_pull_secrets: Option<Vec<String>>,
+    /// istiod's and the gateways' agent's log level (--log_output_level), Istio's scoped form
+    /// such as default:info or default:info,ads:debug. Envoy's own level is
+    /// injection.proxy.logLevel for sidecars; gateways keep warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SCOPED_LOG_LEVEL_PATTERN), length(min = 1, max = 512))]
+    pub log_level: Option<String>,
+    /// Whether istiod and the gateways' agent log JSON (--log_as_json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_as_json: Option<bool>,
+    /// The PriorityClass of istiod's and the gateways' pods (a component's own wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Annotations of istiod's and the gateways' pods (a component's own win on the same key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Labels of istiod's and the gateways' pods (a component's own win on the same key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    /// The mesh's id (multi-cluster: the same on every cluster of one mesh). Left out, the trust
+    /// domain. Reaches istiod's mesh config (meshId) and every proxy (ISTIO_META_MESH_ID).
+    #[serde(default, rename = "meshID", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub mesh_id: Option<String>,
+    /// The network this cluster's workloads are on (multi-network meshes). Reaches the gateways
+    /// and every injected proxy (ISTIO_META_NETWORK), as Istio's global.network does; label the
+    /// control-plane namespace topology.istio.io/network yourself, as Istio's guide says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub network: Option<String>,
+    /// This cluster's name in the mesh (Istio's CLUSTER_ID); Kubernetes when left out. Reaches
+    /// istiod (CLUSTER_ID) and every proxy (ISTIO_META_CLUSTER_ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub cluster_name: Option<String>,
 }
 
 /// Horizontal pod autoscaling on CPU utilisation.

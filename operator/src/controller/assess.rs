@@ -288,10 +288,18 @@ pub(crate) fn components(
                 status.message = Some(f.message.clone());
             } else if let Some(o) = first(ObjectState::Degraded) {
                 status.state = ComponentState::Degraded;
-                status.message = Some(format!("{} has replicas that are not available", o.key));
+                status.message = Some(format!(
+                    "{}{} has replicas that are not available",
+                    gateway_prefix(component, &o.key),
+                    o.key
+                ));
             } else if let Some(o) = first(ObjectState::Progressing) {
                 status.state = ComponentState::Progressing;
-                status.message = Some(format!("waiting for {} to become ready", o.key));
+                status.message = Some(format!(
+                    "{}waiting for {} to become ready",
+                    gateway_prefix(component, &o.key),
+                    o.key
+                ));
             } else if mine.is_empty() {
                 status.state = ComponentState::Pending;
                 status.message = Some(format!("waiting for stage {:?}", component.stage()));
@@ -299,6 +307,22 @@ pub(crate) fn components(
             status
         })
         .collect()
+}
+
+/// For a gateway component, which of its gateways a message is about: every object of a gateway
+/// is named after it (`Kind/namespace/name`).
+fn gateway_prefix(component: ComponentId, key: &str) -> String {
+    if !matches!(
+        component,
+        ComponentId::IngressGateway | ComponentId::EgressGateway
+    ) {
+        return String::new();
+    }
+    let mut parts = key.splitn(3, '/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some(namespace), Some(name)) => format!("gateway {name} in namespace {namespace}: "),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -582,6 +606,85 @@ mod tests {
             let istiod = failed.iter().find(|c| c.name == "istiod").unwrap();
             assert_eq!(istiod.state, ComponentState::Degraded);
             assert!(istiod.message.as_deref().unwrap().contains("forbidden"));
+        }
+
+        #[test]
+        fn a_gateway_component_is_ready_only_when_every_gateway_is_and_names_the_one_that_is_not() {
+            let plan = crate::controller::plan::test_plan(
+                "profile: minimal\ncomponents:\n  ingressGateway: {enabled: true}\n  ingressGateways: [{name: internal}, {name: public, namespace: edge}]\n",
+            );
+            let gateway = |key: &str, state| Observed {
+                key: key.into(),
+                component: ComponentId::IngressGateway,
+                readiness: Readiness {
+                    state,
+                    replicas: Some(Replicas {
+                        desired: 1,
+                        ready: i32::from(state == ObjectState::Ready),
+                    }),
+                },
+            };
+            let list = components(
+                &plan,
+                &[
+                    gateway(
+                        "Deployment/istio-system/istio-ingressgateway",
+                        ObjectState::Ready,
+                    ),
+                    gateway("Deployment/istio-system/internal", ObjectState::Ready),
+                    gateway("Deployment/edge/public", ObjectState::Progressing),
+                ],
+                None,
+            );
+            let ingress = list.iter().find(|c| c.name == "ingressGateway").unwrap();
+            assert_eq!(ingress.state, ComponentState::Progressing);
+            assert_eq!(
+                ingress.message.as_deref(),
+                Some(
+                    "gateway public in namespace edge: waiting for Deployment/edge/public to become ready"
+                )
+            );
+            assert_eq!(
+                (ingress.desired_replicas, ingress.ready_replicas),
+                (Some(3), Some(2))
+            );
+            let degraded = components(
+                &plan,
+                &[
+                    gateway(
+                        "Deployment/istio-system/istio-ingressgateway",
+                        ObjectState::Ready,
+                    ),
+                    gateway("Deployment/istio-system/internal", ObjectState::Degraded),
+                ],
+                None,
+            );
+            let ingress = degraded
+                .iter()
+                .find(|c| c.name == "ingressGateway")
+                .unwrap();
+            assert_eq!(ingress.state, ComponentState::Degraded);
+            assert!(
+                ingress
+                    .message
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("gateway internal in namespace istio-system: "),
+                "{ingress:?}"
+            );
+            let ready = components(
+                &plan,
+                &[
+                    gateway(
+                        "Deployment/istio-system/istio-ingressgateway",
+                        ObjectState::Ready,
+                    ),
+                    gateway("Deployment/istio-system/internal", ObjectState::Ready),
+                    gateway("Deployment/edge/public", ObjectState::Ready),
+                ],
+                None,
+            );
+            assert_eq!(state_of(&ready, "ingressGateway"), ComponentState::Ready);
         }
 
         #[test]

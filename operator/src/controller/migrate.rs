@@ -132,8 +132,9 @@ pub(crate) struct RevisionProxy {
     pub version: String,
     /// `istiod-<revision>.<namespace>.svc:15012`.
     pub istiod: String,
-    /// The control plane's namespace, where meshop's own gateways run.
-    pub namespace: String,
+    /// Where meshop's own gateways run: the control plane's namespace, and the namespaces of
+    /// the gateways listed in other ones.
+    pub namespaces: Vec<String>,
 }
 
 impl RevisionProxy {
@@ -211,8 +212,8 @@ impl PodFacts {
     ///
     /// - the injector's mark names the revision and the place of the container, and the
     ///   `istio.io/rev` annotation beside it agrees (a sidecar), or
-    /// - it is a pod in the control plane's namespace labelled with the revision (meshop's own
-    ///   gateways, which carry no mark).
+    /// - it is a pod in the control plane's namespace, or a listed gateway's, labelled with the
+    ///   revision (meshop's own gateways, which carry no mark).
     ///
     /// A label or an annotation alone is a claim anyone can write, and keeps no revision alive.
     pub fn verify(&self, revisions: &[RevisionProxy]) -> Option<ProxyPod> {
@@ -228,7 +229,7 @@ impl PodFacts {
         });
         let own_image = sidecar && self.image_override.as_deref() == Some(image);
         let gateway = self.mark.is_none()
-            && self.namespace == r.namespace
+            && r.namespaces.contains(&self.namespace)
             && self.labels.get(keys::REV).map(String::as_str) == Some(revision);
         ((sidecar || gateway) && (r.image_matches(image) || own_image)).then(|| ProxyPod {
             namespace: self.namespace.clone(),
@@ -784,7 +785,7 @@ mod tests {
                 name: name.to_string(),
                 version: name.replace('-', "."),
                 istiod: format!("istiod-{name}.istio-system.svc:15012"),
-                namespace: "istio-system".into(),
+                namespaces: vec!["istio-system".into(), "edge".into()],
             })
             .collect()
     }
@@ -902,7 +903,7 @@ mod tests {
     }
 
     #[test]
-    fn gateways_run_the_revision_they_are_labelled_with_in_the_control_plane_namespace() {
+    fn gateways_run_the_revision_they_are_labelled_with_in_the_namespaces_of_the_meshs_gateways() {
         let gateway = |ns: &str, rev: &str, image: &str| {
             json!({"metadata": {"namespace": ns,
                 "labels": {"istio.io/rev": rev, "app": "istio-ingressgateway"}},
@@ -924,6 +925,16 @@ mod tests {
                 "1-31-1",
                 "docker.io/istio/proxyv2:1.30.5"
             )),
+            None
+        );
+        // A gateway listed in another namespace ("edge" is one in `revisions()`) counts too;
+        // the same pod in a namespace no gateway of the mesh runs in does not.
+        assert_eq!(
+            verify(gateway("edge", "1-31-1", "docker.io/istio/proxyv2:1.31.1")).as_deref(),
+            Some("1-31-1")
+        );
+        assert_eq!(
+            verify(gateway("apps", "1-31-1", "docker.io/istio/proxyv2:1.31.1")),
             None
         );
         // istiod carries the revision label too, and runs no proxy.

@@ -86,11 +86,12 @@ impl Plan {
     }
 
     fn of(install: Installation, objects: Vec<Rendered>, webhook: Option<WebhookEndpoint>) -> Plan {
+        let gateways = install.gateways();
         let replica_floors = objects
             .iter()
             .filter(|o| o.kind() == "Deployment")
             .filter_map(|o| {
-                let floor = component_settings(&install, o.component)?
+                let floor = workload_settings(&install, &gateways, o)?
                     .autoscale
                     .as_ref()?
                     .min;
@@ -193,12 +194,23 @@ pub(crate) fn strategy_switch(
     }
 }
 
-/// The resolved settings behind a component's workload.
-fn component_settings(install: &Installation, component: ComponentId) -> Option<&Settings> {
-    Some(match component {
+/// The resolved settings behind a rendered workload: its component's, or, for a gateway, those
+/// of the gateway of that namespace and name.
+fn workload_settings<'a>(
+    install: &'a Installation,
+    gateways: &'a [crate::effective::Gateway],
+    object: &Rendered,
+) -> Option<&'a Settings> {
+    Some(match object.component {
         ComponentId::Istiod => &install.istiod,
-        ComponentId::IngressGateway => &install.ingress_gateway,
-        ComponentId::EgressGateway => &install.egress_gateway,
+        ComponentId::IngressGateway | ComponentId::EgressGateway => {
+            &gateways
+                .iter()
+                .find(|g| {
+                    Some(g.namespace.as_str()) == object.namespace() && g.name == object.name()
+                })?
+                .settings
+        }
         ComponentId::Cni => &install.cni,
         ComponentId::Prometheus => &install.prometheus,
         ComponentId::Grafana => &install.grafana,
@@ -206,6 +218,27 @@ fn component_settings(install: &Installation, component: ComponentId) -> Option<
         ComponentId::Jaeger => &install.jaeger,
         ComponentId::Base | ComponentId::Webhook => return None,
     })
+}
+
+/// The stall message of a namespace meshop was not granted: the control plane's, or the one
+/// named by the gateways that run there.
+pub(crate) fn not_granted_message(install: &Installation, namespace: &str) -> String {
+    let what = if namespace == install.namespace {
+        "a control plane".to_string()
+    } else {
+        let names: Vec<String> = install
+            .gateways()
+            .into_iter()
+            .filter(|g| g.namespace == namespace)
+            .map(|g| g.name)
+            .collect();
+        format!("gateway {}", names.join(", "))
+    };
+    format!(
+        "meshop may not install {what} in namespace {namespace:?}: the installer has not \
+         granted it. Add it to the chart's controlPlaneNamespaces, or run `meshop \
+         grant-namespace {namespace} | kubectl apply --server-side -f -`"
+    )
 }
 
 /// Whether `other` is another MeshInstall than `mine` that is not being deleted: the ones whose
@@ -326,6 +359,41 @@ mod tests {
                 .unwrap()
                 .replica_floors
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn listed_gateways_get_their_own_floor_and_grant_message() {
+        let install = install(
+            "profile: production\ncomponents:\n  ingressGateways:\n  - {name: internal, autoscale: {minReplicas: 3}}\n  - {name: public, namespace: edge, autoscale: {enabled: false}}\n  - {name: spare, namespace: edge}\n",
+        );
+        let plan = Plan::new(install.clone(), None).unwrap();
+        let floors: Vec<(&str, i32)> = plan
+            .replica_floors
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            floors,
+            vec![
+                ("Deployment/edge/spare", 2),
+                ("Deployment/istio-system/internal", 3),
+                ("Deployment/istio-system/istio-ingressgateway", 2),
+                ("Deployment/istio-system/istiod", 2),
+            ]
+        );
+        assert_eq!(install.namespaces(), ["istio-system", "edge"]);
+        let message = not_granted_message(&install, "edge");
+        assert!(
+            message
+                .starts_with("meshop may not install gateway public, spare in namespace \"edge\""),
+            "{message}"
+        );
+        assert!(message.contains("meshop grant-namespace edge"), "{message}");
+        assert!(
+            not_granted_message(&install, "istio-system").starts_with(
+                "meshop may not install a control plane in namespace \"istio-system\""
+            )
         );
     }
 

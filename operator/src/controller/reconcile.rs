@@ -105,15 +105,14 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
     // meshop holds Secret writes nowhere else. Asked before anything is applied, so an ungranted
     // namespace is one clear status instead of a Forbidden halfway through a stage. RBAC is not
     // watched, so the grant is looked for again on a timer.
-    if !namespace_granted(ctx, &install.namespace).await {
-        let message = format!(
-            "meshop may not install a control plane in namespace {ns:?}: the installer has not \
-             granted it. Add it to the chart's controlPlaneNamespaces, or run `meshop \
-             grant-namespace {ns} | kubectl apply --server-side -f -`",
-            ns = install.namespace
-        );
-        stall(ctx, mi, NAMESPACE_NOT_GRANTED, message).await?;
-        return Ok(Action::requeue(GRANT_RECHECK));
+    // A gateway in another namespace needs the same grant (its Role, Service and Deployment
+    // are written there), and that namespace must exist: meshop creates only the control plane's.
+    for namespace in install.namespaces() {
+        if !namespace_granted(ctx, &namespace).await {
+            let message = plan::not_granted_message(&install, &namespace);
+            stall(ctx, mi, NAMESPACE_NOT_GRANTED, message).await?;
+            return Ok(Action::requeue(GRANT_RECHECK));
+        }
     }
 
     let revision_based = install.update_strategy == UpdateStrategy::RevisionBased;

@@ -60,7 +60,7 @@ pub(crate) fn revision_proxies(mi: &MeshInstall, install: &Installation) -> Vec<
         .into_iter()
         .map(|r| RevisionProxy {
             istiod: crate::istio_proxy::discovery_address(&r.name, &install.namespace),
-            namespace: install.namespace.clone(),
+            namespaces: install.namespaces(),
             name: r.name,
             version: r.version,
         })

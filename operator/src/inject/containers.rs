@@ -126,7 +126,7 @@ pub(crate) fn proxy(
             resource_env("GOMEMLIMIT", "limits.memory"),
             resource_env("GOMAXPROCS", "limits.cpu"),
         ],
-        istio_proxy::cluster_env(),
+        istio_proxy::cluster_env(&cfg.cluster_id, cfg.network.as_deref()),
         vec![env("ISTIO_META_INTERCEPTION_MODE", s.interception.as_str())],
         istio_proxy::workload_env(
             facts
@@ -135,7 +135,7 @@ pub(crate) fn proxy(
                 .unwrap_or(&facts.workload.name),
             facts.workload.owner_uri(facts.namespace),
         ),
-        istio_proxy::trust_domain_env(&cfg.trust_domain),
+        istio_proxy::trust_domain_env(&cfg.mesh_id, &cfg.trust_domain),
     ]
     .concat();
     env_vars.extend(proxy_metadata_env(s));
@@ -184,6 +184,7 @@ pub(crate) fn proxy(
     Container {
         name: names::PROXY.into(),
         image: Some(s.image.clone()),
+        image_pull_policy: cfg.image_pull_policy.clone(),
         args: Some(args),
         env: Some(env_vars),
         ports: Some(vec![istio_proxy::envoy_prometheus_port()]),
@@ -290,6 +291,7 @@ pub(crate) fn init(s: &Settings, cfg: &InjectionConfig) -> Container {
     Container {
         name: if cni { names::VALIDATION } else { names::INIT }.into(),
         image: Some(s.init_image.clone()),
+        image_pull_policy: cfg.image_pull_policy.clone(),
         args: Some(args),
         env: Some(proxy_metadata_env(s)).filter(|e| !e.is_empty()),
         resources: Some(s.resources.clone()),

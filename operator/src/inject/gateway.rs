@@ -38,13 +38,13 @@ pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
             resource_env("GOMAXPROCS", "limits.cpu"),
             containers::app_containers_env(facts),
         ],
-        istio_proxy::cluster_env(),
+        istio_proxy::cluster_env(&cfg.cluster_id, cfg.network.as_deref()),
         vec![env("ISTIO_META_INTERCEPTION_MODE", "REDIRECT")],
         istio_proxy::workload_env(
             &facts.workload.name,
             facts.workload.owner_uri(facts.namespace),
         ),
-        istio_proxy::trust_domain_env(&cfg.trust_domain),
+        istio_proxy::trust_domain_env(&cfg.mesh_id, &cfg.trust_domain),
     ]
     .concat();
     if !facts.probers.is_empty() {
@@ -53,6 +53,7 @@ pub(crate) fn proxy(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
     Container {
         name: names::PROXY.into(),
         image: Some(s.image.clone()),
+        image_pull_policy: cfg.image_pull_policy.clone(),
         args: Some(args),
         env: Some(env_vars),
         ports: Some(vec![istio_proxy::envoy_prometheus_port()]),

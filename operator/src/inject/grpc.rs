@@ -240,12 +240,12 @@ pub(crate) fn agent(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
             containers::pod_ports_env(facts),
             containers::app_containers_env(facts),
         ],
-        istio_proxy::cluster_env(),
+        istio_proxy::cluster_env(&cfg.cluster_id, cfg.network.as_deref()),
         istio_proxy::workload_env(
             &facts.workload.name,
             facts.workload.owner_uri(facts.namespace),
         ),
-        istio_proxy::trust_domain_env(&cfg.trust_domain),
+        istio_proxy::trust_domain_env(&cfg.mesh_id, &cfg.trust_domain),
     ]
     .concat();
     if let Some(Value::Object(metadata)) = s.proxy_config.get("proxyMetadata") {
@@ -281,6 +281,7 @@ pub(crate) fn agent(s: &Settings, cfg: &InjectionConfig, facts: &PodFacts) -> Co
     Container {
         name: names::PROXY.into(),
         image: Some(s.image.clone()),
+        image_pull_policy: cfg.image_pull_policy.clone(),
         args: Some(args),
         env: Some(env_vars),
         ports: Some(vec![ContainerPort {

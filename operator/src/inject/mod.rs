@@ -128,6 +128,16 @@ pub struct InjectionConfig {
     /// pod's `PROXY_CONFIG`, as Istio's injector starts from it. `concurrency` and
     /// `holdApplicationUntilProxyStarts` above are read from it already.
     pub default_config: serde_json::Map<String, serde_json::Value>,
+    /// `ISTIO_META_CLUSTER_ID` (`global.clusterName`, else `Kubernetes`).
+    pub cluster_id: String,
+    /// `ISTIO_META_MESH_ID` (`global.meshID`, else the trust domain).
+    pub mesh_id: String,
+    /// `ISTIO_META_NETWORK` when set (`global.network`).
+    pub network: Option<String>,
+    /// The injected containers' `imagePullPolicy` when set (`global.imagePullPolicy`).
+    pub image_pull_policy: Option<String>,
+    /// Added to the pod's `imagePullSecrets` (`global.imagePullSecrets`).
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl InjectionConfig {
@@ -165,6 +175,11 @@ impl From<&Installation> for InjectionConfig {
                 .and_then(serde_json::Value::as_object)
                 .cloned()
                 .unwrap_or_default(),
+            cluster_id: install.global.cluster_id.clone(),
+            mesh_id: install.mesh_id().to_string(),
+            network: install.global.network.clone(),
+            image_pull_policy: install.global.image_pull_policy.clone(),
+            image_pull_secrets: install.global.image_pull_secrets.clone(),
         }
     }
 }
@@ -186,6 +201,11 @@ impl Default for InjectionConfig {
             log_level: ProxyLogLevel::Warning,
             hold_application_until_proxy_starts: false,
             default_config: serde_json::Map::new(),
+            cluster_id: crate::effective::DEFAULT_CLUSTER_ID.to_string(),
+            mesh_id: "cluster.local".to_string(),
+            network: None,
+            image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }

@@ -314,6 +314,14 @@ pub(super) fn inject_as(
         .get_or_insert_with(Vec::new)
         .extend(added_volumes.iter().cloned());
 
+    // Istio's templates add global.imagePullSecrets to the pod (a strategic merge by name: the
+    // pod's own stay, none is repeated).
+    for name in &cfg.image_pull_secrets {
+        let secrets = out_spec.image_pull_secrets.get_or_insert_with(Vec::new);
+        if !secrets.iter().any(|s| &s.name == name) {
+            secrets.push(k8s_openapi::api::core::v1::LocalObjectReference { name: name.clone() });
+        }
+    }
     if gateway {
         out_spec.security_context = Some(gateway::pod_security_context(
             out_spec.security_context.take(),

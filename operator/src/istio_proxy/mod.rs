@@ -24,8 +24,6 @@ pub(crate) const UID: i64 = 1337;
 pub(crate) const READY_PATH: &str = "/healthz/ready";
 /// Where Envoy serves its Prometheus metrics (and the agent the merged ones).
 pub(crate) const PROMETHEUS_PATH: &str = "/stats/prometheus";
-/// The cluster id proxies report; meshop installs single-cluster meshes.
-const CLUSTER_ID: &str = "Kubernetes";
 
 /// Well-known proxy ports.
 pub(crate) mod ports {
@@ -191,12 +189,17 @@ pub(crate) fn host_ip_env() -> EnvVar {
     field_env("HOST_IP", "status.hostIP")
 }
 
-/// The cluster and node the proxy reports in its metadata.
-pub(crate) fn cluster_env() -> Vec<EnvVar> {
-    vec![
-        env("ISTIO_META_CLUSTER_ID", CLUSTER_ID),
+/// The cluster, node and (when set) network the proxy reports in its metadata, as Istio's
+/// templates write them from `global.multiCluster.clusterName` and `global.network`.
+pub(crate) fn cluster_env(cluster_id: &str, network: Option<&str>) -> Vec<EnvVar> {
+    let mut out = vec![
+        env("ISTIO_META_CLUSTER_ID", cluster_id),
         field_env("ISTIO_META_NODE_NAME", "spec.nodeName"),
-    ]
+    ];
+    if let Some(network) = network {
+        out.push(env("ISTIO_META_NETWORK", network));
+    }
+    out
 }
 
 /// The workload the proxy belongs to: its name and [`owner_uri`].
@@ -207,10 +210,10 @@ pub(crate) fn workload_env(name: &str, owner_uri: String) -> Vec<EnvVar> {
     ]
 }
 
-/// The mesh id and SPIFFE trust domain, both the mesh's trust domain.
-pub(crate) fn trust_domain_env(trust_domain: &str) -> Vec<EnvVar> {
+/// The mesh id (`global.meshID`, which defaults to the trust domain) and the SPIFFE trust domain.
+pub(crate) fn trust_domain_env(mesh_id: &str, trust_domain: &str) -> Vec<EnvVar> {
     vec![
-        env("ISTIO_META_MESH_ID", trust_domain),
+        env("ISTIO_META_MESH_ID", mesh_id),
         env("TRUST_DOMAIN", trust_domain),
     ]
 }
@@ -304,9 +307,9 @@ mod tests {
             ca_env("a".into()),
             pod_env(),
             vec![service_account_env(), host_ip_env()],
-            cluster_env(),
+            cluster_env("Kubernetes", Some("net1")),
             workload_env("w", owner_uri("apps/v1", "Deployment", "ns", "w")),
-            trust_domain_env("cluster.local"),
+            trust_domain_env("mesh1", "cluster.local"),
         ]
         .concat();
         let names: std::collections::BTreeSet<_> = all.iter().map(|e| e.name.as_str()).collect();

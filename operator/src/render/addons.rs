@@ -3,17 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe, Volume,
+    ConfigMap, Container, ContainerPort, EnvVar, PodSpec, Probe, Volume,
 };
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::json;
 
-use super::common::{
-    self, env, hardened_container, hardened_pod, meta, mount, policy_rule, with_user_env,
-};
+use super::common::{self, env, hardened_pod, meta, mount, policy_rule};
+use super::workload::Workload;
 use super::{ComponentId, Rendered};
 use crate::effective::{Installation, Settings};
 
@@ -306,7 +303,7 @@ fn render_addon(install: &Installation, settings: &Settings, addon: Addon) -> Ve
         } else {
             Some(addon.args.clone())
         },
-        env: Some(with_user_env(addon.env.clone(), settings)).filter(|e| !e.is_empty()),
+        env: Some(addon.env.clone()),
         ports: Some(
             addon
                 .ports
@@ -319,50 +316,35 @@ fn render_addon(install: &Installation, settings: &Settings, addon: Addon) -> Ve
                 })
                 .collect(),
         ),
-        resources: Some(settings.resources.clone()),
         readiness_probe: Some(probe.clone()),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(30),
             failure_threshold: Some(6),
             ..probe
         }),
-        security_context: Some(hardened_container()),
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    out.push(Rendered::new(
-        c,
-        &Deployment {
-            metadata: meta(install, c, addon.name),
-            spec: Some(DeploymentSpec {
-                replicas: common::replicas(settings),
-                selector: LabelSelector {
-                    match_labels: Some(selector.clone()),
-                    match_expressions: None,
-                },
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(common::no_sidecar(common::pod_labels(
-                            install, c, &selector,
-                        ))),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        service_account_name: Some(addon.name.into()),
-                        security_context: Some(hardened_pod(addon.uid)),
-                        containers: vec![container],
-                        volumes: Some(volumes),
-                        node_selector: settings.node_selector.clone(),
-                        tolerations: settings.tolerations.clone(),
-                        affinity: settings.affinity.clone(),
-                        ..Default::default()
-                    }),
-                },
+    out.extend(
+        Workload {
+            install,
+            component: c,
+            name: addon.name,
+            namespace: &install.namespace,
+            settings,
+            selector,
+            labels: common::no_sidecar(),
+            annotations: BTreeMap::new(),
+            pod: PodSpec {
+                service_account_name: Some(addon.name.into()),
+                security_context: Some(hardened_pod(addon.uid)),
+                containers: vec![container],
+                volumes: Some(volumes),
                 ..Default::default()
-            }),
-            status: None,
-        },
-    ));
-    out.extend(common::scaling(install, c, addon.name, settings, &selector));
+            },
+            default_priority_class: None,
+        }
+        .deployment(),
+    );
     out
 }

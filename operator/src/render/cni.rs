@@ -7,18 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
-};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SecurityContext,
-    Toleration, Volume,
+    ConfigMap, Container, HTTPGetAction, PodSpec, Probe, SecurityContext, Toleration, Volume,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, env, field_env, meta, mount, policy_rule, with_user_env};
+use super::common::{self, env, field_env, meta, mount, policy_rule};
+use super::workload::Workload;
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
 
@@ -54,12 +50,11 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         image: Some(install.image("install-cni")),
         command: Some(vec!["install-cni".into()]),
         args: Some(vec!["--log_output_level=info".into()]),
-        env: Some(with_user_env(our_env, settings)),
+        env: Some(our_env),
         env_from: Some(vec![
             serde_json::from_value(json!({ "configMapRef": { "name": "istio-cni-config" } }))
                 .expect("envFrom"),
         ]),
-        resources: Some(settings.resources.clone()),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/readyz".into()),
@@ -93,50 +88,31 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         host("cni-netns-dir", "/proc"),
         serde_json::from_value(json!({ "name": "tmp", "emptyDir": {} })).expect("volume"),
     ];
-    // The agent must run on every node, tainted or not.
-    let mut tolerations = vec![Toleration {
-        operator: Some("Exists".into()),
-        ..Default::default()
-    }];
-    tolerations.extend(settings.tolerations.clone().unwrap_or_default());
-    let daemonset = DaemonSet {
-        metadata: meta(install, C, NAME),
-        spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                match_expressions: None,
-            },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(1)),
-                    max_surge: None,
-                }),
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(common::no_sidecar(common::pod_labels(
-                        install, C, &selector,
-                    ))),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(NAME.into()),
-                    host_network: Some(true),
-                    priority_class_name: Some("system-node-critical".into()),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    tolerations: Some(tolerations),
-                    node_selector: settings.node_selector.clone(),
-                    affinity: settings.affinity.clone(),
-                    termination_grace_period_seconds: Some(5),
-                    ..Default::default()
-                }),
-            },
+    // The agent must run on every node, tainted or not (the user's tolerations come after).
+    let daemonset = Workload {
+        install,
+        component: C,
+        name: NAME,
+        namespace: &install.namespace,
+        settings,
+        selector,
+        labels: common::no_sidecar(),
+        annotations: BTreeMap::new(),
+        pod: PodSpec {
+            service_account_name: Some(NAME.into()),
+            host_network: Some(true),
+            containers: vec![container],
+            volumes: Some(volumes),
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }]),
+            termination_grace_period_seconds: Some(5),
             ..Default::default()
-        }),
-        status: None,
-    };
+        },
+        default_priority_class: Some("system-node-critical"),
+    }
+    .daemon_set();
     let rules = vec![
         policy_rule(&[""], &["pods", "nodes", "namespaces"], READ),
         policy_rule(&["apps"], &["daemonsets"], READ),
@@ -157,6 +133,6 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             ..Default::default()
         },
     ));
-    out.push(Rendered::new(C, &daemonset));
+    out.push(daemonset);
     out
 }

@@ -41,11 +41,21 @@ pub fn labels(install: &Installation, component: ComponentId) -> BTreeMap<String
     ])
 }
 
-/// Metadata for a namespaced object of a component.
+/// Metadata for a namespaced object of a component in the control-plane namespace.
 pub fn meta(install: &Installation, component: ComponentId, name: &str) -> ObjectMeta {
+    meta_in(install, component, name, &install.namespace)
+}
+
+/// Metadata for a namespaced object of a component in `namespace` (a gateway's may be another).
+pub fn meta_in(
+    install: &Installation,
+    component: ComponentId,
+    name: &str,
+    namespace: &str,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
-        namespace: Some(install.namespace.clone()),
+        namespace: Some(namespace.to_string()),
         labels: Some(labels(install, component)),
         ..Default::default()
     }
@@ -160,11 +170,12 @@ pub fn hpa(
     install: &Installation,
     component: ComponentId,
     name: &str,
+    namespace: &str,
     settings: &Settings,
 ) -> Option<HorizontalPodAutoscaler> {
     let a = settings.autoscale.as_ref()?;
     Some(HorizontalPodAutoscaler {
-        metadata: meta(install, component, name),
+        metadata: meta_in(install, component, name, namespace),
         spec: HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
@@ -196,6 +207,7 @@ pub fn pdb(
     install: &Installation,
     component: ComponentId,
     name: &str,
+    namespace: &str,
     settings: &Settings,
     selector: &BTreeMap<String, String>,
 ) -> Option<PodDisruptionBudget> {
@@ -205,7 +217,7 @@ pub fn pdb(
         Pdb::MaxUnavailable(v) => (None, Some(v.clone())),
     };
     Some(PodDisruptionBudget {
-        metadata: meta(install, component, name),
+        metadata: meta_in(install, component, name, namespace),
         spec: Some(PodDisruptionBudgetSpec {
             min_available,
             max_unavailable,
@@ -217,17 +229,6 @@ pub fn pdb(
         }),
         status: None,
     })
-}
-
-/// Pod labels: the selector labels plus the common labels.
-pub fn pod_labels(
-    install: &Installation,
-    component: ComponentId,
-    selector: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    let mut labels = labels(install, component);
-    labels.extend(selector.clone());
-    labels
 }
 
 /// A ClusterRole and its binding to the component's ServiceAccount `account` in the control-plane
@@ -259,27 +260,44 @@ pub fn cluster_role_for(
     ]
 }
 
-/// A Role and its binding to the component's ServiceAccount `name`, all three named alike.
+/// A Role and its binding to the component's ServiceAccount `name`, all three named alike, in
+/// the control-plane namespace.
 pub fn role_for(
     install: &Installation,
     component: ComponentId,
     name: &str,
     rules: Vec<PolicyRule>,
 ) -> [Rendered; 2] {
+    role_for_in(install, component, name, &install.namespace, rules)
+}
+
+/// [`role_for`] in `namespace`.
+pub fn role_for_in(
+    install: &Installation,
+    component: ComponentId,
+    name: &str,
+    namespace: &str,
+    rules: Vec<PolicyRule>,
+) -> [Rendered; 2] {
     [
         Rendered::new(
             component,
             &Role {
-                metadata: meta(install, component, name),
+                metadata: meta_in(install, component, name, namespace),
                 rules: Some(rules),
             },
         ),
         Rendered::new(
             component,
             &RoleBinding {
-                metadata: meta(install, component, name),
+                metadata: meta_in(install, component, name, namespace),
                 role_ref: role_ref("Role", name),
-                subjects: Some(service_account_subject(install, name)),
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: name.into(),
+                    namespace: Some(namespace.into()),
+                    api_group: None,
+                }]),
             },
         ),
     ]
@@ -302,12 +320,22 @@ fn service_account_subject(install: &Installation, account: &str) -> Vec<Subject
     }]
 }
 
-/// A ServiceAccount for a component.
+/// A ServiceAccount for a component in the control-plane namespace.
 pub fn service_account(install: &Installation, component: ComponentId, name: &str) -> Rendered {
+    service_account_in(install, component, name, &install.namespace)
+}
+
+/// A ServiceAccount for a component in `namespace`.
+pub fn service_account_in(
+    install: &Installation,
+    component: ComponentId,
+    name: &str,
+    namespace: &str,
+) -> Rendered {
     Rendered::new(
         component,
         &ServiceAccount {
-            metadata: meta(install, component, name),
+            metadata: meta_in(install, component, name, namespace),
             ..Default::default()
         },
     )
@@ -357,20 +385,21 @@ pub fn http_probe(path: &str, port: i32) -> Probe {
     }
 }
 
-/// The HorizontalPodAutoscaler and PodDisruptionBudget of a Deployment, as far as the settings ask
-/// for them.
-pub fn scaling(
+/// The HorizontalPodAutoscaler and PodDisruptionBudget of a Deployment in `namespace`, as far as
+/// the settings ask for them.
+pub fn scaling_in(
     install: &Installation,
     component: ComponentId,
     name: &str,
+    namespace: &str,
     settings: &Settings,
     selector: &BTreeMap<String, String>,
 ) -> Vec<Rendered> {
     let mut out = Vec::new();
-    if let Some(hpa) = hpa(install, component, name, settings) {
+    if let Some(hpa) = hpa(install, component, name, namespace, settings) {
         out.push(Rendered::new(component, &hpa));
     }
-    if let Some(pdb) = pdb(install, component, name, settings, selector) {
+    if let Some(pdb) = pdb(install, component, name, namespace, settings, selector) {
         out.push(Rendered::new(component, &pdb));
     }
     out
@@ -378,7 +407,6 @@ pub fn scaling(
 
 /// Pod labels with `sidecar.istio.io/inject: "false"`: meshop's own components never get a sidecar.
 /// A label, not the annotation Istio deprecated (istioctl analyze IST0135).
-pub fn no_sidecar(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    labels.insert("sidecar.istio.io/inject".into(), "false".into());
-    labels
+pub fn no_sidecar() -> BTreeMap<String, String> {
+    BTreeMap::from([("sidecar.istio.io/inject".to_string(), "false".to_string())])
 }

@@ -2,93 +2,51 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-    ServiceSpec,
+    Container, ContainerPort, HTTPGetAction, PodSpec, Probe, Service, ServicePort, ServiceSpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::common::{
-    self, env, field_env, hardened_container, hardened_pod, meta, policy_rule, with_user_env,
-};
+use super::common::{self, env, field_env, hardened_pod, meta_in, policy_rule};
+use super::workload::Workload;
 use super::{ComponentId, Rendered};
 use crate::api::ServiceType;
-use crate::effective::{Installation, Settings};
+use crate::effective::{Gateway, GatewayKind, Installation};
 use crate::inject::keys;
 use crate::istio_proxy::{self, Mode, ports};
 use crate::revision;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Ingress,
-    Egress,
-}
-
-impl Kind {
-    fn component(self) -> ComponentId {
-        match self {
-            Kind::Ingress => ComponentId::IngressGateway,
-            Kind::Egress => ComponentId::EgressGateway,
-        }
-    }
-
-    /// Istio's conventional names, so users find what they expect.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Ingress => "istio-ingressgateway",
-            Kind::Egress => "istio-egressgateway",
-        }
-    }
-
-    fn istio_label(self) -> &'static str {
-        match self {
-            Kind::Ingress => "ingressgateway",
-            Kind::Egress => "egressgateway",
-        }
-    }
-
-    fn settings(self, install: &Installation) -> &Settings {
-        match self {
-            Kind::Ingress => &install.ingress_gateway,
-            Kind::Egress => &install.egress_gateway,
-        }
+/// The status component a gateway of this kind belongs to.
+pub fn component(kind: GatewayKind) -> ComponentId {
+    match kind {
+        GatewayKind::Ingress => ComponentId::IngressGateway,
+        GatewayKind::Egress => ComponentId::EgressGateway,
     }
 }
 
-pub fn selector(kind: Kind) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app".to_string(), kind.name().to_string()),
-        ("istio".to_string(), kind.istio_label().to_string()),
-    ])
-}
-
-pub fn render(install: &Installation, kind: Kind) -> Vec<Rendered> {
-    let c = kind.component();
-    let name = kind.name();
-    let settings = kind.settings(install);
-    let selector = selector(kind);
-    let mut out = vec![common::service_account(install, c, name)];
+/// Every object of one gateway, in its namespace, named after it.
+pub fn render(install: &Installation, gateway: &Gateway) -> Vec<Rendered> {
+    let c = component(gateway.kind);
+    let name = gateway.name.as_str();
+    let namespace = gateway.namespace.as_str();
+    let mut out = vec![common::service_account_in(install, c, name, namespace)];
     // The gateway reads TLS credentials (Secrets) of its own namespace over SDS.
-    out.extend(common::role_for(
+    out.extend(common::role_for_in(
         install,
         c,
         name,
+        namespace,
         vec![policy_rule(&[""], &["secrets"], &["get", "watch", "list"])],
     ));
-    out.push(Rendered::new(c, &service(install, kind, &selector)));
-    out.push(Rendered::new(c, &deployment(install, kind, &selector)));
-    out.extend(common::scaling(install, c, name, settings, &selector));
+    out.push(Rendered::new(c, &service(install, gateway)));
+    out.extend(workload(install, gateway).deployment());
     out
 }
 
-fn service(install: &Installation, kind: Kind, selector: &BTreeMap<String, String>) -> Service {
-    let c = kind.component();
-    let svc = kind
-        .settings(install)
+fn service(install: &Installation, gateway: &Gateway) -> Service {
+    let c = component(gateway.kind);
+    let svc = gateway
+        .settings
         .service
         .clone()
         .unwrap_or_else(|| crate::effective::Service {
@@ -101,7 +59,7 @@ fn service(install: &Installation, kind: Kind, selector: &BTreeMap<String, Strin
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
     };
-    let mut metadata = meta(install, c, kind.name());
+    let mut metadata = meta_in(install, c, &gateway.name, &gateway.namespace);
     if !svc.annotations.is_empty() {
         metadata.annotations = Some(svc.annotations.clone());
     }
@@ -109,7 +67,7 @@ fn service(install: &Installation, kind: Kind, selector: &BTreeMap<String, Strin
         metadata,
         spec: Some(ServiceSpec {
             type_: Some(type_.into()),
-            selector: Some(selector.clone()),
+            selector: Some(gateway.selector()),
             ports: Some(
                 svc.ports
                     .iter()
@@ -135,11 +93,11 @@ fn service(install: &Installation, kind: Kind, selector: &BTreeMap<String, Strin
 }
 
 /// The container ports: the Service's target ports plus Envoy's metrics port.
-fn container_ports(install: &Installation, kind: Kind) -> Vec<ContainerPort> {
+fn container_ports(gateway: &Gateway) -> Vec<ContainerPort> {
     let mut seen = std::collections::BTreeSet::new();
     let mut container_ports = Vec::new();
-    let svc_ports = kind
-        .settings(install)
+    let svc_ports = gateway
+        .settings
         .service
         .as_ref()
         .map(|s| s.ports.clone())
@@ -166,19 +124,18 @@ fn container_ports(install: &Installation, kind: Kind) -> Vec<ContainerPort> {
     container_ports
 }
 
-fn deployment(
-    install: &Installation,
-    kind: Kind,
-    selector: &BTreeMap<String, String>,
-) -> Deployment {
-    let c = kind.component();
-    let name = kind.name();
-    let settings = kind.settings(install);
-    let mut pod_labels = common::pod_labels(install, c, selector);
-    pod_labels.insert(keys::REV.into(), revision::name(&install.revision).into());
-    pod_labels.insert(keys::INJECT.into(), "false".into());
-    pod_labels.insert(keys::CANONICAL_NAME.into(), name.into());
-    pod_labels.insert(keys::CANONICAL_REVISION.into(), "latest".into());
+fn workload<'a>(install: &'a Installation, gateway: &'a Gateway) -> Workload<'a> {
+    let name = gateway.name.as_str();
+    let namespace = gateway.namespace.as_str();
+    let labels = BTreeMap::from([
+        (
+            keys::REV.to_string(),
+            revision::name(&install.revision).to_string(),
+        ),
+        (keys::INJECT.to_string(), "false".to_string()),
+        (keys::CANONICAL_NAME.to_string(), name.to_string()),
+        (keys::CANONICAL_REVISION.to_string(), "latest".to_string()),
+    ]);
     let discovery_address = istio_proxy::discovery_address(&install.revision, &install.namespace);
     let our_env = [
         istio_proxy::ca_env(discovery_address.clone()),
@@ -190,11 +147,14 @@ fn deployment(
         ],
         istio_proxy::workload_env(
             name,
-            istio_proxy::owner_uri("apps/v1", "Deployment", &install.namespace, name),
+            istio_proxy::owner_uri("apps/v1", "Deployment", namespace, name),
         ),
-        istio_proxy::trust_domain_env(&install.mesh.trust_domain),
+        istio_proxy::trust_domain_env(install.mesh_id(), &install.mesh.trust_domain),
         vec![env("ISTIO_META_UNPRIVILEGED_POD", "true")],
-        istio_proxy::cluster_env(),
+        istio_proxy::cluster_env(
+            &install.global.cluster_id,
+            install.global.network.as_deref(),
+        ),
         vec![istio_proxy::proxy_config_env(&istio_proxy::proxy_config(
             discovery_address,
         ))],
@@ -220,81 +180,60 @@ fn deployment(
         [
             "--proxyLogLevel=warning",
             "--proxyComponentLogLevel=misc:error",
-            "--log_output_level=default:info",
         ]
         .map(String::from),
     );
+    args.extend(super::istiod::log_args(install));
     let container = Container {
         name: istio_proxy::CONTAINER.into(),
         image: Some(istio_proxy::image(&install.hub, &install.version)),
         args: Some(args),
-        ports: Some(container_ports(install, kind)),
-        env: Some(with_user_env(our_env, settings)),
-        resources: Some(settings.resources.clone()),
+        ports: Some(container_ports(gateway)),
+        env: Some(our_env),
         readiness_probe: Some(ready.clone()),
         startup_probe: Some(Probe {
             period_seconds: Some(1),
             failure_threshold: Some(600),
             ..ready
         }),
-        security_context: Some(hardened_container()),
         volume_mounts: Some(istio_proxy::proxy_mounts()),
         ..Default::default()
     };
-    Deployment {
-        metadata: meta(install, c, name),
-        spec: Some(DeploymentSpec {
-            replicas: common::replicas(settings),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                match_expressions: None,
-            },
-            // Surge first, never drop below the wanted capacity: a gateway rollout must not lose traffic.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::String("100%".into())),
-                    max_unavailable: Some(IntOrString::String("25%".into())),
-                }),
+    Workload {
+        install,
+        component: component(gateway.kind),
+        name,
+        namespace,
+        settings: &gateway.settings,
+        selector: gateway.selector(),
+        labels,
+        annotations: BTreeMap::from([
+            (keys::PROMETHEUS_SCRAPE.to_string(), "true".to_string()),
+            (
+                keys::PROMETHEUS_PORT.to_string(),
+                ports::ENVOY_PROMETHEUS.to_string(),
+            ),
+            (
+                keys::PROMETHEUS_PATH.to_string(),
+                istio_proxy::PROMETHEUS_PATH.to_string(),
+            ),
+            (keys::INJECT.to_string(), "false".to_string()),
+        ]),
+        pod: PodSpec {
+            service_account_name: Some(name.into()),
+            security_context: Some(k8s_openapi::api::core::v1::PodSecurityContext {
+                // Lets the non-root proxy bind ports below 1024 should a user map one directly.
+                sysctls: Some(vec![k8s_openapi::api::core::v1::Sysctl {
+                    name: "net.ipv4.ip_unprivileged_port_start".into(),
+                    value: "0".into(),
+                }]),
+                ..hardened_pod(istio_proxy::UID)
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        (keys::PROMETHEUS_SCRAPE.to_string(), "true".to_string()),
-                        (
-                            keys::PROMETHEUS_PORT.to_string(),
-                            ports::ENVOY_PROMETHEUS.to_string(),
-                        ),
-                        (
-                            keys::PROMETHEUS_PATH.to_string(),
-                            istio_proxy::PROMETHEUS_PATH.to_string(),
-                        ),
-                        (keys::INJECT.to_string(), "false".to_string()),
-                    ])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.into()),
-                    security_context: Some(k8s_openapi::api::core::v1::PodSecurityContext {
-                        // Lets the non-root proxy bind ports below 1024 should a user map one directly.
-                        sysctls: Some(vec![k8s_openapi::api::core::v1::Sysctl {
-                            name: "net.ipv4.ip_unprivileged_port_start".into(),
-                            value: "0".into(),
-                        }]),
-                        ..hardened_pod(istio_proxy::UID)
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    node_selector: settings.node_selector.clone(),
-                    tolerations: settings.tolerations.clone(),
-                    affinity: settings.affinity.clone(),
-                    termination_grace_period_seconds: Some(30),
-                    ..Default::default()
-                }),
-            },
+            containers: vec![container],
+            volumes: Some(volumes),
+            termination_grace_period_seconds: Some(30),
             ..Default::default()
-        }),
-        status: None,
+        },
+        default_priority_class: None,
     }
 }

@@ -2,21 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PodSpec, PodTemplateSpec, Probe, Volume,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, Probe, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{
-    self, env, field_env, hardened_container, hardened_pod, meta, mount, policy_rule, resource_env,
-    with_user_env,
-};
+use super::common::{self, env, field_env, hardened_pod, mount, policy_rule, resource_env};
 use super::istio_crds::{GATEWAY_API_RESOURCES, gateway_api_rule, istio_rules};
+use super::workload::Workload;
 use super::{ComponentId, Rendered, validation};
 use crate::effective::Installation;
 use k8s_openapi::api::rbac::v1::PolicyRule;
@@ -81,14 +73,7 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         C,
         &common::service(install, C, &name, Some("ClusterIP"), &selector, PORTS),
     ));
-    out.push(Rendered::new(C, &deployment(install, &selector)));
-    out.extend(common::scaling(
-        install,
-        C,
-        &name,
-        &install.istiod,
-        &selector,
-    ));
+    out.extend(workload(install, &name, selector).deployment());
     out
 }
 
@@ -208,12 +193,23 @@ pub const PORTS: &[(&str, i32, i32)] = &[
     ("http-monitoring", 15014, 15014),
 ];
 
-fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> Deployment {
-    let settings = &install.istiod;
-    let name = install.istiod_name();
-    let mut pod_labels = common::pod_labels(install, C, selector);
-    pod_labels.insert("istio".into(), "pilot".into());
-    pod_labels.insert("sidecar.istio.io/inject".into(), "false".into());
+/// The `--log_output_level` and, when asked for, `--log_as_json` of istiod and the gateways'
+/// agent (`spec.global.logLevel`, `logAsJson`).
+pub(super) fn log_args(install: &Installation) -> Vec<String> {
+    let mut args = vec![format!("--log_output_level={}", install.global.log_level)];
+    if install.global.log_as_json {
+        args.push("--log_as_json".into());
+    }
+    args
+}
+
+fn workload<'a>(
+    install: &'a Installation,
+    name: &'a str,
+    selector: BTreeMap<String, String>,
+) -> Workload<'a> {
+    let mut labels = common::no_sidecar();
+    labels.insert("istio".into(), "pilot".into());
     let our_env = vec![
         env("REVISION", install.revision_label()),
         env("PILOT_CERT_PROVIDER", "istiod"),
@@ -230,7 +226,7 @@ fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> De
         // ServiceAccounts in any namespace; meshop deploys the gateways itself and keeps istiod
         // from writing workloads. istiod still programs Gateway API resources bound to them.
         env("PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER", "false"),
-        env("CLUSTER_ID", "Kubernetes"),
+        env("CLUSTER_ID", install.global.cluster_id.clone()),
         // meshop serves sidecar injection itself; istiod must not manage an injection webhook.
         env("INJECTION_WEBHOOK_CONFIG_NAME", ""),
         // Non-empty turns istiod's validation controller on. In the Istio versions meshop installs
@@ -264,23 +260,21 @@ fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> De
         timeout_seconds: Some(5),
         ..Default::default()
     };
+    let mut args: Vec<String> = vec!["discovery".into(), "--monitoringAddr=:15014".into()];
+    args.extend(log_args(install));
+    args.extend(
+        [
+            "--domain",
+            "cluster.local",
+            "--keepaliveMaxServerConnectionAge",
+            "30m",
+        ]
+        .map(String::from),
+    );
     let container = Container {
         name: "discovery".into(),
         image: Some(install.image("pilot")),
-        args: Some(
-            [
-                "discovery",
-                "--monitoringAddr=:15014",
-                "--log_output_level=default:info",
-                "--domain",
-                "cluster.local",
-                "--keepaliveMaxServerConnectionAge",
-                "30m",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ),
+        args: Some(args),
         ports: Some(
             [
                 ("http-debug", 8080),
@@ -298,15 +292,13 @@ fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> De
             })
             .collect(),
         ),
-        env: Some(with_user_env(our_env, settings)),
-        resources: Some(settings.resources.clone()),
+        env: Some(our_env),
         readiness_probe: Some(ready.clone()),
         startup_probe: Some(Probe {
             failure_threshold: Some(60),
             initial_delay_seconds: Some(0),
             ..ready
         }),
-        security_context: Some(hardened_container()),
         volume_mounts: Some(vec![
             mount("local-certs", "/var/run/secrets/istio-dns", false),
             mount("istio-token", "/var/run/secrets/tokens", true),
@@ -316,46 +308,26 @@ fn deployment(install: &Installation, selector: &BTreeMap<String, String>) -> De
         ]),
         ..Default::default()
     };
-    Deployment {
-        metadata: meta(install, C, &name),
-        spec: Some(DeploymentSpec {
-            replicas: common::replicas(settings),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                match_expressions: None,
-            },
-            // Never below the wanted capacity during a rollout: upgrades must not drop the control plane.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::String("100%".into())),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        ("prometheus.io/scrape".to_string(), "true".to_string()),
-                        ("prometheus.io/port".to_string(), "15014".to_string()),
-                        ("sidecar.istio.io/inject".to_string(), "false".to_string()),
-                    ])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.clone()),
-                    security_context: Some(hardened_pod(UID)),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    node_selector: settings.node_selector.clone(),
-                    tolerations: settings.tolerations.clone(),
-                    affinity: settings.affinity.clone(),
-                    priority_class_name: None,
-                    ..Default::default()
-                }),
-            },
+    Workload {
+        install,
+        component: C,
+        name,
+        namespace: &install.namespace,
+        settings: &install.istiod,
+        selector,
+        labels,
+        annotations: BTreeMap::from([
+            ("prometheus.io/scrape".to_string(), "true".to_string()),
+            ("prometheus.io/port".to_string(), "15014".to_string()),
+            ("sidecar.istio.io/inject".to_string(), "false".to_string()),
+        ]),
+        pod: PodSpec {
+            service_account_name: Some(name.into()),
+            security_context: Some(hardened_pod(UID)),
+            containers: vec![container],
+            volumes: Some(volumes),
             ..Default::default()
-        }),
-        status: None,
+        },
+        default_priority_class: None,
     }
 }

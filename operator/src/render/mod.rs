@@ -13,6 +13,7 @@ mod mesh;
 mod overlays;
 mod validation;
 mod webhook;
+mod workload;
 
 use std::fmt;
 
@@ -253,11 +254,8 @@ pub fn render_with_injector(
         objects.push(validation::render(install, install.revision.is_empty()));
         objects.extend(mesh::render(install));
     }
-    if install.ingress_gateway.enabled {
-        objects.extend(gateway::render(install, gateway::Kind::Ingress));
-    }
-    if install.egress_gateway.enabled {
-        objects.extend(gateway::render(install, gateway::Kind::Egress));
+    for g in install.gateways() {
+        objects.extend(gateway::render(install, &g));
     }
     if install.cni.enabled {
         objects.extend(cni::render(install));

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::common::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF};
 use super::{ComponentId, Rendered};
 use crate::api::{JsonPatchOp, Overlay};
-use crate::effective::Installation;
+use crate::effective::{GatewayKind, Installation};
 use crate::strategic_merge::{self, Schema};
 
 /// An overlay that does not apply: which one (its place in the spec), on which object, and why.
@@ -25,48 +25,119 @@ use crate::strategic_merge::{self, Schema};
 #[error("{path}.overlays[{index}] ({target}): {reason}")]
 pub struct OverlayError {
     /// The component's place in the spec, such as `components.istiod`.
-    pub path: &'static str,
+    pub path: String,
     pub index: usize,
     /// `Kind name`, or `Kind` when the overlay names no object.
     pub target: String,
     pub reason: String,
 }
 
-/// Where a component's overlays are in the spec, and the overlays themselves.
-fn overlays_of(install: &Installation, component: ComponentId) -> (&'static str, &[Overlay]) {
-    let (path, settings) = match component {
-        ComponentId::Istiod => ("components.istiod", &install.istiod),
-        ComponentId::IngressGateway => ("components.ingressGateway", &install.ingress_gateway),
-        ComponentId::EgressGateway => ("components.egressGateway", &install.egress_gateway),
-        ComponentId::Cni => ("components.cni", &install.cni),
-        ComponentId::Prometheus => ("components.addons.prometheus", &install.prometheus),
-        ComponentId::Grafana => ("components.addons.grafana", &install.grafana),
-        ComponentId::Kiali => ("components.addons.kiali", &install.kiali),
-        ComponentId::Jaeger => ("components.addons.jaeger", &install.jaeger),
-        // The namespace and Istio's CRDs are shared by every MeshInstall of the cluster: two
-        // MeshInstalls patching them differently would overwrite each other on every pass. The
-        // webhook registration has no spec of its own.
-        ComponentId::Base | ComponentId::Webhook => return ("", &[]),
-    };
-    (path, &settings.overlays)
+/// Where a set of overlays is in the spec, the overlays, and which rendered objects they may
+/// address: a component's, or for a gateway, that gateway's own (in its namespace, named after it).
+struct Scope<'a> {
+    path: String,
+    overlays: &'a [Overlay],
+    component: ComponentId,
+    /// (namespace, name) of a gateway: its objects all carry its name.
+    gateway: Option<(&'a str, &'a str)>,
+}
+
+impl Scope<'_> {
+    fn holds(&self, o: &Rendered) -> bool {
+        o.component == self.component
+            && self.gateway.is_none_or(|(namespace, name)| {
+                o.object.metadata.namespace.as_deref() == Some(namespace) && o.name() == name
+            })
+    }
+}
+
+/// Every set of overlays of `install`, by where it is in the spec.
+fn scopes(install: &Installation) -> Vec<Scope<'_>> {
+    let mut out = Vec::new();
+    for (component, path, settings) in [
+        (ComponentId::Istiod, "components.istiod", &install.istiod),
+        (ComponentId::Cni, "components.cni", &install.cni),
+        (
+            ComponentId::Prometheus,
+            "components.addons.prometheus",
+            &install.prometheus,
+        ),
+        (
+            ComponentId::Grafana,
+            "components.addons.grafana",
+            &install.grafana,
+        ),
+        (
+            ComponentId::Kiali,
+            "components.addons.kiali",
+            &install.kiali,
+        ),
+        (
+            ComponentId::Jaeger,
+            "components.addons.jaeger",
+            &install.jaeger,
+        ),
+    ] {
+        out.push(Scope {
+            path: path.to_string(),
+            overlays: &settings.overlays,
+            component,
+            gateway: None,
+        });
+    }
+    // The namespace and Istio's CRDs are shared by every MeshInstall of the cluster: two
+    // MeshInstalls patching them differently would overwrite each other on every pass. The
+    // webhook registration has no spec of its own. Both take no overlays.
+    for (kind, default, settings) in [
+        (
+            GatewayKind::Ingress,
+            "components.ingressGateway",
+            &install.ingress_gateway,
+        ),
+        (
+            GatewayKind::Egress,
+            "components.egressGateway",
+            &install.egress_gateway,
+        ),
+    ] {
+        out.push(Scope {
+            path: default.to_string(),
+            overlays: &settings.overlays,
+            component: super::gateway::component(kind),
+            gateway: Some((install.namespace.as_str(), kind.default_name())),
+        });
+    }
+    for g in &install.listed_gateways {
+        let list = match g.kind {
+            GatewayKind::Ingress => "components.ingressGateways",
+            GatewayKind::Egress => "components.egressGateways",
+        };
+        out.push(Scope {
+            path: format!("{list}[{}]", g.name),
+            overlays: &g.settings.overlays,
+            component: super::gateway::component(g.kind),
+            gateway: Some((g.namespace.as_str(), g.name.as_str())),
+        });
+    }
+    out
 }
 
 /// Applies the overlays of every component `objects` has (rendered and finished for `install`).
 /// A component that is not rendered (switched off, or not part of an older revision's control
 /// plane) ignores its overlays, as it ignores every other setting.
 pub(super) fn apply(install: &Installation, objects: &mut [Rendered]) -> Result<(), OverlayError> {
-    for component in ComponentId::ALL {
-        if !objects.iter().any(|o| o.component == component) {
+    for scope in scopes(install) {
+        if scope.overlays.is_empty() || !objects.iter().any(|o| scope.holds(o)) {
             continue;
         }
-        let (path, overlays) = overlays_of(install, component);
-        for (index, overlay) in overlays.iter().enumerate() {
+        let component = scope.component;
+        for (index, overlay) in scope.overlays.iter().enumerate() {
             let target = match &overlay.name {
                 Some(name) => format!("{} {name}", overlay.kind),
                 None => overlay.kind.clone(),
             };
             let fail = |reason: String| OverlayError {
-                path,
+                path: scope.path.clone(),
                 index,
                 target: target.clone(),
                 reason,
@@ -74,7 +145,7 @@ pub(super) fn apply(install: &Installation, objects: &mut [Rendered]) -> Result<
             let matching: Vec<usize> = objects
                 .iter()
                 .enumerate()
-                .filter(|(_, o)| o.component == component && o.kind() == overlay.kind)
+                .filter(|(_, o)| scope.holds(o) && o.kind() == overlay.kind)
                 .filter(|(_, o)| overlay.name.as_deref().is_none_or(|n| n == o.name()))
                 .map(|(i, _)| i)
                 .collect();
@@ -83,7 +154,7 @@ pub(super) fn apply(install: &Installation, objects: &mut [Rendered]) -> Result<
                 [] => {
                     let rendered: Vec<String> = objects
                         .iter()
-                        .filter(|o| o.component == component)
+                        .filter(|o| scope.holds(o))
                         .map(|o| format!("{} {}", o.kind(), o.name()))
                         .collect();
                     return Err(fail(format!(
@@ -382,6 +453,29 @@ mod tests {
 
     fn error(overlays: &str) -> String {
         render(&with_overlays(overlays)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_gateway_takes_its_own_overlays_only() {
+        let objects = render(&install(
+            "profile: minimal\ncomponents:\n  ingressGateway:\n    enabled: true\n    overlays: [{kind: Deployment, jsonPatch: [{op: replace, path: /spec/replicas, value: 4}]}]\n  ingressGateways:\n  - name: internal\n    overlays: [{kind: Deployment, jsonPatch: [{op: replace, path: /spec/replicas, value: 7}]}]\n  - name: public\n",
+        ))
+        .unwrap();
+        let replicas =
+            |name: &str| object(&objects, "Deployment", name)["spec"]["replicas"].clone();
+        assert_eq!(replicas("istio-ingressgateway"), 4);
+        assert_eq!(replicas("internal"), 7);
+        assert_eq!(replicas("public"), 1);
+        // A listed gateway's overlay cannot reach another gateway's objects.
+        let err = render(&install(
+            "profile: minimal\ncomponents:\n  ingressGateways:\n  - name: internal\n    overlays: [{kind: Service, name: public, strategicMerge: {spec: {type: NodePort}}}]\n  - name: public\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("components.ingressGateways[internal].overlays[0] (Service public): meshop renders no such object"),
+            "{err}"
+        );
     }
 
     #[test]
