@@ -60,14 +60,6 @@ pub struct Conversion {
 /// equivalent in meshop.
 const REASONS: &[(&str, &str)] = &[
     (
-        "spec.components.ztunnel",
-        "ambient mode (ztunnel) is not built in meshop yet",
-    ),
-    (
-        "spec.components.istiodRemote",
-        "multi-cluster (remote istiod) is not built in meshop yet",
-    ),
-    (
         "spec.installPackagePath",
         "meshop renders its own manifests; there are no charts to point at",
     ),
@@ -81,66 +73,27 @@ const REASONS: &[(&str, &str)] = &[
     ),
     (
         "spec.unvalidatedValues",
-        "free-form chart values have no meaning outside Istio's charts",
+        "free-form chart values have no meaning outside Istio's charts (Istio's own output does not change with them)",
     ),
     (
         "spec.values",
         "a Helm chart value meshop has no setting for",
     ),
     (
-        "spec.meshConfig",
-        "a mesh-wide setting meshop does not expose (spec.meshConfig has mtlsMode, accessLogging, traceSampling, trustDomain, outboundTrafficPolicy)",
+        "spec.values.sidecarInjectorWebhook.templates",
+        "meshop's injector runs Istio's built-in templates only",
     ),
     (
-        ".k8s.podAnnotations",
-        "meshop sets its components' pod annotations itself",
-    ),
-    (
-        ".k8s.priorityClassName",
-        "meshop does not set priority classes on components",
-    ),
-    (
-        ".k8s.strategy",
-        "meshop keeps its own rollout strategy (no outage during upgrades)",
-    ),
-    (
-        ".k8s.readinessProbe",
-        "meshop sets the probes Istio's binaries need",
-    ),
-    (
-        ".k8s.securityContext",
-        "meshop runs every component hardened and does not loosen it",
-    ),
-    (
-        ".k8s.overlays",
-        "patches of rendered objects are not supported: meshop would undo them on the next pass",
-    ),
-    (".k8s.volumes", "extra volumes are not supported"),
-    (".k8s.volumeMounts", "extra volumes are not supported"),
-    (
-        ".k8s.imagePullPolicy",
-        "meshop uses the image pull policy Kubernetes defaults to for tagged images",
-    ),
-    (
-        ".k8s.hpaSpec",
-        "only CPU autoscaling (min, max, target utilisation) is carried",
-    ),
-    (
-        ".k8s.service",
-        "only the Service's type and ports are carried",
-    ),
-    (".hub", "meshop uses one hub for every component (spec.hub)"),
-    (
-        ".tag",
-        "meshop runs one version for every component (spec.version)",
+        "spec.values.sidecarInjectorWebhook.defaultTemplates",
+        "meshop's injector runs Istio's built-in templates only",
     ),
     (
         ".namespace",
-        "meshop runs every component in the control-plane namespace (spec.namespace)",
+        "meshop runs this component in the control-plane namespace (spec.namespace)",
     ),
     (
-        ".label",
-        "meshop labels its gateways itself (app=istio-ingressgateway / istio-egressgateway)",
+        ".k8s",
+        "a Kubernetes setting meshop neither has a field for nor carries as an overlay",
     ),
     (
         "spec.components.pilot.k8s.service",
@@ -414,7 +367,10 @@ fn gateways(
                 default.insert(k, v);
             }
             if !overlays.is_empty() {
-                default.insert("overlays".into(), Value::Array(std::mem::take(&mut overlays)));
+                default.insert(
+                    "overlays".into(),
+                    Value::Array(std::mem::take(&mut overlays)),
+                );
             }
             format!("/components/{kind}Gateway")
         } else {
@@ -428,7 +384,10 @@ fn gateways(
             }
             entry.extend(std::mem::take(&mut converted));
             if !overlays.is_empty() {
-                entry.insert("overlays".into(), Value::Array(std::mem::take(&mut overlays)));
+                entry.insert(
+                    "overlays".into(),
+                    Value::Array(std::mem::take(&mut overlays)),
+                );
             }
             extra.push(Value::Object(entry));
             format!("/components/{kind}Gateways/{}", extra.len() - 1)
@@ -458,7 +417,9 @@ fn gateways(
 fn unsupported_topology(src: &Value) -> Option<String> {
     let profile = src.get("profile").and_then(Value::as_str).unwrap_or("");
     let get = |path: &str| -> Option<&Value> {
-        path.split('.').try_fold(src, |v, k| v.get(k)).filter(|v| !v.is_null())
+        path.split('.')
+            .try_fold(src, |v, k| v.get(k))
+            .filter(|v| !v.is_null())
     };
     let on = |path: &str| get(path).and_then(as_bool) == Some(true);
     let remote = if matches!(profile, "remote" | "external") {
@@ -579,7 +540,10 @@ fn k8s_overlays(
         overlays.push(json!({ "kind": objects.workload_kind, "name": objects.name,
                               "strategicMerge": { "spec": { key: strategy } } }));
     }
-    if gateway && let Some(rest) = take(src, "k8s.service").filter(|s| s.as_object().is_some_and(|m| !m.is_empty())) {
+    if gateway
+        && let Some(rest) =
+            take(src, "k8s.service").filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
+    {
         overlays.push(json!({ "kind": "Service", "name": objects.name,
                               "strategicMerge": { "spec": rest } }));
     }
@@ -608,7 +572,9 @@ fn image_overlay(
         .as_deref()
         .map(|v| format!("-{v}"))
         .unwrap_or_default();
-    overlays.push(objects.container(json!({ "image": format!("{hub}/{}:{tag}{variant}", objects.image) })));
+    overlays.push(
+        objects.container(json!({ "image": format!("{hub}/{}:{tag}{variant}", objects.image) })),
+    );
 }
 
 /// The images meshop would pull, for components that name their own hub or tag.
@@ -637,9 +603,7 @@ fn env_list(map: &Value) -> Value {
 
 /// Merges `add` into the component's `env` list, keeping what is there first.
 fn push_env(component: &mut Map<String, Value>, add: Value) {
-    let list = component
-        .entry("env")
-        .or_insert_with(|| json!([]));
+    let list = component.entry("env").or_insert_with(|| json!([]));
     if let (Some(list), Value::Array(add)) = (list.as_array_mut(), add) {
         for e in add {
             if !list.iter().any(|x| x.get("name") == e.get("name")) {
@@ -807,8 +771,21 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     if let Some(mut pilot) = take(&mut src, "components.pilot") {
         let objects = Objects::istiod(&revision);
         let mut overlays = Vec::new();
-        let mut c = component(&mut pilot, "spec.components.pilot", &objects, false, &mut overlays, &mut notes);
-        k8s_overlays(&mut pilot, "spec.components.pilot", &objects, false, &mut overlays);
+        let mut c = component(
+            &mut pilot,
+            "spec.components.pilot",
+            &objects,
+            false,
+            &mut overlays,
+            &mut notes,
+        );
+        k8s_overlays(
+            &mut pilot,
+            "spec.components.pilot",
+            &objects,
+            false,
+            &mut overlays,
+        );
         image_overlay(&mut pilot, &objects, &images, &mut overlays);
         if let Some(Value::Array(list)) = take(&mut pilot, "k8s.overlays") {
             for (i, overlay) in list.into_iter().enumerate() {
@@ -831,13 +808,25 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         }
     } else if images.variant.is_some() {
         let mut overlays = Vec::new();
-        image_overlay(&mut json!({}), &Objects::istiod(&revision), &images, &mut overlays);
+        image_overlay(
+            &mut json!({}),
+            &Objects::istiod(&revision),
+            &images,
+            &mut overlays,
+        );
         components.insert("istiod".into(), json!({ "overlays": overlays }));
     }
     if let Some(mut cni) = take(&mut src, "components.cni") {
         let objects = Objects::cni();
         let mut overlays = Vec::new();
-        let mut c = component(&mut cni, "spec.components.cni", &objects, false, &mut overlays, &mut notes);
+        let mut c = component(
+            &mut cni,
+            "spec.components.cni",
+            &objects,
+            false,
+            &mut overlays,
+            &mut notes,
+        );
         if c.get("enabled").and_then(Value::as_bool) == Some(true) {
             injection.insert("trafficCapture".into(), json!("cni"));
         }
@@ -851,7 +840,13 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
                 );
             }
         }
-        k8s_overlays(&mut cni, "spec.components.cni", &objects, false, &mut overlays);
+        k8s_overlays(
+            &mut cni,
+            "spec.components.cni",
+            &objects,
+            false,
+            &mut overlays,
+        );
         image_overlay(&mut cni, &objects, &images, &mut overlays);
         if let Some(Value::Array(list)) = take(&mut cni, "k8s.overlays") {
             for (i, overlay) in list.into_iter().enumerate() {
@@ -874,7 +869,10 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         }
     }
     // Istio's Helm-style switches for the default gateways.
-    for (key, kind) in [("istio-ingressgateway", "ingress"), ("istio-egressgateway", "egress")] {
+    for (key, kind) in [
+        ("istio-ingressgateway", "ingress"),
+        ("istio-egressgateway", "egress"),
+    ] {
         if let Some(enabled) = take(&mut src, &format!("values.gateways.{key}.enabled")) {
             object_mut(&mut components, &format!("{kind}Gateway"))
                 .insert("enabled".into(), json!(as_bool(&enabled)));
@@ -922,7 +920,10 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     if let Some(c) = take(&mut src, "values.global.proxy.concurrency") {
         proxy.insert("concurrency".into(), c);
     }
-    if let Some(hold) = take(&mut src, "values.global.proxy.holdApplicationUntilProxyStarts") {
+    if let Some(hold) = take(
+        &mut src,
+        "values.global.proxy.holdApplicationUntilProxyStarts",
+    ) {
         proxy.insert("holdApplicationUntilProxyStarts".into(), hold);
     }
     if let Some(r) = take(&mut src, "values.global.proxy.resources") {
@@ -952,7 +953,11 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|s| s.as_str().or_else(|| s.get("name")?.as_str()).map(|n| json!(n)))
+            .filter_map(|s| {
+                s.as_str()
+                    .or_else(|| s.get("name")?.as_str())
+                    .map(|n| json!(n))
+            })
             .collect();
         global.insert("imagePullSecrets".into(), Value::Array(names));
     }
@@ -960,12 +965,51 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     let default_tolerations = take(&mut src, "values.global.defaultTolerations");
     let default_node_selector = take(&mut src, "values.global.defaultNodeSelector");
 
+    // The injector's native-sidecar switch is meshop's injection.sidecarMode.
+    if let Some(native) = take(&mut src, "values.pilot.env.ENABLE_NATIVE_SIDECARS") {
+        let mode = match native.as_str().unwrap_or_default() {
+            "true" => Some("native"),
+            "false" => Some("classic"),
+            "auto" => Some("auto"),
+            _ => as_bool(&native).map(|b| if b { "native" } else { "classic" }),
+        };
+        match mode {
+            Some(m) => {
+                injection.insert("sidecarMode".into(), json!(m));
+            }
+            None => notes.add(
+                "spec.values.pilot.env.ENABLE_NATIVE_SIDECARS",
+                native,
+                "expected true, false or auto",
+            ),
+        }
+    }
+    // meshop's injector always rewrites app probes unless a pod says otherwise.
+    if let Some(rewrite) = take(
+        &mut src,
+        "values.sidecarInjectorWebhook.rewriteAppHTTPProbe",
+    ) && as_bool(&rewrite) != Some(true)
+    {
+        notes.add(
+            "spec.values.sidecarInjectorWebhook.rewriteAppHTTPProbe",
+            rewrite,
+            "meshop always rewrites app probes; turn it off per pod with the sidecar.istio.io/rewriteAppHTTPProbers annotation",
+        );
+    }
     // values.pilot: istiod's chart values.
     let mut pilot_values = take(&mut src, "values.pilot").unwrap_or_else(|| json!({}));
     {
         let istiod = object_mut(&mut components, "istiod");
         let objects = Objects::istiod(&revision);
-        for key in ["resources", "nodeSelector", "tolerations", "affinity", "podAnnotations", "podLabels", "priorityClassName"] {
+        for key in [
+            "resources",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "podAnnotations",
+            "podLabels",
+            "priorityClassName",
+        ] {
             if let Some(v) = take(&mut pilot_values, key) {
                 istiod.entry(key).or_insert(v);
             }
@@ -1031,9 +1075,19 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             image_src["tag"] = t;
         }
         if image_src.as_object().is_some_and(|m| !m.is_empty())
-            && !istiod.get("overlays").is_some_and(|o| o.to_string().contains("\"image\""))
+            && !istiod
+                .get("overlays")
+                .is_some_and(|o| o.to_string().contains("\"image\""))
         {
-            image_overlay(&mut image_src, &objects, &ImageDefaults { variant: None, ..images_clone(&images) }, &mut overlays);
+            image_overlay(
+                &mut image_src,
+                &objects,
+                &ImageDefaults {
+                    variant: None,
+                    ..images_clone(&images)
+                },
+                &mut overlays,
+            );
         }
         if !overlays.is_empty() {
             let list = istiod.entry("overlays").or_insert_with(|| json!([]));
@@ -1066,24 +1120,6 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     if let Some(enabled) = take(&mut src, "values.sidecarInjectorWebhook.enabled") {
         injection.insert("enabled".into(), json!(as_bool(&enabled)));
     }
-    if let Some(native) = take(&mut src, "values.pilot.env.ENABLE_NATIVE_SIDECARS") {
-        let mode = match native.as_str().unwrap_or_default() {
-            "true" => Some("native"),
-            "false" => Some("classic"),
-            "auto" => Some("auto"),
-            _ => as_bool(&native).map(|b| if b { "native" } else { "classic" }),
-        };
-        match mode {
-            Some(m) => {
-                injection.insert("sidecarMode".into(), json!(m));
-            }
-            None => notes.add(
-                "spec.values.pilot.env.ENABLE_NATIVE_SIDECARS",
-                native,
-                "expected true, false or auto",
-            ),
-        }
-    }
     // The pre-1.8 spelling of the CNI component.
     if let Some(cni) = take(&mut src, "values.istio_cni.enabled")
         && as_bool(&cni) == Some(true)
@@ -1115,6 +1151,7 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         notes.add(&path, value, r);
     }
 
+    check_tolerations(&mut components)?;
     if !addons.is_empty() {
         components.insert("addons".into(), Value::Object(addons));
     }
@@ -1160,8 +1197,44 @@ fn images_clone(i: &ImageDefaults) -> ImageDefaults {
     }
 }
 
+/// Kubernetes reads tolerations strictly (kubectl refuses an unknown field), and so does
+/// istioctl: a toleration with a field Kubernetes does not have is an error, not a setting
+/// to drop quietly.
+fn check_tolerations(components: &mut Map<String, Value>) -> Result<()> {
+    const FIELDS: [&str; 5] = ["key", "operator", "value", "effect", "tolerationSeconds"];
+    let mut bad = None;
+    let mut check = |c: &mut Map<String, Value>| {
+        for t in c
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(field) = t
+                .as_object()
+                .and_then(|m| m.keys().find(|k| !FIELDS.contains(&k.as_str())))
+            {
+                bad.get_or_insert_with(|| field.clone());
+            }
+        }
+    };
+    for_each_workload(components, &mut check);
+    if let Some(Value::Object(cni)) = components.get_mut("cni") {
+        check(cni);
+    }
+    match bad {
+        Some(field) => bail!(
+            "a toleration has the field {field:?}, which Kubernetes' Toleration does not have (key, operator, value, effect, tolerationSeconds)"
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Calls `f` on istiod's and every gateway's settings in the converted components.
-fn for_each_workload(components: &mut Map<String, Value>, mut f: impl FnMut(&mut Map<String, Value>)) {
+fn for_each_workload(
+    components: &mut Map<String, Value>,
+    mut f: impl FnMut(&mut Map<String, Value>),
+) {
     for key in ["istiod", "ingressGateway", "egressGateway"] {
         if let Some(Value::Object(c)) = components.get_mut(key) {
             f(c);
@@ -1190,8 +1263,18 @@ fn carry_overlays(
         .context("the converted MeshInstall would be refused")?;
     let rendered = crate::render::render(&install);
     for p in pending {
-        let kind = p.overlay.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-        let name = p.overlay.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let kind = p
+            .overlay
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = p
+            .overlay
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let Some(object) = rendered.iter().find(|r| {
             r.resource.kind == kind && r.object.metadata.name.as_deref() == Some(name.as_str())
         }) else {
@@ -1206,7 +1289,8 @@ fn carry_overlays(
             crate::render::ComponentId::Istiod => "/components/istiod".to_string(),
             crate::render::ComponentId::Base => "/components/base".to_string(),
             crate::render::ComponentId::Cni => "/components/cni".to_string(),
-            crate::render::ComponentId::IngressGateway | crate::render::ComponentId::EgressGateway => p.at.clone(),
+            crate::render::ComponentId::IngressGateway
+            | crate::render::ComponentId::EgressGateway => p.at.clone(),
             other => {
                 notes.add(
                     &p.path,
@@ -1218,7 +1302,12 @@ fn carry_overlays(
         };
         let value = serde_json::to_value(&object.object).unwrap_or_default();
         let mut ops = Vec::new();
-        let patches = p.overlay.get("patches").and_then(Value::as_array).cloned().unwrap_or_default();
+        let patches = p
+            .overlay
+            .get("patches")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         for (i, patch) in patches.iter().enumerate() {
             let path = patch.get("path").and_then(Value::as_str).unwrap_or("");
             match paths::json_patch(&value, path, patch.get("value")) {
@@ -1230,7 +1319,11 @@ fn carry_overlays(
             continue;
         }
         let Some(component) = pointer_object(spec, &at) else {
-            notes.add(&p.path, p.overlay, "the component it patches is not in the converted spec");
+            notes.add(
+                &p.path,
+                p.overlay,
+                "the component it patches is not in the converted spec",
+            );
             continue;
         };
         let list = component.entry("overlays").or_insert_with(|| json!([]));
@@ -1310,7 +1403,9 @@ pub fn convert_files(
         }
     }
     if helm_spec.is_some() && !operators.is_empty() {
-        bail!("give IstioOperators or Helm values files, not both: a Helm-installed mesh is converted from its values files together");
+        bail!(
+            "give IstioOperators or Helm values files, not both: a Helm-installed mesh is converted from its values files together"
+        );
     }
     if let Some(mut spec) = helm_spec {
         // A Helm-installed mesh has what its releases install: no profile's gateways or addons.
@@ -1330,10 +1425,18 @@ pub fn convert_files(
         let mut conversion = convert(&doc, name).with_context(|| at.clone())?;
         // Names must differ for the MeshInstalls to live side by side.
         if several {
-            let base = conversion.mesh_install.metadata.name.clone().unwrap_or_default();
+            let base = conversion
+                .mesh_install
+                .metadata
+                .name
+                .clone()
+                .unwrap_or_default();
             let mut candidate = base.clone();
             let mut n = 2;
-            while out.iter().any(|c| c.mesh_install.metadata.name.as_deref() == Some(&candidate)) {
+            while out
+                .iter()
+                .any(|c| c.mesh_install.metadata.name.as_deref() == Some(&candidate))
+            {
                 candidate = format!("{base}-{n}");
                 n += 1;
             }
@@ -1432,13 +1535,10 @@ mod tests {
 
     #[test]
     fn reasons_match_the_longest_prefix() {
-        assert!(reason("spec.components.ztunnel.enabled").contains("ambient"));
-        assert!(reason("spec.components.pilot.k8s.priorityClassName").contains("priority"));
-        assert!(reason("spec.values.global.logging.level").contains("chart value"));
-        assert!(
-            reason("spec.components.ingressGateways[x].k8s.service.externalTrafficPolicy")
-                .contains("type and ports")
-        );
+        assert!(reason("spec.components.cni.namespace").contains("control-plane namespace"));
+        assert!(reason("spec.components.pilot.k8s.service.x").contains("istiod's Service"));
+        assert!(reason("spec.values.global.foo").contains("chart value"));
+        assert!(reason("spec.values.sidecarInjectorWebhook.templates.x").contains("built-in"));
         assert_eq!(
             reason("spec.somethingNew"),
             "meshop has no equivalent setting"

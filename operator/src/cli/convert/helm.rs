@@ -108,8 +108,20 @@ pub fn to_operator_spec(chart: Chart, mut values: Value) -> Value {
         }
         Chart::Cni => {
             let mut cni = json!({ "enabled": true });
-            for key in ["resources", "tolerations", "nodeSelector", "affinity", "podAnnotations", "priorityClassName"] {
-                carry(&mut values, &format!("cni.{key}"), &mut cni, &format!("k8s.{key}"));
+            for key in [
+                "resources",
+                "tolerations",
+                "nodeSelector",
+                "affinity",
+                "podAnnotations",
+                "priorityClassName",
+            ] {
+                carry(
+                    &mut values,
+                    &format!("cni.{key}"),
+                    &mut cni,
+                    &format!("k8s.{key}"),
+                );
             }
             super::take(&mut values, "cni.enabled");
             set(&mut spec, "components.cni", cni);
@@ -136,9 +148,15 @@ pub fn to_operator_spec(chart: Chart, mut values: Value) -> Value {
                 ("service.annotations", "k8s.serviceAnnotations"),
                 ("service.type", "k8s.service.type"),
                 ("service.ports", "k8s.service.ports"),
-                ("service.externalTrafficPolicy", "k8s.service.externalTrafficPolicy"),
+                (
+                    "service.externalTrafficPolicy",
+                    "k8s.service.externalTrafficPolicy",
+                ),
                 ("service.loadBalancerIP", "k8s.service.loadBalancerIP"),
-                ("service.loadBalancerSourceRanges", "k8s.service.loadBalancerSourceRanges"),
+                (
+                    "service.loadBalancerSourceRanges",
+                    "k8s.service.loadBalancerSourceRanges",
+                ),
             ] {
                 carry(&mut values, from, &mut g, to);
             }
@@ -168,7 +186,11 @@ pub fn to_operator_spec(chart: Chart, mut values: Value) -> Value {
             carry(&mut values, "revision", &mut spec, "revision");
             // Istio's gateway chart is one chart for both directions; its labels say which.
             let egress = g.pointer("/label/istio").and_then(Value::as_str) == Some("egressgateway");
-            let key = if egress { "egressGateways" } else { "ingressGateways" };
+            let key = if egress {
+                "egressGateways"
+            } else {
+                "ingressGateways"
+            };
             set(&mut spec, &format!("components.{key}"), json!([g]));
             if values.as_object().is_some_and(|m| !m.is_empty()) {
                 spec["values"] = json!({ "gateway": values });
@@ -207,11 +229,22 @@ mod tests {
 
     #[test]
     fn charts_are_told_by_their_keys() {
-        assert_eq!(Chart::detect(&json!({ "pilot": {} })).unwrap(), Chart::Istiod);
-        assert_eq!(Chart::detect(&json!({ "service": {}, "name": "x" })).unwrap(), Chart::Gateway);
+        assert_eq!(
+            Chart::detect(&json!({ "pilot": {} })).unwrap(),
+            Chart::Istiod
+        );
+        assert_eq!(
+            Chart::detect(&json!({ "service": {}, "name": "x" })).unwrap(),
+            Chart::Gateway
+        );
         assert_eq!(Chart::detect(&json!({ "cni": {} })).unwrap(), Chart::Cni);
-        assert_eq!(Chart::detect(&json!({ "defaultRevision": "" })).unwrap(), Chart::Base);
-        let err = Chart::detect(&json!({ "global": {} })).unwrap_err().to_string();
+        assert_eq!(
+            Chart::detect(&json!({ "defaultRevision": "" })).unwrap(),
+            Chart::Base
+        );
+        let err = Chart::detect(&json!({ "global": {} }))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--chart"), "{err}");
     }
 
@@ -235,8 +268,14 @@ mod tests {
     #[test]
     fn gateway_lists_of_several_files_add_up() {
         let mut a = json!({ "components": { "ingressGateways": [{ "name": "a" }] } });
-        merge(&mut a, json!({ "components": { "ingressGateways": [{ "name": "b" }], "pilot": { "enabled": true } } }));
-        assert_eq!(a["components"]["ingressGateways"].as_array().unwrap().len(), 2);
+        merge(
+            &mut a,
+            json!({ "components": { "ingressGateways": [{ "name": "b" }], "pilot": { "enabled": true } } }),
+        );
+        assert_eq!(
+            a["components"]["ingressGateways"].as_array().unwrap().len(),
+            2
+        );
         assert_eq!(a["components"]["pilot"]["enabled"], true);
     }
 }

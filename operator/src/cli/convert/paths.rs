@@ -131,7 +131,9 @@ pub fn json_patch(object: &Value, path: &str, value: Option<&Value>) -> Result<V
         pointer.push('/');
         pointer.push_str(&token);
         if i < last && next.is_none() {
-            return Err(format!("{path}: meshop's object has nothing at {pointer:?}"));
+            return Err(format!(
+                "{path}: meshop's object has nothing at {pointer:?}"
+            ));
         }
         node = next;
     }
@@ -211,7 +213,9 @@ mod tests {
         let op = json_patch(
             &d,
             "spec.template.spec.containers.[name:discovery].env.[name:POD_NAMESPACE].valueFrom",
-            Some(&json!("fieldRef:\n  apiVersion: v2\n  fieldPath: metadata.myPath\n")),
+            Some(&json!(
+                "fieldRef:\n  apiVersion: v2\n  fieldPath: metadata.myPath\n"
+            )),
         )
         .unwrap();
         assert_eq!(op["value"]["fieldRef"]["fieldPath"], "metadata.myPath");
@@ -236,7 +240,8 @@ mod tests {
 
     #[test]
     fn escaped_dots_stay_inside_a_selector() {
-        let mwc = json!({ "webhooks": [{ "name": "namespace.sidecar-injector.istio.io", "x": 1 }] });
+        let mwc =
+            json!({ "webhooks": [{ "name": "namespace.sidecar-injector.istio.io", "x": 1 }] });
         assert_eq!(
             json_patch(
                 &mwc,
