@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::Outcome;
@@ -16,16 +16,25 @@ use super::cluster::Output;
 use crate::api::{MeshInstall, MeshInstallSpec};
 use crate::effective::{Installation, Owner};
 
+pub mod helm;
+mod paths;
+
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
-    /// The IstioOperator YAML ('-' for standard input).
-    #[arg(short = 'f', long = "filename")]
-    pub file: PathBuf,
+    /// An IstioOperator YAML file (one MeshInstall per IstioOperator document), or values files
+    /// of Istio's Helm charts (all given together make one MeshInstall); '-' for standard input.
+    /// Repeat for several files.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The Helm chart the values files are for, when their keys do not tell.
+    #[arg(long, value_enum)]
+    pub chart: Option<helm::Chart>,
     /// The MeshInstall's name (default: the IstioOperator's).
     #[arg(long)]
     pub name: Option<String>,
     /// Output format: text is the MeshInstall as YAML with what was not carried as comments
-    /// above it (still valid YAML for kubectl); json and yaml give both as data.
+    /// above it (still valid YAML for kubectl); json and yaml give both as data (a list when
+    /// there are several MeshInstalls).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -51,14 +60,6 @@ pub struct Conversion {
 /// equivalent in meshop.
 const REASONS: &[(&str, &str)] = &[
     (
-        "spec.components.ztunnel",
-        "ambient mode (ztunnel) is not built in meshop yet",
-    ),
-    (
-        "spec.components.istiodRemote",
-        "multi-cluster (remote istiod) is not built in meshop yet",
-    ),
-    (
         "spec.installPackagePath",
         "meshop renders its own manifests; there are no charts to point at",
     ),
@@ -72,66 +73,27 @@ const REASONS: &[(&str, &str)] = &[
     ),
     (
         "spec.unvalidatedValues",
-        "free-form chart values have no meaning outside Istio's charts",
+        "free-form chart values have no meaning outside Istio's charts (Istio's own output does not change with them)",
     ),
     (
         "spec.values",
         "a Helm chart value meshop has no setting for",
     ),
     (
-        "spec.meshConfig",
-        "a mesh-wide setting meshop does not expose (spec.meshConfig has mtlsMode, accessLogging, traceSampling, trustDomain, outboundTrafficPolicy)",
+        "spec.values.sidecarInjectorWebhook.templates",
+        "meshop's injector runs Istio's built-in templates only",
     ),
     (
-        ".k8s.podAnnotations",
-        "meshop sets its components' pod annotations itself",
-    ),
-    (
-        ".k8s.priorityClassName",
-        "meshop does not set priority classes on components",
-    ),
-    (
-        ".k8s.strategy",
-        "meshop keeps its own rollout strategy (no outage during upgrades)",
-    ),
-    (
-        ".k8s.readinessProbe",
-        "meshop sets the probes Istio's binaries need",
-    ),
-    (
-        ".k8s.securityContext",
-        "meshop runs every component hardened and does not loosen it",
-    ),
-    (
-        ".k8s.overlays",
-        "patches of rendered objects are not supported: meshop would undo them on the next pass",
-    ),
-    (".k8s.volumes", "extra volumes are not supported"),
-    (".k8s.volumeMounts", "extra volumes are not supported"),
-    (
-        ".k8s.imagePullPolicy",
-        "meshop uses the image pull policy Kubernetes defaults to for tagged images",
-    ),
-    (
-        ".k8s.hpaSpec",
-        "only CPU autoscaling (min, max, target utilisation) is carried",
-    ),
-    (
-        ".k8s.service",
-        "only the Service's type and ports are carried",
-    ),
-    (".hub", "meshop uses one hub for every component (spec.hub)"),
-    (
-        ".tag",
-        "meshop runs one version for every component (spec.version)",
+        "spec.values.sidecarInjectorWebhook.defaultTemplates",
+        "meshop's injector runs Istio's built-in templates only",
     ),
     (
         ".namespace",
-        "meshop runs every component in the control-plane namespace (spec.namespace)",
+        "meshop runs this component in the control-plane namespace (spec.namespace)",
     ),
     (
-        ".label",
-        "meshop labels its gateways itself (app=istio-ingressgateway / istio-egressgateway)",
+        ".k8s",
+        "a Kubernetes setting meshop neither has a field for nor carries as an overlay",
     ),
     (
         "spec.components.pilot.k8s.service",
@@ -234,7 +196,14 @@ fn hpa_cpu_target(hpa: &Value) -> Option<i64> {
 
 /// Converts one component's `enabled` and `k8s` (taken out of `src`, at `path`) into meshop's
 /// component overrides. `gateway` carries the Service's type and ports.
-fn component(src: &mut Value, path: &str, gateway: bool, notes: &mut Notes) -> Map<String, Value> {
+fn component(
+    src: &mut Value,
+    path: &str,
+    objects: &Objects,
+    gateway: bool,
+    overlays: &mut Vec<Value>,
+    notes: &mut Notes,
+) -> Map<String, Value> {
     let mut out = Map::new();
     if let Some(enabled) = take(src, "enabled") {
         match as_bool(&enabled) {
@@ -253,6 +222,9 @@ fn component(src: &mut Value, path: &str, gateway: bool, notes: &mut Notes) -> M
         ("tolerations", "tolerations"),
         ("affinity", "affinity"),
         ("env", "env"),
+        ("podAnnotations", "podAnnotations"),
+        ("priorityClassName", "priorityClassName"),
+        ("imagePullPolicy", "imagePullPolicy"),
     ] {
         if let Some(v) = take(src, &format!("k8s.{from}")) {
             out.insert(to.into(), v);
@@ -269,7 +241,17 @@ fn component(src: &mut Value, path: &str, gateway: bool, notes: &mut Notes) -> M
         }
         if let Some(target) = hpa_cpu_target(&hpa) {
             autoscale.insert("targetCPUUtilizationPercentage".into(), json!(target));
-            take(&mut hpa, "metrics");
+        }
+        // Metrics other than CPU go onto meshop's autoscaler as they are.
+        if let Some(Value::Array(metrics)) = take(&mut hpa, "metrics") {
+            let ops: Vec<Value> = metrics
+                .iter()
+                .filter(|m| m.pointer("/resource/name").and_then(Value::as_str) != Some("cpu"))
+                .map(|m| json!({ "op": "add", "path": "/spec/metrics/-", "value": hpa_v2_metric(m) }))
+                .collect();
+            if !ops.is_empty() {
+                overlays.push(json!({ "kind": "HorizontalPodAutoscaler", "name": objects.name, "jsonPatch": ops }));
+            }
         }
         // meshop points the autoscaler at its own Deployment.
         take(&mut hpa, "scaleTargetRef");
@@ -328,60 +310,323 @@ fn component(src: &mut Value, path: &str, gateway: bool, notes: &mut Notes) -> M
     out
 }
 
-/// Carries a gateway list: the gateway named `istio-<kind>gateway` (or else the first) becomes
-/// meshop's one gateway of that kind; the others are not carried.
+/// Carries a gateway list: the gateway named `istio-<kind>gateway` is meshop's default gateway
+/// of that kind (`components.<kind>Gateway`); every other one is an entry of
+/// `components.<kind>Gateways`, with its name, namespace and labels.
+#[allow(clippy::too_many_arguments)]
 fn gateways(
     list: Option<Value>,
     kind: &str,
     path: &str,
+    mesh_namespace: Option<&str>,
+    images: &ImageDefaults,
+    components: &mut Map<String, Value>,
+    pending: &mut Vec<PendingOverlay>,
     notes: &mut Notes,
-) -> Option<Map<String, Value>> {
-    let mut list = match list? {
-        Value::Array(items) => items,
-        other => {
+) {
+    let list = match list {
+        None => return,
+        Some(Value::Array(items)) => items,
+        Some(other) => {
             notes.add(path, other, "not a list of gateways");
-            return None;
+            return;
         }
     };
     let standard = format!("istio-{kind}gateway");
-    let chosen = list
-        .iter()
-        .position(|g| g.get("name").and_then(Value::as_str) == Some(&standard))
-        .unwrap_or(0);
-    let mut out = None;
-    for (i, mut gateway) in list.drain(..).enumerate() {
-        let name = gateway
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+    let mesh_namespace = mesh_namespace.unwrap_or(crate::api::DEFAULT_NAMESPACE);
+    let mut extra = Vec::new();
+    for mut gateway in list {
+        let name = take(&mut gateway, "name")
+            .and_then(|n| n.as_str().map(str::to_string))
+            .unwrap_or_else(|| standard.clone());
         let at = format!("{path}[{name}]");
-        if i != chosen {
-            notes.add(
-                &at,
-                gateway,
-                format!("meshop runs one {kind} gateway ({standard}); add others as your own Deployments"),
-            );
-            continue;
+        let objects = Objects::gateway(&name);
+        let mut overlays = Vec::new();
+        let mut converted = component(&mut gateway, &at, &objects, true, &mut overlays, notes);
+        k8s_overlays(&mut gateway, &at, &objects, true, &mut overlays);
+        image_overlay(&mut gateway, &objects, images, &mut overlays);
+        let namespace = take(&mut gateway, "namespace")
+            .and_then(|n| n.as_str().map(str::to_string))
+            .filter(|n| n != mesh_namespace);
+        let labels = take(&mut gateway, "label");
+        let pointer = if name == standard {
+            if let Some(ns) = namespace {
+                notes.add(
+                    &format!("{at}.namespace"),
+                    json!(ns),
+                    format!("meshop runs its default {kind} gateway in the mesh's namespace; name it differently to run it elsewhere"),
+                );
+            }
+            if let Some(labels) = labels {
+                // Gateway resources select pods by label; the default gateway keeps its selector.
+                converted.insert("podLabels".into(), labels);
+            }
+            // Istio's default profile enables its ingress gateway; the list entry decides now.
+            let default = object_mut(components, &format!("{kind}Gateway"));
+            for (k, v) in std::mem::take(&mut converted) {
+                default.insert(k, v);
+            }
+            if !overlays.is_empty() {
+                default.insert(
+                    "overlays".into(),
+                    Value::Array(std::mem::take(&mut overlays)),
+                );
+            }
+            format!("/components/{kind}Gateway")
+        } else {
+            let mut entry = Map::new();
+            entry.insert("name".into(), json!(name));
+            if let Some(ns) = namespace {
+                entry.insert("namespace".into(), json!(ns));
+            }
+            if let Some(labels) = labels {
+                entry.insert("labels".into(), labels);
+            }
+            entry.extend(std::mem::take(&mut converted));
+            if !overlays.is_empty() {
+                entry.insert(
+                    "overlays".into(),
+                    Value::Array(std::mem::take(&mut overlays)),
+                );
+            }
+            extra.push(Value::Object(entry));
+            format!("/components/{kind}Gateways/{}", extra.len() - 1)
+        };
+        if let Some(Value::Array(list)) = take(&mut gateway, "k8s.overlays") {
+            for (i, overlay) in list.into_iter().enumerate() {
+                pending.push(PendingOverlay {
+                    at: pointer.clone(),
+                    path: format!("{at}.k8s.overlays[{i}]"),
+                    overlay,
+                });
+            }
         }
-        take(&mut gateway, "name");
-        if name != standard && !name.is_empty() {
-            notes.add(
-                &format!("{at}.name"),
-                json!(name),
-                format!("meshop names its {kind} gateway {standard}"),
-            );
-        }
-        let converted = component(&mut gateway, &at, true, notes);
         let mut rest = Vec::new();
         leaves(&at, &gateway, &mut rest);
         for (p, v) in rest {
             let r = reason(&p);
             notes.add(&p, v, r);
         }
-        out = Some(converted);
     }
-    out
+    if !extra.is_empty() {
+        components.insert(format!("{kind}Gateways"), Value::Array(extra));
+    }
+}
+
+/// Why an input describes a control plane meshop does not install, if it does.
+fn unsupported_topology(src: &Value) -> Option<String> {
+    let profile = src.get("profile").and_then(Value::as_str).unwrap_or("");
+    let get = |path: &str| -> Option<&Value> {
+        path.split('.')
+            .try_fold(src, |v, k| v.get(k))
+            .filter(|v| !v.is_null())
+    };
+    let on = |path: &str| get(path).and_then(as_bool) == Some(true);
+    let remote = if matches!(profile, "remote" | "external") {
+        Some(format!("profile {profile}"))
+    } else if on("components.istiodRemote.enabled") {
+        Some("components.istiodRemote".into())
+    } else if get("values.istiodRemote").is_some() {
+        Some("values.istiodRemote".into())
+    } else if get("values.global.remotePilotAddress").is_some() {
+        Some("values.global.remotePilotAddress".into())
+    } else if on("values.global.externalIstiod") || on("values.global.configCluster") {
+        Some("values.global.externalIstiod / configCluster".into())
+    } else {
+        None
+    };
+    if let Some(what) = remote {
+        return Some(format!(
+            "a remote or external control plane ({what}): meshop installs a cluster's own control plane only; multi-cluster remote and external istiod are not supported"
+        ));
+    }
+    let ztunnel = profile == "ambient" || on("components.ztunnel.enabled");
+    ztunnel.then(|| {
+        "ambient mode (ztunnel): meshop does not install ambient meshes yet; converting would silently turn it into a sidecar mesh".to_string()
+    })
+}
+
+/// The objects meshop renders for one component, for turning Kubernetes settings meshop has no
+/// field for into overlays on them.
+#[derive(Clone, Debug)]
+struct Objects {
+    /// Deployment or DaemonSet.
+    workload_kind: &'static str,
+    name: String,
+    container: &'static str,
+    /// The image's repository name under the hub (pilot, proxyv2, install-cni).
+    image: &'static str,
+}
+
+impl Objects {
+    fn istiod(revision: &str) -> Objects {
+        Objects {
+            workload_kind: "Deployment",
+            name: format!("istiod{}", crate::revision::suffix(revision)),
+            container: "discovery",
+            image: "pilot",
+        }
+    }
+    fn gateway(name: &str) -> Objects {
+        Objects {
+            workload_kind: "Deployment",
+            name: name.to_string(),
+            container: "istio-proxy",
+            image: "proxyv2",
+        }
+    }
+    fn cni() -> Objects {
+        Objects {
+            workload_kind: "DaemonSet",
+            name: "istio-cni-node".into(),
+            container: "install-cni",
+            image: "install-cni",
+        }
+    }
+
+    fn pod(&self, patch: Value) -> Value {
+        json!({ "kind": self.workload_kind, "name": self.name,
+                "strategicMerge": { "spec": { "template": { "spec": patch } } } })
+    }
+    fn container(&self, patch: Value) -> Value {
+        let mut c = json!({ "name": self.container });
+        if let (Some(c), Value::Object(p)) = (c.as_object_mut(), patch) {
+            c.extend(p);
+        }
+        self.pod(json!({ "containers": [c] }))
+    }
+}
+
+/// An HPA metric in the autoscaling/v2 shape (Istio accepts v2beta1's too and converts it).
+fn hpa_v2_metric(m: &Value) -> Value {
+    let mut m = m.clone();
+    if let Some(resource) = m.get_mut("resource").and_then(Value::as_object_mut)
+        && let Some(target) = resource.remove("targetAverageUtilization")
+    {
+        resource.insert(
+            "target".into(),
+            json!({ "type": "Utilization", "averageUtilization": target }),
+        );
+    }
+    m
+}
+
+/// Kubernetes settings of a component meshop has no field for, as overlays on its objects.
+fn k8s_overlays(
+    src: &mut Value,
+    path: &str,
+    objects: &Objects,
+    gateway: bool,
+    overlays: &mut Vec<Value>,
+) {
+    if let Some(probe) = take(src, "k8s.readinessProbe") {
+        overlays.push(objects.container(json!({ "readinessProbe": probe })));
+    }
+    if let Some(sc) = take(src, "k8s.securityContext") {
+        overlays.push(objects.pod(json!({ "securityContext": sc })));
+    }
+    if let Some(volumes) = take(src, "k8s.volumes") {
+        overlays.push(objects.pod(json!({ "volumes": volumes })));
+    }
+    if let Some(mounts) = take(src, "k8s.volumeMounts") {
+        overlays.push(objects.container(json!({ "volumeMounts": mounts })));
+    }
+    if let Some(strategy) = take(src, "k8s.strategy") {
+        let key = if objects.workload_kind == "DaemonSet" {
+            "updateStrategy"
+        } else {
+            "strategy"
+        };
+        overlays.push(json!({ "kind": objects.workload_kind, "name": objects.name,
+                              "strategicMerge": { "spec": { key: strategy } } }));
+    }
+    if gateway
+        && let Some(rest) =
+            take(src, "k8s.service").filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
+    {
+        overlays.push(json!({ "kind": "Service", "name": objects.name,
+                              "strategicMerge": { "spec": rest } }));
+    }
+    let _ = path;
+}
+
+/// The hub and tag a component's own image is pulled from, when the input names one.
+fn image_overlay(
+    src: &mut Value,
+    objects: &Objects,
+    global: &ImageDefaults,
+    overlays: &mut Vec<Value>,
+) {
+    let hub = take(src, "hub").and_then(|h| h.as_str().map(str::to_string));
+    let tag = take(src, "tag").map(|t| match t {
+        Value::String(s) => s,
+        other => other.to_string(),
+    });
+    if hub.is_none() && tag.is_none() && global.variant.is_none() {
+        return;
+    }
+    let hub = hub.unwrap_or_else(|| global.hub.clone());
+    let tag = tag.unwrap_or_else(|| global.tag.clone());
+    let variant = global
+        .variant
+        .as_deref()
+        .map(|v| format!("-{v}"))
+        .unwrap_or_default();
+    overlays.push(
+        objects.container(json!({ "image": format!("{hub}/{}:{tag}{variant}", objects.image) })),
+    );
+}
+
+/// The images meshop would pull, for components that name their own hub or tag.
+struct ImageDefaults {
+    hub: String,
+    tag: String,
+    variant: Option<String>,
+}
+
+/// Istio's `env` as a map (`values.pilot.env`, the gateway chart) as a list of EnvVars.
+fn env_list(map: &Value) -> Value {
+    Value::Array(
+        map.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                json!({ "name": k, "value": value })
+            })
+            .collect(),
+    )
+}
+
+/// Merges `add` into the component's `env` list, keeping what is there first.
+fn push_env(component: &mut Map<String, Value>, add: Value) {
+    let list = component.entry("env").or_insert_with(|| json!([]));
+    if let (Some(list), Value::Array(add)) = (list.as_array_mut(), add) {
+        for e in add {
+            if !list.iter().any(|x| x.get("name") == e.get("name")) {
+                list.push(e);
+            }
+        }
+    }
+}
+
+fn object_mut<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let v = parent.entry(key).or_insert_with(|| json!({}));
+    if !v.is_object() {
+        *v = json!({});
+    }
+    v.as_object_mut().expect("just made an object")
+}
+
+/// An IstioOperator overlay waiting for meshop's render to resolve its paths.
+struct PendingOverlay {
+    /// Where the component sits in the spec (a JSON pointer such as `/components/istiod`).
+    at: String,
+    path: String,
+    overlay: Value,
 }
 
 /// Converts a parsed IstioOperator.
@@ -401,14 +646,21 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "mesh".into());
-    let mut src = doc.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let mut src = match doc.get("spec") {
+        Some(Value::Object(m)) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    if let Some(why) = unsupported_topology(&src) {
+        bail!("{why}");
+    }
     let mut notes = Notes(Vec::new());
     let mut spec = Map::new();
     let mut components = Map::new();
     let mut addons = Map::new();
-    let mut mesh = Map::new();
     let mut injection = Map::new();
     let mut proxy = Map::new();
+    let mut global = Map::new();
+    let mut pending: Vec<PendingOverlay> = Vec::new();
 
     // Profile: Istio's default (istiod and an ingress gateway) is meshop's minimal plus the
     // ingress gateway; preview and stable are variants of default.
@@ -427,21 +679,18 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             notes.add(
                 "spec.profile",
                 json!(other),
-                match other {
-                    "ambient" => "ambient mode is not built in meshop yet; converted as minimal",
-                    "remote" => "multi-cluster is not built in meshop yet; converted as minimal",
-                    _ => "not a profile meshop knows; converted as minimal",
-                },
+                "not a profile meshop knows; converted as minimal",
             );
             "minimal"
         }
     };
     spec.insert("profile".into(), json!(meshop_profile));
     let hub = take(&mut src, "hub").or_else(|| take(&mut src, "values.global.hub"));
-    if let Some(hub) = hub {
-        spec.insert("hub".into(), hub);
+    if let Some(hub) = &hub {
+        spec.insert("hub".into(), hub.clone());
     }
     let tag = take(&mut src, "tag").or_else(|| take(&mut src, "values.global.tag"));
+    let mut version = None;
     if let Some(tag) = tag {
         let text = match &tag {
             Value::String(s) => s.clone(),
@@ -458,6 +707,7 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             match crate::versions::catalog().resolve(Some(&text)) {
                 Ok(_) => {
                     spec.insert("version".into(), json!(text));
+                    version = Some(text);
                 }
                 Err(e) => notes.add(
                     "spec.tag",
@@ -467,15 +717,37 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             }
         }
     }
-    let namespace =
-        take(&mut src, "namespace").or_else(|| take(&mut src, "values.global.istioNamespace"));
-    if let Some(ns) = namespace {
+    let images = ImageDefaults {
+        hub: hub
+            .as_ref()
+            .and_then(Value::as_str)
+            .unwrap_or(crate::api::DEFAULT_HUB)
+            .to_string(),
+        tag: version.unwrap_or_else(|| {
+            crate::versions::catalog()
+                .resolve(None)
+                .map(|r| r.version.to_string())
+                .unwrap_or_default()
+        }),
+        variant: take(&mut src, "values.global.variant")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .filter(|v| !v.is_empty()),
+    };
+    // The control plane's namespace: the IstioOperator's, or istiod's own when it names one.
+    let namespace = take(&mut src, "namespace")
+        .or_else(|| take(&mut src, "components.pilot.namespace"))
+        .or_else(|| take(&mut src, "values.global.istioNamespace"));
+    if let Some(ns) = namespace.clone() {
         spec.insert("namespace".into(), ns);
     }
     let revision = take(&mut src, "revision").or_else(|| take(&mut src, "values.revision"));
-    if let Some(rev) = revision.filter(|r| r.as_str().is_some_and(|s| !s.is_empty())) {
-        spec.insert("revision".into(), rev);
+    let revision = revision
+        .and_then(|r| r.as_str().map(str::to_string))
+        .filter(|r| !r.is_empty());
+    if let Some(rev) = &revision {
+        spec.insert("revision".into(), json!(rev));
     }
+    let revision = revision.unwrap_or_default();
 
     // Components.
     if let Some(enabled) = take(&mut src, "components.base.enabled")
@@ -487,8 +759,46 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             "meshop always installs Istio's CRDs with the mesh",
         );
     }
+    if let Some(Value::Array(list)) = take(&mut src, "components.base.k8s.overlays") {
+        for (i, overlay) in list.into_iter().enumerate() {
+            pending.push(PendingOverlay {
+                at: "/components/base".into(),
+                path: format!("spec.components.base.k8s.overlays[{i}]"),
+                overlay,
+            });
+        }
+    }
     if let Some(mut pilot) = take(&mut src, "components.pilot") {
-        let c = component(&mut pilot, "spec.components.pilot", false, &mut notes);
+        let objects = Objects::istiod(&revision);
+        let mut overlays = Vec::new();
+        let mut c = component(
+            &mut pilot,
+            "spec.components.pilot",
+            &objects,
+            false,
+            &mut overlays,
+            &mut notes,
+        );
+        k8s_overlays(
+            &mut pilot,
+            "spec.components.pilot",
+            &objects,
+            false,
+            &mut overlays,
+        );
+        image_overlay(&mut pilot, &objects, &images, &mut overlays);
+        if let Some(Value::Array(list)) = take(&mut pilot, "k8s.overlays") {
+            for (i, overlay) in list.into_iter().enumerate() {
+                pending.push(PendingOverlay {
+                    at: "/components/istiod".into(),
+                    path: format!("spec.components.pilot.k8s.overlays[{i}]"),
+                    overlay,
+                });
+            }
+        }
+        if !overlays.is_empty() {
+            c.insert("overlays".into(), Value::Array(overlays));
+        }
         components.insert("istiod".into(), Value::Object(c));
         let mut rest = Vec::new();
         leaves("spec.components.pilot", &pilot, &mut rest);
@@ -496,13 +806,30 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             let r = reason(&p);
             notes.add(&p, v, r);
         }
+    } else if images.variant.is_some() {
+        let mut overlays = Vec::new();
+        image_overlay(
+            &mut json!({}),
+            &Objects::istiod(&revision),
+            &images,
+            &mut overlays,
+        );
+        components.insert("istiod".into(), json!({ "overlays": overlays }));
     }
     if let Some(mut cni) = take(&mut src, "components.cni") {
-        let c = component(&mut cni, "spec.components.cni", false, &mut notes);
+        let objects = Objects::cni();
+        let mut overlays = Vec::new();
+        let mut c = component(
+            &mut cni,
+            "spec.components.cni",
+            &objects,
+            false,
+            &mut overlays,
+            &mut notes,
+        );
         if c.get("enabled").and_then(Value::as_bool) == Some(true) {
             injection.insert("trafficCapture".into(), json!("cni"));
         }
-        let mut c = c;
         // A DaemonSet: replicas and autoscaling do not apply (the CRD refuses them).
         for key in ["replicas", "autoscale", "podDisruptionBudget"] {
             if let Some(v) = c.remove(key) {
@@ -513,6 +840,26 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
                 );
             }
         }
+        k8s_overlays(
+            &mut cni,
+            "spec.components.cni",
+            &objects,
+            false,
+            &mut overlays,
+        );
+        image_overlay(&mut cni, &objects, &images, &mut overlays);
+        if let Some(Value::Array(list)) = take(&mut cni, "k8s.overlays") {
+            for (i, overlay) in list.into_iter().enumerate() {
+                pending.push(PendingOverlay {
+                    at: "/components/cni".into(),
+                    path: format!("spec.components.cni.k8s.overlays[{i}]"),
+                    overlay,
+                });
+            }
+        }
+        if !overlays.is_empty() {
+            c.insert("overlays".into(), Value::Array(overlays));
+        }
         components.insert("cni".into(), Value::Object(c));
         let mut rest = Vec::new();
         leaves("spec.components.cni", &cni, &mut rest);
@@ -521,29 +868,28 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             notes.add(&p, v, r);
         }
     }
-    let ingress = take(&mut src, "components.ingressGateways");
-    if let Some(mut g) = gateways(
-        ingress,
-        "ingress",
-        "spec.components.ingressGateways",
-        &mut notes,
-    ) {
-        // Istio's default profile enables its ingress gateway; the list entry decides now.
-        if let Some(Value::Object(existing)) = components.remove("ingressGateway") {
-            for (k, v) in existing {
-                g.entry(k).or_insert(v);
-            }
+    // Istio's Helm-style switches for the default gateways.
+    for (key, kind) in [
+        ("istio-ingressgateway", "ingress"),
+        ("istio-egressgateway", "egress"),
+    ] {
+        if let Some(enabled) = take(&mut src, &format!("values.gateways.{key}.enabled")) {
+            object_mut(&mut components, &format!("{kind}Gateway"))
+                .insert("enabled".into(), json!(as_bool(&enabled)));
         }
-        components.insert("ingressGateway".into(), Value::Object(g));
     }
-    let egress = take(&mut src, "components.egressGateways");
-    if let Some(g) = gateways(
-        egress,
-        "egress",
-        "spec.components.egressGateways",
-        &mut notes,
-    ) {
-        components.insert("egressGateway".into(), Value::Object(g));
+    for kind in ["ingress", "egress"] {
+        let list = take(&mut src, &format!("components.{kind}Gateways"));
+        gateways(
+            list,
+            kind,
+            &format!("spec.components.{kind}Gateways"),
+            namespace.as_ref().and_then(Value::as_str),
+            &images,
+            &mut components,
+            &mut pending,
+            &mut notes,
+        );
     }
     // The addons of Istio 1.6-1.7 (removed in 1.8), still found in old files.
     for (from, to) in [
@@ -557,52 +903,69 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         }
     }
 
-    // meshConfig.
-    if let Some(file) = take(&mut src, "meshConfig.accessLogFile") {
-        mesh.insert(
-            "accessLogging".into(),
-            json!(file.as_str().is_some_and(|f| !f.is_empty())),
-        );
+    // meshConfig: meshop takes Istio's MeshConfig as it is.
+    let mut mesh = match take(&mut src, "meshConfig") {
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            notes.add("spec.meshConfig", other, "not a map");
+            Map::new()
+        }
+        None => Map::new(),
+    };
+    if let Some(sampling) = take(&mut src, "values.pilot.traceSampling") {
+        let dc = object_mut(&mut mesh, "defaultConfig");
+        let tracing = object_mut(dc, "tracing");
+        tracing.entry("sampling").or_insert(sampling);
     }
-    if let Some(mode) = take(&mut src, "meshConfig.outboundTrafficPolicy.mode") {
-        mesh.insert("outboundTrafficPolicy".into(), mode);
-    }
-    if let Some(td) = take(&mut src, "meshConfig.trustDomain") {
-        mesh.insert("trustDomain".into(), td);
-    }
-    let sampling = take(&mut src, "meshConfig.defaultConfig.tracing.sampling")
-        .or_else(|| take(&mut src, "values.pilot.traceSampling"));
-    if let Some(sampling) = sampling {
-        mesh.insert("traceSampling".into(), sampling);
-    }
-    if let Some(c) = take(&mut src, "meshConfig.defaultConfig.concurrency")
-        .or_else(|| take(&mut src, "values.global.proxy.concurrency"))
-    {
+    if let Some(c) = take(&mut src, "values.global.proxy.concurrency") {
         proxy.insert("concurrency".into(), c);
     }
     if let Some(hold) = take(
         &mut src,
-        "meshConfig.defaultConfig.holdApplicationUntilProxyStarts",
-    )
-    .or_else(|| {
-        take(
-            &mut src,
-            "values.global.proxy.holdApplicationUntilProxyStarts",
-        )
-    }) {
+        "values.global.proxy.holdApplicationUntilProxyStarts",
+    ) {
         proxy.insert("holdApplicationUntilProxyStarts".into(), hold);
     }
-
-    // Values that map to meshop's injection settings.
     if let Some(r) = take(&mut src, "values.global.proxy.resources") {
         proxy.insert("resources".into(), r);
     }
     if let Some(level) = take(&mut src, "values.global.proxy.logLevel") {
         proxy.insert("logLevel".into(), level);
     }
-    if let Some(enabled) = take(&mut src, "values.sidecarInjectorWebhook.enabled") {
-        injection.insert("enabled".into(), json!(as_bool(&enabled)));
+
+    // values.global: settings every component shares.
+    for (from, to) in [
+        ("imagePullPolicy", "imagePullPolicy"),
+        ("logAsJson", "logAsJson"),
+        ("priorityClassName", "priorityClassName"),
+        ("meshID", "meshID"),
+        ("network", "network"),
+        ("multiCluster.clusterName", "clusterName"),
+        ("logging.level", "logLevel"),
+    ] {
+        if let Some(v) = take(&mut src, &format!("values.global.{from}")) {
+            global.insert(to.into(), v);
+        }
     }
+    if let Some(secrets) = take(&mut src, "values.global.imagePullSecrets") {
+        // Istio's chart takes names; Kubernetes' shape ({name: x}) is read too.
+        let names: Vec<Value> = secrets
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                s.as_str()
+                    .or_else(|| s.get("name")?.as_str())
+                    .map(|n| json!(n))
+            })
+            .collect();
+        global.insert("imagePullSecrets".into(), Value::Array(names));
+    }
+    // Scheduling defaults apply to every component that sets none of its own, as in Istio's charts.
+    let default_tolerations = take(&mut src, "values.global.defaultTolerations");
+    let default_node_selector = take(&mut src, "values.global.defaultNodeSelector");
+
+    // The injector's native-sidecar switch is meshop's injection.sidecarMode.
     if let Some(native) = take(&mut src, "values.pilot.env.ENABLE_NATIVE_SIDECARS") {
         let mode = match native.as_str().unwrap_or_default() {
             "true" => Some("native"),
@@ -621,6 +984,142 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             ),
         }
     }
+    // meshop's injector always rewrites app probes unless a pod says otherwise.
+    if let Some(rewrite) = take(
+        &mut src,
+        "values.sidecarInjectorWebhook.rewriteAppHTTPProbe",
+    ) && as_bool(&rewrite) != Some(true)
+    {
+        notes.add(
+            "spec.values.sidecarInjectorWebhook.rewriteAppHTTPProbe",
+            rewrite,
+            "meshop always rewrites app probes; turn it off per pod with the sidecar.istio.io/rewriteAppHTTPProbers annotation",
+        );
+    }
+    // values.pilot: istiod's chart values.
+    let mut pilot_values = take(&mut src, "values.pilot").unwrap_or_else(|| json!({}));
+    {
+        let istiod = object_mut(&mut components, "istiod");
+        let objects = Objects::istiod(&revision);
+        for key in [
+            "resources",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "podAnnotations",
+            "podLabels",
+            "priorityClassName",
+        ] {
+            if let Some(v) = take(&mut pilot_values, key) {
+                istiod.entry(key).or_insert(v);
+            }
+        }
+        if let Some(n) = take(&mut pilot_values, "replicaCount") {
+            istiod.entry("replicas").or_insert(n);
+        }
+        if let Some(env) = take(&mut pilot_values, "env") {
+            push_env(istiod, env_list(&env));
+        }
+        if let Some(env) = take(&mut pilot_values, "envVarFrom") {
+            push_env(istiod, env);
+        }
+        let mut autoscale = Map::new();
+        if let Some(on) = take(&mut pilot_values, "autoscaleEnabled") {
+            autoscale.insert("enabled".into(), json!(as_bool(&on)));
+        }
+        if let Some(min) = take(&mut pilot_values, "autoscaleMin") {
+            autoscale.insert("minReplicas".into(), min);
+        }
+        if let Some(max) = take(&mut pilot_values, "autoscaleMax") {
+            autoscale.insert("maxReplicas".into(), max);
+        }
+        if let Some(t) = take(&mut pilot_values, "cpu.targetAverageUtilization") {
+            autoscale.insert("targetCPUUtilizationPercentage".into(), t);
+        }
+        if !autoscale.is_empty() {
+            let existing = object_mut(istiod, "autoscale");
+            for (k, v) in autoscale {
+                existing.entry(k).or_insert(v);
+            }
+        }
+        let mut overlays = Vec::new();
+        if let Some(t) = take(&mut pilot_values, "memory.targetAverageUtilization") {
+            overlays.push(json!({ "kind": "HorizontalPodAutoscaler", "name": objects.name, "jsonPatch": [
+                { "op": "add", "path": "/spec/metrics/-", "value": { "type": "Resource", "resource": {
+                    "name": "memory", "target": { "type": "Utilization", "averageUtilization": t } } } }
+            ] }));
+        }
+        let mut rolling = Map::new();
+        if let Some(v) = take(&mut pilot_values, "rollingMaxUnavailable") {
+            rolling.insert("maxUnavailable".into(), v);
+        }
+        if let Some(v) = take(&mut pilot_values, "rollingMaxSurge") {
+            rolling.insert("maxSurge".into(), v);
+        }
+        if !rolling.is_empty() {
+            overlays.push(json!({ "kind": "Deployment", "name": objects.name,
+                "strategicMerge": { "spec": { "strategy": { "rollingUpdate": rolling } } } }));
+        }
+        if let Some(Value::Array(args)) = take(&mut pilot_values, "extraContainerArgs") {
+            let ops: Vec<Value> = args
+                .into_iter()
+                .map(|a| json!({ "op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": a }))
+                .collect();
+            overlays.push(json!({ "kind": "Deployment", "name": objects.name, "jsonPatch": ops }));
+        }
+        let mut image_src = json!({});
+        if let Some(h) = take(&mut pilot_values, "hub") {
+            image_src["hub"] = h;
+        }
+        if let Some(t) = take(&mut pilot_values, "tag") {
+            image_src["tag"] = t;
+        }
+        if image_src.as_object().is_some_and(|m| !m.is_empty())
+            && !istiod
+                .get("overlays")
+                .is_some_and(|o| o.to_string().contains("\"image\""))
+        {
+            image_overlay(
+                &mut image_src,
+                &objects,
+                &ImageDefaults {
+                    variant: None,
+                    ..images_clone(&images)
+                },
+                &mut overlays,
+            );
+        }
+        if !overlays.is_empty() {
+            let list = istiod.entry("overlays").or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                list.extend(overlays);
+            }
+        }
+        if istiod.is_empty() {
+            components.remove("istiod");
+        }
+    }
+    let mut rest = Vec::new();
+    leaves("spec.values.pilot", &pilot_values, &mut rest);
+    for (p, v) in rest {
+        let r = reason(&p);
+        notes.add(&p, v, r);
+    }
+    if default_tolerations.is_some() || default_node_selector.is_some() {
+        for_each_workload(&mut components, |c| {
+            if let Some(t) = &default_tolerations {
+                c.entry("tolerations").or_insert_with(|| t.clone());
+            }
+            if let Some(n) = &default_node_selector {
+                c.entry("nodeSelector").or_insert_with(|| n.clone());
+            }
+        });
+    }
+
+    // Values that map to meshop's injection settings.
+    if let Some(enabled) = take(&mut src, "values.sidecarInjectorWebhook.enabled") {
+        injection.insert("enabled".into(), json!(as_bool(&enabled)));
+    }
     // The pre-1.8 spelling of the CNI component.
     if let Some(cni) = take(&mut src, "values.istio_cni.enabled")
         && as_bool(&cni) == Some(true)
@@ -629,35 +1128,6 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         components
             .entry("cni")
             .or_insert_with(|| json!({ "enabled": true }));
-    }
-    // Istio's HPA values for istiod (the chart's, set by older files instead of k8s.hpaSpec).
-    let mut pilot_autoscale = Map::new();
-    if let Some(on) = take(&mut src, "values.pilot.autoscaleEnabled") {
-        pilot_autoscale.insert("enabled".into(), json!(as_bool(&on)));
-    }
-    if let Some(min) = take(&mut src, "values.pilot.autoscaleMin") {
-        pilot_autoscale.insert("minReplicas".into(), min);
-    }
-    if let Some(max) = take(&mut src, "values.pilot.autoscaleMax") {
-        pilot_autoscale.insert("maxReplicas".into(), max);
-    }
-    if !pilot_autoscale.is_empty() {
-        let istiod = components
-            .entry("istiod")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .context("istiod is an object")?;
-        istiod
-            .entry("autoscale")
-            .or_insert(Value::Object(pilot_autoscale));
-    }
-    if let Some(n) = take(&mut src, "values.pilot.replicaCount") {
-        let istiod = components
-            .entry("istiod")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .context("istiod is an object")?;
-        istiod.entry("replicas").or_insert(n);
     }
 
     // mTLS is PeerAuthentication in Istio, not an install setting; the removed global.mtls value
@@ -681,6 +1151,7 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         notes.add(&path, value, r);
     }
 
+    check_tolerations(&mut components)?;
     if !addons.is_empty() {
         components.insert("addons".into(), Value::Object(addons));
     }
@@ -691,22 +1162,24 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         ("components", components),
         ("meshConfig", mesh),
         ("injection", injection),
+        ("global", global),
     ] {
         if !map.is_empty() {
             spec.insert(key.into(), Value::Object(map));
         }
     }
-    let spec: MeshInstallSpec = serde_json::from_value(Value::Object(spec))
+    let owner = Owner {
+        name: name.clone(),
+        uid: None,
+    };
+    let mut spec = Value::Object(spec);
+    if !pending.is_empty() {
+        carry_overlays(&mut spec, &owner, pending, &mut notes)?;
+    }
+    let spec: MeshInstallSpec = serde_json::from_value(spec)
         .context("the converted spec is not a valid MeshInstall spec")?;
     // The reconciler would stall on what does not resolve: say so now.
-    Installation::resolve(
-        Owner {
-            name: name.clone(),
-            uid: None,
-        },
-        &spec,
-    )
-    .context("the converted MeshInstall would be refused")?;
+    Installation::resolve(owner, &spec).context("the converted MeshInstall would be refused")?;
     let mut mesh_install = MeshInstall::new(&name, spec);
     mesh_install.metadata.name = Some(name);
     notes.0.sort_by(|a, b| a.path.cmp(&b.path));
@@ -714,6 +1187,164 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         mesh_install,
         not_carried: notes.0,
     })
+}
+
+fn images_clone(i: &ImageDefaults) -> ImageDefaults {
+    ImageDefaults {
+        hub: i.hub.clone(),
+        tag: i.tag.clone(),
+        variant: i.variant.clone(),
+    }
+}
+
+/// Kubernetes reads tolerations strictly (kubectl refuses an unknown field), and so does
+/// istioctl: a toleration with a field Kubernetes does not have is an error, not a setting
+/// to drop quietly.
+fn check_tolerations(components: &mut Map<String, Value>) -> Result<()> {
+    const FIELDS: [&str; 5] = ["key", "operator", "value", "effect", "tolerationSeconds"];
+    let mut bad = None;
+    let mut check = |c: &mut Map<String, Value>| {
+        for t in c
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(field) = t
+                .as_object()
+                .and_then(|m| m.keys().find(|k| !FIELDS.contains(&k.as_str())))
+            {
+                bad.get_or_insert_with(|| field.clone());
+            }
+        }
+    };
+    for_each_workload(components, &mut check);
+    if let Some(Value::Object(cni)) = components.get_mut("cni") {
+        check(cni);
+    }
+    match bad {
+        Some(field) => bail!(
+            "a toleration has the field {field:?}, which Kubernetes' Toleration does not have (key, operator, value, effect, tolerationSeconds)"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Calls `f` on istiod's and every gateway's settings in the converted components.
+fn for_each_workload(
+    components: &mut Map<String, Value>,
+    mut f: impl FnMut(&mut Map<String, Value>),
+) {
+    for key in ["istiod", "ingressGateway", "egressGateway"] {
+        if let Some(Value::Object(c)) = components.get_mut(key) {
+            f(c);
+        }
+    }
+    for key in ["ingressGateways", "egressGateways"] {
+        if let Some(Value::Array(list)) = components.get_mut(key) {
+            for g in list.iter_mut().filter_map(Value::as_object_mut) {
+                f(g);
+            }
+        }
+    }
+}
+
+/// Resolves the IstioOperator's path overlays against what meshop renders for the converted
+/// spec and carries each as a `jsonPatch` overlay on the component that renders the object.
+fn carry_overlays(
+    spec: &mut Value,
+    owner: &Owner,
+    pending: Vec<PendingOverlay>,
+    notes: &mut Notes,
+) -> Result<()> {
+    let draft: MeshInstallSpec = serde_json::from_value(spec.clone())
+        .context("the converted spec is not a valid MeshInstall spec")?;
+    let install = Installation::resolve(owner.clone(), &draft)
+        .context("the converted MeshInstall would be refused")?;
+    let rendered = crate::render::render(&install);
+    for p in pending {
+        let kind = p
+            .overlay
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = p
+            .overlay
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let Some(object) = rendered.iter().find(|r| {
+            r.resource.kind == kind && r.object.metadata.name.as_deref() == Some(name.as_str())
+        }) else {
+            notes.add(
+                &p.path,
+                p.overlay,
+                format!("meshop renders no {kind} {name}: Istio's chart object has no counterpart in meshop's install"),
+            );
+            continue;
+        };
+        let at = match object.component {
+            crate::render::ComponentId::Istiod => "/components/istiod".to_string(),
+            crate::render::ComponentId::Base => "/components/base".to_string(),
+            crate::render::ComponentId::Cni => "/components/cni".to_string(),
+            crate::render::ComponentId::IngressGateway
+            | crate::render::ComponentId::EgressGateway => p.at.clone(),
+            other => {
+                notes.add(
+                    &p.path,
+                    p.overlay,
+                    format!("{kind} {name} belongs to meshop's {other} component, which takes no overlays"),
+                );
+                continue;
+            }
+        };
+        let value = serde_json::to_value(&object.object).unwrap_or_default();
+        let mut ops = Vec::new();
+        let patches = p
+            .overlay
+            .get("patches")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, patch) in patches.iter().enumerate() {
+            let path = patch.get("path").and_then(Value::as_str).unwrap_or("");
+            match paths::json_patch(&value, path, patch.get("value")) {
+                Ok(op) => ops.push(op),
+                Err(why) => notes.add(&format!("{}.patches[{i}]", p.path), patch.clone(), why),
+            }
+        }
+        if ops.is_empty() {
+            continue;
+        }
+        let Some(component) = pointer_object(spec, &at) else {
+            notes.add(
+                &p.path,
+                p.overlay,
+                "the component it patches is not in the converted spec",
+            );
+            continue;
+        };
+        let list = component.entry("overlays").or_insert_with(|| json!([]));
+        if let Some(list) = list.as_array_mut() {
+            list.push(json!({ "kind": kind, "name": name, "jsonPatch": ops }));
+        }
+    }
+    Ok(())
+}
+
+/// The object at a JSON pointer of the spec, created (as `{}`) along the way.
+fn pointer_object<'a>(spec: &'a mut Value, pointer: &str) -> Option<&'a mut Map<String, Value>> {
+    let mut node = spec;
+    for token in pointer.split('/').skip(1) {
+        node = match node {
+            Value::Object(m) => m.entry(token).or_insert_with(|| json!({})),
+            Value::Array(a) => a.get_mut(token.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    node.as_object_mut()
 }
 
 /// The text output: what was not carried as YAML comments, then the MeshInstall.
@@ -740,21 +1371,106 @@ pub fn text(c: &Conversion) -> Result<String> {
     Ok(out)
 }
 
+/// Converts the documents of the given files (name, text): each IstioOperator makes one
+/// MeshInstall; Helm values files together make one.
+pub fn convert_files(
+    files: &[(String, String)],
+    name: Option<&str>,
+    chart: Option<helm::Chart>,
+) -> Result<Vec<Conversion>> {
+    let mut operators = Vec::new();
+    let mut helm_spec: Option<Value> = None;
+    for (file, text) in files {
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let doc = Value::deserialize(doc)
+                .with_context(|| format!("{file}: document {} is not YAML", i + 1))?;
+            if doc.is_null() {
+                continue;
+            }
+            if doc.get("kind").is_some() || doc.get("apiVersion").is_some() {
+                operators.push((format!("{file} (document {})", i + 1), doc));
+                continue;
+            }
+            let chart = match chart {
+                Some(c) => c,
+                None => helm::Chart::detect(&doc).with_context(|| format!("{file}"))?,
+            };
+            let spec = helm::to_operator_spec(chart, doc);
+            match &mut helm_spec {
+                Some(into) => helm::merge(into, spec),
+                None => helm_spec = Some(spec),
+            }
+        }
+    }
+    if helm_spec.is_some() && !operators.is_empty() {
+        bail!(
+            "give IstioOperators or Helm values files, not both: a Helm-installed mesh is converted from its values files together"
+        );
+    }
+    if let Some(mut spec) = helm_spec {
+        // A Helm-installed mesh has what its releases install: no profile's gateways or addons.
+        if let Some(m) = spec.as_object_mut() {
+            m.entry("profile").or_insert(json!("minimal"));
+        }
+        let doc = json!({ "apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                          "spec": spec });
+        return Ok(vec![convert(&doc, Some(name.unwrap_or("mesh")))?]);
+    }
+    if operators.is_empty() {
+        bail!("no IstioOperator or Helm values found");
+    }
+    let several = operators.len() > 1;
+    let mut out: Vec<Conversion> = Vec::new();
+    for (at, doc) in operators {
+        let mut conversion = convert(&doc, name).with_context(|| at.clone())?;
+        // Names must differ for the MeshInstalls to live side by side.
+        if several {
+            let base = conversion
+                .mesh_install
+                .metadata
+                .name
+                .clone()
+                .unwrap_or_default();
+            let mut candidate = base.clone();
+            let mut n = 2;
+            while out
+                .iter()
+                .any(|c| c.mesh_install.metadata.name.as_deref() == Some(&candidate))
+            {
+                candidate = format!("{base}-{n}");
+                n += 1;
+            }
+            conversion.mesh_install.metadata.name = Some(candidate);
+        }
+        out.push(conversion);
+    }
+    Ok(out)
+}
+
 pub fn run(args: &ConvertArgs) -> Result<Outcome> {
-    let text_in = if args.file == std::path::Path::new("-") {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
-        s
-    } else {
-        std::fs::read_to_string(&args.file)
-            .with_context(|| format!("read {}", args.file.display()))?
+    let mut files = Vec::new();
+    for file in &args.files {
+        let text = if file == std::path::Path::new("-") {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+            s
+        } else {
+            std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
+        };
+        files.push((file.display().to_string(), text));
+    }
+    let conversions = convert_files(&files, args.name.as_deref(), args.chart)?;
+    let encoded = match conversions.as_slice() {
+        [one] => args.output.encode(one)?,
+        many => args.output.encode(&many)?,
     };
-    let doc: Value = serde_yaml::from_str(&text_in)
-        .with_context(|| format!("{} is not YAML", args.file.display()))?;
-    let conversion = convert(&doc, args.name.as_deref())?;
-    let stdout = match args.output.encode(&conversion)? {
+    let stdout = match encoded {
         Some(encoded) => encoded,
-        None => text(&conversion)?,
+        None => conversions
+            .iter()
+            .map(text)
+            .collect::<Result<Vec<_>>>()?
+            .join("---\n"),
     };
     Ok(stdout.into())
 }
@@ -819,13 +1535,10 @@ mod tests {
 
     #[test]
     fn reasons_match_the_longest_prefix() {
-        assert!(reason("spec.components.ztunnel.enabled").contains("ambient"));
-        assert!(reason("spec.components.pilot.k8s.priorityClassName").contains("priority"));
-        assert!(reason("spec.values.global.logging.level").contains("chart value"));
-        assert!(
-            reason("spec.components.ingressGateways[x].k8s.service.externalTrafficPolicy")
-                .contains("type and ports")
-        );
+        assert!(reason("spec.components.cni.namespace").contains("control-plane namespace"));
+        assert!(reason("spec.components.pilot.k8s.service.x").contains("istiod's Service"));
+        assert!(reason("spec.values.global.foo").contains("chart value"));
+        assert!(reason("spec.values.sidecarInjectorWebhook.templates.x").contains("built-in"));
         assert_eq!(
             reason("spec.somethingNew"),
             "meshop has no equivalent setting"
