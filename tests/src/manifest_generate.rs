@@ -214,9 +214,29 @@ const CONTAINER_FIELDS: &[&str] = &[
 ];
 
 /// The settings of a rendered manifest (see the module's documentation for what is read).
+/// What the API server fills in anyway, filled in on both sides so that leaving it out and
+/// writing it are the same setting: a Service port's protocol (TCP) and targetPort (its port).
+fn api_defaults(o: &Value) -> Value {
+    let mut o = o.clone();
+    if o["kind"] == "Service"
+        && let Some(ports) = o.pointer_mut("/spec/ports").and_then(Value::as_array_mut)
+    {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            p.entry("protocol").or_insert_with(|| Value::from("TCP"));
+            let port = p.get("port").cloned().unwrap_or(Value::Null);
+            let target = p.entry("targetPort").or_insert(Value::Null);
+            if target.is_null() || target.as_i64() == Some(0) {
+                *target = port;
+            }
+        }
+    }
+    o
+}
+
 pub fn settings(objects: &[Value]) -> Settings {
     let mut out = Settings::new();
     for o in objects {
+        let o = &api_defaults(o);
         let kind = o["kind"].as_str().unwrap_or_default();
         let name = o["metadata"]["name"].as_str().unwrap_or_default();
         if kind == "CustomResourceDefinition" || kind.is_empty() {

@@ -912,10 +912,11 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         }
         None => Map::new(),
     };
+    // Istio's chart passes values.pilot.traceSampling to istiod (PILOT_TRACE_SAMPLING), as
+    // meshop's traceSampling does; a defaultConfig.tracing.sampling of the mesh config would
+    // override it in every proxy instead.
     if let Some(sampling) = take(&mut src, "values.pilot.traceSampling") {
-        let dc = object_mut(&mut mesh, "defaultConfig");
-        let tracing = object_mut(dc, "tracing");
-        tracing.entry("sampling").or_insert(sampling);
+        mesh.insert("traceSampling".into(), sampling);
     }
     if let Some(c) = take(&mut src, "values.global.proxy.concurrency") {
         proxy.insert("concurrency".into(), c);
@@ -998,6 +999,20 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     }
     // values.pilot: istiod's chart values.
     let mut pilot_values = take(&mut src, "values.pilot").unwrap_or_else(|| json!({}));
+    // Istio's chart autoscales istiod unless autoscaleEnabled is false: any autoscaling value
+    // means an autoscaler.
+    let targets = [
+        "cpu.targetAverageUtilization",
+        "memory.targetAverageUtilization",
+        "autoscaleMin",
+        "autoscaleMax",
+    ]
+    .iter()
+    .any(|k| {
+        k.split('.')
+            .try_fold(&pilot_values, |v, s| v.get(s))
+            .is_some()
+    });
     {
         let istiod = object_mut(&mut components, "istiod");
         let objects = Objects::istiod(&revision);
@@ -1041,6 +1056,36 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             for (k, v) in autoscale {
                 existing.entry(k).or_insert(v);
             }
+        }
+        // Utilisation targets only mean something with an autoscaler: Istio's chart has one for
+        // istiod unless autoscaleEnabled is false (between 1 and 5 replicas), meshop's profiles
+        // only where they say so.
+        if targets {
+            let a = object_mut(istiod, "autoscale");
+            if !a.contains_key("enabled") {
+                a.insert("enabled".into(), json!(true));
+                a.entry("minReplicas").or_insert(json!(1));
+                a.entry("maxReplicas").or_insert(json!(5));
+            }
+        }
+        // Istio's chart protects istiod with a PodDisruptionBudget (minAvailable 1) whenever it
+        // runs more than one replica.
+        let autoscaled = istiod
+            .get("autoscale")
+            .is_some_and(|a| a.get("enabled").and_then(Value::as_bool) != Some(false));
+        let floor = if autoscaled {
+            istiod
+                .get("autoscale")
+                .and_then(|a| a.get("minReplicas"))
+                .and_then(as_i64)
+        } else {
+            istiod.get("replicas").and_then(as_i64)
+        };
+        if floor.is_some_and(|n| n > 1) && !istiod.contains_key("podDisruptionBudget") {
+            istiod.insert(
+                "podDisruptionBudget".into(),
+                json!({ "enabled": true, "minAvailable": 1 }),
+            );
         }
         let mut overlays = Vec::new();
         if let Some(t) = take(&mut pilot_values, "memory.targetAverageUtilization") {
@@ -1176,10 +1221,26 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     if !pending.is_empty() {
         carry_overlays(&mut spec, &owner, pending, &mut notes)?;
     }
-    let spec: MeshInstallSpec = serde_json::from_value(spec)
-        .context("the converted spec is not a valid MeshInstall spec")?;
-    // The reconciler would stall on what does not resolve: say so now.
-    Installation::resolve(owner, &spec).context("the converted MeshInstall would be refused")?;
+    // An overlay that does not apply to meshop's objects would stall the MeshInstall: it is
+    // taken out and listed, with the reason, until the rest renders.
+    let spec = loop {
+        let spec_now: MeshInstallSpec = serde_json::from_value(spec.clone())
+            .context("the converted spec is not a valid MeshInstall spec")?;
+        // The reconciler would stall on what does not resolve: say so now.
+        let install = Installation::resolve(owner.clone(), &spec_now)
+            .context("the converted MeshInstall would be refused")?;
+        match crate::render::render(&install) {
+            Ok(_) => break spec_now,
+            Err(e) => match take_overlay(&mut spec, &e.path, e.index) {
+                Some(overlay) => notes.add(
+                    &format!("{}.overlays[{}]", e.path, e.index),
+                    overlay,
+                    format!("does not apply to meshop's {}: {}", e.target, e.reason),
+                ),
+                None => return Err(e).context("the converted MeshInstall does not render"),
+            },
+        }
+    };
     let mut mesh_install = MeshInstall::new(&name, spec);
     mesh_install.metadata.name = Some(name);
     notes.0.sort_by(|a, b| a.path.cmp(&b.path));
@@ -1261,7 +1322,8 @@ fn carry_overlays(
         .context("the converted spec is not a valid MeshInstall spec")?;
     let install = Installation::resolve(owner.clone(), &draft)
         .context("the converted MeshInstall would be refused")?;
-    let rendered = crate::render::render(&install);
+    let rendered =
+        crate::render::render(&install).context("the converted MeshInstall does not render")?;
     for p in pending {
         let kind = p
             .overlay
@@ -1334,6 +1396,26 @@ fn carry_overlays(
     Ok(())
 }
 
+/// Removes overlay `index` of the component at `path` (as an overlay error names it, such as
+/// `components.istiod` or `components.ingressGateways[internal]`) from the spec.
+fn take_overlay(spec: &mut Value, path: &str, index: usize) -> Option<Value> {
+    let mut node = spec;
+    for step in path.split('.') {
+        node = match step.split_once('[') {
+            Some((list, name)) => {
+                let name = name.strip_suffix(']')?;
+                node.get_mut(list)?
+                    .as_array_mut()?
+                    .iter_mut()
+                    .find(|g| g.get("name").and_then(Value::as_str) == Some(name))?
+            }
+            None => node.get_mut(step)?,
+        };
+    }
+    let list = node.get_mut("overlays")?.as_array_mut()?;
+    (index < list.len()).then(|| list.remove(index))
+}
+
 /// The object at a JSON pointer of the spec, created (as `{}`) along the way.
 fn pointer_object<'a>(spec: &'a mut Value, pointer: &str) -> Option<&'a mut Map<String, Value>> {
     let mut node = spec;
@@ -1393,7 +1475,7 @@ pub fn convert_files(
             }
             let chart = match chart {
                 Some(c) => c,
-                None => helm::Chart::detect(&doc).with_context(|| format!("{file}"))?,
+                None => helm::Chart::detect(&doc).with_context(|| file.to_string())?,
             };
             let spec = helm::to_operator_spec(chart, doc);
             match &mut helm_spec {

@@ -415,6 +415,7 @@ fn proxy_config(
     if let Some(n) = concurrency {
         config.insert("concurrency".into(), Value::from(n));
     }
+    crate::api::meshconfig::drop_proxy_config_defaults(&mut config);
     istio_proxy::without_agent_defaults(&mut config);
     Ok(ProxyConfig { config, hold })
 }

@@ -60,6 +60,17 @@ fn service(install: &Installation, gateway: &Gateway) -> Service {
         ServiceType::LoadBalancer => "LoadBalancer",
     };
     let mut metadata = meta_in(install, c, &gateway.name, &gateway.namespace);
+    // The gateway's own labels name its Service too, as Istio labels a gateway's Service with
+    // the gateway's labels; meshop's own labels win.
+    let labels = metadata.labels.get_or_insert_with(Default::default);
+    for (k, v) in gateway
+        .settings
+        .pod_labels
+        .iter()
+        .chain(&gateway.selector())
+    {
+        labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     if !svc.annotations.is_empty() {
         metadata.annotations = Some(svc.annotations.clone());
     }
@@ -134,7 +145,16 @@ fn workload<'a>(install: &'a Installation, gateway: &'a Gateway) -> Workload<'a>
         ),
         (keys::INJECT.to_string(), "false".to_string()),
         (keys::CANONICAL_NAME.to_string(), name.to_string()),
-        (keys::CANONICAL_REVISION.to_string(), "latest".to_string()),
+        // Istio's canonical revision: the pods' version label, else latest.
+        (
+            keys::CANONICAL_REVISION.to_string(),
+            gateway
+                .labels
+                .get("version")
+                .or_else(|| gateway.settings.pod_labels.get("version"))
+                .cloned()
+                .unwrap_or_else(|| "latest".to_string()),
+        ),
     ]);
     let discovery_address = istio_proxy::discovery_address(&install.revision, &install.namespace);
     let our_env = [

@@ -47,12 +47,64 @@ struct Field {
     message: Option<String>,
     #[serde(default, rename = "enum")]
     enum_: Option<String>,
+    /// The oneof the field belongs to: set, even to its zero value, it is present.
+    #[serde(default)]
+    oneof: Option<String>,
     proto: String,
 }
 
 static TABLE: LazyLock<Option<Table>> = LazyLock::new(|| serde_json::from_str(FIELDS_JSON).ok());
 
 const PROXY_CONFIG: &str = "istio.mesh.v1alpha1.ProxyConfig";
+
+/// Removes the fields of a ProxyConfig (recursively, through its messages) that hold their
+/// proto3 default (an enum's first value, false, 0, ""), as Istio writes `PROXY_CONFIG`: its
+/// JSON marshalling leaves unpopulated scalars out. Wrapper types (such as `concurrency`) and
+/// other messages are values, never defaults, and stay.
+pub fn drop_proxy_config_defaults(config: &mut Map<String, Value>) {
+    if let Some(table) = TABLE.as_ref() {
+        drop_defaults(table, PROXY_CONFIG, config);
+    }
+}
+
+fn drop_defaults(table: &Table, message: &str, value: &mut Map<String, Value>) {
+    let Some(fields) = table.messages.get(message) else {
+        return;
+    };
+    value.retain(|name, v| {
+        let Some(field) = fields.get(name) else {
+            return true;
+        };
+        if field.repeated || field.map || field.oneof.is_some() {
+            return true;
+        }
+        match field.kind.as_str() {
+            "bool" => v != &Value::Bool(false),
+            "string" => v != &Value::String(String::new()),
+            "int32" | "uint32" | "double" => v.as_f64() != Some(0.0),
+            "enum" => {
+                let first = field
+                    .enum_
+                    .as_ref()
+                    .and_then(|e| table.enums.get(e))
+                    .and_then(|values| values.first());
+                !(v.as_i64() == Some(0)
+                    || v.as_str().is_some_and(|s| Some(&s.to_string()) == first))
+            }
+            _ => true,
+        }
+    });
+    for (name, v) in value.iter_mut() {
+        if let (Some(field), Value::Object(inner)) = (fields.get(name), v)
+            && field.kind == "message"
+            && !field.map
+            && !field.repeated
+            && let Some(m) = &field.message
+        {
+            drop_defaults(table, m, inner);
+        }
+    }
+}
 
 /// Checks `value` (a mesh config object) field by field; `path` prefixes every message, such as
 /// `spec.meshConfig`. Returns every problem found.

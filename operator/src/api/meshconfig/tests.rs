@@ -170,3 +170,21 @@ fn merge_is_istios() {
         })
     );
 }
+
+#[test]
+fn proxy_config_leaves_out_proto_defaults_as_istio_writes_it() {
+    let mut c = json!({
+        "controlPlaneAuthPolicy": "NONE", "interceptionMode": "TPROXY", "statusPort": 0,
+        "holdApplicationUntilProxyStarts": false, "concurrency": 0, "discoveryAddress": "",
+        "drainDuration": "12s", "tracing": { "sampling": 0, "zipkin": { "address": "" } },
+    });
+    drop_proxy_config_defaults(c.as_object_mut().unwrap());
+    // Enums' first values, zero scalars and empty strings go; wrappers, durations and oneof
+    // members stay.
+    assert_eq!(
+        c,
+        json!({ "interceptionMode": "TPROXY", "holdApplicationUntilProxyStarts": false,
+                "concurrency": 0, "drainDuration": "12s",
+                "tracing": { "zipkin": {} } })
+    );
+}
