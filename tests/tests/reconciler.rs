@@ -646,3 +646,82 @@ async fn gateways_are_added_renamed_and_removed_keeping_the_others() {
     assert!(namespaces.get_opt(EDGE).await.unwrap().is_some());
     mesh.delete().await;
 }
+
+/// docs/examples/production-platform.yaml, the production MeshInstall of docs/api.md's new fields
+/// (Istio's MeshConfig, listed gateways, spec.global, overlays), reconciled to Ready as written
+/// (in a namespace of its own); what each part asks for is read back from the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_platform_example_becomes_ready_as_written() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/examples/production-platform.yaml"
+    );
+    let example: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ns = "rc-platform";
+    let mesh = Mesh::create("platform", ns, example["spec"].clone()).await;
+    let mi = mesh.wait(KStatus::Current, READY).await;
+    let status = mi.status.unwrap();
+    for component in ["istiod", "ingressGateway", "egressGateway"] {
+        assert!(
+            status.components.iter().any(|c| c.name == component),
+            "{component} missing from {:?}",
+            status.components
+        );
+    }
+    // Four gateways, each a Deployment of its own, with the pod settings of spec.global.
+    let names = mesh.deployment_names().await;
+    for name in [
+        "istiod",
+        "istio-ingressgateway",
+        "internal-ingressgateway",
+        "egress-out",
+    ] {
+        assert!(names.contains(name), "{name} not in {names:?}");
+        let d = mesh.deployments().get(name).await.unwrap();
+        let pod = d.spec.unwrap().template;
+        assert_eq!(
+            pod.metadata
+                .unwrap()
+                .labels
+                .unwrap()
+                .get("team")
+                .map(String::as_str),
+            Some("platform"),
+            "{name}"
+        );
+        let spec = pod.spec.unwrap();
+        assert_eq!(
+            spec.priority_class_name.as_deref(),
+            Some("system-cluster-critical"),
+            "{name}"
+        );
+        if name == "istiod" {
+            // The strategic merge overlay.
+            let spread = spec.topology_spread_constraints.unwrap();
+            assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        }
+    }
+    // Istio's MeshConfig reached the mesh ConfigMap as given.
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(mesh.client.clone(), ns);
+    let data = config_maps.get("istio").await.unwrap().data.unwrap();
+    let config: serde_json::Value = serde_yaml::from_str(&data["mesh"]).unwrap();
+    assert_eq!(
+        config["extensionProviders"],
+        example["spec"]["meshConfig"]["extensionProviders"]
+    );
+    assert_eq!(
+        config["discoverySelectors"],
+        example["spec"]["meshConfig"]["discoverySelectors"]
+    );
+    assert_eq!(config["defaultConfig"]["meshId"], "corp-mesh");
+    // The JSON patch overlay on the default gateway's Service.
+    let services: Api<Service> = Api::namespaced(mesh.client.clone(), ns);
+    let svc = services.get("istio-ingressgateway").await.unwrap();
+    assert_eq!(
+        svc.spec.unwrap().external_traffic_policy.as_deref(),
+        Some("Local")
+    );
+    mesh.delete().await;
+}

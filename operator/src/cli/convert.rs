@@ -54,7 +54,33 @@ pub struct NotCarried {
 pub struct Conversion {
     pub mesh_install: MeshInstall,
     pub not_carried: Vec<NotCarried>,
+    /// Settings Istio's own install ignores too (nothing of them reaches a cluster), listed so
+    /// that nothing disappears silently.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without_effect: Vec<NotCarried>,
 }
+
+/// The top-level values of Istio's charts (base, istiod, gateways, cni, ztunnel): an
+/// `unvalidatedValues` key among them is a chart value like any other.
+const CHART_VALUES: &[&str] = &[
+    "global",
+    "pilot",
+    "gateways",
+    "sidecarInjectorWebhook",
+    "telemetry",
+    "istiodRemote",
+    "revisionTags",
+    "meshConfig",
+    "base",
+    "cni",
+    "istio_cni",
+    "ztunnel",
+    "revision",
+    "ownerName",
+    "profile",
+    "defaultRevision",
+    "experimental",
+];
 
 /// Why a setting is left behind, by path prefix (the longest match wins); anything else has no
 /// equivalent in meshop.
@@ -654,6 +680,22 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         bail!("{why}");
     }
     let mut notes = Notes(Vec::new());
+    // What Istio's charts do not read has no effect in Istio either.
+    let mut without_effect = Notes(Vec::new());
+    if let Some(Value::Object(extra)) = take(&mut src, "unvalidatedValues") {
+        for (key, value) in extra {
+            if CHART_VALUES.contains(&key.as_str()) {
+                // Merged into the chart values as they are: read like spec.values.
+                helm::merge(&mut src, json!({ "values": { key: value } }));
+                continue;
+            }
+            let mut rest = Vec::new();
+            leaves(&format!("spec.unvalidatedValues.{key}"), &value, &mut rest);
+            for (p, v) in rest {
+                without_effect.add(&p, v, "not a value of Istio's charts: no chart reads it");
+            }
+        }
+    }
     let mut spec = Map::new();
     let mut components = Map::new();
     let mut addons = Map::new();
@@ -1188,6 +1230,24 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         );
     }
 
+    if let Some(tracer) = take(&mut src, "values.global.proxy.tracer") {
+        // Istio's injection template reads it only for Datadog (the apm.datadoghq.com/env
+        // annotation); tracers are meshConfig.extensionProviders and Telemetry resources now.
+        if tracer.as_str() == Some("datadog") {
+            notes.add(
+                "spec.values.global.proxy.tracer",
+                tracer,
+                "meshop's injector does not read the apm.datadoghq.com/env annotation; configure Datadog as a meshConfig.extensionProviders tracer",
+            );
+        } else {
+            without_effect.add(
+                "spec.values.global.proxy.tracer",
+                tracer,
+                "Istio's templates read it only for datadog; tracing is meshConfig.extensionProviders",
+            );
+        }
+    }
+
     // Everything left is not carried.
     let mut rest = Vec::new();
     leaves("spec", &src, &mut rest);
@@ -1244,9 +1304,11 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     let mut mesh_install = MeshInstall::new(&name, spec);
     mesh_install.metadata.name = Some(name);
     notes.0.sort_by(|a, b| a.path.cmp(&b.path));
+    without_effect.0.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Conversion {
         mesh_install,
         not_carried: notes.0,
+        without_effect: without_effect.0,
     })
 }
 
@@ -1449,6 +1511,15 @@ pub fn text(c: &Conversion) -> Result<String> {
             out.push_str(&format!("#   {} = {value}\n#     {}\n", n.path, n.reason));
         }
     }
+    if !c.without_effect.is_empty() {
+        out.push_str(&format!(
+            "# Without effect in Istio too ({} setting(s)):\n",
+            c.without_effect.len()
+        ));
+        for n in &c.without_effect {
+            out.push_str(&format!("#   {}\n#     {}\n", n.path, n.reason));
+        }
+    }
     out.push_str(&crate::yaml::to_string(&c.mesh_install)?);
     Ok(out)
 }
@@ -1625,5 +1696,96 @@ mod tests {
             reason("spec.somethingNew"),
             "meshop has no equivalent setting"
         );
+    }
+
+    fn files(docs: &[&str]) -> Vec<Conversion> {
+        let files: Vec<(String, String)> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("f{i}.yaml"), t.to_string()))
+            .collect();
+        convert_files(&files, None, None).unwrap()
+    }
+
+    #[test]
+    fn unvalidated_values_are_chart_values_or_without_effect() {
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: minimal\n  unvalidatedValues:\n    myCustomKey: x\n    pilot: {replicaCount: 3}\n  values: {global: {proxy: {tracer: zipkin}}}\n",
+        );
+        assert!(c.not_carried.is_empty(), "{:?}", c.not_carried);
+        let istiod = c
+            .mesh_install
+            .spec
+            .components
+            .as_ref()
+            .unwrap()
+            .istiod
+            .as_ref();
+        assert_eq!(istiod.unwrap().replicas, Some(3));
+        let paths: Vec<&str> = c.without_effect.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.unvalidatedValues.myCustomKey",
+                "spec.values.global.proxy.tracer"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_istiooperator_of_a_file_is_a_meshinstall_of_its_own_name() {
+        let out = files(&[
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: {profile: minimal}\n---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: {profile: demo}\n",
+        ]);
+        let names: Vec<_> = out
+            .iter()
+            .map(|c| c.mesh_install.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, vec!["mesh", "mesh-2"]);
+        assert_eq!(out[1].mesh_install.spec.profile, crate::api::Profile::Demo);
+    }
+
+    #[test]
+    fn helm_values_files_together_make_one_meshinstall() {
+        let out = files(&[
+            "pilot: {replicaCount: 2, env: {PILOT_ENABLE_ALPHA_GATEWAY_API: 'true'}}\nmeshConfig: {accessLogFile: /dev/stdout}\nglobal: {meshID: m1}\n",
+            "name: public\nservice: {type: LoadBalancer}\nreplicaCount: 3\n",
+        ]);
+        assert_eq!(out.len(), 1);
+        let s = serde_json::to_value(&out[0].mesh_install.spec).unwrap();
+        assert_eq!(s["profile"], "minimal");
+        assert_eq!(s["components"]["istiod"]["replicas"], 2);
+        assert_eq!(
+            s["components"]["istiod"]["env"][0]["name"],
+            "PILOT_ENABLE_ALPHA_GATEWAY_API"
+        );
+        assert_eq!(s["meshConfig"]["accessLogFile"], "/dev/stdout");
+        assert_eq!(s["global"]["meshID"], "m1");
+        assert_eq!(s["components"]["ingressGateways"][0]["name"], "public");
+        assert_eq!(s["components"]["ingressGateways"][0]["replicas"], 3);
+        assert!(out[0].not_carried.is_empty(), "{:?}", out[0].not_carried);
+    }
+
+    #[test]
+    fn remote_control_planes_are_refused_with_why() {
+        for spec in [
+            "{profile: remote}",
+            "{components: {istiodRemote: {enabled: true}}}",
+            "{values: {global: {remotePilotAddress: 10.0.0.1}}}",
+        ] {
+            let err = convert(
+                &serde_yaml::from_str(&format!(
+                    "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: {spec}\n"
+                ))
+                .unwrap(),
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("remote or external control plane"),
+                "{spec}: {err}"
+            );
+        }
     }
 }
