@@ -189,24 +189,27 @@ fn render_and_inject_work_for_every_supported_version() {
 
 #[test]
 fn convert_prints_the_meshinstall_after_what_was_not_carried() {
-    let (ok, out, err) = meshop(&["convert", "-f", "operator/tests/convert/ha-gateways.yaml"]);
+    let (ok, out, err) = meshop(&["convert", "-f", "operator/tests/convert/legacy-addons.yaml"]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("# Not carried (5 setting(s)):\n"), "{out}");
-    assert!(out.contains("#   spec.components.ingressGateways[internal-gateway] = "));
+    assert!(out.starts_with("# Not carried (2 setting(s)):\n"), "{out}");
+    assert!(out.contains("#   spec.installPackagePath = "));
     assert!(
-        out.contains("\nkind: MeshInstall\n") && out.contains("  name: ha\n"),
+        out.contains("\nkind: MeshInstall\n") && out.contains("  name: legacy\n"),
         "{out}"
     );
     let (ok, out, _) = meshop(&[
         "convert",
         "-f",
-        "operator/tests/convert/ambient.yaml",
+        "operator/tests/convert/ha-gateways.yaml",
         "-o",
         "json",
     ]);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok && value["meshInstall"]["spec"]["profile"] == "minimal");
-    assert!(value["notCarried"].as_array().unwrap().len() >= 3);
+    assert_eq!(value["notCarried"], serde_json::json!([]));
+    // Ambient is refused, naming why; so is anything not an IstioOperator.
+    let (ok, _, err) = meshop(&["convert", "-f", "operator/tests/convert/ambient.yaml"]);
+    assert!(!ok && err.contains("ambient mode (ztunnel)"), "{err}");
     let (ok, _, err) = meshop(&["convert", "-f", "docs/examples/production.yaml"]);
     assert!(!ok && err.contains("not an IstioOperator"), "{err}");
 }
