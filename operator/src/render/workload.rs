@@ -453,10 +453,11 @@ mod tests {
             name: "t".into(),
             uid: None,
         };
-        let install = Installation::resolve(owner, &spec).unwrap();
+        let on = Installation::resolve(owner, &spec).unwrap();
+        let install = &on;
         let settings = Settings::default();
         // Pods that serve nothing get no ingress rule: a rule without ports would open every port.
-        let closed = network_policy_of(&install, &workload(&install, &settings));
+        let closed = network_policy_of(install, &workload(install, &settings));
         assert_eq!(closed["spec"]["ingress"], serde_json::json!([]));
         assert_eq!(closed["spec"]["egress"], serde_json::json!([{}]));
         assert_eq!(
@@ -472,7 +473,7 @@ mod tests {
         );
         // Declared ports keep their protocol; a probe's numeric port is served too, a named one
         // is a declared port already.
-        let mut w = workload(&install, &settings);
+        let mut w = workload(install, &settings);
         let main = &mut w.pod.containers[0];
         main.ports = Some(
             [(9000, None, Some("p")), (53, Some("UDP"), None)]
@@ -494,7 +495,7 @@ mod tests {
         };
         main.readiness_probe = Some(probe(IntOrString::String("p".into())));
         w.pod.containers[1].liveness_probe = Some(probe(IntOrString::Int(8000)));
-        let open = network_policy_of(&install, &w);
+        let open = network_policy_of(install, &w);
         assert_eq!(
             open["spec"]["ingress"],
             serde_json::json!([{"ports": [
@@ -504,7 +505,7 @@ mod tests {
             ]}])
         );
         // Not asked for: none.
-        let off = install();
+        let off = self::install();
         assert!(workload(&off, &settings).network_policy().is_none());
     }
 }
