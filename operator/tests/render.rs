@@ -936,7 +936,11 @@ type Ports = BTreeSet<(i32, String)>;
 /// What the pods of a template serve, read off the rendered objects: every container's declared
 /// ports, the target ports of every rendered Service that selects the pods, and the numeric ports
 /// of the probes.
-fn served_by(objects: &[Rendered], labels: &BTreeMap<String, String>, t: &PodTemplateSpec) -> Ports {
+fn served_by(
+    objects: &[Rendered],
+    labels: &BTreeMap<String, String>,
+    t: &PodTemplateSpec,
+) -> Ports {
     let mut ports = Ports::new();
     let pod = t.spec.as_ref().unwrap();
     for c in &pod.containers {
@@ -1012,7 +1016,11 @@ fn network_policies_open_exactly_the_ports_each_component_serves() {
         // It selects that workload's pods and no other rendered pods of its namespace.
         let selected: Vec<&String> = pods
             .iter()
-            .zip(objects.iter().filter(|w| matches!(w.kind(), "Deployment" | "DaemonSet")))
+            .zip(
+                objects
+                    .iter()
+                    .filter(|w| matches!(w.kind(), "Deployment" | "DaemonSet")),
+            )
             .filter(|((_, labels, _), w)| {
                 w.namespace() == o.namespace()
                     && selector

@@ -947,7 +947,9 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     ] {
         if let Some(v) = take(&mut src, &format!("values.global.{from}")) {
             // A dotted name is a nested field, as in Istio's values.
-            let (parents, leaf) = to.rsplit_once('.').map_or((None, to), |(p, l)| (Some(p), l));
+            let (parents, leaf) = to
+                .rsplit_once('.')
+                .map_or((None, to), |(p, l)| (Some(p), l));
             let mut at = &mut global;
             for parent in parents.into_iter().flat_map(|p| p.split('.')) {
                 at = object_mut(at, parent);

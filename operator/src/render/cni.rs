@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, HTTPGetAction, PodSpec, Probe, SecurityContext, Toleration, Volume,
+    ConfigMap, Container, ContainerPort, HTTPGetAction, PodSpec, Probe, SecurityContext,
+    Toleration, Volume,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;

@@ -237,7 +237,11 @@ pub(super) fn served_ports(pod: &PodSpec) -> Vec<(i32, String)> {
             out.push((port, protocol.to_string()));
         }
     };
-    let containers = || pod.containers.iter().chain(pod.init_containers.iter().flatten());
+    let containers = || {
+        pod.containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+    };
     for c in containers() {
         for p in c.ports.iter().flatten() {
             add(p.container_port, p.protocol.as_deref().unwrap_or("TCP"));
@@ -445,10 +449,9 @@ mod tests {
 
     #[test]
     fn network_policies_open_the_served_ports_and_never_all_of_them() {
-        let spec = serde_yaml::from_str(
-            "profile: minimal\nglobal: {networkPolicy: {enabled: true}}",
-        )
-        .unwrap();
+        let spec =
+            serde_yaml::from_str("profile: minimal\nglobal: {networkPolicy: {enabled: true}}")
+                .unwrap();
         let owner = crate::effective::Owner {
             name: "t".into(),
             uid: None,
@@ -478,12 +481,14 @@ mod tests {
         main.ports = Some(
             [(9000, None, Some("p")), (53, Some("UDP"), None)]
                 .into_iter()
-                .map(|(port, protocol, name)| k8s_openapi::api::core::v1::ContainerPort {
-                    container_port: port,
-                    protocol: protocol.map(String::from),
-                    name: name.map(String::from),
-                    ..Default::default()
-                })
+                .map(
+                    |(port, protocol, name)| k8s_openapi::api::core::v1::ContainerPort {
+                        container_port: port,
+                        protocol: protocol.map(String::from),
+                        name: name.map(String::from),
+                        ..Default::default()
+                    },
+                )
                 .collect(),
         );
         let probe = |port: IntOrString| k8s_openapi::api::core::v1::Probe {
