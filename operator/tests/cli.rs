@@ -189,24 +189,33 @@ fn render_and_inject_work_for_every_supported_version() {
 
 #[test]
 fn convert_prints_the_meshinstall_after_what_was_not_carried() {
+    let (ok, out, err) = meshop(&["convert", "-f", "operator/tests/convert/legacy-addons.yaml"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("# Not carried (2 setting(s)):\n"), "{out}");
+    assert!(out.contains("#   spec.tag = \"1.7.3\"\n"), "{out}");
+    assert!(
+        out.contains("\nkind: MeshInstall\n") && out.contains("  name: legacy\n"),
+        "{out}"
+    );
     let (ok, out, err) = meshop(&["convert", "-f", "operator/tests/convert/ha-gateways.yaml"]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("# Not carried (5 setting(s)):\n"), "{out}");
-    assert!(out.contains("#   spec.components.ingressGateways[internal-gateway] = "));
     assert!(
-        out.contains("\nkind: MeshInstall\n") && out.contains("  name: ha\n"),
+        out.starts_with("# Every setting of the IstioOperator was carried.\n"),
         "{out}"
     );
     let (ok, out, _) = meshop(&[
         "convert",
         "-f",
-        "operator/tests/convert/ambient.yaml",
+        "operator/tests/convert/legacy-addons.yaml",
         "-o",
         "json",
     ]);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(ok && value["meshInstall"]["spec"]["profile"] == "minimal");
-    assert!(value["notCarried"].as_array().unwrap().len() >= 3);
+    assert!(ok && value["meshInstall"]["spec"]["profile"] == "demo");
+    assert_eq!(value["notCarried"].as_array().unwrap().len(), 2);
+    // Ambient is refused rather than turned into a sidecar mesh.
+    let (ok, _, err) = meshop(&["convert", "-f", "operator/tests/convert/ambient.yaml"]);
+    assert!(!ok && err.contains("ambient mode"), "{err}");
     let (ok, _, err) = meshop(&["convert", "-f", "docs/examples/production.yaml"]);
     assert!(!ok && err.contains("not an IstioOperator"), "{err}");
 }
