@@ -164,6 +164,8 @@ pub struct Global {
     pub image_pull_policy: Option<String>,
     /// Added to injected pods.
     pub image_pull_secrets: Vec<String>,
+    /// `global.networkPolicy.enabled`: a NetworkPolicy for istiod, each gateway and the CNI agent.
+    pub network_policy: bool,
 }
 
 /// The log level Istio's charts give istiod and gateways.
@@ -400,6 +402,11 @@ impl Installation {
                     .unwrap_or_else(|| DEFAULT_CLUSTER_ID.into()),
                 image_pull_policy: global.image_pull_policy.map(|p| p.as_str().to_string()),
                 image_pull_secrets: global.image_pull_secrets.clone().unwrap_or_default(),
+                network_policy: global
+                    .network_policy
+                    .as_ref()
+                    .and_then(|p| p.enabled)
+                    .unwrap_or(false),
             },
         };
         if install.injection.traffic_capture == TrafficCapture::Cni && !install.cni.enabled {

@@ -140,6 +140,17 @@ pub const MANAGED_KINDS: &[ManagedKind] = &[
     ManagedKind::new("", "v1", "Service", "services")
         .order(6)
         .watched(),
+    // A component's NetworkPolicy (`spec.global.networkPolicy`) is in place before its pods
+    // start. Watched: a policy edited or deleted outside meshop opens (or closes) the
+    // component's ports, so it is repaired at once rather than on resync.
+    ManagedKind::new(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+    )
+    .order(6)
+    .watched(),
     ManagedKind::new("apps", "v1", "Deployment", "deployments")
         .order(7)
         .watched()
@@ -283,6 +294,7 @@ mod tests {
         use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
         use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
         use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
         use k8s_openapi::api::policy::v1::PodDisruptionBudget;
         use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -299,6 +311,7 @@ mod tests {
             erase::<RoleBinding>(),
             erase::<ConfigMap>(),
             erase::<Service>(),
+            erase::<NetworkPolicy>(),
             erase::<Deployment>(),
             erase::<DaemonSet>(),
             erase::<HorizontalPodAutoscaler>(),

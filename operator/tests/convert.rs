@@ -194,3 +194,36 @@ fn every_output_is_an_installable_meshinstall() {
         meshop::effective::Installation::from_mesh(&back).unwrap();
     }
 }
+
+/// Istio's `values.global.networkPolicy.enabled` is meshop's `global.networkPolicy.enabled`, the
+/// same shape: the converted MeshInstall renders the policies.
+#[test]
+fn network_policy_is_carried_one_to_one() {
+    let doc = serde_yaml::from_str(
+        "apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+spec:
+  values:
+    global:
+      logAsJson: true
+      networkPolicy:
+        enabled: true
+",
+    )
+    .unwrap();
+    let c = convert(&doc, None).unwrap();
+    assert_eq!(not_carried(&c), vec![]);
+    let s = spec(&c);
+    assert_eq!(
+        s["global"],
+        json!({ "logAsJson": true, "networkPolicy": { "enabled": true } })
+    );
+    let install = meshop::effective::Installation::from_mesh(&c.mesh_install).unwrap();
+    let policies: Vec<String> = meshop::render::render(&install)
+        .unwrap()
+        .iter()
+        .filter(|o| o.kind() == "NetworkPolicy")
+        .map(|o| o.name().to_string())
+        .collect();
+    assert_eq!(policies, ["istiod", "istio-ingressgateway"]);
+}

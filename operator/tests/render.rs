@@ -910,3 +910,198 @@ fn global_identity_and_pull_policy_reach_injected_proxies() {
     assert_eq!(secrets, ["own", "regcred", "other"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `global.networkPolicy`: istiod, every gateway (the profile's and listed ones, in their own
+/// namespaces) and the CNI agent.
+const NETWORK_POLICIES: &str = "profile: demo
+revision: canary
+namespace: mesh
+global:
+  networkPolicy: {enabled: true}
+components:
+  cni: {enabled: true}
+  ingressGateways:
+  - name: public
+    namespace: edge
+    labels: {team: edge}
+    service:
+      ports:
+      - {name: https, port: 443, targetPort: 8443}
+      - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
+";
+
+/// (port, protocol) pairs, the order left out.
+type Ports = BTreeSet<(i32, String)>;
+
+/// What the pods of a template serve, read off the rendered objects: every container's declared
+/// ports, the target ports of every rendered Service that selects the pods, and the numeric ports
+/// of the probes.
+fn served_by(
+    objects: &[Rendered],
+    labels: &BTreeMap<String, String>,
+    t: &PodTemplateSpec,
+) -> Ports {
+    let mut ports = Ports::new();
+    let pod = t.spec.as_ref().unwrap();
+    for c in &pod.containers {
+        for p in c.ports.iter().flatten() {
+            ports.insert((p.container_port, p.protocol.clone().unwrap_or("TCP".into())));
+        }
+        for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(IntOrString::Int(p)) = probe.http_get.as_ref().map(|h| &h.port) {
+                ports.insert((*p, "TCP".into()));
+            }
+        }
+    }
+    for o in objects.iter().filter(|o| o.kind() == "Service") {
+        let spec = typed::<Service>(o).spec.unwrap();
+        let selector = spec.selector.unwrap_or_default();
+        if selector.is_empty() || !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            continue;
+        }
+        for p in spec.ports.unwrap_or_default() {
+            let Some(IntOrString::Int(target)) = p.target_port else {
+                panic!("{}: a non-numeric target port", o.key())
+            };
+            ports.insert((target, p.protocol.unwrap_or("TCP".into())));
+        }
+    }
+    ports
+}
+
+#[test]
+fn network_policies_open_exactly_the_ports_each_component_serves() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let install = resolve(NETWORK_POLICIES);
+    let objects = render::render(&install).unwrap();
+    let pods = pod_templates(&objects);
+    let policies: Vec<&Rendered> = objects
+        .iter()
+        .filter(|o| o.kind() == "NetworkPolicy")
+        .collect();
+    // One per component Istio gives one: istiod (named like its Deployment), each gateway, the
+    // CNI agent; none for the addons.
+    let want: BTreeSet<String> = [
+        "NetworkPolicy/mesh/istiod-canary",
+        "NetworkPolicy/mesh/istio-ingressgateway",
+        "NetworkPolicy/mesh/istio-egressgateway",
+        "NetworkPolicy/edge/public",
+        "NetworkPolicy/mesh/istio-cni-node",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(keys_of(&objects, "NetworkPolicy"), want);
+    for o in &policies {
+        let policy: NetworkPolicy = typed(o);
+        let spec = policy.spec.unwrap();
+        // The workload of the same name and namespace.
+        let workload = objects
+            .iter()
+            .find(|w| {
+                matches!(w.kind(), "Deployment" | "DaemonSet")
+                    && w.name() == o.name()
+                    && w.namespace() == o.namespace()
+            })
+            .unwrap_or_else(|| panic!("{}: no workload of its name", o.key()));
+        assert_eq!(workload.component, o.component, "{}", o.key());
+        let workload_selector = match workload.kind() {
+            "Deployment" => typed::<Deployment>(workload).spec.unwrap().selector,
+            _ => typed::<DaemonSet>(workload).spec.unwrap().selector,
+        };
+        let selector = spec.pod_selector.clone().unwrap();
+        assert_eq!(selector, workload_selector, "{}", o.key());
+        // It selects that workload's pods and no other rendered pods of its namespace.
+        let selected: Vec<&String> = pods
+            .iter()
+            .zip(
+                objects
+                    .iter()
+                    .filter(|w| matches!(w.kind(), "Deployment" | "DaemonSet")),
+            )
+            .filter(|((_, labels, _), w)| {
+                w.namespace() == o.namespace()
+                    && selector
+                        .match_labels
+                        .iter()
+                        .flatten()
+                        .all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .map(|((name, _, _), _)| name)
+            .collect();
+        assert_eq!(selected, [&o.name().to_string()], "{}", o.key());
+        assert_eq!(
+            spec.policy_types,
+            Some(vec!["Ingress".to_string(), "Egress".to_string()]),
+            "{}",
+            o.key()
+        );
+        // Egress: one empty rule, allowing everything.
+        assert_eq!(
+            serde_json::to_value(&spec.egress).unwrap(),
+            serde_json::json!([{}]),
+            "{}",
+            o.key()
+        );
+        // Ingress: from anywhere, on exactly the ports the pods serve.
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 1, "{}", o.key());
+        assert_eq!(rules[0].from, None, "{}", o.key());
+        let opened: Ports = rules[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| match &p.port {
+                Some(IntOrString::Int(n)) => (*n, p.protocol.clone().unwrap()),
+                other => panic!("{}: port {other:?}", o.key()),
+            })
+            .collect();
+        let (_, labels, template) = pods.iter().find(|(n, _, _)| n == o.name()).unwrap();
+        assert_eq!(opened, served_by(&objects, labels, template), "{}", o.key());
+    }
+    // The facts Istio's own policies rest on are among them.
+    let opened = |key: &str| -> Ports {
+        let policy: NetworkPolicy = typed(policies.iter().find(|o| o.key() == key).unwrap());
+        policy.spec.unwrap().ingress.unwrap()[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| match &p.port {
+                Some(IntOrString::Int(n)) => (*n, p.protocol.clone().unwrap()),
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    let tcp = |ports: &[i32]| -> Ports { ports.iter().map(|p| (*p, "TCP".to_string())).collect() };
+    // istiod: debug and readiness, xDS, xDS over TLS, webhook, monitoring.
+    assert_eq!(
+        opened("NetworkPolicy/mesh/istiod-canary"),
+        tcp(&[8080, 15010, 15012, 15014, 15017])
+    );
+    // A gateway: its Service's target ports (UDP kept), health, Envoy's metrics.
+    let mut public = tcp(&[8443, 15021, 15090]);
+    public.insert((5353, "UDP".into()));
+    assert_eq!(opened("NetworkPolicy/edge/public"), public);
+    assert!(opened("NetworkPolicy/mesh/istio-ingressgateway").is_superset(&tcp(&[15021, 15090])));
+    // The CNI agent: metrics and readiness.
+    assert_eq!(
+        opened("NetworkPolicy/mesh/istio-cni-node"),
+        tcp(&[8000, 15014])
+    );
+}
+
+#[test]
+fn no_network_policy_unless_asked_for() {
+    for (what, install) in all_installs() {
+        let objects = render::render(&install).unwrap();
+        assert!(
+            keys_of(&objects, "NetworkPolicy").is_empty(),
+            "{what}: a NetworkPolicy without global.networkPolicy"
+        );
+    }
+    let off = NETWORK_POLICIES.replace("enabled: true}", "enabled: false}");
+    let objects = render::render(&resolve(&off)).unwrap();
+    assert!(keys_of(&objects, "NetworkPolicy").is_empty());
+}

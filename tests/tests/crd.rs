@@ -440,6 +440,16 @@ fn invalid_cases() -> Vec<(&'static str, Value, &'static str)> {
             json!({"profile": "demo", "global": {"multiCluster": {"clusterName": "a"}}}),
             "unknown field \"spec.global.multiCluster\"",
         ),
+        (
+            "global networkPolicy.enabled not a bool",
+            json!({"profile": "demo", "global": {"networkPolicy": {"enabled": "yes"}}}),
+            "spec.global.networkPolicy.enabled: Invalid value",
+        ),
+        (
+            "unknown global networkPolicy field",
+            json!({"profile": "demo", "global": {"networkPolicy": {"enabled": true, "ingress": []}}}),
+            "unknown field \"spec.global.networkPolicy.ingress\"",
+        ),
     ]
 }
 

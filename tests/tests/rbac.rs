@@ -74,7 +74,8 @@ async fn operator_works_with_its_own_rbac_only() {
 
     let api: Api<MeshInstall> = Api::all(admin.clone());
     let mi: MeshInstall = serde_json::from_value(json!({"apiVersion": "meshop.dev/v1alpha1", "kind": "MeshInstall",
-        "metadata": {"name": "rbac"}, "spec": {"profile": "production", "components": {"cni": {"enabled": true}}}})).unwrap();
+        "metadata": {"name": "rbac"}, "spec": {"profile": "production", "components": {"cni": {"enabled": true}},
+        "global": {"networkPolicy": {"enabled": true}}}})).unwrap();
     api.create(&PostParams::default(), &mi).await.unwrap();
     meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
         .await;

@@ -725,3 +725,216 @@ async fn the_production_platform_example_becomes_ready_as_written() {
     );
     mesh.delete().await;
 }
+
+/// The pods a NetworkPolicy's podSelector selects in its namespace, as the API server evaluates
+/// the selector.
+async fn pods_selected_by(
+    client: &Client,
+    policy: &k8s_openapi::api::networking::v1::NetworkPolicy,
+) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    let selector = policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .pod_selector
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(selector.match_expressions, None);
+    let labels: Vec<String> = selector
+        .match_labels
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert!(!labels.is_empty(), "an empty podSelector selects every pod");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(
+        client.clone(),
+        policy.metadata.namespace.as_deref().unwrap(),
+    );
+    pods.list(&ListParams::default().labels(&labels.join(",")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// The uid of the Deployment or DaemonSet that runs `pod` (through its ReplicaSet).
+async fn workload_of(client: &Client, pod: &k8s_openapi::api::core::v1::Pod) -> (String, String) {
+    let namespace = pod.metadata.namespace.as_deref().unwrap();
+    let owner = pod.metadata.owner_references.as_ref().unwrap()[0].clone();
+    if owner.kind == "ReplicaSet" {
+        let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+            Api::namespaced(client.clone(), namespace);
+        let set = sets.get(&owner.name).await.unwrap();
+        let owner = set.metadata.owner_references.unwrap()[0].clone();
+        return (owner.kind, owner.name);
+    }
+    (owner.kind, owner.name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_select_their_running_pods_and_go_when_turned_off() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    const EDGE: &str = "rc-netpol-edge";
+    let cp = meshop_testenv::shared_with_controllers();
+    cp.grant_control_plane(EDGE).unwrap();
+    let mesh = Mesh::create(
+        "netpol",
+        "rc-netpol",
+        json!({
+            "profile": "minimal",
+            "global": { "networkPolicy": { "enabled": true } },
+            "components": {
+                "ingressGateway": { "enabled": true },
+                "cni": { "enabled": true },
+                "ingressGateways": [{ "name": "public", "namespace": EDGE }],
+            },
+        }),
+    )
+    .await;
+    mesh.wait(KStatus::Current, READY).await;
+    let ns = mesh.namespace;
+    let policies =
+        |namespace: &str| -> Api<NetworkPolicy> { Api::namespaced(mesh.client.clone(), namespace) };
+    let list = |namespace: &'static str| {
+        let api = policies(namespace);
+        async move {
+            api.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect::<Vec<_>>()
+        }
+    };
+    let names = |items: &[NetworkPolicy]| -> BTreeSet<String> {
+        items
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect()
+    };
+    let in_ns = list(ns).await;
+    let in_edge = list(EDGE).await;
+    assert_eq!(
+        names(&in_ns),
+        set(&["istiod", "istio-ingressgateway", "istio-cni-node"])
+    );
+    assert_eq!(names(&in_edge), set(&["public"]));
+    for policy in in_ns.iter().chain(&in_edge) {
+        let name = policy.metadata.name.clone().unwrap();
+        let kind = if name == "istio-cni-node" {
+            "DaemonSet"
+        } else {
+            "Deployment"
+        };
+        // The policy selects running pods, all of them its own workload's: the workload of
+        // the same name, found through the pods' owners, not through labels.
+        let pods = pods_selected_by(&mesh.client, policy).await;
+        assert!(!pods.is_empty(), "{name} selects no pod");
+        let mut served: BTreeSet<(i32, String)> = BTreeSet::new();
+        for pod in &pods {
+            assert_eq!(
+                workload_of(&mesh.client, pod).await,
+                (kind.to_string(), name.clone()),
+                "{name} selects {}",
+                pod.metadata.name.as_deref().unwrap()
+            );
+            assert_eq!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Running"),
+                "{name}"
+            );
+            for c in &pod.spec.as_ref().unwrap().containers {
+                for p in c.ports.iter().flatten() {
+                    served.insert((p.container_port, p.protocol.clone().unwrap()));
+                }
+                if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) = c
+                    .readiness_probe
+                    .as_ref()
+                    .and_then(|r| r.http_get.as_ref())
+                    .map(|h| h.port.clone())
+                {
+                    served.insert((p, "TCP".into()));
+                }
+            }
+        }
+        // Ingress: from anywhere, on the ports the running pods declare and are probed on.
+        let spec = policy.spec.clone().unwrap();
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 1, "{name}");
+        assert_eq!(rules[0].from, None, "{name}");
+        let opened: BTreeSet<(i32, String)> = rules[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| match &p.port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                    (*n, p.protocol.clone().unwrap())
+                }
+                other => panic!("{name}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(opened, served, "{name}");
+        assert_eq!(
+            spec.policy_types,
+            Some(vec!["Ingress".to_string(), "Egress".to_string()]),
+            "{name}"
+        );
+        assert_eq!(spec.egress.map(|e| e.len()), Some(1), "{name}");
+    }
+
+    // Deleted outside meshop, a policy comes back (the kind is watched: no wait for a resync).
+    let old_uid = policies(ns).get("istiod").await.unwrap().metadata.uid;
+    policies(ns)
+        .delete("istiod", &DeleteParams::default())
+        .await
+        .unwrap();
+    meshop_testenv::wait_until(
+        "istiod's NetworkPolicy recreated",
+        Duration::from_secs(60),
+        || async {
+            let now = policies(ns).get_opt("istiod").await?;
+            let uid = now.as_ref().and_then(|p| p.metadata.uid.clone());
+            ensure!(uid.is_some() && uid != old_uid, "uid {uid:?}");
+            Ok(())
+        },
+    )
+    .await;
+
+    // Turned off again: every policy is pruned, in both namespaces.
+    mesh.api
+        .patch(
+            mesh.name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "spec": { "global": { "networkPolicy": { "enabled": false } } } }),
+            ),
+        )
+        .await
+        .unwrap();
+    mesh.wait(KStatus::Current, READY).await;
+    meshop_testenv::wait_until(
+        "NetworkPolicies pruned",
+        Duration::from_secs(60),
+        || async {
+            let left: Vec<String> = list(ns)
+                .await
+                .into_iter()
+                .chain(list(EDGE).await)
+                .map(|p| p.metadata.name.unwrap())
+                .collect();
+            ensure!(left.is_empty(), "still there: {left:?}");
+            Ok(())
+        },
+    )
+    .await;
+    // The workloads stay.
+    assert_eq!(
+        mesh.deployment_names().await,
+        set(&["istiod", "istio-ingressgateway"])
+    );
+    mesh.delete().await;
+}

@@ -711,6 +711,21 @@ pub struct Global {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
     pub cluster_name: Option<String>,
+    /// A NetworkPolicy for istiod, each gateway and the CNI agent, as Istio's
+    /// global.networkPolicy: each selects its component's pods, allows all egress, and allows
+    /// ingress only on the ports the component serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<GlobalNetworkPolicy>,
+}
+
+/// NetworkPolicies for meshop's components (Istio's global.networkPolicy).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalNetworkPolicy {
+    /// Whether the NetworkPolicies are created (default false); turned off again, they are
+    /// deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// Horizontal pod autoscaling on CPU utilisation.

@@ -985,9 +985,18 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         ("network", "network"),
         ("multiCluster.clusterName", "clusterName"),
         ("logging.level", "logLevel"),
+        ("networkPolicy.enabled", "networkPolicy.enabled"),
     ] {
         if let Some(v) = take(&mut src, &format!("values.global.{from}")) {
-            global.insert(to.into(), v);
+            // A dotted name is a nested field, as in Istio's values.
+            let (parents, leaf) = to
+                .rsplit_once('.')
+                .map_or((None, to), |(p, l)| (Some(p), l));
+            let mut at = &mut global;
+            for parent in parents.into_iter().flat_map(|p| p.split('.')) {
+                at = object_mut(at, parent);
+            }
+            at.insert(leaf.into(), v);
         }
     }
     if let Some(secrets) = take(&mut src, "values.global.imagePullSecrets") {

@@ -611,7 +611,8 @@ mod tests {
     fn every_kind_render_can_emit_is_in_the_managed_kinds_table() {
         let everything = "components: {istiod: {enabled: true}, ingressGateway: {enabled: true}, \
             egressGateway: {enabled: true}, cni: {enabled: true}, addons: {prometheus: {enabled: true}, \
-            grafana: {enabled: true}, kiali: {enabled: true}, jaeger: {enabled: true}}}\n";
+            grafana: {enabled: true}, kiali: {enabled: true}, jaeger: {enabled: true}}}\n\
+            global: {networkPolicy: {enabled: true}}\n";
         let mut seen = BTreeSet::new();
         for profile in ["demo", "production", "performance", "minimal", "empty"] {
             for revision in ["", "revision: canary\n"] {

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, HTTPGetAction, PodSpec, Probe, SecurityContext, Toleration, Volume,
+    ConfigMap, Container, ContainerPort, HTTPGetAction, PodSpec, Probe, SecurityContext,
+    Toleration, Volume,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
@@ -21,6 +22,8 @@ use crate::effective::Installation;
 const READ: &[&str] = &["get", "list", "watch"];
 const C: ComponentId = ComponentId::Cni;
 const NAME: &str = "istio-cni-node";
+/// Where install-cni serves its metrics.
+const MONITORING_PORT: i32 = 15014;
 
 pub fn render(install: &Installation) -> Vec<Rendered> {
     let settings = &install.cni;
@@ -55,6 +58,13 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             serde_json::from_value(json!({ "configMapRef": { "name": "istio-cni-config" } }))
                 .expect("envFrom"),
         ]),
+        // The agent's Prometheus metrics (install-cni's --monitoring-port, 15014 by default).
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: MONITORING_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/readyz".into()),
@@ -89,7 +99,7 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         serde_json::from_value(json!({ "name": "tmp", "emptyDir": {} })).expect("volume"),
     ];
     // The agent must run on every node, tainted or not (the user's tolerations come after).
-    let daemonset = Workload {
+    let workload = Workload {
         install,
         component: C,
         name: NAME,
@@ -111,8 +121,7 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             ..Default::default()
         },
         default_priority_class: Some("system-node-critical"),
-    }
-    .daemon_set();
+    };
     let rules = vec![
         policy_rule(&[""], &["pods", "nodes", "namespaces"], READ),
         policy_rule(&["apps"], &["daemonsets"], READ),
@@ -133,6 +142,7 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             ..Default::default()
         },
     ));
-    out.push(daemonset);
+    out.push(workload.daemon_set());
+    out.extend(workload.network_policy());
     out
 }

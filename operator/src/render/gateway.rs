@@ -39,7 +39,9 @@ pub fn render(install: &Installation, gateway: &Gateway) -> Vec<Rendered> {
         vec![policy_rule(&[""], &["secrets"], &["get", "watch", "list"])],
     ));
     out.push(Rendered::new(c, &service(install, gateway)));
-    out.extend(workload(install, gateway).deployment());
+    let workload = workload(install, gateway);
+    out.extend(workload.deployment());
+    out.extend(workload.network_policy());
     out
 }
 

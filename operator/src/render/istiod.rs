@@ -73,7 +73,9 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         C,
         &common::service(install, C, &name, Some("ClusterIP"), &selector, PORTS),
     ));
-    out.extend(workload(install, &name, selector).deployment());
+    let workload = workload(install, &name, selector);
+    out.extend(workload.deployment());
+    out.extend(workload.network_policy());
     out
 }
 

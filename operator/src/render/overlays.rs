@@ -352,7 +352,7 @@ fn takes_initial(object: &Value, initial: &Value, path: &str) -> Option<String> 
 /// field the type does not have (which server-side apply would refuse on every pass).
 fn typed(kind: &str, value: &Value) -> Result<(), String> {
     use k8s_openapi::api::admissionregistration::v1 as admission;
-    use k8s_openapi::api::{apps, autoscaling, core, policy, rbac};
+    use k8s_openapi::api::{apps, autoscaling, core, networking, policy, rbac};
     match kind {
         "Deployment" => check::<apps::v1::Deployment>(kind, value),
         "DaemonSet" => check::<apps::v1::DaemonSet>(kind, value),
@@ -366,6 +366,7 @@ fn typed(kind: &str, value: &Value) -> Result<(), String> {
         "RoleBinding" => check::<rbac::v1::RoleBinding>(kind, value),
         "HorizontalPodAutoscaler" => check::<autoscaling::v2::HorizontalPodAutoscaler>(kind, value),
         "PodDisruptionBudget" => check::<policy::v1::PodDisruptionBudget>(kind, value),
+        "NetworkPolicy" => check::<networking::v1::NetworkPolicy>(kind, value),
         "MutatingWebhookConfiguration" => {
             check::<admission::MutatingWebhookConfiguration>(kind, value)
         }
@@ -670,6 +671,34 @@ mod tests {
             "[{kind: Deployment, name: istiod, strategicMerge: {spec: {template: {spec: {containers: [{name: discovery, resources: {limits: {cpu: 2}}}]}}}}}]",
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn a_network_policy_takes_overlays_and_is_checked_against_its_type() {
+        // A port opened by an overlay (for a container port another overlay adds).
+        let with = |overlay: &str| {
+            install(&format!(
+                "profile: minimal\nglobal: {{networkPolicy: {{enabled: true}}}}\ncomponents:\n  istiod:\n    overlays: [{overlay}]\n"
+            ))
+        };
+        let objects = render(&with(
+            "{kind: NetworkPolicy, jsonPatch: [{op: add, path: /spec/ingress/0/ports/-, value: {port: 9876, protocol: TCP}}]}",
+        ))
+        .unwrap();
+        let ports = &object(&objects, "NetworkPolicy", "istiod")["spec"]["ingress"][0]["ports"];
+        assert_eq!(
+            ports.as_array().unwrap().last(),
+            Some(&json!({"port": 9876, "protocol": "TCP"}))
+        );
+        let err = render(&with(
+            "{kind: NetworkPolicy, strategicMerge: {spec: {ingres: []}}}",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.ends_with("(NetworkPolicy): spec.ingres is not a field of NetworkPolicy"),
+            "{err}"
+        );
     }
 
     #[test]

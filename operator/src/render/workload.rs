@@ -13,7 +13,9 @@
 //!   else the renderer's default), image pull secrets;
 //! - the rollout: one rule per kind ([`deployment_strategy`], [`daemon_set_strategy`]), and the
 //!   replica count left to the autoscaler when there is one, with its HorizontalPodAutoscaler
-//!   and PodDisruptionBudget.
+//!   and PodDisruptionBudget;
+//! - the NetworkPolicy (`spec.global.networkPolicy`) of the components Istio gives one (istiod,
+//!   gateways, CNI agent): the workload's selector, ingress on the ports its pods serve.
 //!
 //! A new setting is one more line here, and every component gets it; a new component uses
 //! [`Workload`] and gets every setting.
@@ -25,6 +27,10 @@ use k8s_openapi::api::apps::v1::{
     DeploymentStrategy, RollingUpdateDaemonSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{LocalObjectReference, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -165,6 +171,45 @@ impl Workload<'_> {
         out
     }
 
+    /// The pods' NetworkPolicy when `spec.global.networkPolicy` asks for one: named and placed
+    /// like the workload, selecting exactly its pods (the workload's selector), every egress
+    /// allowed (the API server, upstreams, JWKS and tracing endpoints are anywhere), and ingress
+    /// only on the ports the pods serve ([`served_ports`]).
+    pub fn network_policy(&self) -> Option<Rendered> {
+        if !self.install.global.network_policy {
+            return None;
+        }
+        let ports: Vec<NetworkPolicyPort> = served_ports(&self.pod)
+            .into_iter()
+            .map(|(port, protocol)| NetworkPolicyPort {
+                port: Some(IntOrString::Int(port)),
+                protocol: Some(protocol),
+                end_port: None,
+            })
+            .collect();
+        // One rule without peers: these ports from anywhere. A rule with no ports would allow
+        // every port, so pods that serve none get no rule (no ingress at all).
+        let ingress = if ports.is_empty() {
+            vec![]
+        } else {
+            vec![NetworkPolicyIngressRule {
+                from: None,
+                ports: Some(ports),
+            }]
+        };
+        let policy = NetworkPolicy {
+            metadata: meta_in(self.install, self.component, self.name, self.namespace),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(self.selector()),
+                policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+                ingress: Some(ingress),
+                // An empty rule allows all egress.
+                egress: Some(vec![NetworkPolicyEgressRule::default()]),
+            }),
+        };
+        Some(Rendered::new(self.component, &policy))
+    }
+
     /// The DaemonSet (no replicas, autoscaler or disruption budget: one pod per node).
     pub fn daemon_set(&self) -> Rendered {
         let daemon_set = DaemonSet {
@@ -179,6 +224,45 @@ impl Workload<'_> {
         };
         Rendered::new(self.component, &daemon_set)
     }
+}
+
+/// The ports a pod serves, as (port, protocol) in the order they first appear: every
+/// container's declared ports, then the numeric ports its probes reach (a probe naming a port
+/// reaches a declared one). A component's Service targets declared ports, so its target ports
+/// are among these.
+pub(super) fn served_ports(pod: &PodSpec) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = Vec::new();
+    let mut add = |port: i32, protocol: &str| {
+        if !out.iter().any(|(p, proto)| *p == port && proto == protocol) {
+            out.push((port, protocol.to_string()));
+        }
+    };
+    let containers = || {
+        pod.containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+    };
+    for c in containers() {
+        for p in c.ports.iter().flatten() {
+            add(p.container_port, p.protocol.as_deref().unwrap_or("TCP"));
+        }
+    }
+    for c in containers() {
+        let probes = [&c.readiness_probe, &c.liveness_probe, &c.startup_probe];
+        for probe in probes.into_iter().flatten() {
+            let port = probe
+                .http_get
+                .as_ref()
+                .map(|h| &h.port)
+                .or(probe.tcp_socket.as_ref().map(|t| &t.port));
+            match (port, &probe.grpc) {
+                (Some(IntOrString::Int(p)), _) => add(*p, "TCP"),
+                (None, Some(grpc)) => add(grpc.port, "TCP"),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -356,5 +440,77 @@ mod tests {
             ds.spec.unwrap().update_strategy,
             Some(daemon_set_strategy())
         );
+    }
+
+    fn network_policy_of(install: &Installation, w: &Workload) -> serde_json::Value {
+        assert!(install.global.network_policy);
+        serde_json::to_value(&w.network_policy().unwrap().object).unwrap()
+    }
+
+    #[test]
+    fn network_policies_open_the_served_ports_and_never_all_of_them() {
+        let spec =
+            serde_yaml::from_str("profile: minimal\nglobal: {networkPolicy: {enabled: true}}")
+                .unwrap();
+        let owner = crate::effective::Owner {
+            name: "t".into(),
+            uid: None,
+        };
+        let on = Installation::resolve(owner, &spec).unwrap();
+        let install = &on;
+        let settings = Settings::default();
+        // Pods that serve nothing get no ingress rule: a rule without ports would open every port.
+        let closed = network_policy_of(install, &workload(install, &settings));
+        assert_eq!(closed["spec"]["ingress"], serde_json::json!([]));
+        assert_eq!(closed["spec"]["egress"], serde_json::json!([{}]));
+        assert_eq!(
+            closed["spec"]["podSelector"],
+            serde_json::json!({"matchLabels": {"app": "w"}})
+        );
+        assert_eq!(
+            (
+                &closed["metadata"]["name"],
+                &closed["metadata"]["namespace"]
+            ),
+            (&serde_json::json!("w"), &serde_json::json!("elsewhere"))
+        );
+        // Declared ports keep their protocol; a probe's numeric port is served too, a named one
+        // is a declared port already.
+        let mut w = workload(install, &settings);
+        let main = &mut w.pod.containers[0];
+        main.ports = Some(
+            [(9000, None, Some("p")), (53, Some("UDP"), None)]
+                .into_iter()
+                .map(
+                    |(port, protocol, name)| k8s_openapi::api::core::v1::ContainerPort {
+                        container_port: port,
+                        protocol: protocol.map(String::from),
+                        name: name.map(String::from),
+                        ..Default::default()
+                    },
+                )
+                .collect(),
+        );
+        let probe = |port: IntOrString| k8s_openapi::api::core::v1::Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                port,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        main.readiness_probe = Some(probe(IntOrString::String("p".into())));
+        w.pod.containers[1].liveness_probe = Some(probe(IntOrString::Int(8000)));
+        let open = network_policy_of(install, &w);
+        assert_eq!(
+            open["spec"]["ingress"],
+            serde_json::json!([{"ports": [
+                {"port": 9000, "protocol": "TCP"},
+                {"port": 53, "protocol": "UDP"},
+                {"port": 8000, "protocol": "TCP"},
+            ]}])
+        );
+        // Not asked for: none.
+        let off = self::install();
+        assert!(workload(&off, &settings).network_policy().is_none());
     }
 }

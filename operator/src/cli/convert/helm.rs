@@ -184,6 +184,14 @@ pub fn to_operator_spec(chart: Chart, mut values: Value) -> Value {
                 }
             }
             carry(&mut values, "revision", &mut spec, "revision");
+            // The gateway chart reads the mesh-wide global.networkPolicy too; meshop's is one
+            // switch for every component.
+            carry(
+                &mut values,
+                "global.networkPolicy",
+                &mut spec,
+                "values.global.networkPolicy",
+            );
             // Istio's gateway chart is one chart for both directions; its labels say which.
             let egress = g.pointer("/label/istio").and_then(Value::as_str) == Some("egressgateway");
             let key = if egress {
@@ -193,7 +201,7 @@ pub fn to_operator_spec(chart: Chart, mut values: Value) -> Value {
             };
             set(&mut spec, &format!("components.{key}"), json!([g]));
             if values.as_object().is_some_and(|m| !m.is_empty()) {
-                spec["values"] = json!({ "gateway": values });
+                set(&mut spec, "values.gateway", values);
             }
         }
     }
@@ -263,6 +271,15 @@ mod tests {
         assert_eq!(g["k8s"]["service"]["externalTrafficPolicy"], "Local");
         assert_eq!(g["k8s"]["hpaSpec"]["maxReplicas"], 5);
         assert!(spec.get("values").is_none(), "{spec}");
+        // Mesh-wide switches the chart reads stay mesh-wide.
+        let spec = to_operator_spec(
+            Chart::Gateway,
+            json!({ "name": "public", "global": { "networkPolicy": { "enabled": true } } }),
+        );
+        assert_eq!(
+            spec["values"],
+            json!({ "global": { "networkPolicy": { "enabled": true } } })
+        );
     }
 
     #[test]
