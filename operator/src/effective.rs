@@ -46,6 +46,125 @@ pub enum SpecError {
         "gateway {0:?} sets label {1:?}, which meshop sets itself (istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-*, app.kubernetes.io/*)"
     )]
     ReservedGatewayLabel(String, String),
+    /// A custom injection template (spec.injection.templates) meshop cannot use.
+    #[error("injection template {name:?}: {reason}")]
+    InvalidTemplate { name: String, reason: String },
+    /// spec.injection.defaultTemplates names what meshop cannot inject.
+    #[error("injection.defaultTemplates: {0}")]
+    InvalidDefaultTemplates(String),
+}
+
+/// The custom templates of `spec.injection`, each checked by [`parse_template`], and its
+/// `defaultTemplates` checked against them (the CRD's rules, for offline use).
+fn injection_templates(injection: &api::Injection) -> Result<BTreeMap<String, Value>, SpecError> {
+    let mut out = BTreeMap::new();
+    let given = injection.templates.clone().unwrap_or_default();
+    if given.len() > api::MAX_TEMPLATES {
+        return Err(SpecError::InvalidTemplate {
+            name: given
+                .keys()
+                .nth(api::MAX_TEMPLATES)
+                .cloned()
+                .unwrap_or_default(),
+            reason: format!("at most {} templates", api::MAX_TEMPLATES),
+        });
+    }
+    for (name, text) in &given {
+        let parsed = parse_template(name, text).map_err(|reason| SpecError::InvalidTemplate {
+            name: name.clone(),
+            reason,
+        })?;
+        out.insert(name.clone(), parsed);
+    }
+    if let Some(defaults) = &injection.default_templates {
+        for name in defaults {
+            if !["sidecar", "gateway"].contains(&name.as_str()) && !out.contains_key(name) {
+                return Err(SpecError::InvalidDefaultTemplates(format!(
+                    "{name:?} is neither a built-in template meshop injects by default (sidecar, gateway) nor one of injection.templates"
+                )));
+            }
+        }
+        if !defaults.iter().any(|n| n == "sidecar" || n == "gateway") {
+            return Err(SpecError::InvalidDefaultTemplates(
+                "name a built-in template (sidecar or gateway), which custom templates are merged onto".into(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A custom injection template as meshop applies it: `text` is YAML for a partial Pod (only
+/// `metadata.labels`, `metadata.annotations` and `spec`), without Go template directives, named
+/// as a pod's `inject.istio.io/templates` can name it and not like one of Istio's built-in
+/// templates. Returns it as JSON (an empty template is `{}`), or why not.
+pub fn parse_template(name: &str, text: &str) -> Result<Value, String> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid_name {
+        return Err("a template's name is 1 to 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit".into());
+    }
+    if api::ISTIO_TEMPLATES.contains(&name) {
+        return Err(format!(
+            "{name:?} is one of Istio's built-in templates, which cannot be redefined"
+        ));
+    }
+    if text.chars().count() > api::MAX_TEMPLATE_CHARS {
+        return Err(format!(
+            "longer than {} characters",
+            api::MAX_TEMPLATE_CHARS
+        ));
+    }
+    if text.contains("{{") {
+        return Err("contains {{: meshop does not run Go templates; write the partial Pod as it should be merged".into());
+    }
+    let value: Value = serde_yaml::from_str(text).map_err(|e| format!("is not YAML: {e}"))?;
+    let value = match value {
+        Value::Null => Value::Object(Map::new()),
+        Value::Object(m) => Value::Object(m),
+        _ => return Err("is not a partial Pod (a map with metadata and spec)".into()),
+    };
+    for (key, field) in value.as_object().into_iter().flatten() {
+        match key.as_str() {
+            "spec" => {}
+            "metadata" => {
+                let Some(meta) = field.as_object() else {
+                    return Err("metadata is not a map".into());
+                };
+                if let Some(other) = meta.keys().find(|k| *k != "labels" && *k != "annotations") {
+                    return Err(format!(
+                        "sets metadata.{other}; a template sets only metadata.labels and metadata.annotations"
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "sets {other}; a template is a partial Pod: metadata (labels, annotations) and spec"
+                ));
+            }
+        }
+    }
+    // It must read as a Pod (each container and volume named, each field of its type) ...
+    let mut as_pod = value.clone();
+    if let Some(spec) = as_pod.as_object_mut().and_then(|m| {
+        m.entry("spec")
+            .or_insert_with(|| Value::Object(Map::new()))
+            .as_object_mut()
+    }) {
+        spec.entry("containers")
+            .or_insert_with(|| Value::Array(Vec::new()));
+    }
+    serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(as_pod)
+        .map_err(|e| format!("is not a partial Pod: {e}"))?;
+    // ... and merge as a strategic merge patch (no directive meshop's merge refuses).
+    let mut pod = json!({"metadata": {}, "spec": {"containers": [{"name": "app"}]}});
+    crate::strategic_merge::merge(&mut pod, &value, crate::strategic_merge::Schema::Pod)
+        .map_err(|e| format!("does not merge onto a pod: {e}"))?;
+    Ok(value)
 }
 
 /// Labels a gateway's `labels` may not set: meshop sets them on its pods, so a selector with
@@ -270,6 +389,12 @@ pub struct Injection {
     pub concurrency: Option<i32>,
     pub log_level: ProxyLogLevel,
     pub hold_application_until_proxy_starts: bool,
+    /// Custom injection templates (`spec.injection.templates`), each a partial Pod as JSON,
+    /// checked by [`parse_template`].
+    pub templates: BTreeMap<String, Value>,
+    /// The templates of a pod that names none (`spec.injection.defaultTemplates`); empty means
+    /// `sidecar`.
+    pub default_templates: Vec<String>,
 }
 
 impl Installation {
@@ -387,6 +512,8 @@ impl Installation {
                 hold_application_until_proxy_starts: proxy
                     .hold_application_until_proxy_starts
                     .unwrap_or(false),
+                templates: injection_templates(&injection)?,
+                default_templates: injection.default_templates.clone().unwrap_or_default(),
             },
             global: Global {
                 log_level: global
@@ -825,6 +952,83 @@ mod tests {
             },
             &spec,
         )
+    }
+
+    #[test]
+    fn injection_templates_are_parsed_and_bad_ones_named() {
+        let ok = resolve(
+            "profile: minimal\ninjection:\n  defaultTemplates: [sidecar, creds]\n  templates:\n    creds: |\n      metadata:\n        labels: {a: b}\n      spec:\n        volumes:\n        - name: creds\n          secret: {secretName: s}\n    empty: \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.injection.default_templates, ["sidecar", "creds"]);
+        assert_eq!(
+            ok.injection.templates["creds"],
+            json!({"metadata": {"labels": {"a": "b"}}, "spec": {"volumes": [{"name": "creds", "secret": {"secretName": "s"}}]}})
+        );
+        assert_eq!(ok.injection.templates["empty"], json!({}));
+        for (name, text, says) in [
+            (
+                "go",
+                "spec:\n  containers:\n  - name: {{ .Name }}\n",
+                "meshop does not run Go templates",
+            ),
+            ("sidecar", "spec: {}\n", "one of Istio's built-in templates"),
+            (
+                "waypoint",
+                "spec: {}\n",
+                "one of Istio's built-in templates",
+            ),
+            ("a,b", "spec: {}\n", "a template's name"),
+            ("meta", "metadata:\n  name: x\n", "sets metadata.name"),
+            ("status", "status: {}\n", "sets status"),
+            ("list", "- a\n", "is not a partial Pod"),
+            (
+                "unnamed",
+                "spec:\n  containers:\n  - image: x\n",
+                "has no \"name\"",
+            ),
+            ("typed", "spec:\n  volumes: 3\n", "is not a partial Pod"),
+            (
+                "retain",
+                "spec:\n  $retainKeys: [volumes]\n",
+                "does not merge onto a pod",
+            ),
+            ("yaml", "spec: [\n", "is not YAML"),
+        ] {
+            let mut spec: MeshInstallSpec = serde_yaml::from_str("profile: minimal").unwrap();
+            spec.injection = Some(api::Injection {
+                templates: Some(BTreeMap::from([(name.to_string(), text.to_string())])),
+                ..Default::default()
+            });
+            let err = Installation::resolve(
+                Owner {
+                    name: "t".into(),
+                    uid: None,
+                },
+                &spec,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&format!("injection template {name:?}")) && err.contains(says),
+                "{name}: {err}"
+            );
+        }
+        for (defaults, says) in [
+            ("[sidecar, nope]", "\"nope\" is neither"),
+            ("[creds]", "name a built-in template"),
+            ("[grpc-agent]", "\"grpc-agent\" is neither"),
+        ] {
+            let err = resolve(&format!(
+                "profile: minimal\ninjection:\n  defaultTemplates: {defaults}\n  templates: {{creds: \"spec: {{}}\"}}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("injection.defaultTemplates") && err.contains(says),
+                "{defaults}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -26,7 +26,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("src/profiles.rs", &["api"]),
     (
         "src/effective.rs",
-        &["api", "profiles", "versions", "revision", "istio_proxy"],
+        // strategic_merge (a leaf, no crate imports): a custom injection template is checked
+        // by merging it as injection will.
+        &[
+            "api",
+            "profiles",
+            "versions",
+            "revision",
+            "istio_proxy",
+            "strategic_merge",
+        ],
     ),
 ];
 

@@ -81,6 +81,81 @@ pub const DEFAULT_CONFIG: Setting = Setting {
     native: true,
 };
 
+/// Istio's own custom-template test input (`sidecar_template.yaml` of manifest-generate's
+/// inputs), with a label and an annotation added: a template that mounts a Secret into the
+/// proxy, and the default templates `[sidecar, credential-volume]`.
+pub const CUSTOM_TEMPLATE_TEXT: &str = "metadata:\n  labels: {credentials: mounted}\n  annotations: {example.com/credentials: application}\nspec:\n  volumes:\n  - name: application-credentials\n    secret:\n      secretName: secret\n  containers:\n  - name: istio-proxy\n    volumeMounts:\n    - name: application-credentials\n      mountPath: /etc/istio/application-credentials\n      readOnly: true\n";
+
+/// The setting of [`CUSTOM_TEMPLATE_TEXT`]: meshop's `spec.injection.templates` and
+/// `defaultTemplates`, and istioctl's `values.sidecarInjectorWebhook` (an IstioOperator file,
+/// [`custom_template_operator`]; no `--set`). Offline `istioctl kube-inject` always starts from
+/// `[sidecar]` (its `IntoObject` sets `defaultTemplate: [sidecar]`, never the injector config's
+/// `defaultTemplates`, which only istiod's webhook reads), so istioctl's input names the
+/// templates with `inject.istio.io/templates: sidecar,credential-volume`, the list istiod's
+/// webhook would take from `defaultTemplates`, and meshop's input names none.
+pub const CUSTOM_TEMPLATE: Setting = Setting {
+    name: "classic/custom-template",
+    meshop_spec: "",
+    istio_sets: &[],
+    native: false,
+};
+
+/// [`CUSTOM_TEMPLATE`]'s MeshInstall `spec` lines (after `version`).
+pub fn custom_template_meshop_spec() -> String {
+    let text: String = CUSTOM_TEMPLATE_TEXT
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    format!(
+        "injection:\n    sidecarMode: classic\n    defaultTemplates: [sidecar, credential-volume]\n    templates:\n      credential-volume: |\n{text}"
+    )
+}
+
+/// [`CUSTOM_TEMPLATE`]'s IstioOperator for `istioctl manifest generate -f`.
+pub fn custom_template_operator() -> String {
+    let text: String = CUSTOM_TEMPLATE_TEXT
+        .lines()
+        .map(|l| format!("          {l}\n"))
+        .collect();
+    format!(
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n    sidecarInjectorWebhook:\n      defaultTemplates: [sidecar, credential-volume]\n      templates:\n        credential-volume: |\n{text}"
+    )
+}
+
+impl<'a> Injectors<'a> {
+    /// Both injectors for [`CUSTOM_TEMPLATE`], files written into `dir`.
+    pub fn custom_template(bin: &IstioBinaries, dir: &Path) -> Result<Injectors<'static>> {
+        let operator = dir.join("custom-template-operator.yaml");
+        std::fs::write(&operator, custom_template_operator())?;
+        let out = Command::new(&bin.istioctl)
+            .args(["manifest", "generate", "--set", "profile=default", "--set"])
+            .arg(format!("tag={VERSION}"))
+            .arg("-f")
+            .arg(&operator)
+            .output()
+            .context("run istioctl manifest generate")?;
+        if !out.status.success() {
+            bail!(
+                "istioctl manifest generate for {}: {}",
+                CUSTOM_TEMPLATE.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let meshinstall = format!(
+            "apiVersion: meshop.dev/v1alpha1\nkind: MeshInstall\nmetadata: {{name: m}}\nspec:\n  profile: minimal\n  version: {VERSION}\n  {}",
+            custom_template_meshop_spec()
+        );
+        Injectors::from_manifest(
+            bin,
+            &CUSTOM_TEMPLATE,
+            &String::from_utf8(out.stdout)?,
+            &meshinstall,
+            dir,
+            "custom-template",
+        )
+    }
+}
+
 /// Both injectors, set up for one setting: istioctl's injector config, values and mesh config
 /// (from `istioctl manifest generate`) and the MeshInstall meshop injects with.
 #[derive(Debug)]

@@ -417,6 +417,23 @@ pub fn injected(
     };
     let sample = dir.join(format!("{prefix}-sample.yaml"));
     std::fs::write(&sample, SAMPLE)?;
+    // Offline `istioctl kube-inject` always starts from `[sidecar]`, never from the injector
+    // config's `defaultTemplates` (which istiod's webhook reads): its sample names them, as the
+    // webhook would choose them, and the annotation is left out of what is compared.
+    let config = std::fs::read_to_string(&injectors.config)?;
+    let defaults = default_templates(&config)?;
+    let istio_sample = dir.join(format!("{prefix}-sample-istioctl.yaml"));
+    std::fs::write(
+        &istio_sample,
+        match &defaults {
+            Some(list) => SAMPLE.replacen(
+                "metadata: {labels:",
+                &format!("metadata: {{annotations: {{{TEMPLATES}: {list:?}}}, labels:"),
+                1,
+            ),
+            None => SAMPLE.to_string(),
+        },
+    )?;
     let read = |text: &str| -> Settings {
         let mut out = Settings::new();
         match docs(text)
@@ -431,9 +448,13 @@ pub fn injected(
         out.retain(|k, _| !k.ends_with("/#order"));
         out
     };
-    let theirs = injectors.istioctl_inject(&sample)?;
+    let theirs = injectors.istioctl_inject(&istio_sample)?;
     let theirs = match theirs.status.success() {
-        true => read(&String::from_utf8_lossy(&theirs.stdout)),
+        true => {
+            let mut read = read(&String::from_utf8_lossy(&theirs.stdout));
+            read.remove(&format!("Injected/metadata/annotations/{TEMPLATES}"));
+            read
+        }
         false => Settings::from([(
             "Injected/#refused".to_string(),
             Value::from(String::from_utf8_lossy(&theirs.stderr).trim()),
@@ -447,6 +468,22 @@ pub fn injected(
         )]),
     };
     Ok(Some((theirs, ours)))
+}
+
+/// The annotation naming a pod's injection templates.
+const TEMPLATES: &str = "inject.istio.io/templates";
+
+/// The `defaultTemplates` of Istio's injector config (the `config` of its ConfigMap), joined as
+/// `inject.istio.io/templates` names them; `None` when it is Istio's own default, `[sidecar]`.
+fn default_templates(config: &str) -> Result<Option<String>> {
+    let config: Value = serde_yaml::from_str(config).context("the injector config is YAML")?;
+    let names: Vec<&str> = config["defaultTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    Ok((!names.is_empty() && names != ["sidecar"]).then(|| names.join(",")))
 }
 
 /// Both tools' settings for one IstioOperator.

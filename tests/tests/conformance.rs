@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use meshop_testenv::conformance::CUSTOM_TEMPLATE;
 use meshop_testenv::conformance::{
     DEFAULT_CONFIG, Difference, Injectors, SETTINGS, differences, first_doc, matches, pod_template,
     show,
@@ -219,6 +220,85 @@ fn meshop_injects_what_istioctl_injects_or_says_why_not() {
     assert!(
         stale.is_empty(),
         "docs/istio-compatibility.md lists differences that no longer occur: {stale:?}"
+    );
+}
+
+/// A custom injection template (Istio's own `sidecar_template.yaml`, with a label and an
+/// annotation) and `defaultTemplates: [sidecar, credential-volume]`: meshop's injection of each
+/// workload, which names no template (so gets the default templates), against `istioctl
+/// kube-inject` of the same workload naming `sidecar,credential-volume` (offline istioctl never
+/// reads `defaultTemplates`: see [`CUSTOM_TEMPLATE`]), every field equal but that annotation.
+#[test]
+fn custom_templates_inject_what_istioctl_injects() {
+    let bin = IstioBinaries::locate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let injectors = Injectors::custom_template(&bin, dir.path()).unwrap();
+    let config = std::fs::read_to_string(&injectors.config).unwrap();
+    assert!(
+        config.contains("- credential-volume") && config.contains("credential-volume: |"),
+        "istioctl's injector config carries the template and the default templates"
+    );
+    let mut report = Vec::new();
+    let mut unequal = Vec::new();
+    for (kind, yaml) in workloads() {
+        let ours_in = dir.path().join(format!("{kind}.yaml"));
+        std::fs::write(&ours_in, &yaml).unwrap();
+        let theirs_in = dir.path().join(format!("{kind}-templates.yaml"));
+        let named = yaml.replace(
+            "annotations: {",
+            "annotations: {inject.istio.io/templates: \"sidecar,credential-volume\", ",
+        );
+        assert_ne!(named, yaml);
+        std::fs::write(&theirs_in, &named).unwrap();
+        let istio = injectors.istioctl_inject(&theirs_in).unwrap();
+        assert!(
+            istio.status.success(),
+            "istioctl kube-inject {kind}: {}",
+            String::from_utf8_lossy(&istio.stderr)
+        );
+        let injected = |text: &str| pod_template(&first_doc(text)).expect("a pod template");
+        let mut theirs = injected(&String::from_utf8_lossy(&istio.stdout));
+        let ours = injected(&injectors.meshop_inject(&ours_in).unwrap());
+        // The template did reach both: the Secret's volume, mounted in the proxy, the label.
+        for (side, pod) in [("istioctl", &theirs), ("meshop", &ours)] {
+            let volumes = pod["spec"]["volumes"].to_string();
+            assert!(
+                volumes.contains("application-credentials"),
+                "{side} {kind}: {volumes}"
+            );
+            assert_eq!(
+                pod["metadata"]["labels"]["credentials"], "mounted",
+                "{side} {kind}"
+            );
+        }
+        // The one input difference: istioctl's workload names the templates.
+        theirs["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove("inject.istio.io/templates");
+        let (fields, found) = differences(&theirs, &ours);
+        for d in &found {
+            unequal.push(format!(
+                "{} {kind} {}\n    istioctl: {}\n    meshop:   {}",
+                CUSTOM_TEMPLATE.name,
+                d.path,
+                show(&d.istioctl),
+                show(&d.meshop)
+            ));
+        }
+        report.push(format!(
+            "{:<24} {:<12} fields {:>4}  equal {:>4}",
+            CUSTOM_TEMPLATE.name,
+            kind,
+            fields,
+            fields - found.len()
+        ));
+    }
+    println!("{}", report.join("\n"));
+    assert!(
+        unequal.is_empty(),
+        "meshop's custom-template injection differs from istioctl kube-inject:\n{}",
+        unequal.join("\n")
     );
 }
 

@@ -484,6 +484,82 @@ async fn invalid_meshinstalls_are_refused_with_a_clear_message() {
     );
 }
 
+/// `spec.injection.templates` and `defaultTemplates`: Istio's shape is accepted as written; a Go
+/// template, a built-in template's name, a bad name, and default templates meshop cannot inject
+/// are refused with the rule's message.
+#[tokio::test]
+async fn injection_templates_are_checked_by_the_crd() {
+    let cp = meshop_testenv::shared();
+    let client = cp.client().await.unwrap();
+    let creds = "spec:\n  volumes:\n  - name: application-credentials\n    secret:\n      secretName: secret\n";
+    let good = json!({"profile": "minimal", "injection": {
+        "templates": {"credential-volume": creds},
+        "defaultTemplates": ["sidecar", "credential-volume"],
+    }});
+    let stored = create_strict(&client, &mesh("templates-ok", good.clone()))
+        .await
+        .expect("Istio's template shape is accepted");
+    assert_eq!(stored.data["spec"]["injection"], good["injection"]);
+    let cases = [
+        (
+            "a Go template",
+            json!({"templates": {"go": "metadata:\n  labels: {a: '{{ .Name }}'}\n"}}),
+            "meshop does not run Go templates",
+        ),
+        (
+            "a built-in template redefined",
+            json!({"templates": {"sidecar": "spec: {}\n"}}),
+            "may not redefine Istio's built-in templates",
+        ),
+        (
+            "Istio's waypoint redefined",
+            json!({"templates": {"waypoint": "spec: {}\n"}}),
+            "may not redefine Istio's built-in templates",
+        ),
+        (
+            "a name a pod cannot name",
+            json!({"templates": {"a,b": "spec: {}\n"}}),
+            "an injection template's name is letters",
+        ),
+        (
+            "a default template that does not exist",
+            json!({"templates": {"creds": creds}, "defaultTemplates": ["sidecar", "nope"]}),
+            "defaultTemplates names sidecar, gateway or one of templates",
+        ),
+        (
+            "default templates without a built-in one",
+            json!({"templates": {"creds": creds}, "defaultTemplates": ["creds"]}),
+            "defaultTemplates names a built-in template",
+        ),
+        (
+            "too many templates",
+            json!({"templates": (0..33).map(|i| (format!("t{i}"), json!("spec: {}"))).collect::<serde_json::Map<_, _>>()}),
+            "spec.injection.templates: Too many",
+        ),
+        (
+            "a template too long",
+            json!({"templates": {"big": "#".repeat(32769)}}),
+            "spec.injection.templates.big: Too long",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (rule, injection, expected)) in cases.into_iter().enumerate() {
+        let spec = json!({"profile": "minimal", "injection": injection});
+        match create_strict(&client, &mesh(&format!("templates-bad-{i}"), spec)).await {
+            Ok(_) => failures.push(format!("{rule}: accepted")),
+            Err(kube::Error::Api(status))
+                if (status.code == 422 || status.code == 400)
+                    && status.message.contains(expected) => {}
+            Err(e) => failures.push(format!("{rule}: {e}, expected {expected:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    mesh_api(&client)
+        .delete("templates-ok", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn namespace_is_immutable() {
     let cp = meshop_testenv::shared();

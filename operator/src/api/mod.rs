@@ -88,6 +88,24 @@ mod tests {
         assert!(json.len() < 256 * 1024, "CRD is {} bytes", json.len());
     }
 
+    /// The CRD's rule refusing built-in template names lists every one of Istio's, and the
+    /// templates meshop injects are Istio's.
+    #[test]
+    fn the_built_in_template_rule_names_every_istio_template() {
+        let yaml = crd_yaml();
+        let rule = yaml
+            .lines()
+            .find(|l| l.contains("rule:") && l.contains("'agentgateway-waypoint'"))
+            .expect("the built-in templates rule");
+        for name in ISTIO_TEMPLATES {
+            assert!(
+                rule.contains(&format!("'{name}'")),
+                "{name} missing from {rule}"
+            );
+        }
+        assert!(MESHOP_TEMPLATES.iter().all(|t| ISTIO_TEMPLATES.contains(t)));
+    }
+
     #[test]
     fn our_fields_keep_their_descriptions() {
         let yaml = crd_yaml();

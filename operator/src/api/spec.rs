@@ -959,8 +959,12 @@ pub enum OutboundTrafficPolicy {
 }
 
 /// Sidecar injection settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(self.defaultTemplates) || self.defaultTemplates.all(t, t in ['sidecar', 'gateway'] || (has(self.templates) && t in self.templates))")
+    .message("defaultTemplates names sidecar, gateway or one of templates"))]
+#[x_kube(validation = Rule::new("!has(self.defaultTemplates) || self.defaultTemplates.exists(t, t in ['sidecar', 'gateway'])")
+    .message("defaultTemplates names a built-in template (sidecar or gateway), which custom templates are merged onto"))]
 pub struct Injection {
     /// Whether meshop registers its sidecar injection webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -981,6 +985,67 @@ pub struct Injection {
     /// Settings of the injected proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySettings>,
+    /// Custom injection templates, as Istio's values.sidecarInjectorWebhook.templates: template
+    /// name -> a partial Pod in YAML (metadata.labels, metadata.annotations and spec), merged
+    /// onto the injected pod as a strategic merge patch (containers, volumes and
+    /// imagePullSecrets by name) after the built-in template, in the order the pod names them. A
+    /// pod chooses templates with the annotation inject.istio.io/templates (comma-separated),
+    /// else gets defaultTemplates. meshop does not run Go templates: a template containing {{ is
+    /// refused. Istio's built-in template names (sidecar, gateway, grpc-agent, grpc-simple,
+    /// waypoint, kube-gateway, agentgateway, agentgateway-waypoint) cannot be redefined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "injection_templates_schema")]
+    #[x_kube(validation = Rule::new("self.all(k, !self[k].contains('{{'))")
+        .message("an injection template may not contain {{: meshop does not run Go templates; write the partial Pod as it should be merged"))]
+    #[x_kube(validation = Rule::new(BUILTIN_TEMPLATES_RULE)
+        .message("injection templates may not redefine Istio's built-in templates (sidecar, gateway, grpc-agent, grpc-simple, waypoint, kube-gateway, agentgateway, agentgateway-waypoint)"))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$'))")
+        .message("an injection template's name is letters, digits, '-', '_' and '.', starting and ending with a letter or digit"))]
+    pub templates: Option<BTreeMap<String, String>>,
+    /// The templates a pod that does not set inject.istio.io/templates gets, in order, as
+    /// Istio's values.sidecarInjectorWebhook.defaultTemplates; [sidecar] when left out. Each is a
+    /// built-in template (sidecar or gateway, at least one of them) or one of templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
+    pub default_templates: Option<Vec<String>>,
+}
+
+/// Istio's injection templates (release-1.31): a pod names them with inject.istio.io/templates,
+/// and `spec.injection.templates` may not redefine them. meshop injects [`MESHOP_TEMPLATES`] of
+/// them itself.
+pub const ISTIO_TEMPLATES: &[&str] = &[
+    "sidecar",
+    "gateway",
+    "grpc-simple",
+    "grpc-agent",
+    "waypoint",
+    "kube-gateway",
+    "agentgateway",
+    "agentgateway-waypoint",
+];
+
+/// The built-in templates meshop injects: `sidecar` (the default), `gateway` (with the pod's own
+/// proxy container), and the proxyless gRPC ones, `grpc-agent` and `grpc-simple`.
+pub const MESHOP_TEMPLATES: &[&str] = &["sidecar", "gateway", "grpc-agent", "grpc-simple"];
+
+/// The CEL rule refusing [`ISTIO_TEMPLATES`] as custom template names (a unit test checks it
+/// lists them all).
+const BUILTIN_TEMPLATES_RULE: &str = "self.all(k, !(k in ['sidecar', 'gateway', 'grpc-simple', 'grpc-agent', 'waypoint', 'kube-gateway', 'agentgateway', 'agentgateway-waypoint']))";
+
+/// The longest custom injection template meshop takes, in characters.
+pub const MAX_TEMPLATE_CHARS: usize = 32768;
+/// The most custom injection templates a MeshInstall has.
+pub const MAX_TEMPLATES: usize = 32;
+
+/// `spec.injection.templates`: a map of at most [`MAX_TEMPLATES`] strings of at most
+/// [`MAX_TEMPLATE_CHARS`] (bounds the CEL rules' cost).
+fn injection_templates_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "maxProperties": MAX_TEMPLATES,
+        "additionalProperties": {"type": "string", "maxLength": MAX_TEMPLATE_CHARS},
+    })
 }
 
 /// How the sidecar proxy runs in the pod: native (an init container with restartPolicy Always),

@@ -106,14 +106,6 @@ const REASONS: &[(&str, &str)] = &[
         "a Helm chart value meshop has no setting for",
     ),
     (
-        "spec.values.sidecarInjectorWebhook.templates",
-        "meshop's injector runs Istio's built-in templates only",
-    ),
-    (
-        "spec.values.sidecarInjectorWebhook.defaultTemplates",
-        "meshop's injector runs Istio's built-in templates only",
-    ),
-    (
         ".namespace",
         "meshop runs this component in the control-plane namespace (spec.namespace)",
     ),
@@ -1216,6 +1208,52 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     if let Some(enabled) = take(&mut src, "values.sidecarInjectorWebhook.enabled") {
         injection.insert("enabled".into(), json!(as_bool(&enabled)));
     }
+    // Custom injection templates: carried as written when meshop can apply them (a partial Pod,
+    // no Go template directives, not a built-in template's name); each other one is listed.
+    let mut templates = Map::new();
+    if let Some(given) = take(&mut src, "values.sidecarInjectorWebhook.templates") {
+        for (name, text) in given.as_object().into_iter().flatten() {
+            let path = format!("spec.values.sidecarInjectorWebhook.templates.{name}");
+            match text
+                .as_str()
+                .map(|t| crate::effective::parse_template(name, t))
+            {
+                Some(Ok(_)) => {
+                    templates.insert(name.clone(), text.clone());
+                }
+                Some(Err(why)) => notes.add(
+                    &path,
+                    text.clone(),
+                    format!("meshop cannot apply this template: {why}"),
+                ),
+                None => notes.add(&path, text.clone(), "a template is a string of YAML"),
+            }
+        }
+    }
+    if let Some(defaults) = take(&mut src, "values.sidecarInjectorWebhook.defaultTemplates") {
+        let names: Option<Vec<&str>> = defaults
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_str).collect());
+        let usable = names.as_ref().is_some_and(|names| {
+            names.iter().any(|n| ["sidecar", "gateway"].contains(n))
+                && names
+                    .iter()
+                    .all(|n| ["sidecar", "gateway"].contains(n) || templates.contains_key(*n))
+        });
+        match usable {
+            true => {
+                injection.insert("defaultTemplates".into(), defaults);
+            }
+            false => notes.add(
+                "spec.values.sidecarInjectorWebhook.defaultTemplates",
+                defaults,
+                "meshop's default templates name sidecar or gateway, and templates it carries",
+            ),
+        }
+    }
+    if !templates.is_empty() {
+        injection.insert("templates".into(), Value::Object(templates));
+    }
     // The pre-1.8 spelling of the CNI component.
     if let Some(cni) = take(&mut src, "values.istio_cni.enabled")
         && as_bool(&cni) == Some(true)
@@ -1696,11 +1734,57 @@ mod tests {
     }
 
     #[test]
+    fn injection_templates_are_carried_unless_meshop_cannot_apply_them() {
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n    sidecarInjectorWebhook:\n      defaultTemplates: [sidecar, creds]\n      templates:\n        creds: |\n          spec:\n            volumes:\n            - name: creds\n              secret: {secretName: s}\n        go: |\n          metadata:\n            labels: {app: '{{ .Name }}'}\n        sidecar: |\n          spec: {}\n",
+        );
+        let injection = c.mesh_install.spec.injection.clone().unwrap();
+        assert_eq!(
+            injection.default_templates,
+            Some(vec!["sidecar".to_string(), "creds".to_string()])
+        );
+        let templates = injection.templates.unwrap();
+        assert_eq!(templates.keys().collect::<Vec<_>>(), ["creds"]);
+        assert!(templates["creds"].contains("secretName: s"));
+        let lost: Vec<_> = c
+            .not_carried
+            .iter()
+            .map(|n| (n.path.as_str(), n.reason.as_str()))
+            .collect();
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(
+            lost.iter().any(
+                |(p, r)| p.ends_with("templates.go") && r.contains("does not run Go templates")
+            ),
+            "{lost:?}"
+        );
+        assert!(
+            lost.iter()
+                .any(|(p, r)| p.ends_with("templates.sidecar") && r.contains("built-in")),
+            "{lost:?}"
+        );
+        // Default templates naming a template that is not carried are not carried either.
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n    sidecarInjectorWebhook:\n      defaultTemplates: [sidecar, go]\n      templates:\n        go: \"{{ .x }}\"\n",
+        );
+        assert!(
+            c.mesh_install
+                .spec
+                .injection
+                .is_none_or(|i| i.default_templates.is_none())
+        );
+        assert!(
+            c.not_carried
+                .iter()
+                .any(|n| n.path.ends_with("defaultTemplates"))
+        );
+    }
+
+    #[test]
     fn reasons_match_the_longest_prefix() {
         assert!(reason("spec.components.cni.namespace").contains("control-plane namespace"));
         assert!(reason("spec.components.pilot.k8s.service.x").contains("istiod's Service"));
         assert!(reason("spec.values.global.foo").contains("chart value"));
-        assert!(reason("spec.values.sidecarInjectorWebhook.templates.x").contains("built-in"));
         assert_eq!(
             reason("spec.somethingNew"),
             "meshop has no equivalent setting"

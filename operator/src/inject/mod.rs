@@ -10,6 +10,7 @@
 
 mod annotations;
 mod containers;
+mod custom;
 mod gateway;
 mod grpc;
 mod identity;
@@ -138,6 +139,11 @@ pub struct InjectionConfig {
     pub image_pull_policy: Option<String>,
     /// Added to the pod's `imagePullSecrets` (`global.imagePullSecrets`).
     pub image_pull_secrets: Vec<String>,
+    /// Custom injection templates (`spec.injection.templates`): name -> partial Pod (JSON),
+    /// merged onto the injected pod after the built-in template ([`custom`]).
+    pub templates: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The templates of a pod without `inject.istio.io/templates`; empty means `sidecar`.
+    pub default_templates: Vec<String>,
 }
 
 impl InjectionConfig {
@@ -180,6 +186,8 @@ impl From<&Installation> for InjectionConfig {
             network: install.global.network.clone(),
             image_pull_policy: install.global.image_pull_policy.clone(),
             image_pull_secrets: install.global.image_pull_secrets.clone(),
+            templates: inj.templates.clone(),
+            default_templates: inj.default_templates.clone(),
         }
     }
 }
@@ -206,6 +214,8 @@ impl Default for InjectionConfig {
             network: None,
             image_pull_policy: None,
             image_pull_secrets: Vec::new(),
+            templates: Default::default(),
+            default_templates: Vec::new(),
         }
     }
 }

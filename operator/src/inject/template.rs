@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::identity::{self, Workload};
 use super::native::{self, Kubelets};
 use super::{
-    InjectError, InjectionConfig, annotations, containers, gateway, grpc, keys, names, overrides,
-    probes,
+    InjectError, InjectionConfig, annotations, containers, custom, gateway, grpc, keys, names,
+    overrides, probes,
 };
 use crate::api::TrafficCapture;
 use crate::istio_proxy::{self, ports};
@@ -36,53 +36,6 @@ struct Status<'a> {
 /// No nodes are known here, so `sidecarMode: auto` means native (see [`inject_on`]).
 pub fn inject(pod: &Pod, cfg: &InjectionConfig) -> Result<Pod, InjectError> {
     inject_as(pod, cfg, None, None)
-}
-
-/// The templates of Istio's injector configuration (release-1.31), which a pod chooses with
-/// `inject.istio.io/templates`.
-const ISTIO_TEMPLATES: &[&str] = &[
-    "sidecar",
-    "gateway",
-    "grpc-simple",
-    "grpc-agent",
-    "waypoint",
-    "kube-gateway",
-    "agentgateway",
-    "agentgateway-waypoint",
-];
-
-/// Meshop's templates: `sidecar` (the default), `gateway` with the pod's own proxy container, and
-/// the proxyless gRPC ones, `grpc-agent` and `grpc-simple`.
-const MESHOP_TEMPLATES: &[&str] = &["sidecar", "gateway", "grpc-agent", "grpc-simple"];
-
-/// A pod naming a template is injected only with what meshop has ([`MESHOP_TEMPLATES`]), a gRPC
-/// template alone. A name Istio does not know is refused as Istio refuses it; one Istio has and
-/// meshop does not is refused too, by name, rather than injected with the wrong proxy.
-fn check_templates(
-    annotations: &BTreeMap<String, String>,
-) -> Result<Option<grpc::Grpc>, InjectError> {
-    let Some(value) = annotations.get(keys::TEMPLATES) else {
-        return Ok(None);
-    };
-    let have = MESHOP_TEMPLATES.join(", ");
-    for name in value.split(',').map(str::trim) {
-        if MESHOP_TEMPLATES.contains(&name) {
-            continue;
-        }
-        let reason = if ISTIO_TEMPLATES.contains(&name) {
-            format!("meshop does not have Istio's {name:?} template; it injects {have}")
-        } else {
-            format!("requested template {name:?} not found; have {have}")
-        };
-        return Err(InjectError::annotation(keys::TEMPLATES, value, reason));
-    }
-    grpc::requested(Some(value)).map_err(|name| {
-        InjectError::annotation(
-            keys::TEMPLATES,
-            value,
-            format!("meshop injects Istio's {name:?} template alone, not with others"),
-        )
-    })
 }
 
 /// [`inject`] in a cluster whose nodes' kubelets are `kubelets`: `sidecarMode: auto` is decided
@@ -122,7 +75,8 @@ pub(super) fn inject_as(
     };
     let empty = BTreeMap::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    let grpc_template = check_templates(pod_annotations)?;
+    let selected = custom::select(pod_annotations, cfg)?;
+    let grpc_template = selected.grpc;
     let spec = pod
         .spec
         .as_ref()
@@ -135,7 +89,7 @@ pub(super) fn inject_as(
         return inject_grpc(pod, cfg, template, &settings, workload);
     }
     // Istio's gateway template: a router proxy in the containers, no redirect.
-    let gateway = gateway::requested(pod_annotations.get(keys::TEMPLATES).map(String::as_str));
+    let gateway = gateway::requested(Some(&selected.builtin));
     let native = native::is_native(
         pod_annotations
             .get(keys::NATIVE_SIDECAR)
@@ -355,6 +309,12 @@ pub(super) fn inject_as(
         keys::STATUS.into(),
         serde_json::to_string(&status).unwrap_or_default(),
     );
+    custom::apply(
+        &mut out,
+        &selected.custom,
+        native,
+        settings.hold_application,
+    )?;
     Ok(out)
 }
 
