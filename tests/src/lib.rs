@@ -12,6 +12,7 @@
 pub mod apps;
 pub mod audit;
 pub mod binaries;
+pub mod blessed;
 pub mod certs;
 pub mod conformance;
 pub mod controlplane;

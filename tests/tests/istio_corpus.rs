@@ -634,40 +634,7 @@ fn istios_injection_inputs_come_out_as_the_table_says() {
         report.display()
     );
 
-    let begin = doc
-        .find(BEGIN)
-        .expect("docs/istio-compatibility.md has a generated section for Istio's inputs");
-    let end = begin
-        + doc[begin..]
-            .find(END)
-            .expect("the generated section of docs/istio-compatibility.md has its end line");
-    let current = &doc[begin + BEGIN.len()..end];
-    if current != generated {
-        if std::env::var_os("MESHOP_BLESS").is_some() {
-            let new = format!("{}{BEGIN}{generated}{}", &doc[..begin], &doc[end..]);
-            std::fs::write(doc_path(), new).unwrap();
-            println!("MESHOP_BLESS: wrote docs/istio-compatibility.md");
-        } else {
-            let old: BTreeSet<&str> = current.lines().collect();
-            let new: BTreeSet<&str> = generated.lines().collect();
-            let gone: Vec<&&str> = old.difference(&new).collect();
-            let came: Vec<&&str> = new.difference(&old).collect();
-            panic!(
-                "the outcomes differ from docs/istio-compatibility.md (rerun with MESHOP_BLESS=1 \
-                 to rewrite its table once the change is meant; every difference is in {}):\n\
-                 in the document only:\n  {}\nnow:\n  {}",
-                report.display(),
-                gone.iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  "),
-                came.iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            );
-        }
-    }
+    meshop_testenv::blessed::check(&doc_path(), BEGIN, END, &generated, &report);
     assert!(
         unexplained.is_empty(),
         "outcomes no category of docs/istio-compatibility.md explains (add a row to \"Categories \

@@ -377,44 +377,11 @@ fn istios_manifest_generate_inputs_come_out_as_the_document_says() {
         report.display()
     );
 
-    let doc = std::fs::read_to_string(doc_path()).unwrap();
-    let begin = doc
-        .find(BEGIN)
-        .expect("docs/istio-compatibility.md has a generated section for manifest generate");
-    let end = begin
-        + doc[begin..]
-            .find(END)
-            .expect("the generated section of docs/istio-compatibility.md has its end line");
-    let current = &doc[begin + BEGIN.len()..end];
-    let generated = section(&results, &reasons(current));
+    let current = meshop_testenv::blessed::current(&doc_path(), BEGIN, END);
+    let generated = section(&results, &reasons(&current));
     // Every row left is a deliberate difference with its own reason.
     let pending: Vec<&str> = generated.lines().filter(|l| l.contains(PENDING)).collect();
-    if current != generated {
-        if std::env::var_os("MESHOP_BLESS").is_some() {
-            let new = format!("{}{BEGIN}{generated}{}", &doc[..begin], &doc[end..]);
-            std::fs::write(doc_path(), new).unwrap();
-            println!("MESHOP_BLESS: wrote docs/istio-compatibility.md");
-        } else {
-            let old: std::collections::BTreeSet<&str> = current.lines().collect();
-            let new: std::collections::BTreeSet<&str> = generated.lines().collect();
-            let gone: Vec<&&str> = old.difference(&new).collect();
-            let came: Vec<&&str> = new.difference(&old).collect();
-            panic!(
-                "the outcomes differ from docs/istio-compatibility.md (rerun with MESHOP_BLESS=1 \
-                 to rewrite its tables once the change is meant; every input is in {}):\n\
-                 in the document only:\n  {}\nnow:\n  {}",
-                report.display(),
-                gone.iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  "),
-                came.iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            );
-        }
-    }
+    meshop_testenv::blessed::check(&doc_path(), BEGIN, END, &generated, &report);
     assert!(
         pending.is_empty(),
         "{} row(s) of docs/istio-compatibility.md have no reason yet (a setting convert does not \
