@@ -209,10 +209,26 @@ fn crd_template() -> Result<String> {
     let crd = with_release_labels(serde_json::to_value(crate::api::crd())?, &labels);
     let mut crd = crd;
     crd["metadata"]["annotations"] = json!({ "helm.sh/resource-policy": "keep" });
+    // Helm reads the file as a Go template: a `{{` of the CRD's own text (the injection-template
+    // rule refuses it) must come out of an action printing it.
+    escape_braces(&mut crd);
+    let body = documents(&[crd], &m)?.replace(OPEN_BRACES, "{{ \"{{\" }}");
     Ok(format!(
-        "{HEADER}{{{{- if .Values.crds.install }}}}\n{}{{{{- end }}}}\n",
-        documents(&[crd], &m)?
+        "{HEADER}{{{{- if .Values.crds.install }}}}\n{body}{{{{- end }}}}\n"
     ))
+}
+
+/// Stands in for `{{` in the CRD's text until the YAML is written (letters only, so no YAML
+/// quoting changes because of it).
+const OPEN_BRACES: &str = "MESHOPOPENBRACES";
+
+fn escape_braces(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.contains("{{") => *s = s.replace("{{", OPEN_BRACES),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(escape_braces),
+        serde_json::Value::Object(map) => map.values_mut().for_each(escape_braces),
+        _ => {}
+    }
 }
 
 /// templates/servicemonitor.yaml: for the Prometheus Operator, off by default.
