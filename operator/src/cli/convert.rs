@@ -173,6 +173,16 @@ fn leaves(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
 struct Notes(Vec<NotCarried>);
 
 impl Notes {
+    /// Lists every leaf left in `value` (under `prefix`) as not carried, each with its reason.
+    fn rest(&mut self, prefix: &str, value: &Value) {
+        let mut rest = Vec::new();
+        leaves(prefix, value, &mut rest);
+        for (p, v) in rest {
+            let r = reason(&p);
+            self.add(&p, v, r);
+        }
+    }
+
     fn add(&mut self, path: &str, value: Value, reason: impl Into<String>) {
         self.0.push(NotCarried {
             path: path.to_string(),
@@ -273,12 +283,7 @@ fn component(
         }
         // meshop points the autoscaler at its own Deployment.
         take(&mut hpa, "scaleTargetRef");
-        let mut rest = Vec::new();
-        leaves(&format!("{path}.k8s.hpaSpec"), &hpa, &mut rest);
-        for (p, v) in rest {
-            let r = reason(&p);
-            notes.add(&p, v, r);
-        }
+        notes.rest(&format!("{path}.k8s.hpaSpec"), &hpa);
         out.insert("autoscale".into(), Value::Object(autoscale));
     }
     if let Some(mut pdb) = take(src, "k8s.podDisruptionBudget") {
@@ -361,7 +366,7 @@ fn gateways(
         let objects = Objects::gateway(&name);
         let mut overlays = Vec::new();
         let mut converted = component(&mut gateway, &at, &objects, true, &mut overlays, notes);
-        k8s_overlays(&mut gateway, &at, &objects, true, &mut overlays);
+        k8s_overlays(&mut gateway, &objects, true, &mut overlays);
         image_overlay(&mut gateway, &objects, images, &mut overlays);
         let namespace = take(&mut gateway, "namespace")
             .and_then(|n| n.as_str().map(str::to_string))
@@ -410,21 +415,14 @@ fn gateways(
             extra.push(Value::Object(entry));
             format!("/components/{kind}Gateways/{}", extra.len() - 1)
         };
-        if let Some(Value::Array(list)) = take(&mut gateway, "k8s.overlays") {
-            for (i, overlay) in list.into_iter().enumerate() {
-                pending.push(PendingOverlay {
-                    at: pointer.clone(),
-                    path: format!("{at}.k8s.overlays[{i}]"),
-                    overlay,
-                });
-            }
-        }
-        let mut rest = Vec::new();
-        leaves(&at, &gateway, &mut rest);
-        for (p, v) in rest {
-            let r = reason(&p);
-            notes.add(&p, v, r);
-        }
+        PendingOverlay::take_from(
+            &mut gateway,
+            "k8s.overlays",
+            &pointer,
+            &format!("{at}.k8s.overlays"),
+            pending,
+        );
+        notes.rest(&at, &gateway);
     }
     if !extra.is_empty() {
         components.insert(format!("{kind}Gateways"), Value::Array(extra));
@@ -530,13 +528,7 @@ fn hpa_v2_metric(m: &Value) -> Value {
 }
 
 /// Kubernetes settings of a component meshop has no field for, as overlays on its objects.
-fn k8s_overlays(
-    src: &mut Value,
-    path: &str,
-    objects: &Objects,
-    gateway: bool,
-    overlays: &mut Vec<Value>,
-) {
+fn k8s_overlays(src: &mut Value, objects: &Objects, gateway: bool, overlays: &mut Vec<Value>) {
     if let Some(probe) = take(src, "k8s.readinessProbe") {
         overlays.push(objects.container(json!({ "readinessProbe": probe })));
     }
@@ -565,7 +557,6 @@ fn k8s_overlays(
         overlays.push(json!({ "kind": "Service", "name": objects.name,
                               "strategicMerge": { "spec": rest } }));
     }
-    let _ = path;
 }
 
 /// The hub and tag a component's own image is pulled from, when the input names one.
@@ -596,6 +587,7 @@ fn image_overlay(
 }
 
 /// The images meshop would pull, for components that name their own hub or tag.
+#[derive(Clone)]
 struct ImageDefaults {
     hub: String,
     tag: String,
@@ -645,6 +637,28 @@ struct PendingOverlay {
     at: String,
     path: String,
     overlay: Value,
+}
+
+impl PendingOverlay {
+    /// Takes the overlay list at `key` of a component's settings `src` (the component is at
+    /// `at` in the converted spec, at `path` in the IstioOperator), to be resolved later.
+    fn take_from(
+        src: &mut Value,
+        key: &str,
+        at: &str,
+        path: &str,
+        pending: &mut Vec<PendingOverlay>,
+    ) {
+        if let Some(Value::Array(list)) = take(src, key) {
+            for (i, overlay) in list.into_iter().enumerate() {
+                pending.push(PendingOverlay {
+                    at: at.to_string(),
+                    path: format!("{path}[{i}]"),
+                    overlay,
+                });
+            }
+        }
+    }
 }
 
 /// Converts a parsed IstioOperator.
@@ -793,15 +807,13 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             "meshop always installs Istio's CRDs with the mesh",
         );
     }
-    if let Some(Value::Array(list)) = take(&mut src, "components.base.k8s.overlays") {
-        for (i, overlay) in list.into_iter().enumerate() {
-            pending.push(PendingOverlay {
-                at: "/components/base".into(),
-                path: format!("spec.components.base.k8s.overlays[{i}]"),
-                overlay,
-            });
-        }
-    }
+    PendingOverlay::take_from(
+        &mut src,
+        "components.base.k8s.overlays",
+        "/components/base",
+        "spec.components.base.k8s.overlays",
+        &mut pending,
+    );
     if let Some(mut pilot) = take(&mut src, "components.pilot") {
         let objects = Objects::istiod(&revision);
         let mut overlays = Vec::new();
@@ -813,33 +825,20 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             &mut overlays,
             &mut notes,
         );
-        k8s_overlays(
-            &mut pilot,
-            "spec.components.pilot",
-            &objects,
-            false,
-            &mut overlays,
-        );
+        k8s_overlays(&mut pilot, &objects, false, &mut overlays);
         image_overlay(&mut pilot, &objects, &images, &mut overlays);
-        if let Some(Value::Array(list)) = take(&mut pilot, "k8s.overlays") {
-            for (i, overlay) in list.into_iter().enumerate() {
-                pending.push(PendingOverlay {
-                    at: "/components/istiod".into(),
-                    path: format!("spec.components.pilot.k8s.overlays[{i}]"),
-                    overlay,
-                });
-            }
-        }
+        PendingOverlay::take_from(
+            &mut pilot,
+            "k8s.overlays",
+            "/components/istiod",
+            "spec.components.pilot.k8s.overlays",
+            &mut pending,
+        );
         if !overlays.is_empty() {
             c.insert("overlays".into(), Value::Array(overlays));
         }
         components.insert("istiod".into(), Value::Object(c));
-        let mut rest = Vec::new();
-        leaves("spec.components.pilot", &pilot, &mut rest);
-        for (p, v) in rest {
-            let r = reason(&p);
-            notes.add(&p, v, r);
-        }
+        notes.rest("spec.components.pilot", &pilot);
     } else if images.variant.is_some() {
         let mut overlays = Vec::new();
         image_overlay(
@@ -874,33 +873,20 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
                 );
             }
         }
-        k8s_overlays(
-            &mut cni,
-            "spec.components.cni",
-            &objects,
-            false,
-            &mut overlays,
-        );
+        k8s_overlays(&mut cni, &objects, false, &mut overlays);
         image_overlay(&mut cni, &objects, &images, &mut overlays);
-        if let Some(Value::Array(list)) = take(&mut cni, "k8s.overlays") {
-            for (i, overlay) in list.into_iter().enumerate() {
-                pending.push(PendingOverlay {
-                    at: "/components/cni".into(),
-                    path: format!("spec.components.cni.k8s.overlays[{i}]"),
-                    overlay,
-                });
-            }
-        }
+        PendingOverlay::take_from(
+            &mut cni,
+            "k8s.overlays",
+            "/components/cni",
+            "spec.components.cni.k8s.overlays",
+            &mut pending,
+        );
         if !overlays.is_empty() {
             c.insert("overlays".into(), Value::Array(overlays));
         }
         components.insert("cni".into(), Value::Object(c));
-        let mut rest = Vec::new();
-        leaves("spec.components.cni", &cni, &mut rest);
-        for (p, v) in rest {
-            let r = reason(&p);
-            notes.add(&p, v, r);
-        }
+        notes.rest("spec.components.cni", &cni);
     }
     // Istio's Helm-style switches for the default gateways.
     for (key, kind) in [
@@ -1172,7 +1158,7 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
                 &objects,
                 &ImageDefaults {
                     variant: None,
-                    ..images_clone(&images)
+                    ..images.clone()
                 },
                 &mut overlays,
             );
@@ -1187,12 +1173,7 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
             components.remove("istiod");
         }
     }
-    let mut rest = Vec::new();
-    leaves("spec.values.pilot", &pilot_values, &mut rest);
-    for (p, v) in rest {
-        let r = reason(&p);
-        notes.add(&p, v, r);
-    }
+    notes.rest("spec.values.pilot", &pilot_values);
     if default_tolerations.is_some() || default_node_selector.is_some() {
         for_each_workload(&mut components, |c| {
             if let Some(t) = &default_tolerations {
@@ -1357,14 +1338,6 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         not_carried: notes.0,
         without_effect: without_effect.0,
     })
-}
-
-fn images_clone(i: &ImageDefaults) -> ImageDefaults {
-    ImageDefaults {
-        hub: i.hub.clone(),
-        tag: i.tag.clone(),
-        variant: i.variant.clone(),
-    }
 }
 
 /// Kubernetes reads tolerations strictly (kubectl refuses an unknown field), and so does
