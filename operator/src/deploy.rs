@@ -148,19 +148,28 @@ pub fn granted_namespace_rules() -> Vec<PolicyRule> {
 }
 
 fn granted_rules(kind: &str) -> Vec<PolicyRule> {
-    let spec: MeshInstallSpec =
-        serde_yaml::from_str("profile: demo\ncomponents: {cni: {enabled: true}}\n")
-            .expect("static spec");
-    let install = Installation::resolve(
-        Owner {
-            name: "rbac".into(),
-            uid: None,
-        },
-        &spec,
-    )
-    .expect("demo resolves");
+    // Sidecar mode with every component, and ambient mode (the CNI agent's ambient rights and
+    // istiod's waypoint deployment): between them, every rule meshop renders.
+    let installs = [
+        "profile: demo\ncomponents: {cni: {enabled: true}}\n",
+        "profile: ambient\n",
+    ]
+    .map(|yaml| {
+        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).expect("static spec");
+        Installation::resolve(
+            Owner {
+                name: "rbac".into(),
+                uid: None,
+            },
+            &spec,
+        )
+        .expect("static spec resolves")
+    });
     let mut rules: Vec<PolicyRule> = Vec::new();
-    for o in render::render(&install).expect("a spec without overlays renders") {
+    let objects = installs
+        .iter()
+        .flat_map(|i| render::render(i).expect("a spec without overlays renders"));
+    for o in objects {
         if o.kind() == kind {
             let granted: Vec<PolicyRule> =
                 serde_json::from_value(o.object.data["rules"].clone()).unwrap_or_default();

@@ -26,6 +26,18 @@ pub enum SpecError {
         "injection.trafficCapture is cni but components.cni is not enabled; enable components.cni or use iptables"
     )]
     CniCaptureWithoutCni,
+    #[error(
+        "components.ztunnel is enabled but components.cni.ambient is not: ztunnel gets the pods it captures from the CNI node agent in ambient mode; enable components.cni with ambient.enabled: true, or switch ztunnel off"
+    )]
+    ZtunnelWithoutAmbientCni,
+    #[error(
+        "components.cni.ambient is enabled but components.ztunnel is not: the agent would send captured pods' traffic to a ztunnel that does not run; enable components.ztunnel, or switch ambient off"
+    )]
+    AmbientCniWithoutZtunnel,
+    #[error(
+        "ambient mode needs istiod: ztunnel gets its certificates and workloads from it; enable components.istiod"
+    )]
+    AmbientWithoutIstiod,
     #[error("revision \"default\" names the default revision: leave revision empty instead")]
     DefaultRevisionName,
     #[error(transparent)]
@@ -193,6 +205,8 @@ pub struct Installation {
     pub owner: Owner,
     pub profile: Profile,
     pub version: String,
+    /// The Gateway API release of the version's minor (`gatewayAPI` in profiles/versions.yaml).
+    pub gateway_api: Option<String>,
     pub hub: String,
     pub namespace: String,
     pub revision: String,
@@ -208,6 +222,10 @@ pub struct Installation {
     /// enabled or not ([`Installation::gateways`] gives the ones that run, defaults included).
     pub listed_gateways: Vec<Gateway>,
     pub cni: Settings,
+    /// The CNI agent's ambient mode (`components.cni.ambient`); off unless the agent runs.
+    pub ambient: Ambient,
+    /// ambient mode's node proxy (`components.ztunnel`).
+    pub ztunnel: Settings,
     pub prometheus: Settings,
     pub grafana: Settings,
     pub kiali: Settings,
@@ -352,6 +370,17 @@ pub struct Service {
     pub ports: Vec<GatewayPort>,
 }
 
+/// Resolved `components.cni.ambient`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Ambient {
+    /// The mesh runs in ambient mode: the CNI agent captures enrolled pods for ztunnel, istiod
+    /// serves ztunnel and deploys waypoints.
+    pub enabled: bool,
+    pub dns_capture: bool,
+    pub ipv6: bool,
+    pub reconcile_on_startup: bool,
+}
+
 /// Resolved `spec.upgrade`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpgradeSettings {
@@ -467,6 +496,7 @@ impl Installation {
             owner,
             profile: spec.profile,
             version,
+            gateway_api: resolved.minor.gateway_api.clone(),
             hub: layered.hub.clone(),
             namespace: layered.namespace.clone(),
             revision,
@@ -477,7 +507,13 @@ impl Installation {
             egress_gateway: cp(gateway(components.egress_gateway.as_ref())),
             listed_gateways,
             cni: with_global(
-                settings(components.cni.as_ref(), None),
+                settings(components.cni.as_ref().map(|c| c.common()).as_ref(), None),
+                &global,
+                GlobalScope::Images,
+            ),
+            ambient: ambient(components.cni.as_ref()),
+            ztunnel: with_global(
+                settings(components.ztunnel.as_ref(), None),
                 &global,
                 GlobalScope::Images,
             ),
@@ -538,6 +574,14 @@ impl Installation {
         };
         if install.injection.traffic_capture == TrafficCapture::Cni && !install.cni.enabled {
             return Err(SpecError::CniCaptureWithoutCni);
+        }
+        match (install.ztunnel.enabled, install.ambient.enabled) {
+            (true, false) => return Err(SpecError::ZtunnelWithoutAmbientCni),
+            (false, true) => return Err(SpecError::AmbientCniWithoutZtunnel),
+            (true, true) if !install.istiod.enabled => {
+                return Err(SpecError::AmbientWithoutIstiod);
+            }
+            _ => {}
         }
         install.merge_mesh_config(spec)?;
         Ok(install)
@@ -870,6 +914,18 @@ fn default_sidecar_mode(minor: &versions::Minor) -> SidecarMode {
     }
 }
 
+/// The CNI agent's ambient mode: on only where the agent itself runs.
+fn ambient(cni: Option<&api::CniComponent>) -> Ambient {
+    let agent = cni.and_then(|c| c.enabled).unwrap_or(false);
+    let a = cni.and_then(|c| c.ambient.clone()).unwrap_or_default();
+    Ambient {
+        enabled: agent && a.enabled.unwrap_or(false),
+        dns_capture: a.dns_capture.unwrap_or(true),
+        ipv6: a.ipv6.unwrap_or(true),
+        reconcile_on_startup: a.reconcile_iptables_on_startup.unwrap_or(true),
+    }
+}
+
 fn settings(c: Option<&Component>, service: Option<Service>) -> Settings {
     let Some(c) = c else {
         return Settings::default();
@@ -1175,6 +1231,7 @@ mod tests {
             kubernetes: None,
             native_sidecars_by_default: native,
             images_only_on_docker_hub: false,
+            gateway_api: None,
             patches: Vec::new(),
         };
         assert_eq!(default_sidecar_mode(&minor(true)), SidecarMode::Auto);

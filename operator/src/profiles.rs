@@ -16,6 +16,7 @@ pub fn data(profile: Profile) -> &'static str {
         Profile::Performance => include_str!("../../profiles/performance.yaml"),
         Profile::Minimal => include_str!("../../profiles/minimal.yaml"),
         Profile::Empty => include_str!("../../profiles/empty.yaml"),
+        Profile::Ambient => include_str!("../../profiles/ambient.yaml"),
     }
 }
 

@@ -143,6 +143,11 @@ pub struct Minor {
     /// Images exist only on docker.io/istio.
     #[serde(default)]
     pub images_only_on_docker_hub: bool,
+    /// The Gateway API release (bundle version) this minor is built against: the CRDs meshop
+    /// installs for it where ambient mode needs them and nobody else installed them
+    /// (`render::gateway_api_crds`).
+    #[serde(default, rename = "gatewayAPI")]
+    pub gateway_api: Option<String>,
     /// Newest first.
     pub patches: Vec<Patch>,
 }

@@ -49,7 +49,10 @@ fn bad_input_gets_a_clear_error() {
 #[test]
 fn profile_list_and_show() {
     let (ok, out, _) = meshop(&["profile", "list"]);
-    assert!(ok && out.lines().count() == 5);
+    assert!(
+        ok && out.lines().count() == 6 && out.contains("ambient"),
+        "{out}"
+    );
     let (ok, out, _) = meshop(&["profile", "show", "production"]);
     assert!(ok && out.contains("mtlsMode: STRICT"), "{out}");
 }

@@ -216,16 +216,20 @@ pub enum Profile {
     Minimal,
     /// nothing but what spec.components switches on.
     Empty,
+    /// Ambient mode, no sidecars: istiod, the CNI node agent in ambient mode and ztunnel on every
+    /// node; workloads join with the label istio.io/dataplane-mode=ambient.
+    Ambient,
 }
 
 impl Profile {
     /// Every profile, in the order the docs list them.
-    pub const ALL: [Profile; 5] = [
+    pub const ALL: [Profile; 6] = [
         Profile::Demo,
         Profile::Production,
         Profile::Performance,
         Profile::Minimal,
         Profile::Empty,
+        Profile::Ambient,
     ];
 
     /// The name used in `spec.profile` and in `profiles/<name>.yaml`.
@@ -236,6 +240,7 @@ impl Profile {
             Profile::Performance => "performance",
             Profile::Minimal => "minimal",
             Profile::Empty => "empty",
+            Profile::Ambient => "ambient",
         }
     }
 }
@@ -367,11 +372,18 @@ pub struct Components {
     #[x_kube(validation = Rule::new("self.all(g, !has(g.labels) || g.labels.all(k, !(k in ['istio.io/rev', 'sidecar.istio.io/inject', 'service.istio.io/canonical-name', 'service.istio.io/canonical-revision']) && !k.startsWith('app.kubernetes.io/')))")
         .message("a gateway's labels may not set istio.io/rev, sidecar.istio.io/inject, service.istio.io/canonical-* or app.kubernetes.io/*: meshop sets them"))]
     pub egress_gateways: Option<Vec<Gateway>>,
-    /// The Istio CNI node agent (DaemonSet istio-cni-node), needed for injection.trafficCapture cni.
+    /// The Istio CNI node agent (DaemonSet istio-cni-node), needed for injection.trafficCapture cni
+    /// and, with ambient.enabled, for ambient mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("!has(self.replicas) && !has(self.autoscale) && !has(self.podDisruptionBudget)")
         .message("cni runs one pod per node as a DaemonSet: replicas, autoscale and podDisruptionBudget do not apply"))]
-    pub cni: Option<Component>,
+    pub cni: Option<CniComponent>,
+    /// ztunnel, ambient mode's node proxy (DaemonSet ztunnel): mTLS and L4 policy for the pods
+    /// of its node that ambient captures. Needs cni with ambient.enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!has(self.replicas) && !has(self.autoscale) && !has(self.podDisruptionBudget)")
+        .message("ztunnel runs one pod per node as a DaemonSet: replicas, autoscale and podDisruptionBudget do not apply"))]
+    pub ztunnel: Option<Component>,
     /// Observability addons for trying the mesh out (not for production use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addons: Option<Addons>,
@@ -503,6 +515,34 @@ component_struct! {
     }
 }
 
+component_struct! {
+    /// Overrides for the CNI node agent: the common component overrides plus ambient mode.
+    CniComponent {
+        /// Ambient mode: the agent hands the network namespace of every captured pod to ztunnel.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ambient: Option<CniAmbient>,
+    }
+}
+
+/// The CNI node agent's ambient mode (Istio's `cni.ambient.*` values).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CniAmbient {
+    /// Whether the agent runs in ambient mode. Needs components.ztunnel, and ztunnel needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Redirect captured pods' DNS queries to ztunnel's DNS proxy (Istio's default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_capture: Option<bool>,
+    /// Capture IPv6 traffic as well as IPv4 (Istio's default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<bool>,
+    /// Rewrite the capture rules of every captured pod when the agent starts, so an upgraded agent
+    /// brings running pods to its own rules (Istio's default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_iptables_on_startup: Option<bool>,
+}
+
 /// The overrides every component shares, from any of the component structs.
 macro_rules! common_of {
     ($s:expr) => {
@@ -523,6 +563,13 @@ macro_rules! common_of {
             overlays: $s.overlays.clone(),
         }
     };
+}
+
+impl CniComponent {
+    /// The overrides every component shares, without ambient mode.
+    pub fn common(&self) -> Component {
+        common_of!(self)
+    }
 }
 
 impl GatewayComponent {

@@ -1433,6 +1433,7 @@ fn carry_overlays(
             crate::render::ComponentId::Istiod => "/components/istiod".to_string(),
             crate::render::ComponentId::Base => "/components/base".to_string(),
             crate::render::ComponentId::Cni => "/components/cni".to_string(),
+            crate::render::ComponentId::Ztunnel => "/components/ztunnel".to_string(),
             crate::render::ComponentId::IngressGateway
             | crate::render::ComponentId::EgressGateway => p.at.clone(),
             other => {

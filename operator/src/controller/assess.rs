@@ -517,6 +517,7 @@ mod tests {
             shared: false,
             object: d.clone(),
             initial: None,
+            ownership: crate::render::Ownership::Apply,
         };
         assert_eq!(fingerprint(&planned, &d), "u/g2");
         d.metadata.resource_version = Some("11".into());

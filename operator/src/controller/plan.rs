@@ -212,6 +212,7 @@ fn workload_settings<'a>(
                 .settings
         }
         ComponentId::Cni => &install.cni,
+        ComponentId::Ztunnel => &install.ztunnel,
         ComponentId::Prometheus => &install.prometheus,
         ComponentId::Grafana => &install.grafana,
         ComponentId::Kiali => &install.kiali,

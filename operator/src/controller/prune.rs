@@ -89,7 +89,14 @@ pub(crate) fn shared_set<'a>(
                         .as_ref()
                         .is_some_and(|n| unused_namespaces.contains(n))
             }
-            "CustomResourceDefinition" => last_mesh,
+            // Istio's own CRDs go with the last mesh. The Gateway API CRDs stay: other
+            // controllers and the users' routes use them (render::gateway_api_crds).
+            "CustomResourceDefinition" => {
+                last_mesh
+                    && !f.object.metadata.name.as_deref().is_some_and(|n| {
+                        n.ends_with(&format!(".{}", crate::render::GATEWAY_API_GROUP))
+                    })
+            }
             _ => false,
         })
         .collect()
@@ -241,6 +248,31 @@ mod tests {
         let (delete, remaining) = cleanup_set(&found, "me");
         assert_eq!(keys(&delete), vec!["Deployment/istio-system/istiod"]);
         assert_eq!(remaining, 2);
+    }
+
+    #[test]
+    fn gateway_api_crds_are_never_deleted() {
+        let found = vec![
+            found(
+                "CustomResourceDefinition",
+                "",
+                "gateways.gateway.networking.k8s.io",
+                None,
+                false,
+            ),
+            found(
+                "CustomResourceDefinition",
+                "",
+                "gateways.networking.istio.io",
+                None,
+                false,
+            ),
+        ];
+        let deleted = keys(&shared_set(&found, &BTreeSet::new(), true));
+        assert_eq!(
+            deleted,
+            vec!["CustomResourceDefinition//gateways.networking.istio.io"]
+        );
     }
 
     #[test]

@@ -224,10 +224,19 @@ fn workload<'a>(
             format!("{}", install.mesh.trace_sampling),
         ),
         env("PILOT_ENABLE_ANALYSIS", "false"),
-        // Gateway API "automated deployment" would have istiod create Deployments, Services and
-        // ServiceAccounts in any namespace; meshop deploys the gateways itself and keeps istiod
-        // from writing workloads. istiod still programs Gateway API resources bound to them.
-        env("PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER", "false"),
+        // Gateway API "automated deployment" has istiod create Deployments, Services and
+        // ServiceAccounts in any namespace. Ambient mode needs it: waypoints are deployed that
+        // way. Otherwise meshop deploys the gateways itself and keeps istiod from writing
+        // workloads; istiod still programs Gateway API resources bound to them.
+        env(
+            "PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER",
+            install.ambient.enabled.to_string(),
+        ),
+        // ztunnel asks for the certificates of the workloads on its node with its own token.
+        env(
+            "CA_TRUSTED_NODE_ACCOUNTS",
+            format!("{}/{}", install.namespace, super::ztunnel::NAME),
+        ),
         env("CLUSTER_ID", install.global.cluster_id.clone()),
         // meshop serves sidecar injection itself; istiod must not manage an injection webhook.
         env("INJECTION_WEBHOOK_CONFIG_NAME", ""),
@@ -242,6 +251,11 @@ fn workload<'a>(
         resource_env("GOMEMLIMIT", "limits.memory"),
         resource_env("GOMAXPROCS", "limits.cpu"),
     ];
+    let mut our_env = our_env;
+    if install.ambient.enabled {
+        // Serve ztunnel (workload addresses and certificates over HBONE) and waypoints.
+        our_env.push(env("PILOT_ENABLE_AMBIENT", "true"));
+    }
     let volumes: Vec<Volume> = serde_json::from_value(json!([
         { "name": "local-certs", "emptyDir": { "medium": "Memory" } },
         { "name": "istio-token", "projected": { "sources": [{ "serviceAccountToken": {

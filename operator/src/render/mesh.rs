@@ -88,6 +88,7 @@ fn peer_authentication(install: &Installation) -> Rendered {
         shared: false,
         object,
         initial: None,
+        ownership: super::Ownership::Apply,
     }
 }
 

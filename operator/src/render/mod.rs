@@ -7,6 +7,7 @@ mod addons;
 mod cni;
 mod common;
 mod gateway;
+mod gateway_api_crds;
 mod istio_crds;
 mod istiod;
 mod mesh;
@@ -14,6 +15,7 @@ mod overlays;
 mod validation;
 mod webhook;
 mod workload;
+mod ztunnel;
 
 use std::fmt;
 
@@ -26,6 +28,9 @@ use crate::effective::Installation;
 pub use common::{
     LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY, SHARED_INSTANCE,
     cluster_meta, owner_reference,
+};
+pub use gateway_api_crds::{
+    BUNDLE_VERSION_ANNOTATION, GROUP as GATEWAY_API_GROUP, parse_bundle_version,
 };
 pub use istio_crds::istio_crds;
 pub use overlays::OverlayError;
@@ -40,15 +45,19 @@ pub enum Stage {
     ControlPlane,
     /// Gateways and the CNI node agent.
     DataPlane,
+    /// ztunnel, after the CNI agent: Istio upgrades an ambient mesh istiod first, then the CNI
+    /// agent, then ztunnel, and the stages keep that order on every change.
+    NodeProxy,
     /// Observability addons.
     Addons,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::Base,
         Stage::ControlPlane,
         Stage::DataPlane,
+        Stage::NodeProxy,
         Stage::Addons,
     ];
 }
@@ -61,6 +70,7 @@ pub enum ComponentId {
     IngressGateway,
     EgressGateway,
     Cni,
+    Ztunnel,
     Prometheus,
     Grafana,
     Kiali,
@@ -70,12 +80,13 @@ pub enum ComponentId {
 }
 
 impl ComponentId {
-    pub const ALL: [ComponentId; 10] = [
+    pub const ALL: [ComponentId; 11] = [
         ComponentId::Base,
         ComponentId::Istiod,
         ComponentId::IngressGateway,
         ComponentId::EgressGateway,
         ComponentId::Cni,
+        ComponentId::Ztunnel,
         ComponentId::Prometheus,
         ComponentId::Grafana,
         ComponentId::Kiali,
@@ -91,6 +102,7 @@ impl ComponentId {
             ComponentId::IngressGateway => "ingressGateway",
             ComponentId::EgressGateway => "egressGateway",
             ComponentId::Cni => "cni",
+            ComponentId::Ztunnel => "ztunnel",
             ComponentId::Prometheus => "prometheus",
             ComponentId::Grafana => "grafana",
             ComponentId::Kiali => "kiali",
@@ -107,6 +119,7 @@ impl ComponentId {
             ComponentId::IngressGateway => "ingress-gateway",
             ComponentId::EgressGateway => "egress-gateway",
             ComponentId::Cni => "cni",
+            ComponentId::Ztunnel => "ztunnel",
             ComponentId::Prometheus => "prometheus",
             ComponentId::Grafana => "grafana",
             ComponentId::Kiali => "kiali",
@@ -124,6 +137,7 @@ impl ComponentId {
             | ComponentId::EgressGateway
             | ComponentId::Cni
             | ComponentId::Webhook => Stage::DataPlane,
+            ComponentId::Ztunnel => Stage::NodeProxy,
             ComponentId::Prometheus
             | ComponentId::Grafana
             | ComponentId::Kiali
@@ -157,6 +171,20 @@ pub struct Rendered {
     /// regular apply never carries them, so it never takes them back. A list item named here must
     /// stay in the object for its whole life (its initial field keeps it alive).
     pub initial: Option<serde_json::Value>,
+    /// Whether meshop applies the object over what is there, or leaves an existing one be.
+    pub ownership: Ownership,
+}
+
+/// How meshop treats an object of the same name that is already in the cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ownership {
+    /// Server-side applied, taking over every field meshop sets (drift is undone).
+    #[default]
+    Apply,
+    /// Created where absent and kept up to date while meshop created it; one that someone else
+    /// installed, or a newer release of it (by its Gateway API bundle version), is left as it
+    /// is. Never deleted by meshop.
+    KeepExisting,
 }
 
 impl Rendered {
@@ -173,6 +201,7 @@ impl Rendered {
             shared: false,
             object: serde_json::from_value(value).expect("a serialized object is a DynamicObject"),
             initial: None,
+            ownership: Ownership::Apply,
         }
     }
 
@@ -246,6 +275,7 @@ pub fn render_with_injector(
     let mut objects = Vec::new();
     objects.extend(mesh::namespace(install));
     objects.extend(istio_crds(install));
+    objects.extend(gateway_api_crds::render(install));
     if install.istiod.enabled {
         objects.extend(istiod::render(install));
         // The default revision validates objects without a revision label. A revision-based
@@ -259,6 +289,9 @@ pub fn render_with_injector(
     }
     if install.cni.enabled {
         objects.extend(cni::render(install));
+    }
+    if install.ztunnel.enabled {
+        objects.extend(ztunnel::render(install));
     }
     objects.extend(addons::render(install));
     if let Some(endpoint) = injector.filter(|_| install.injection.enabled) {

@@ -57,6 +57,7 @@ fn scopes(install: &Installation) -> Vec<Scope<'_>> {
     for (component, path, settings) in [
         (ComponentId::Istiod, "components.istiod", &install.istiod),
         (ComponentId::Cni, "components.cni", &install.cni),
+        (ComponentId::Ztunnel, "components.ztunnel", &install.ztunnel),
         (
             ComponentId::Prometheus,
             "components.addons.prometheus",

@@ -113,7 +113,10 @@ impl Workload<'_> {
                 container.security_context = Some(hardened_container());
             }
         }
-        pod.node_selector = s.node_selector.clone();
+        // The user's node selector replaces the component's own (the node agents' linux-only).
+        if s.node_selector.is_some() {
+            pod.node_selector = s.node_selector.clone();
+        }
         let tolerations: Vec<_> = pod
             .tolerations
             .take()
@@ -210,13 +213,19 @@ impl Workload<'_> {
         Some(Rendered::new(self.component, &policy))
     }
 
-    /// The DaemonSet (no replicas, autoscaler or disruption budget: one pod per node).
+    /// The DaemonSet (no replicas, autoscaler or disruption budget: one pod per node), rolled
+    /// one node at a time.
     pub fn daemon_set(&self) -> Rendered {
+        self.daemon_set_rolled(daemon_set_strategy())
+    }
+
+    /// The DaemonSet with its own rolling update.
+    pub fn daemon_set_rolled(&self, strategy: DaemonSetUpdateStrategy) -> Rendered {
         let daemon_set = DaemonSet {
             metadata: meta_in(self.install, self.component, self.name, self.namespace),
             spec: Some(DaemonSetSpec {
                 selector: self.selector(),
-                update_strategy: Some(daemon_set_strategy()),
+                update_strategy: Some(strategy),
                 template: self.template(),
                 ..Default::default()
             }),
