@@ -140,6 +140,11 @@ pub struct ComponentStatus {
     /// Replicas that are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Replicas that run the current template. For a DaemonSet component (cni, ztunnel) the
+    /// three counts are nodes: nodes that should run its pod, whose pod is ready, and whose pod
+    /// is updated; a rollout moves updatedReplicas up to desiredReplicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
     /// What is happening, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -17,6 +17,8 @@ use crate::render::{ComponentId, Rendered, Stage};
 pub(crate) struct Replicas {
     pub desired: i32,
     pub ready: i32,
+    /// Running the current template (a DaemonSet: nodes whose pod is updated).
+    pub updated: i32,
 }
 
 /// Where an applied object stands.
@@ -121,7 +123,11 @@ fn deployment(d: &Deployment, floor: Option<i32>) -> Readiness {
     };
     Readiness {
         state,
-        replicas: Some(Replicas { desired, ready }),
+        replicas: Some(Replicas {
+            desired,
+            ready,
+            updated,
+        }),
     }
 }
 
@@ -141,7 +147,11 @@ fn daemon_set(d: &DaemonSet) -> Readiness {
     };
     Readiness {
         state,
-        replicas: Some(Replicas { desired, ready }),
+        replicas: Some(Replicas {
+            desired,
+            ready,
+            updated,
+        }),
     }
 }
 
@@ -280,6 +290,8 @@ pub(crate) fn components(
                     status.desired_replicas =
                         Some(status.desired_replicas.unwrap_or(0) + r.desired);
                     status.ready_replicas = Some(status.ready_replicas.unwrap_or(0) + r.ready);
+                    status.updated_replicas =
+                        Some(status.updated_replicas.unwrap_or(0) + r.updated);
                 }
             }
             let first = |state: ObjectState| mine.iter().find(|o| o.readiness.state == state);
@@ -295,8 +307,16 @@ pub(crate) fn components(
                 ));
             } else if let Some(o) = first(ObjectState::Progressing) {
                 status.state = ComponentState::Progressing;
+                // A node agent rolls node by node: say how far.
+                let nodes = match o.readiness.replicas {
+                    Some(r) if o.key.starts_with("DaemonSet/") => format!(
+                        " (updated on {} of {} nodes, ready on {})",
+                        r.updated, r.desired, r.ready
+                    ),
+                    _ => String::new(),
+                };
                 status.message = Some(format!(
-                    "{}waiting for {} to become ready",
+                    "{}waiting for {} to become ready{nodes}",
                     gateway_prefix(component, &o.key),
                     o.key
                 ));
@@ -344,15 +364,19 @@ mod tests {
         }))
     }
 
-    fn replicas(desired: i32, ready: i32) -> Option<Replicas> {
-        Some(Replicas { desired, ready })
+    fn replicas(desired: i32, ready: i32, updated: i32) -> Option<Replicas> {
+        Some(Replicas {
+            desired,
+            ready,
+            updated,
+        })
     }
 
     #[test]
     fn a_rollout_is_ready_when_every_replica_is_updated_and_available() {
         let r = readiness(&deployment(2, 2, 2, 2), None);
         assert_eq!(r.state, ObjectState::Ready);
-        assert_eq!(r.replicas, replicas(2, 2));
+        assert_eq!(r.replicas, replicas(2, 2, 2));
         // One new pod still starting.
         assert_eq!(
             readiness(&deployment(2, 1, 1, 2), None).state,
@@ -381,7 +405,7 @@ mod tests {
         let lost = with_progressing(deployment(2, 2, 1, 2), "True", "NewReplicaSetAvailable");
         let r = readiness(&lost, None);
         assert_eq!(r.state, ObjectState::Degraded);
-        assert_eq!(r.replicas, replicas(2, 1));
+        assert_eq!(r.replicas, replicas(2, 1, 2));
         // The rollout exceeded its progress deadline.
         let stuck = with_progressing(deployment(2, 1, 1, 2), "False", "ProgressDeadlineExceeded");
         assert_eq!(readiness(&stuck, None).state, ObjectState::Degraded);
@@ -399,7 +423,7 @@ mod tests {
         // The HPA has not scaled the Deployment up to its minimum yet: still progressing, not degraded.
         let r = readiness(&deployment(1, 1, 1, 1), Some(2));
         assert_eq!(r.state, ObjectState::Progressing);
-        assert_eq!(r.replicas, replicas(2, 1));
+        assert_eq!(r.replicas, replicas(2, 1, 1));
         assert_eq!(
             readiness(&deployment(2, 2, 2, 2), Some(2)).state,
             ObjectState::Ready
@@ -407,7 +431,7 @@ mod tests {
         // The autoscaler went above its floor: spec.replicas is what must run.
         assert_eq!(
             readiness(&deployment(3, 3, 3, 3), Some(2)).replicas,
-            replicas(3, 3)
+            replicas(3, 3, 3)
         );
     }
 
@@ -431,7 +455,9 @@ mod tests {
             readiness(&ds(3, 3, 2), None).state,
             ObjectState::Progressing
         );
-        assert_eq!(readiness(&ds(3, 3, 2), None).replicas, replicas(3, 2));
+        assert_eq!(readiness(&ds(3, 3, 2), None).replicas, replicas(3, 2, 3));
+        // Mid-rollout: one node's pod updated, every node's pod ready.
+        assert_eq!(readiness(&ds(3, 1, 3), None).replicas, replicas(3, 3, 1));
     }
 
     #[test]
@@ -546,7 +572,11 @@ mod tests {
                 component,
                 readiness: Readiness {
                     state,
-                    replicas: r.map(|(desired, ready)| Replicas { desired, ready }),
+                    replicas: r.map(|(desired, ready)| Replicas {
+                        desired,
+                        ready,
+                        updated: desired,
+                    }),
                 },
             }
         }
@@ -622,6 +652,7 @@ mod tests {
                     replicas: Some(Replicas {
                         desired: 1,
                         ready: i32::from(state == ObjectState::Ready),
+                        updated: 1,
                     }),
                 },
             };

@@ -260,6 +260,40 @@ mod tests {
         );
     }
 
+    /// Ambient enrollment (istio.io/dataplane-mode) is not an injection selector: Istio's
+    /// injection webhooks select on istio-injection, istio.io/rev and sidecar.istio.io/inject
+    /// only, so an ambient pod gets a sidecar exactly where one of those asks for it (and then
+    /// stays a sidecar pod: the CNI agent and ztunnel leave pods with a sidecar alone).
+    #[test]
+    fn ambient_enrollment_alone_never_injects() {
+        let ambient = ("istio.io/dataplane-mode", "ambient");
+        assert_eq!(
+            run(&[ambient], &[], &cfg()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
+        assert_eq!(
+            run(&[], &[ambient], &cfg()),
+            Decision::Skip(SkipReason::NotSelected)
+        );
+        // Where Istio would inject, so does meshop: the namespace or the pod asks for it.
+        assert_eq!(
+            run(&[ambient, ("istio-injection", "enabled")], &[], &cfg()),
+            Decision::Inject
+        );
+        assert_eq!(
+            run(&[ambient], &[("sidecar.istio.io/inject", "true")], &cfg()),
+            Decision::Inject
+        );
+        assert_eq!(
+            run(
+                &[("istio-injection", "enabled")],
+                &[ambient, ("sidecar.istio.io/inject", "false")],
+                &cfg()
+            ),
+            Decision::Skip(SkipReason::OptedOut)
+        );
+    }
+
     #[test]
     fn istio_injection_label_wins_over_rev_label() {
         let both = [("istio-injection", "enabled"), ("istio.io/rev", "canary")];
