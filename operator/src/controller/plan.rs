@@ -280,6 +280,46 @@ pub(crate) fn conflicting_owner<'a>(
 /// Why a MeshInstall is stalled when another one owns its (namespace, revision).
 pub(crate) const REVISION_CONFLICT: &str = "RevisionConflict";
 
+/// The oldest other MeshInstall that already runs ambient mode, when this one asks for it too.
+/// A node has one ztunnel and one CNI agent socket (`/var/run/ztunnel`), and Istio runs one
+/// ztunnel per cluster: the oldest claim wins, as for revisions.
+pub(crate) fn conflicting_ambient<'a>(
+    mine: &MeshInstall,
+    install: &Installation,
+    others: impl IntoIterator<Item = &'a MeshInstall>,
+) -> Option<String> {
+    if !install.ambient.enabled {
+        return None;
+    }
+    let claim = |mi: &MeshInstall| {
+        (
+            mi.metadata.creation_timestamp.clone().map(|t| t.0),
+            mi.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let me = claim(mine);
+    others
+        .into_iter()
+        .filter(|o| is_live_other(mine, o))
+        .filter(|o| {
+            crate::profiles::layered(&o.spec).is_ok_and(|spec| {
+                let cni = spec.components.and_then(|c| c.cni);
+                cni.as_ref().and_then(|c| c.enabled).unwrap_or(false)
+                    && cni
+                        .and_then(|c| c.ambient)
+                        .and_then(|a| a.enabled)
+                        .unwrap_or(false)
+            })
+        })
+        .map(claim)
+        .filter(|theirs| *theirs < me)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Why a MeshInstall is stalled when another one runs ambient mode in the cluster.
+pub(crate) const AMBIENT_CONFLICT: &str = "AmbientConflict";
+
 /// The MeshInstalls to look at again when `changed` changed (or was deleted): the others that
 /// may be waiting on a claim it held, that is those stalled with [`REVISION_CONFLICT`], and
 /// those with no status yet (their first pass may have found the claim a moment ago). A status
@@ -294,7 +334,10 @@ pub(crate) fn reconsider<'a>(
             None => true,
             Some(s) => s
                 .condition(crate::api::condition::STALLED)
-                .is_some_and(|c| c.status == "True" && c.reason == REVISION_CONFLICT),
+                .is_some_and(|c| {
+                    c.status == "True"
+                        && (c.reason == REVISION_CONFLICT || c.reason == AMBIENT_CONFLICT)
+                }),
         })
         .filter_map(|o| o.metadata.name.clone())
         .collect()
@@ -615,7 +658,14 @@ mod tests {
             grafana: {enabled: true}, kiali: {enabled: true}, jaeger: {enabled: true}}}\n\
             global: {networkPolicy: {enabled: true}}\n";
         let mut seen = BTreeSet::new();
-        for profile in ["demo", "production", "performance", "minimal", "empty"] {
+        for profile in [
+            "demo",
+            "production",
+            "performance",
+            "minimal",
+            "empty",
+            "ambient",
+        ] {
             for revision in ["", "revision: canary\n"] {
                 let yaml = format!("profile: {profile}\n{revision}{everything}");
                 let plan = Plan::new(install(&yaml), Some(endpoint())).unwrap();
@@ -681,6 +731,41 @@ mod tests {
         assert_eq!(
             conflicting_owner(&twin, &install_of(&twin), &[second]),
             None
+        );
+    }
+
+    #[test]
+    fn one_mesh_per_cluster_runs_ambient_mode() {
+        let first = mesh(
+            "first",
+            100,
+            "a",
+            "profile: ambient\nnamespace: istio-system\n",
+        );
+        let second = mesh("second", 200, "b", "profile: ambient\nnamespace: other\n");
+        let sidecar = mesh("sidecar", 50, "c", "profile: demo\nnamespace: sidecar\n");
+        let all = [first.clone(), second.clone(), sidecar.clone()];
+        let install_of = |mi: &MeshInstall| install(&serde_yaml::to_string(&mi.spec).unwrap());
+        assert_eq!(conflicting_ambient(&first, &install_of(&first), &all), None);
+        assert_eq!(
+            conflicting_ambient(&second, &install_of(&second), &all),
+            Some("first".into())
+        );
+        // A sidecar mesh beside the ambient one is no conflict, in either direction.
+        assert_eq!(
+            conflicting_ambient(&sidecar, &install_of(&sidecar), &all),
+            None
+        );
+        // ztunnel switched off where the profile has it on: no longer an ambient claim.
+        let off = mesh(
+            "off",
+            10,
+            "d",
+            "profile: ambient\nnamespace: x\ncomponents: {ztunnel: {enabled: false}, cni: {ambient: {enabled: false}}}\n",
+        );
+        assert_eq!(
+            conflicting_ambient(&second, &install_of(&second), &[off, first]),
+            Some("first".into())
         );
     }
 

@@ -100,6 +100,19 @@ async fn apply_mesh(mi: &MeshInstall, ctx: &Context) -> Result<Action, Error> {
             return stall(ctx, mi, plan::REVISION_CONFLICT, message).await;
         }
     }
+    if plan::conflicting_ambient(mi, &install, others.iter().map(Arc::as_ref)).is_some() {
+        let api: Api<MeshInstall> = Api::all(ctx.client.clone());
+        let fresh = api
+            .list(&Default::default())
+            .await
+            .map_err(Error::Conflict)?;
+        if let Some(owner) = plan::conflicting_ambient(mi, &install, &fresh.items) {
+            let message = format!(
+                "ambient mode runs one ztunnel and one CNI agent per node, and MeshInstall {owner} already runs them; use that MeshInstall's ambient mesh, or switch ambient off here (components.ztunnel and components.cni.ambient)"
+            );
+            return stall(ctx, mi, plan::AMBIENT_CONFLICT, message).await;
+        }
+    }
 
     // The control-plane namespace must be one the installer granted (deploy::control_plane_objects):
     // meshop holds Secret writes nowhere else. Asked before anything is applied, so an ungranted
