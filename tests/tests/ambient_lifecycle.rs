@@ -128,6 +128,111 @@ async fn daemon_set_rollout(client: &Client, name: &str) -> (Rollout, i32) {
     )
 }
 
+/// Runs `meshop ARGS --kubeconfig <cp>`; returns (exit success, stdout).
+fn meshop(cp: &meshop_testenv::ControlPlane, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(meshop_testenv::meshop_binary().expect("meshop binary"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .output()
+        .expect("run meshop");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn namespace(client: &Client, name: &str, labels: serde_json::Value) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns =
+        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
+    api.create(&PostParams::default(), &ns).await.unwrap();
+}
+
+async fn pod(client: &Client, ns: &str, name: &str) -> k8s_openapi::api::core::v1::Pod {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let pod = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "containers": [{ "name": "app", "image": "registry.k8s.io/pause:3.10" }] }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &pod).await.unwrap()
+}
+
+/// Item 4 and 6 of the issue through the real binary and webhook: an ambient-only namespace's
+/// pod gets no sidecar (Istio would not inject it), a namespace labelled for both gets one and
+/// `check` names it; the node agents cover the three kwok nodes; no CNI agent runs under kwok,
+/// so `check` truthfully reports the enrolled pod as not captured, and `status` shows each
+/// namespace's data plane mode.
+async fn check_and_status_know_ambient(cp: &meshop_testenv::ControlPlane, client: &Client) {
+    namespace(
+        client,
+        "amb-apps",
+        json!({ "istio.io/dataplane-mode": "ambient" }),
+    )
+    .await;
+    namespace(
+        client,
+        "amb-both",
+        json!({ "istio.io/dataplane-mode": "ambient", "istio-injection": "enabled" }),
+    )
+    .await;
+    let plain = pod(client, "amb-apps", "plain").await;
+    let has_proxy = |p: &k8s_openapi::api::core::v1::Pod| {
+        let spec = p.spec.as_ref().unwrap();
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == "istio-proxy")
+    };
+    assert!(!has_proxy(&plain), "an ambient-only pod got a sidecar");
+    let both = pod(client, "amb-both", "both").await;
+    assert!(
+        has_proxy(&both),
+        "a namespace asking for injection got none"
+    );
+
+    let (_, out) = meshop(cp, &["check", "--post", "-o", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let find = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {report}"))
+            .clone()
+    };
+    let agents = find("ambient-node-agents");
+    assert_eq!(agents["severity"], "pass", "{agents}");
+    assert!(
+        agents["message"]
+            .as_str()
+            .unwrap()
+            .contains("all 3 linux node(s)"),
+        "{agents}"
+    );
+    let enrollment = find("ambient-enrollment");
+    assert_eq!(enrollment["severity"], "warn", "{enrollment}");
+    let message = enrollment["message"].as_str().unwrap();
+    assert!(
+        message.contains("amb-both/both") && message.contains("amb-apps/plain"),
+        "{message}"
+    );
+    let (ok, out) = meshop(cp, &["status"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ambient (0 of 1 pods captured)"), "{out}");
+    assert!(
+        out.contains("sidecar and ambient (1 of 1 pods with a sidecar)"),
+        "{out}"
+    );
+    for ns in ["amb-apps", "amb-both"] {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        api.delete(ns, &DeleteParams::default()).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambient_switches_and_upgrades_in_istios_order() {
     let cp = meshop_testenv::shared_with_controllers();
@@ -186,6 +291,8 @@ async fn ambient_switches_and_upgrades_in_istios_order() {
         (Some(3), Some(3), Some(3)),
         "{ztunnel:?}"
     );
+
+    check_and_status_know_ambient(&cp, &client).await;
 
     // A second ambient mesh in the cluster is refused, and touches nothing.
     let second: MeshInstall = serde_json::from_value(json!({

@@ -127,6 +127,8 @@ pub const CHECKS: &[(Group, &str, CheckFn)] = &[
     (Group::Post, "webhook-reachable", webhook_reachable),
     (Group::Post, "sidecars", sidecars),
     (Group::Post, "proxy-versions", proxy_versions),
+    (Group::Post, "ambient-node-agents", ambient_node_agents),
+    (Group::Post, "ambient-enrollment", ambient_enrollment),
 ];
 
 /// Runs the checks of `groups` over a snapshot.
@@ -529,6 +531,151 @@ fn components(s: &Snapshot) -> Verdict {
             "`kubectl -n <control-plane namespace> get pods` and `kubectl describe` of the failing ones show why (image pulls, scheduling, resources)",
         )
     }
+}
+
+/// MeshInstalls that run ambient mode (as their spec resolves), with their namespace.
+fn ambient_meshes(s: &Snapshot) -> Vec<(String, String)> {
+    s.meshes
+        .iter()
+        .filter_map(|mi| {
+            let install = crate::effective::Installation::from_mesh(mi).ok()?;
+            install.ambient.enabled.then(|| {
+                (
+                    mi.metadata.name.clone().unwrap_or_default(),
+                    install.namespace,
+                )
+            })
+        })
+        .collect()
+}
+
+/// ztunnel and the CNI agent of every ambient mesh run, ready and updated, on every linux node.
+fn ambient_node_agents(s: &Snapshot) -> Verdict {
+    if let Some(v) = no_crd(s) {
+        return v;
+    }
+    let meshes = ambient_meshes(s);
+    if meshes.is_empty() {
+        return Verdict::skip("no MeshInstall runs ambient mode");
+    }
+    for what in ["daemonsets", "nodes"] {
+        if let Some(v) = unreadable(s, what) {
+            return v;
+        }
+    }
+    let nodes = s.linux_nodes.unwrap_or(0);
+    let mut short = Vec::new();
+    for (mesh, namespace) in &meshes {
+        for name in [crate::render::CNI_NAME, crate::render::ZTUNNEL_NAME] {
+            let found = s.node_agents.iter().find(|d| {
+                d.metadata.namespace.as_deref() == Some(namespace.as_str())
+                    && d.metadata.name.as_deref() == Some(name)
+            });
+            let Some(d) = found else {
+                short.push(format!("{mesh}: DaemonSet {namespace}/{name} is missing"));
+                continue;
+            };
+            let st = d.status.clone().unwrap_or_default();
+            let updated = st.updated_number_scheduled.unwrap_or(0);
+            let desired = st.desired_number_scheduled;
+            if desired < nodes as i32 || st.number_ready < desired || updated < desired {
+                short.push(format!(
+                    "{mesh}: {namespace}/{name} scheduled on {desired} of {nodes} linux node(s), ready on {}, updated on {updated}",
+                    st.number_ready
+                ));
+            }
+        }
+    }
+    if short.is_empty() {
+        return Verdict::pass(format!(
+            "ztunnel and the CNI agent ready and updated on all {nodes} linux node(s)"
+        ));
+    }
+    Verdict::fail(
+        format!(
+            "ambient mode's node agents do not cover every node: {}; pods on those nodes are not captured",
+            list(&short)
+        ),
+        "`kubectl -n <namespace> describe daemonset <name>` and its pods' events say why (a taint the agents do not tolerate, resources, image pulls); add tolerations in components.ztunnel / components.cni",
+    )
+}
+
+/// Namespaces and pods enrolled in ambient mode: served by an ambient mesh, captured as far as
+/// the API shows it, and none that also runs a sidecar.
+fn ambient_enrollment(s: &Snapshot) -> Verdict {
+    if let Some(v) = unreadable(s, "pods") {
+        return v;
+    }
+    let enrolled: Vec<&snapshot::PodView> = s
+        .pods
+        .iter()
+        .filter(|p| !p.host_network)
+        .filter(|p| match p.dataplane_mode.as_deref() {
+            Some("ambient") => true,
+            Some(_) => false,
+            None => s.ambient_namespaces.contains(&p.namespace),
+        })
+        .collect();
+    if s.ambient_namespaces.is_empty() && enrolled.is_empty() {
+        return Verdict::skip("no namespace or pod is enrolled in ambient mode");
+    }
+    if ambient_meshes(s).is_empty() {
+        let mut what: Vec<String> = s
+            .ambient_namespaces
+            .iter()
+            .map(|n| format!("namespace {n}"))
+            .collect();
+        what.extend(
+            enrolled
+                .iter()
+                .filter(|p| !s.ambient_namespaces.contains(&p.namespace))
+                .map(|p| format!("pod {}/{}", p.namespace, p.name)),
+        );
+        return Verdict::fail(
+            format!(
+                "enrolled in ambient mode (istio.io/dataplane-mode=ambient) but no MeshInstall runs ambient mode: {}; their traffic is not captured",
+                list(&what)
+            ),
+            "install a MeshInstall with profile ambient (or components.ztunnel and components.cni.ambient), or remove the label",
+        );
+    }
+    let both: Vec<String> = enrolled
+        .iter()
+        .filter(|p| p.has_sidecar)
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    let uncaptured: Vec<String> = enrolled
+        .iter()
+        .filter(|p| !p.has_sidecar && !p.captured)
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    let captured = enrolled.len() - both.len() - uncaptured.len();
+    let mut problems = Vec::new();
+    let mut hints = Vec::new();
+    if !both.is_empty() {
+        problems.push(format!(
+            "{} pod(s) have a sidecar and the ambient label, so the sidecar carries their traffic and ztunnel leaves them alone: {}",
+            both.len(),
+            list(&both)
+        ));
+        hints.push("for ambient, take them out of injection and restart them; to keep the sidecar, remove istio.io/dataplane-mode");
+    }
+    if !uncaptured.is_empty() {
+        problems.push(format!(
+            "{} enrolled pod(s) are not captured as far as the API shows (no {}=enabled from the CNI agent): {}",
+            uncaptured.len(),
+            snapshot::AMBIENT_REDIRECTION,
+            list(&uncaptured)
+        ));
+        hints.push("the CNI agent's log on their node says why (`kubectl -n <namespace> logs ds/istio-cni-node`)");
+    }
+    if problems.is_empty() {
+        return Verdict::pass(format!(
+            "{} namespace(s) enrolled in ambient mode, {captured} pod(s) captured",
+            s.ambient_namespaces.len()
+        ));
+    }
+    Verdict::warn(problems.join("; "), hints.join("; "))
 }
 
 /// MeshInstalls whose status says injection is on (the webhook is not Disabled).

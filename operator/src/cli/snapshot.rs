@@ -9,12 +9,12 @@ use std::time::SystemTime;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, Resource};
@@ -24,7 +24,7 @@ use crate::api::MeshInstall;
 use crate::inject::keys;
 
 /// One pod, as the data-plane checks see it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Default)]
 pub struct PodView {
     pub namespace: String,
     pub name: String,
@@ -36,7 +36,18 @@ pub struct PodView {
     pub proxy_version: Option<String>,
     /// It opted out with `sidecar.istio.io/inject=false`, or uses hostNetwork: no sidecar expected.
     pub exempt: bool,
+    /// Its own `istio.io/dataplane-mode` label (`ambient`, `none`), if any.
+    pub dataplane_mode: Option<String>,
+    /// The CNI agent recorded that it captured the pod for ztunnel
+    /// (`ambient.istio.io/redirection: enabled`): what the API shows of ambient capture.
+    pub captured: bool,
+    pub host_network: bool,
 }
+
+/// The label that enrolls a namespace or pod in ambient mode.
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// The annotation the CNI agent sets on a pod once ztunnel carries its traffic.
+pub const AMBIENT_REDIRECTION: &str = "ambient.istio.io/redirection";
 
 impl PodView {
     pub fn new(pod: &Pod) -> PodView {
@@ -54,7 +65,12 @@ impl PodView {
             .and_then(|l| l.get(keys::INJECT))
             .is_some_and(|v| v == "false");
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
+        let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
         PodView {
+            dataplane_mode: label(DATAPLANE_MODE),
+            captured: annotation(AMBIENT_REDIRECTION).is_some_and(|v| v == "enabled"),
+            host_network,
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             has_sidecar: proxy.is_some(),
@@ -184,6 +200,12 @@ pub struct Snapshot {
     pub namespaces: Vec<Namespace>,
     pub injection_namespaces: Vec<InjectionNamespace>,
     pub pods: Vec<PodView>,
+    /// Namespaces labelled `istio.io/dataplane-mode=ambient`.
+    pub ambient_namespaces: Vec<String>,
+    /// meshop's DaemonSets (the CNI agent and ztunnel of each mesh), any namespace.
+    pub node_agents: Vec<DaemonSet>,
+    /// Linux nodes (`kubernetes.io/os=linux`): where the node agents must run.
+    pub linux_nodes: Option<usize>,
     pub lease: Option<Lease>,
     pub operator_namespace: String,
     pub webhook_secret: Option<WebhookSecret>,
@@ -345,6 +367,7 @@ pub async fn gather(client: &Client, scope: &Scope<'_>) -> Snapshot {
             }
         }
     }
+    gather_ambient(client, scope, &mut s).await;
     let ns = scope.operator_namespace;
     match Api::<Lease>::namespaced(client.clone(), ns)
         .get_opt(crate::controller::leader::LEASE_NAME)
@@ -430,6 +453,87 @@ pub async fn gather(client: &Client, scope: &Scope<'_>) -> Snapshot {
         s.probe = Some(probe_injection(client, &injecting).await);
     }
     s
+}
+
+/// What ambient mode's checks read: enrolled namespaces and their pods (and pods enrolled on
+/// their own anywhere), meshop's node agents, and the linux nodes they must cover.
+async fn gather_ambient(client: &Client, scope: &Scope<'_>, s: &mut Snapshot) {
+    super::cluster::progress("listing ambient namespaces, node agents and nodes");
+    s.ambient_namespaces = s
+        .namespaces
+        .iter()
+        .filter(|ns| {
+            ns.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(DATAPLANE_MODE))
+                .is_some_and(|v| v == "ambient")
+        })
+        .filter_map(|ns| ns.metadata.name.clone())
+        .filter(|ns| scope.namespace.is_none_or(|only| only == ns))
+        .collect();
+    let mut seen: std::collections::BTreeSet<(String, String)> = s
+        .pods
+        .iter()
+        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .collect();
+    let mut add = |s: &mut Snapshot, pods: Vec<Pod>| {
+        for p in pods.iter().filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|st| st.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        }) {
+            let view = PodView::new(p);
+            if seen.insert((view.namespace.clone(), view.name.clone())) {
+                s.pods.push(view);
+            }
+        }
+    };
+    for ns in s.ambient_namespaces.clone() {
+        match Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => add(s, list.items),
+            Err(e) => {
+                s.errors.insert("pods", format!("namespace {ns}: {e}"));
+            }
+        }
+    }
+    let enrolled = ListParams::default().labels(&format!("{DATAPLANE_MODE}=ambient"));
+    let pods = match scope.namespace {
+        Some(only) => {
+            Api::<Pod>::namespaced(client.clone(), only)
+                .list(&enrolled)
+                .await
+        }
+        None => Api::<Pod>::all(client.clone()).list(&enrolled).await,
+    };
+    match pods {
+        Ok(list) => add(s, list.items),
+        Err(e) => {
+            s.errors.insert("pods", e.to_string());
+        }
+    }
+    match Api::<DaemonSet>::all(client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=meshop"))
+        .await
+    {
+        Ok(list) => s.node_agents = list.items,
+        Err(e) => {
+            s.errors.insert("daemonsets", e.to_string());
+        }
+    }
+    match Api::<Node>::all(client.clone())
+        .list_metadata(&ListParams::default().labels("kubernetes.io/os=linux"))
+        .await
+    {
+        Ok(list) => s.linux_nodes = Some(list.items.len()),
+        Err(e) => {
+            s.errors.insert("nodes", e.to_string());
+        }
+    }
 }
 
 /// Creates a pod with `dryRun=All` in the first injection namespace: the API server calls the

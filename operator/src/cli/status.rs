@@ -75,6 +75,9 @@ pub struct NamespaceView {
     pub name: String,
     pub selects: String,
     pub revision: String,
+    /// The data plane its pods get: `sidecar`, `ambient`, or `sidecar and ambient` (a namespace
+    /// labelled for both: new pods get a sidecar, which wins), with how many pods have it.
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -169,18 +172,53 @@ fn view(s: &Snapshot, mi: &MeshInstall) -> MeshView {
             .or_default() += 1;
     }
     // Namespaces selecting one of its revisions, directly or by a tag, as the webhook resolves.
-    let namespaces: Vec<NamespaceView> = s
+    fn pods_in<'a>(
+        s: &'a Snapshot,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a snapshot::PodView> + 'a {
+        s.pods
+            .iter()
+            .filter(move |p| p.namespace == ns && !p.exempt)
+    }
+    let mut namespaces: Vec<NamespaceView> = s
         .injection_namespaces
         .iter()
         .filter_map(|ns| {
             let r = snapshot::resolve(&served, &ns.revision).filter(|r| r.mesh == name)?;
+            let total = pods_in(s, &ns.name).count();
+            let with = pods_in(s, &ns.name).filter(|p| p.has_sidecar).count();
+            let mode = if s.ambient_namespaces.contains(&ns.name) {
+                "sidecar and ambient"
+            } else {
+                "sidecar"
+            };
             Some(NamespaceView {
                 name: ns.name.clone(),
                 selects: ns.revision.clone(),
                 revision: r.name.clone(),
+                mode: format!("{mode} ({with} of {total} pods with a sidecar)"),
             })
         })
         .collect();
+    // Namespaces enrolled in ambient mode, when this mesh runs it.
+    let ambient = crate::effective::Installation::from_mesh(mi).is_ok_and(|i| i.ambient.enabled);
+    if ambient {
+        for ns in &s.ambient_namespaces {
+            if namespaces.iter().any(|n| &n.name == ns) {
+                continue;
+            }
+            let enrolled: Vec<_> = pods_in(s, ns)
+                .filter(|p| !p.host_network && p.dataplane_mode.as_deref() != Some("none"))
+                .collect();
+            let captured = enrolled.iter().filter(|p| p.captured).count();
+            namespaces.push(NamespaceView {
+                name: ns.clone(),
+                selects: format!("{}=ambient", snapshot::DATAPLANE_MODE),
+                revision: revision.clone(),
+                mode: format!("ambient ({captured} of {} pods captured)", enrolled.len()),
+            });
+        }
+    }
     let without_sidecar = s
         .pods
         .iter()
@@ -351,12 +389,16 @@ pub fn text(views: &[MeshView]) -> String {
                 "NAMESPACE".into(),
                 "SELECTS".into(),
                 "REVISION".into(),
+                "DATA PLANE".into(),
             ]];
-            rows.extend(
-                v.namespaces
-                    .iter()
-                    .map(|ns| vec![ns.name.clone(), ns.selects.clone(), ns.revision.clone()]),
-            );
+            rows.extend(v.namespaces.iter().map(|ns| {
+                vec![
+                    ns.name.clone(),
+                    ns.selects.clone(),
+                    ns.revision.clone(),
+                    ns.mode.clone(),
+                ]
+            }));
             out.push_str(&cluster::table(4, &rows));
         }
         out.push_str("  Data plane:\n");
@@ -476,6 +518,7 @@ status:
             revision: sidecar.map(|_| "default".into()),
             proxy_version: sidecar.map(str::to_string),
             exempt: false,
+            ..Default::default()
         }
     }
 
@@ -517,6 +560,40 @@ status:
         assert!(out.contains("Without sidecar (1; restart them to inject):\n    shop/d\n"));
         assert!(!out.contains("Revisions:"), "in place: one revision, {out}");
         assert!(views(&s, Some("other")).is_empty());
+    }
+
+    #[test]
+    fn the_data_plane_mode_of_each_namespace_is_shown() {
+        let mut ambient = mesh();
+        ambient.spec.profile = crate::api::Profile::Ambient;
+        let captured = |ns: &str, name: &str, yes: bool| PodView {
+            captured: yes,
+            ..pod(ns, name, None)
+        };
+        let s = Snapshot {
+            meshes: vec![ambient],
+            injection_namespaces: vec![InjectionNamespace {
+                name: "shop".into(),
+                revision: "default".into(),
+            }],
+            ambient_namespaces: vec!["ledger".into(), "shop".into()],
+            pods: vec![
+                pod("shop", "a", Some("1.31.1")),
+                captured("ledger", "api", true),
+                captured("ledger", "new", false),
+            ],
+            ..Default::default()
+        };
+        let out = text(&views(&s, None));
+        assert!(out.contains("DATA PLANE"), "{out}");
+        assert!(
+            out.contains("shop       default                          default   sidecar and ambient (1 of 1 pods with a sidecar)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ledger     istio.io/dataplane-mode=ambient  default   ambient (1 of 2 pods captured)"),
+            "{out}"
+        );
     }
 
     /// A revision-based mesh in the middle of an upgrade: 1-31-1 is the target and carries the

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::effective::Installation;
 
+pub use cni::NAME as CNI_NAME;
 pub use common::{
     LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY, SHARED_INSTANCE,
     cluster_meta, owner_reference,
@@ -35,6 +36,7 @@ pub use gateway_api_crds::{
 pub use istio_crds::istio_crds;
 pub use overlays::OverlayError;
 pub use webhook::{InjectorEndpoint, WEBHOOK_PATH, webhook_configuration_name};
+pub use ztunnel::NAME as ZTUNNEL_NAME;
 
 /// Apply stages, in order. A stage is applied only once the one before it is ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -98,7 +98,7 @@ fn healthy() -> (Snapshot, CertBundle) {
             true,
             true,
         )],
-        meshes: vec![ready_mesh("mesh", "", "1.31.1", "Active")],
+        meshes: vec![ready_mesh("mesh", "", "1.31.1", "Active"), ambient_mesh()],
         mutating: vec![registration(
             "meshop-sidecar-injector-mesh",
             &bundle.ca_pem,
@@ -116,6 +116,7 @@ fn healthy() -> (Snapshot, CertBundle) {
             revision: Some("default".into()),
             proxy_version: Some("1.31.1".into()),
             exempt: false,
+            ..Default::default()
         }],
         lease: Some(Lease {
             spec: Some(LeaseSpec {
@@ -133,9 +134,123 @@ fn healthy() -> (Snapshot, CertBundle) {
         }),
         permissions: vec![("create namespaces".into(), true)],
         probe: Some(InjectionProbe::Injected("shop".into())),
+        ambient_namespaces: vec!["ledger".into()],
+        node_agents: vec![
+            node_agent("istio-cni-node", 3, 3, 3),
+            node_agent("ztunnel", 3, 3, 3),
+        ],
+        linux_nodes: Some(3),
         ..Default::default()
     };
+    let mut s = s;
+    s.pods.push(PodView {
+        namespace: "ledger".into(),
+        name: "api".into(),
+        captured: true,
+        ..Default::default()
+    });
     (s, bundle)
+}
+
+/// A ready ambient mesh in namespace istio-ambient (no injection: its webhook is Disabled).
+fn ambient_mesh() -> crate::api::MeshInstall {
+    let mut mi = ready_mesh("amb", "amb", "1.31.1", "Disabled");
+    mi.spec.profile = crate::api::Profile::Ambient;
+    mi.spec.namespace = "istio-ambient".into();
+    mi
+}
+
+fn node_agent(
+    name: &str,
+    desired: i32,
+    ready: i32,
+    updated: i32,
+) -> k8s_openapi::api::apps::v1::DaemonSet {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": "istio-ambient" },
+        "status": { "desiredNumberScheduled": desired, "numberReady": ready,
+            "updatedNumberScheduled": updated, "currentNumberScheduled": desired,
+            "numberMisscheduled": 0 }
+    }))
+    .unwrap()
+}
+
+#[test]
+fn ambient_node_agents_must_cover_every_linux_node() {
+    let (mut s, _) = healthy();
+    // A node the agents do not reach (a taint they do not tolerate): desired 2 of 3 nodes.
+    s.node_agents[1] = node_agent("ztunnel", 2, 2, 2);
+    let v = verdict("ambient-node-agents", &s);
+    assert_eq!(v.severity, Severity::Fail);
+    assert!(
+        v.message
+            .contains("istio-ambient/ztunnel scheduled on 2 of 3 linux node(s)"),
+        "{}",
+        v.message
+    );
+    // Mid-rollout: one node's pod is not updated yet.
+    s.node_agents[1] = node_agent("ztunnel", 3, 3, 2);
+    assert!(
+        verdict("ambient-node-agents", &s)
+            .message
+            .contains("updated on 2")
+    );
+    // The CNI agent missing altogether.
+    s.node_agents.remove(0);
+    assert!(
+        verdict("ambient-node-agents", &s)
+            .message
+            .contains("DaemonSet istio-ambient/istio-cni-node is missing")
+    );
+    // No ambient mesh: nothing to check.
+    s.meshes.pop();
+    assert_eq!(verdict("ambient-node-agents", &s).severity, Severity::Skip);
+}
+
+#[test]
+fn ambient_enrollment_names_uncaptured_and_sidecar_pods() {
+    let (mut s, _) = healthy();
+    s.pods.push(PodView {
+        namespace: "ledger".into(),
+        name: "fresh".into(),
+        ..Default::default()
+    });
+    // Enrolled on its own, in an injection namespace: it got a sidecar, which wins.
+    s.pods.push(PodView {
+        namespace: "shop".into(),
+        name: "both".into(),
+        has_sidecar: true,
+        dataplane_mode: Some("ambient".into()),
+        ..Default::default()
+    });
+    // Opted out in an enrolled namespace: neither expected nor named.
+    s.pods.push(PodView {
+        namespace: "ledger".into(),
+        name: "outside".into(),
+        dataplane_mode: Some("none".into()),
+        ..Default::default()
+    });
+    let v = verdict("ambient-enrollment", &s);
+    assert_eq!(v.severity, Severity::Warn, "{v:?}");
+    assert!(
+        v.message.contains("shop/both") && v.message.contains("ledger/fresh"),
+        "{}",
+        v.message
+    );
+    assert!(
+        !v.message.contains("outside") && !v.message.contains("ledger/api"),
+        "{}",
+        v.message
+    );
+    // Enrolled, but nothing runs ambient mode.
+    s.meshes.pop();
+    let v = verdict("ambient-enrollment", &s);
+    assert_eq!(v.severity, Severity::Fail);
+    assert!(
+        v.message.contains("namespace ledger") && v.message.contains("pod shop/both"),
+        "{}",
+        v.message
+    );
 }
 
 #[test]
@@ -359,6 +474,7 @@ fn pods_without_sidecar_or_on_another_proxy_version() {
         revision: None,
         proxy_version: None,
         exempt: false,
+        ..Default::default()
     });
     s.pods.push(PodView {
         namespace: "shop".into(),
@@ -367,6 +483,7 @@ fn pods_without_sidecar_or_on_another_proxy_version() {
         revision: None,
         proxy_version: None,
         exempt: true,
+        ..Default::default()
     });
     let v = verdict("sidecars", &s);
     assert_eq!(v.severity, Severity::Fail);
@@ -451,6 +568,7 @@ fn tags_and_revisions_of_a_revision_based_mesh_are_served_namespaces() {
         revision: rev.map(str::to_string),
         proxy_version: version.map(str::to_string),
         exempt: false,
+        ..Default::default()
     };
     s.injection_namespaces = vec![
         ns("shop", "default"),
