@@ -292,7 +292,7 @@ async fn ambient_switches_and_upgrades_in_istios_order() {
         "{ztunnel:?}"
     );
 
-    check_and_status_know_ambient(&cp, &client).await;
+    check_and_status_know_ambient(cp, &client).await;
 
     // A second ambient mesh in the cluster is refused, and touches nothing.
     let second: MeshInstall = serde_json::from_value(json!({
