@@ -83,8 +83,19 @@ pub fn profile_table() -> Result<String, SpecError> {
             "CNI node agent",
             installs
                 .iter()
+                .map(|i| match (i.cni.enabled, i.ambient.enabled) {
+                    (true, true) => "DaemonSet, ambient mode".into(),
+                    (true, false) => "DaemonSet".into(),
+                    _ => "-".into(),
+                })
+                .collect(),
+        ),
+        (
+            "ztunnel",
+            installs
+                .iter()
                 .map(|i| {
-                    if i.cni.enabled {
+                    if i.ztunnel.enabled {
                         "DaemonSet".into()
                     } else {
                         "-".into()

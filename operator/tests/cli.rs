@@ -322,7 +322,7 @@ fn check_against_an_api_server_that_does_not_answer_fails_once_with_the_reason()
         "{out}"
     );
     assert!(
-        out.contains("0 passed, 0 warning(s), 1 failed, 14 skipped"),
+        out.contains("0 passed, 0 warning(s), 1 failed, 16 skipped"),
         "{out}"
     );
     let (ok, _, err) = meshop(&["status", "--kubeconfig", kubeconfig.to_str().unwrap()]);

@@ -402,9 +402,26 @@ fn every_container_is_hardened_with_requests_and_probes() {
                     c.name
                 );
                 let sc = c.security_context.clone().unwrap();
-                if name == "istio-cni-node" {
-                    // The documented exception (operator/src/render/cni.rs): privileged on the host.
-                    assert_eq!(sc.privileged, Some(true));
+                // The documented exceptions (operator/src/render/cni.rs, ztunnel.rs): the node
+                // agents run as root with exactly these capabilities, all others dropped, never
+                // privileged.
+                let node_agent = match name.as_str() {
+                    "istio-cni-node" => Some(
+                        &["NET_ADMIN", "NET_RAW", "SYS_PTRACE", "SYS_ADMIN", "DAC_OVERRIDE"][..],
+                    ),
+                    "ztunnel" => Some(&["NET_ADMIN", "SYS_ADMIN", "NET_RAW"][..]),
+                    _ => None,
+                };
+                if let Some(added) = node_agent {
+                    assert_eq!(sc.privileged, Some(false), "{what}: {name}");
+                    let caps = sc.capabilities.clone().unwrap();
+                    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "{what}: {name}");
+                    assert_eq!(
+                        caps.add,
+                        Some(added.iter().map(|c| c.to_string()).collect()),
+                        "{what}: {name}"
+                    );
+                    assert_ne!(spec.host_network, Some(true), "{what}: {name}");
                     continue;
                 }
                 assert_eq!(sc.run_as_non_root, Some(true), "{what}: {name}/{}", c.name);
