@@ -128,9 +128,10 @@ async fn operator_works_with_its_own_rbac_only() {
     .unwrap();
     meshop_testenv::wait_for_kstatus(&api, "rbac", KStatus::Current, Duration::from_secs(120))
         .await;
-    // The other profiles: performance (autoscaled istiod and gateway) and empty (only what the
-    // spec switches on, CNI here: the switch prunes istiod and the gateways).
-    for profile in ["performance", "empty"] {
+    // The other profiles: performance (autoscaled istiod and gateway), ambient (ztunnel, the CNI
+    // agent's ambient rights, istiod's waypoint rights, the Gateway API CRDs) and empty (only
+    // what the spec switches on, CNI here: the switch prunes istiod and the gateways).
+    for profile in ["performance", "ambient", "empty"] {
         api.patch(
             "rbac",
             &PatchParams::default(),
