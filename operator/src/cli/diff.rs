@@ -595,6 +595,15 @@ pub async fn cluster_report(
         ));
         let api = object.api(client);
         let current = api.get_opt(object.name()).await?;
+        // What the reconciler leaves be (another installer's Gateway API CRDs, a newer release)
+        // is unchanged by this apply.
+        if let Some(existing) = &current
+            && object.ownership == crate::render::Ownership::KeepExisting
+            && crate::controller::keeps_existing(existing, object)
+        {
+            report.unchanged += 1;
+            continue;
+        }
         let applied = api
             .patch(object.name(), &params, &Patch::Apply(&object.object))
             .await;

@@ -57,7 +57,7 @@ pub(crate) async fn apply(
 /// Whether an object meshop creates only where absent ([`Ownership::KeepExisting`]) is left as
 /// it is found: someone else installed it (it lacks meshop's managed-by label), or it is a newer
 /// release than meshop's (its Gateway API bundle version is higher: never a downgrade).
-pub(crate) fn keeps_existing(existing: &DynamicObject, planned: &Rendered) -> bool {
+pub fn keeps_existing(existing: &DynamicObject, planned: &Rendered) -> bool {
     let ours = existing
         .metadata
         .labels

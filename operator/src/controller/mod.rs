@@ -33,7 +33,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 
-pub use apply::FIELD_MANAGER;
+pub use apply::{FIELD_MANAGER, keeps_existing};
 pub use reconcile::{FINALIZER, INVALID_OVERLAY};
 
 use crate::api::MeshInstall;
