@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help demo cluster test unit testenv istio helm judges istio-judges meshconfig-table image chart build generate crds golden bench loadtest lint fmt clean-testenv tools
+.PHONY: help demo cluster test unit testenv istio ztunnel helm judges istio-judges meshconfig-table image chart build generate crds golden bench loadtest lint fmt clean-testenv tools
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ testenv: tools ## Build (or reuse) etcd, kube-apiserver, controllers, kubectl an
 
 istio: tools ## Build (or reuse) Istio's pilot-discovery, istioctl and pilot-agent in ~/.cache/meshop (the tests' outside judges).
 	@bash tests/testenv/build-istio.sh >/dev/null
+
+ztunnel: tools ## Build (or reuse) ztunnel, ambient mode's node proxy, from ../shared/judges/ztunnel in ~/.cache/meshop.
+	@bash tests/testenv/build-ztunnel.sh >/dev/null
 
 helm: tools ## Build (or reuse) helm from helm.sh/helm/v3 in ~/.cache/meshop (the chart tests run it).
 	@bash tests/testenv/build-helm.sh >/dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds Istio's own binaries (pilot-discovery, istioctl, pilot-agent) from the istio.io/istio Go
+# Builds Istio's own binaries (pilot-discovery, istioctl, pilot-agent, and ambient mode's CNI
+# plugin istio-cni and node agent install-cni) from the istio.io/istio Go
 # module into a cache directory outside the repo keyed by the module version. A finished build is
 # reused. meshop's tests run them as judges of what meshop installs and injects.
 #
@@ -24,8 +25,10 @@ declare -A PACKAGES=(
   [pilot-discovery]=pilot/cmd/pilot-discovery
   [pilot-agent]=pilot/cmd/pilot-agent
   [istioctl]=istioctl/cmd/istioctl
+  [istio-cni]=cni/cmd/istio-cni
+  [install-cni]=cni/cmd/install-cni
 )
-BINARIES=(pilot-discovery pilot-agent istioctl)
+BINARIES=(pilot-discovery pilot-agent istioctl istio-cni install-cni)
 
 log() { echo "[istio $(date +%H:%M:%S)] $*" >&2; }
 
@@ -37,7 +40,10 @@ if [[ -n "${MESHOP_ISTIO_BIN:-}" ]]; then
   exit 0
 fi
 
-if [[ -f "${OUT}/.complete" ]]; then
+# Complete when every binary is there: a binary added to the list is built into an existing cache.
+complete=true
+for b in "${BINARIES[@]}"; do [[ -x "${OUT}/$b" ]] || complete=false; done
+if [[ -f "${OUT}/.complete" ]] && ${complete}; then
   echo "${OUT}"
   exit 0
 fi
