@@ -135,7 +135,6 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         resource_env("GOMAXPROCS", "limits.cpu"),
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
-        env("REVISION", install.revision_label()),
     ];
     let mut mounts = vec![
         mount("cni-bin-dir", "/host/opt/cni/bin", false),
@@ -168,14 +167,15 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             Some("DirectoryOrCreate"),
         ));
     }
+    let mut args = vec![format!("--log_output_level={}", install.global.log_level)];
+    if install.global.log_as_json {
+        args.push("--log_as_json".into());
+    }
     let container = Container {
         name: "install-cni".into(),
         image: Some(install.image("install-cni")),
         command: Some(vec!["install-cni".into()]),
-        args: Some(vec![format!(
-            "--log_output_level={}",
-            install.global.log_level
-        )]),
+        args: Some(args),
         env: Some(our_env),
         env_from: Some(vec![
             serde_json::from_value(json!({ "configMapRef": { "name": "istio-cni-config" } }))
@@ -194,7 +194,6 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
                 port: IntOrString::Int(8000),
                 ..Default::default()
             }),
-            period_seconds: Some(5),
             ..Default::default()
         }),
         security_context: Some(SecurityContext {
