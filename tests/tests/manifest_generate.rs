@@ -32,11 +32,6 @@ use serde_json::{Value, json};
 /// Inputs whose topology meshop does not install, and what `meshop convert` must say about them
 /// (in its error or in the reason of a setting it does not carry).
 const SKIPPED: &[(&str, &str)] = &[
-    // Ambient mode: the ambient profile, or ztunnel enabled.
-    ("component_hub_tag.yaml", "ambient mode"),
-    ("invalid-k8s.yaml", "ambient mode"),
-    ("ztunnel.yaml", "ambient mode"),
-    ("ztunnel_tolerations.yaml", "ambient mode"),
     // Remote control planes (the remote profile).
     ("istiod_remote.yaml", "multi-cluster"),
     ("istiod_remote_config.yaml", "multi-cluster"),

@@ -456,10 +456,7 @@ fn unsupported_topology(src: &Value) -> Option<String> {
             "a remote or external control plane ({what}): meshop installs a cluster's own control plane only; multi-cluster remote and external istiod are not supported"
         ));
     }
-    let ztunnel = profile == "ambient" || on("components.ztunnel.enabled");
-    ztunnel.then(|| {
-        "ambient mode (ztunnel): meshop does not install ambient meshes yet; converting would silently turn it into a sidecar mesh".to_string()
-    })
+    None
 }
 
 /// The objects meshop renders for one component, for turning Kubernetes settings meshop has no
@@ -497,6 +494,15 @@ impl Objects {
             name: "istio-cni-node".into(),
             container: "install-cni",
             image: "install-cni",
+        }
+    }
+
+    fn ztunnel() -> Objects {
+        Objects {
+            workload_kind: "DaemonSet",
+            name: "ztunnel".into(),
+            container: "istio-proxy",
+            image: "ztunnel",
         }
     }
 
@@ -712,11 +718,27 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
 
     // Profile: Istio's default (istiod and an ingress gateway) is meshop's minimal plus the
     // ingress gateway; preview and stable are variants of default.
+    // The ambient profile also sets the chart value `profile: ambient` (which a Helm values
+    // file of Istio's charts names on its own).
+    let values_profile = take(&mut src, "values.profile")
+        .and_then(|p| p.as_str().map(str::to_string))
+        .filter(|p| !p.is_empty());
     let profile = take(&mut src, "profile")
         .and_then(|p| p.as_str().map(str::to_string))
+        .or_else(|| values_profile.clone().filter(|p| p == "ambient"))
         .unwrap_or_else(|| "default".into());
+    if let Some(other) = values_profile.filter(|p| *p != profile) {
+        notes.add(
+            "spec.values.profile",
+            json!(other),
+            "a chart profile other than the IstioOperator's own profile; meshop has one profile",
+        );
+    }
     let meshop_profile = match profile.as_str() {
         "demo" => "demo",
+        // Istio's ambient profile: istiod, the CNI agent in ambient mode and ztunnel, no
+        // ingress gateway; meshop's ambient profile is the same.
+        "ambient" => "ambient",
         "minimal" => "minimal",
         "empty" => "empty",
         "default" | "preview" | "stable" => {
@@ -887,6 +909,106 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         }
         components.insert("cni".into(), Value::Object(c));
         notes.rest("spec.components.cni", &cni);
+    }
+    if let Some(mut ztunnel) = take(&mut src, "components.ztunnel") {
+        let objects = Objects::ztunnel();
+        let mut overlays = Vec::new();
+        let mut c = component(
+            &mut ztunnel,
+            "spec.components.ztunnel",
+            &objects,
+            false,
+            &mut overlays,
+            &mut notes,
+        );
+        for key in ["replicas", "autoscale", "podDisruptionBudget"] {
+            if let Some(v) = c.remove(key) {
+                notes.add(
+                    &format!("spec.components.ztunnel.k8s.{key}"),
+                    v,
+                    "ztunnel is a DaemonSet: one pod per node",
+                );
+            }
+        }
+        k8s_overlays(&mut ztunnel, &objects, false, &mut overlays);
+        image_overlay(&mut ztunnel, &objects, &images, &mut overlays);
+        PendingOverlay::take_from(
+            &mut ztunnel,
+            "k8s.overlays",
+            "/components/ztunnel",
+            "spec.components.ztunnel.k8s.overlays",
+            &mut pending,
+        );
+        if !overlays.is_empty() {
+            c.insert("overlays".into(), Value::Array(overlays));
+        }
+        components.insert("ztunnel".into(), Value::Object(c));
+        notes.rest("spec.components.ztunnel", &ztunnel);
+    }
+    // The CNI agent's ambient mode (Istio's cni.ambient values).
+    for (from, to) in [
+        ("enabled", "enabled"),
+        ("dnsCapture", "dnsCapture"),
+        ("ipv6", "ipv6"),
+        ("reconcileIptablesOnStartup", "reconcileIptablesOnStartup"),
+    ] {
+        let path = format!("values.cni.ambient.{from}");
+        if let Some(v) = take(&mut src, &path) {
+            match as_bool(&v) {
+                Some(b) => {
+                    let cni = object_mut(&mut components, "cni");
+                    object_mut(cni, "ambient").insert(to.into(), json!(b));
+                }
+                None => notes.add(&format!("spec.{path}"), v, "not a boolean"),
+            }
+        }
+    }
+    // values.ztunnel and values.cni: the charts' own settings of the two node agents, where
+    // meshop has them (the component's own k8s settings win).
+    for (chart, key, objects) in [
+        ("ztunnel", "ztunnel", Objects::ztunnel()),
+        ("cni", "cni", Objects::cni()),
+    ] {
+        let Some(mut values) = take(&mut src, &format!("values.{chart}")) else {
+            continue;
+        };
+        let mut carried = Map::new();
+        for name in [
+            "resources",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "podAnnotations",
+            "podLabels",
+            "priorityClassName",
+            "imagePullPolicy",
+        ] {
+            if let Some(v) = take(&mut values, name) {
+                carried.insert(name.into(), v);
+            }
+        }
+        if let Some(env) = take(&mut values, "env") {
+            carried.insert("env".into(), env_list(&env));
+        }
+        let mut overlays = Vec::new();
+        image_overlay(&mut values, &objects, &images, &mut overlays);
+        if !carried.is_empty() || !overlays.is_empty() {
+            let c = object_mut(&mut components, key);
+            for (k, v) in carried {
+                c.entry(k).or_insert(v);
+            }
+            if !overlays.is_empty()
+                && !c
+                    .get("overlays")
+                    .is_some_and(|o| o.to_string().contains("\"image\""))
+            {
+                let list = c.entry("overlays").or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut() {
+                    list.extend(overlays);
+                }
+            }
+        }
+        notes.rest(&format!("spec.values.{chart}"), &values);
     }
     // Istio's Helm-style switches for the default gateways.
     for (key, kind) in [
@@ -1285,6 +1407,7 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     }
 
     check_tolerations(&mut components)?;
+    ambient_pairs(meshop_profile == "ambient", &mut components, &mut notes);
     if !addons.is_empty() {
         components.insert("addons".into(), Value::Object(addons));
     }
@@ -1340,6 +1463,35 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     })
 }
 
+/// ztunnel and the CNI agent's ambient mode go together (ztunnel gets its pods from the agent,
+/// the agent hands them to ztunnel): istioctl renders either alone, which captures nothing or
+/// sends captured pods' traffic nowhere; meshop refuses that pair, so the one that is on alone
+/// is switched off and listed.
+fn ambient_pairs(profile: bool, components: &mut Map<String, Value>, notes: &mut Notes) {
+    let flag = |c: &Map<String, Value>, pointer: &str| -> Option<bool> {
+        Value::Object(c.clone()).pointer(pointer).and_then(Value::as_bool)
+    };
+    let ztunnel = flag(components, "/ztunnel/enabled").unwrap_or(profile);
+    let agent = flag(components, "/cni/enabled").unwrap_or(profile);
+    let ambient = agent && flag(components, "/cni/ambient/enabled").unwrap_or(profile);
+    if ztunnel && !ambient {
+        object_mut(components, "ztunnel").insert("enabled".into(), json!(false));
+        notes.add(
+            "spec.components.ztunnel.enabled",
+            json!(true),
+            "ztunnel without the CNI agent in ambient mode (components.cni with values.cni.ambient.enabled) is given no pods: meshop refuses that pair, so ztunnel is left out",
+        );
+    } else if ambient && !ztunnel {
+        let cni = object_mut(components, "cni");
+        object_mut(cni, "ambient").insert("enabled".into(), json!(false));
+        notes.add(
+            "spec.values.cni.ambient.enabled",
+            json!(true),
+            "the CNI agent in ambient mode without ztunnel would capture pods for a node proxy that does not run: meshop refuses that pair, so ambient mode is left out",
+        );
+    }
+}
+
 /// Kubernetes reads tolerations strictly (kubectl refuses an unknown field), and so does
 /// istioctl: a toleration with a field Kubernetes does not have is an error, not a setting
 /// to drop quietly.
@@ -1362,8 +1514,10 @@ fn check_tolerations(components: &mut Map<String, Value>) -> Result<()> {
         }
     };
     for_each_workload(components, &mut check);
-    if let Some(Value::Object(cni)) = components.get_mut("cni") {
-        check(cni);
+    for key in ["cni", "ztunnel"] {
+        if let Some(Value::Object(c)) = components.get_mut(key) {
+            check(c);
+        }
     }
     match bad {
         Some(field) => bail!(
