@@ -19,7 +19,8 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, env, field_env, meta, mount, policy_rule, resource_env};
+use super::common::{self, env, field_env, meta, mount, policy_rule};
+use crate::k8s::resource_env_unit;
 use super::workload::Workload;
 use super::ztunnel::{SOCKET_DIR, linux_only, node_agent_tolerations};
 use super::{ComponentId, Rendered};
@@ -131,8 +132,8 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         // Not on the host network: the agent enters the node's network namespace itself.
         env("ALLOW_SWITCH_TO_HOST_NS", "true"),
         field_env("NODE_NAME", "spec.nodeName"),
-        resource_env("GOMEMLIMIT", "limits.memory"),
-        resource_env("GOMAXPROCS", "limits.cpu"),
+        resource_env_unit("GOMEMLIMIT", "limits.memory"),
+        resource_env_unit("GOMAXPROCS", "limits.cpu"),
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
     ];

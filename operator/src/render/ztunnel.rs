@@ -23,7 +23,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, env, field_env, http_probe, mount, resource_env};
+use super::common::{self, env, field_env, http_probe, mount};
+use crate::k8s::resource_env_unit;
 use super::workload::Workload;
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
@@ -141,14 +142,14 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     our_env.extend(metadata.into_iter().map(|(k, v)| env(&k, v)));
     // Worker threads from the CPU limit, else from the request; the resource variables only
     // where the pod has that resource (as Istio's chart writes them).
-    our_env.push(resource_env("ZTUNNEL_CPU_LIMIT", "limits.cpu"));
+    our_env.push(resource_env_unit("ZTUNNEL_CPU_LIMIT", "limits.cpu"));
     let resources = &install.ztunnel.resources;
     let has = |list: &Option<BTreeMap<String, _>>| list.as_ref().is_some_and(|l| l.contains_key("cpu"));
     if has(&resources.limits) {
-        our_env.push(resource_env("ZTUNNEL_RESOURCE_CPU_LIMIT", "limits.cpu"));
+        our_env.push(resource_env_unit("ZTUNNEL_RESOURCE_CPU_LIMIT", "limits.cpu"));
     }
     if has(&resources.requests) {
-        our_env.push(resource_env("ZTUNNEL_RESOURCE_CPU_REQUEST", "requests.cpu"));
+        our_env.push(resource_env_unit("ZTUNNEL_RESOURCE_CPU_REQUEST", "requests.cpu"));
     }
     let container = Container {
         name: "istio-proxy".into(),
