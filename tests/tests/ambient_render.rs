@@ -286,7 +286,11 @@ fn compare(theirs: &[Value], ours: &[Value]) -> (usize, usize, Vec<Difference>) 
     let object_count = a.keys().chain(b.keys()).collect::<BTreeSet<_>>().len();
     add("Objects", &json!(a), &json!(b));
     for (kind, name) in WORKLOADS {
-        let pick = |all: &[Value]| find(all, kind, name).map(workload_fields).unwrap_or(json!({}));
+        let pick = |all: &[Value]| {
+            find(all, kind, name)
+                .map(workload_fields)
+                .unwrap_or(json!({}))
+        };
         add(&format!("{kind}/{name}"), &pick(theirs), &pick(ours));
     }
     add(
@@ -310,8 +314,14 @@ fn meshops_ambient_profile_renders_what_istioctls_does_but_for_documented_differ
     let bin = IstioBinaries::locate().unwrap();
     let (theirs, ours) = (istioctl(&bin), meshop());
     for (kind, name) in WORKLOADS {
-        assert!(find(&theirs, kind, name).is_some(), "istioctl renders {kind}/{name}");
-        assert!(find(&ours, kind, name).is_some(), "meshop renders {kind}/{name}");
+        assert!(
+            find(&theirs, kind, name).is_some(),
+            "istioctl renders {kind}/{name}"
+        );
+        assert!(
+            find(&ours, kind, name).is_some(),
+            "meshop renders {kind}/{name}"
+        );
     }
     let (objects, fields, found) = compare(&theirs, &ours);
     let summary = format!(
@@ -388,7 +398,10 @@ fn env_defaults_make_equal_what_the_kubelet_reads_alike() {
         { "name": "L", "valueFrom": { "resourceFieldRef": { "resource": "limits.cpu", "divisor": "1m" } } }
     ] }] } } } });
     let (_, found) = differences(&workload_fields(&a), &workload_fields(&c));
-    assert!(found.iter().any(|d| d.path.ends_with("/divisor")), "{found:?}");
+    assert!(
+        found.iter().any(|d| d.path.ends_with("/divisor")),
+        "{found:?}"
+    );
 }
 
 #[test]

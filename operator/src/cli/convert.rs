@@ -1469,7 +1469,9 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
 /// is switched off and listed.
 fn ambient_pairs(profile: bool, components: &mut Map<String, Value>, notes: &mut Notes) {
     let flag = |c: &Map<String, Value>, pointer: &str| -> Option<bool> {
-        Value::Object(c.clone()).pointer(pointer).and_then(Value::as_bool)
+        Value::Object(c.clone())
+            .pointer(pointer)
+            .and_then(Value::as_bool)
     };
     let ztunnel = flag(components, "/ztunnel/enabled").unwrap_or(profile);
     let agent = flag(components, "/cni/enabled").unwrap_or(profile);
@@ -1737,8 +1739,12 @@ pub fn convert_files(
     }
     if let Some(mut spec) = helm_spec {
         // A Helm-installed mesh has what its releases install: no profile's gateways or addons.
+        // Its charts given `profile: ambient` are an ambient mesh (istiod, the CNI agent in
+        // ambient mode and ztunnel, which ambient needs together).
+        let ambient = spec.pointer("/values/profile").and_then(Value::as_str) == Some("ambient");
         if let Some(m) = spec.as_object_mut() {
-            m.entry("profile").or_insert(json!("minimal"));
+            m.entry("profile")
+                .or_insert(json!(if ambient { "ambient" } else { "minimal" }));
         }
         let doc = json!({ "apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
                           "spec": spec });
@@ -2008,5 +2014,84 @@ mod tests {
                 "{spec}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn ambient_settings_are_carried_into_ztunnel_and_the_cni_agents_ambient_mode() {
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n  components:\n    ztunnel:\n      enabled: true\n      k8s:\n        resources: {limits: {cpu: 200m}}\n        tolerations: [{key: k, operator: Exists}]\n        priorityClassName: p\n  values:\n    cni:\n      ambient: {dnsCapture: false, ipv6: 'false', reconcileIptablesOnStartup: true}\n      podAnnotations: {a: b}\n    ztunnel:\n      podLabels: {team: x}\n      env: {RUST_MIN_STACK: '1'}\n      logAsJson: true\n",
+        );
+        let s = serde_json::to_value(&c.mesh_install.spec).unwrap();
+        assert_eq!(s["profile"], "ambient");
+        let z = &s["components"]["ztunnel"];
+        assert_eq!(z["enabled"], true);
+        assert_eq!(z["resources"]["limits"]["cpu"], "200m");
+        assert_eq!(z["tolerations"][0]["key"], "k");
+        assert_eq!(z["priorityClassName"], "p");
+        assert_eq!(z["podLabels"]["team"], "x");
+        assert_eq!(
+            z["env"],
+            json!([{ "name": "RUST_MIN_STACK", "value": "1" }])
+        );
+        let cni = &s["components"]["cni"];
+        assert_eq!(
+            cni["ambient"],
+            json!({ "dnsCapture": false, "ipv6": false, "reconcileIptablesOnStartup": true })
+        );
+        assert_eq!(cni["podAnnotations"]["a"], "b");
+        // What meshop has no setting for is listed, nothing else.
+        assert_eq!(paths(&c), ["spec.values.ztunnel.logAsJson"]);
+    }
+
+    #[test]
+    fn ztunnel_and_ambient_mode_come_as_a_pair_or_not_at_all() {
+        // ztunnel on, the CNI agent not in ambient mode: ztunnel would be handed no pods.
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  components:\n    cni: {enabled: true}\n    ztunnel: {enabled: true, k8s: {replicaCount: 2}}\n",
+        );
+        let s = serde_json::to_value(&c.mesh_install.spec).unwrap();
+        assert_eq!(s["components"]["ztunnel"]["enabled"], false);
+        assert_eq!(
+            paths(&c),
+            [
+                "spec.components.ztunnel.enabled",
+                "spec.components.ztunnel.k8s.replicas"
+            ]
+        );
+        // Ambient mode with ztunnel switched off: ambient mode goes.
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n  components:\n    ztunnel: {enabled: false}\n",
+        );
+        let s = serde_json::to_value(&c.mesh_install.spec).unwrap();
+        assert_eq!(s["components"]["cni"]["ambient"]["enabled"], false);
+        assert_eq!(paths(&c), ["spec.values.cni.ambient.enabled"]);
+        // The chart value `profile: ambient` alone is the ambient profile.
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values: {profile: ambient}\n",
+        );
+        assert_eq!(
+            serde_json::to_value(&c.mesh_install.spec).unwrap()["profile"],
+            "ambient"
+        );
+        assert!(c.not_carried.is_empty(), "{:?}", c.not_carried);
+    }
+
+    #[test]
+    fn helm_values_of_an_ambient_install_make_one_ambient_meshinstall() {
+        let out = files(&[
+            "profile: ambient\npilot: {replicaCount: 2}\n",
+            "profile: ambient\ncni: {ambient: {dnsCapture: false}}\n",
+            "profile: ambient\nlogLevel: info\nresources: {requests: {cpu: 50m}}\n",
+        ]);
+        assert_eq!(out.len(), 1);
+        let s = serde_json::to_value(&out[0].mesh_install.spec).unwrap();
+        assert_eq!(s["profile"], "ambient");
+        assert_eq!(s["components"]["ztunnel"]["enabled"], true);
+        assert_eq!(
+            s["components"]["ztunnel"]["resources"]["requests"]["cpu"],
+            "50m"
+        );
+        assert_eq!(s["components"]["cni"]["ambient"]["dnsCapture"], false);
+        assert_eq!(paths(&out[0]), ["spec.values.ztunnel.logLevel"]);
     }
 }

@@ -20,11 +20,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::common::{self, env, field_env, meta, mount, policy_rule};
-use crate::k8s::resource_env_unit;
 use super::workload::Workload;
 use super::ztunnel::{SOCKET_DIR, linux_only, node_agent_tolerations};
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
+use crate::k8s::resource_env_unit;
 
 const C: ComponentId = ComponentId::Cni;
 pub const NAME: &str = "istio-cni-node";

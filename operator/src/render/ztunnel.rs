@@ -24,10 +24,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::common::{self, env, field_env, http_probe, mount};
-use crate::k8s::resource_env_unit;
 use super::workload::Workload;
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
+use crate::k8s::resource_env_unit;
 
 const C: ComponentId = ComponentId::Ztunnel;
 pub const NAME: &str = "ztunnel";
@@ -144,12 +144,19 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     // where the pod has that resource (as Istio's chart writes them).
     our_env.push(resource_env_unit("ZTUNNEL_CPU_LIMIT", "limits.cpu"));
     let resources = &install.ztunnel.resources;
-    let has = |list: &Option<BTreeMap<String, _>>| list.as_ref().is_some_and(|l| l.contains_key("cpu"));
+    let has =
+        |list: &Option<BTreeMap<String, _>>| list.as_ref().is_some_and(|l| l.contains_key("cpu"));
     if has(&resources.limits) {
-        our_env.push(resource_env_unit("ZTUNNEL_RESOURCE_CPU_LIMIT", "limits.cpu"));
+        our_env.push(resource_env_unit(
+            "ZTUNNEL_RESOURCE_CPU_LIMIT",
+            "limits.cpu",
+        ));
     }
     if has(&resources.requests) {
-        our_env.push(resource_env_unit("ZTUNNEL_RESOURCE_CPU_REQUEST", "requests.cpu"));
+        our_env.push(resource_env_unit(
+            "ZTUNNEL_RESOURCE_CPU_REQUEST",
+            "requests.cpu",
+        ));
     }
     let container = Container {
         name: "istio-proxy".into(),
