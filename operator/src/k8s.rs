@@ -46,6 +46,22 @@ pub fn field_env(name: &str, field_path: &str) -> EnvVar {
 }
 
 /// An env var from the container's own resources (`limits.cpu`, `limits.memory`).
+/// [`resource_env`] with divisor 1 written out (what the kubelet reads when there is none), as
+/// Istio's node-agent charts write it.
+pub fn resource_env_unit(name: &str, resource: &str) -> EnvVar {
+    let mut e = resource_env(name, resource);
+    if let Some(r) = e
+        .value_from
+        .as_mut()
+        .and_then(|v| v.resource_field_ref.as_mut())
+    {
+        r.divisor = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+            "1".into(),
+        ));
+    }
+    e
+}
+
 pub fn resource_env(name: &str, resource: &str) -> EnvVar {
     EnvVar {
         name: name.into(),

@@ -61,3 +61,20 @@ pub fn check(doc: &Path, begin: &str, end: &str, generated: &str, details: &Path
         list(&new, &old)
     );
 }
+
+/// The reason a new row of a generated table gets when blessed: a test fails until a person
+/// writes the real one.
+pub const PENDING: &str = "pending: write the reason";
+
+/// The reasons of the rows of a generated section's tables (lines starting with a backquoted first
+/// cell; the reason is their last cell), by the row without its reason.
+pub fn reasons(section: &str) -> std::collections::BTreeMap<String, String> {
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| {
+            let (row, reason) = l.strip_suffix(" |")?.rsplit_once(" | ")?;
+            Some((row.to_string(), reason.to_string()))
+        })
+        .collect()
+}

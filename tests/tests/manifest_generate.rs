@@ -32,11 +32,6 @@ use serde_json::{Value, json};
 /// Inputs whose topology meshop does not install, and what `meshop convert` must say about them
 /// (in its error or in the reason of a setting it does not carry).
 const SKIPPED: &[(&str, &str)] = &[
-    // Ambient mode: the ambient profile, or ztunnel enabled.
-    ("component_hub_tag.yaml", "ambient mode"),
-    ("invalid-k8s.yaml", "ambient mode"),
-    ("ztunnel.yaml", "ambient mode"),
-    ("ztunnel_tolerations.yaml", "ambient mode"),
     // Remote control planes (the remote profile).
     ("istiod_remote.yaml", "multi-cluster"),
     ("istiod_remote_config.yaml", "multi-cluster"),
@@ -44,9 +39,7 @@ const SKIPPED: &[(&str, &str)] = &[
     ("istiod_remote_local.yaml", "multi-cluster"),
 ];
 
-/// The reason a row of the generated tables gets until someone writes its own.
-/// The reason a new row gets when blessed: the test fails until a person writes the real one.
-const PENDING: &str = "pending: write the reason";
+use meshop_testenv::blessed::{PENDING, reasons};
 
 const BEGIN: &str = "<!-- BEGIN GENERATED: manifest generate (MESHOP_BLESS=1 cargo test -p meshop-testenv --test manifest_generate) -->\n";
 const END: &str = "<!-- END GENERATED -->";
@@ -261,18 +254,6 @@ fn section(results: &[Input], reasons: &BTreeMap<String, String>) -> String {
         }
     }
     s
-}
-
-/// The reasons of the rows of the two tables in `section`, by the row without its reason.
-fn reasons(section: &str) -> BTreeMap<String, String> {
-    section
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .filter_map(|l| {
-            let (row, reason) = l.strip_suffix(" |")?.rsplit_once(" | ")?;
-            Some((row.to_string(), reason.to_string()))
-        })
-        .collect()
 }
 
 /// A readable account of every input.

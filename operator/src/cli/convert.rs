@@ -456,10 +456,7 @@ fn unsupported_topology(src: &Value) -> Option<String> {
             "a remote or external control plane ({what}): meshop installs a cluster's own control plane only; multi-cluster remote and external istiod are not supported"
         ));
     }
-    let ztunnel = profile == "ambient" || on("components.ztunnel.enabled");
-    ztunnel.then(|| {
-        "ambient mode (ztunnel): meshop does not install ambient meshes yet; converting would silently turn it into a sidecar mesh".to_string()
-    })
+    None
 }
 
 /// The objects meshop renders for one component, for turning Kubernetes settings meshop has no
@@ -497,6 +494,15 @@ impl Objects {
             name: "istio-cni-node".into(),
             container: "install-cni",
             image: "install-cni",
+        }
+    }
+
+    fn ztunnel() -> Objects {
+        Objects {
+            workload_kind: "DaemonSet",
+            name: "ztunnel".into(),
+            container: "istio-proxy",
+            image: "ztunnel",
         }
     }
 
@@ -712,11 +718,27 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
 
     // Profile: Istio's default (istiod and an ingress gateway) is meshop's minimal plus the
     // ingress gateway; preview and stable are variants of default.
+    // The ambient profile also sets the chart value `profile: ambient` (which a Helm values
+    // file of Istio's charts names on its own).
+    let values_profile = take(&mut src, "values.profile")
+        .and_then(|p| p.as_str().map(str::to_string))
+        .filter(|p| !p.is_empty());
     let profile = take(&mut src, "profile")
         .and_then(|p| p.as_str().map(str::to_string))
+        .or_else(|| values_profile.clone().filter(|p| p == "ambient"))
         .unwrap_or_else(|| "default".into());
+    if let Some(other) = values_profile.filter(|p| *p != profile) {
+        notes.add(
+            "spec.values.profile",
+            json!(other),
+            "a chart profile other than the IstioOperator's own profile; meshop has one profile",
+        );
+    }
     let meshop_profile = match profile.as_str() {
         "demo" => "demo",
+        // Istio's ambient profile: istiod, the CNI agent in ambient mode and ztunnel, no
+        // ingress gateway; meshop's ambient profile is the same.
+        "ambient" => "ambient",
         "minimal" => "minimal",
         "empty" => "empty",
         "default" | "preview" | "stable" => {
@@ -887,6 +909,106 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
         }
         components.insert("cni".into(), Value::Object(c));
         notes.rest("spec.components.cni", &cni);
+    }
+    if let Some(mut ztunnel) = take(&mut src, "components.ztunnel") {
+        let objects = Objects::ztunnel();
+        let mut overlays = Vec::new();
+        let mut c = component(
+            &mut ztunnel,
+            "spec.components.ztunnel",
+            &objects,
+            false,
+            &mut overlays,
+            &mut notes,
+        );
+        for key in ["replicas", "autoscale", "podDisruptionBudget"] {
+            if let Some(v) = c.remove(key) {
+                notes.add(
+                    &format!("spec.components.ztunnel.k8s.{key}"),
+                    v,
+                    "ztunnel is a DaemonSet: one pod per node",
+                );
+            }
+        }
+        k8s_overlays(&mut ztunnel, &objects, false, &mut overlays);
+        image_overlay(&mut ztunnel, &objects, &images, &mut overlays);
+        PendingOverlay::take_from(
+            &mut ztunnel,
+            "k8s.overlays",
+            "/components/ztunnel",
+            "spec.components.ztunnel.k8s.overlays",
+            &mut pending,
+        );
+        if !overlays.is_empty() {
+            c.insert("overlays".into(), Value::Array(overlays));
+        }
+        components.insert("ztunnel".into(), Value::Object(c));
+        notes.rest("spec.components.ztunnel", &ztunnel);
+    }
+    // The CNI agent's ambient mode (Istio's cni.ambient values).
+    for (from, to) in [
+        ("enabled", "enabled"),
+        ("dnsCapture", "dnsCapture"),
+        ("ipv6", "ipv6"),
+        ("reconcileIptablesOnStartup", "reconcileIptablesOnStartup"),
+    ] {
+        let path = format!("values.cni.ambient.{from}");
+        if let Some(v) = take(&mut src, &path) {
+            match as_bool(&v) {
+                Some(b) => {
+                    let cni = object_mut(&mut components, "cni");
+                    object_mut(cni, "ambient").insert(to.into(), json!(b));
+                }
+                None => notes.add(&format!("spec.{path}"), v, "not a boolean"),
+            }
+        }
+    }
+    // values.ztunnel and values.cni: the charts' own settings of the two node agents, where
+    // meshop has them (the component's own k8s settings win).
+    for (chart, key, objects) in [
+        ("ztunnel", "ztunnel", Objects::ztunnel()),
+        ("cni", "cni", Objects::cni()),
+    ] {
+        let Some(mut values) = take(&mut src, &format!("values.{chart}")) else {
+            continue;
+        };
+        let mut carried = Map::new();
+        for name in [
+            "resources",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "podAnnotations",
+            "podLabels",
+            "priorityClassName",
+            "imagePullPolicy",
+        ] {
+            if let Some(v) = take(&mut values, name) {
+                carried.insert(name.into(), v);
+            }
+        }
+        if let Some(env) = take(&mut values, "env") {
+            carried.insert("env".into(), env_list(&env));
+        }
+        let mut overlays = Vec::new();
+        image_overlay(&mut values, &objects, &images, &mut overlays);
+        if !carried.is_empty() || !overlays.is_empty() {
+            let c = object_mut(&mut components, key);
+            for (k, v) in carried {
+                c.entry(k).or_insert(v);
+            }
+            if !overlays.is_empty()
+                && !c
+                    .get("overlays")
+                    .is_some_and(|o| o.to_string().contains("\"image\""))
+            {
+                let list = c.entry("overlays").or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut() {
+                    list.extend(overlays);
+                }
+            }
+        }
+        notes.rest(&format!("spec.values.{chart}"), &values);
     }
     // Istio's Helm-style switches for the default gateways.
     for (key, kind) in [
@@ -1285,6 +1407,7 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     }
 
     check_tolerations(&mut components)?;
+    ambient_pairs(meshop_profile == "ambient", &mut components, &mut notes);
     if !addons.is_empty() {
         components.insert("addons".into(), Value::Object(addons));
     }
@@ -1340,6 +1463,37 @@ pub fn convert(doc: &Value, name: Option<&str>) -> Result<Conversion> {
     })
 }
 
+/// ztunnel and the CNI agent's ambient mode go together (ztunnel gets its pods from the agent,
+/// the agent hands them to ztunnel): istioctl renders either alone, which captures nothing or
+/// sends captured pods' traffic nowhere; meshop refuses that pair, so the one that is on alone
+/// is switched off and listed.
+fn ambient_pairs(profile: bool, components: &mut Map<String, Value>, notes: &mut Notes) {
+    let flag = |c: &Map<String, Value>, pointer: &str| -> Option<bool> {
+        Value::Object(c.clone())
+            .pointer(pointer)
+            .and_then(Value::as_bool)
+    };
+    let ztunnel = flag(components, "/ztunnel/enabled").unwrap_or(profile);
+    let agent = flag(components, "/cni/enabled").unwrap_or(profile);
+    let ambient = agent && flag(components, "/cni/ambient/enabled").unwrap_or(profile);
+    if ztunnel && !ambient {
+        object_mut(components, "ztunnel").insert("enabled".into(), json!(false));
+        notes.add(
+            "spec.components.ztunnel.enabled",
+            json!(true),
+            "ztunnel without the CNI agent in ambient mode (components.cni with values.cni.ambient.enabled) is given no pods: meshop refuses that pair, so ztunnel is left out",
+        );
+    } else if ambient && !ztunnel {
+        let cni = object_mut(components, "cni");
+        object_mut(cni, "ambient").insert("enabled".into(), json!(false));
+        notes.add(
+            "spec.values.cni.ambient.enabled",
+            json!(true),
+            "the CNI agent in ambient mode without ztunnel would capture pods for a node proxy that does not run: meshop refuses that pair, so ambient mode is left out",
+        );
+    }
+}
+
 /// Kubernetes reads tolerations strictly (kubectl refuses an unknown field), and so does
 /// istioctl: a toleration with a field Kubernetes does not have is an error, not a setting
 /// to drop quietly.
@@ -1362,8 +1516,10 @@ fn check_tolerations(components: &mut Map<String, Value>) -> Result<()> {
         }
     };
     for_each_workload(components, &mut check);
-    if let Some(Value::Object(cni)) = components.get_mut("cni") {
-        check(cni);
+    for key in ["cni", "ztunnel"] {
+        if let Some(Value::Object(c)) = components.get_mut(key) {
+            check(c);
+        }
     }
     match bad {
         Some(field) => bail!(
@@ -1583,8 +1739,12 @@ pub fn convert_files(
     }
     if let Some(mut spec) = helm_spec {
         // A Helm-installed mesh has what its releases install: no profile's gateways or addons.
+        // Its charts given `profile: ambient` are an ambient mesh (istiod, the CNI agent in
+        // ambient mode and ztunnel, which ambient needs together).
+        let ambient = spec.pointer("/values/profile").and_then(Value::as_str) == Some("ambient");
         if let Some(m) = spec.as_object_mut() {
-            m.entry("profile").or_insert(json!("minimal"));
+            m.entry("profile")
+                .or_insert(json!(if ambient { "ambient" } else { "minimal" }));
         }
         let doc = json!({ "apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
                           "spec": spec });
@@ -1854,5 +2014,84 @@ mod tests {
                 "{spec}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn ambient_settings_are_carried_into_ztunnel_and_the_cni_agents_ambient_mode() {
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n  components:\n    ztunnel:\n      enabled: true\n      k8s:\n        resources: {limits: {cpu: 200m}}\n        tolerations: [{key: k, operator: Exists}]\n        priorityClassName: p\n  values:\n    cni:\n      ambient: {dnsCapture: false, ipv6: 'false', reconcileIptablesOnStartup: true}\n      podAnnotations: {a: b}\n    ztunnel:\n      podLabels: {team: x}\n      env: {RUST_MIN_STACK: '1'}\n      logAsJson: true\n",
+        );
+        let s = serde_json::to_value(&c.mesh_install.spec).unwrap();
+        assert_eq!(s["profile"], "ambient");
+        let z = &s["components"]["ztunnel"];
+        assert_eq!(z["enabled"], true);
+        assert_eq!(z["resources"]["limits"]["cpu"], "200m");
+        assert_eq!(z["tolerations"][0]["key"], "k");
+        assert_eq!(z["priorityClassName"], "p");
+        assert_eq!(z["podLabels"]["team"], "x");
+        assert_eq!(
+            z["env"],
+            json!([{ "name": "RUST_MIN_STACK", "value": "1" }])
+        );
+        let cni = &s["components"]["cni"];
+        assert_eq!(
+            cni["ambient"],
+            json!({ "dnsCapture": false, "ipv6": false, "reconcileIptablesOnStartup": true })
+        );
+        assert_eq!(cni["podAnnotations"]["a"], "b");
+        // What meshop has no setting for is listed, nothing else.
+        assert_eq!(paths(&c), ["spec.values.ztunnel.logAsJson"]);
+    }
+
+    #[test]
+    fn ztunnel_and_ambient_mode_come_as_a_pair_or_not_at_all() {
+        // ztunnel on, the CNI agent not in ambient mode: ztunnel would be handed no pods.
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  components:\n    cni: {enabled: true}\n    ztunnel: {enabled: true, k8s: {replicaCount: 2}}\n",
+        );
+        let s = serde_json::to_value(&c.mesh_install.spec).unwrap();
+        assert_eq!(s["components"]["ztunnel"]["enabled"], false);
+        assert_eq!(
+            paths(&c),
+            [
+                "spec.components.ztunnel.enabled",
+                "spec.components.ztunnel.k8s.replicas"
+            ]
+        );
+        // Ambient mode with ztunnel switched off: ambient mode goes.
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n  components:\n    ztunnel: {enabled: false}\n",
+        );
+        let s = serde_json::to_value(&c.mesh_install.spec).unwrap();
+        assert_eq!(s["components"]["cni"]["ambient"]["enabled"], false);
+        assert_eq!(paths(&c), ["spec.values.cni.ambient.enabled"]);
+        // The chart value `profile: ambient` alone is the ambient profile.
+        let c = conv(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values: {profile: ambient}\n",
+        );
+        assert_eq!(
+            serde_json::to_value(&c.mesh_install.spec).unwrap()["profile"],
+            "ambient"
+        );
+        assert!(c.not_carried.is_empty(), "{:?}", c.not_carried);
+    }
+
+    #[test]
+    fn helm_values_of_an_ambient_install_make_one_ambient_meshinstall() {
+        let out = files(&[
+            "profile: ambient\npilot: {replicaCount: 2}\n",
+            "profile: ambient\ncni: {ambient: {dnsCapture: false}}\n",
+            "profile: ambient\nlogLevel: info\nresources: {requests: {cpu: 50m}}\n",
+        ]);
+        assert_eq!(out.len(), 1);
+        let s = serde_json::to_value(&out[0].mesh_install.spec).unwrap();
+        assert_eq!(s["profile"], "ambient");
+        assert_eq!(s["components"]["ztunnel"]["enabled"], true);
+        assert_eq!(
+            s["components"]["ztunnel"]["resources"]["requests"]["cpu"],
+            "50m"
+        );
+        assert_eq!(s["components"]["cni"]["ambient"]["dnsCapture"], false);
+        assert_eq!(paths(&out[0]), ["spec.values.ztunnel.logLevel"]);
     }
 }

@@ -19,11 +19,12 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, env, field_env, meta, mount, policy_rule, resource_env};
+use super::common::{self, env, field_env, meta, mount, policy_rule};
 use super::workload::Workload;
 use super::ztunnel::{SOCKET_DIR, linux_only, node_agent_tolerations};
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
+use crate::k8s::resource_env_unit;
 
 const C: ComponentId = ComponentId::Cni;
 pub const NAME: &str = "istio-cni-node";
@@ -131,11 +132,10 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         // Not on the host network: the agent enters the node's network namespace itself.
         env("ALLOW_SWITCH_TO_HOST_NS", "true"),
         field_env("NODE_NAME", "spec.nodeName"),
-        resource_env("GOMEMLIMIT", "limits.memory"),
-        resource_env("GOMAXPROCS", "limits.cpu"),
+        resource_env_unit("GOMEMLIMIT", "limits.memory"),
+        resource_env_unit("GOMAXPROCS", "limits.cpu"),
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
-        env("REVISION", install.revision_label()),
     ];
     let mut mounts = vec![
         mount("cni-bin-dir", "/host/opt/cni/bin", false),
@@ -168,14 +168,15 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
             Some("DirectoryOrCreate"),
         ));
     }
+    let mut args = vec![format!("--log_output_level={}", install.global.log_level)];
+    if install.global.log_as_json {
+        args.push("--log_as_json".into());
+    }
     let container = Container {
         name: "install-cni".into(),
         image: Some(install.image("install-cni")),
         command: Some(vec!["install-cni".into()]),
-        args: Some(vec![format!(
-            "--log_output_level={}",
-            install.global.log_level
-        )]),
+        args: Some(args),
         env: Some(our_env),
         env_from: Some(vec![
             serde_json::from_value(json!({ "configMapRef": { "name": "istio-cni-config" } }))
@@ -194,7 +195,6 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
                 port: IntOrString::Int(8000),
                 ..Default::default()
             }),
-            period_seconds: Some(5),
             ..Default::default()
         }),
         security_context: Some(SecurityContext {

@@ -23,10 +23,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-use super::common::{self, env, field_env, http_probe, mount, resource_env};
+use super::common::{self, env, field_env, http_probe, mount};
 use super::workload::Workload;
 use super::{ComponentId, Rendered};
 use crate::effective::Installation;
+use crate::k8s::resource_env_unit;
 
 const C: ComponentId = ComponentId::Ztunnel;
 pub const NAME: &str = "ztunnel";
@@ -90,10 +91,20 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
     // ztunnel is never captured by itself.
     labels.insert("istio.io/dataplane-mode".into(), "none".into());
     let istiod = install.discovery_address();
-    let our_env = vec![
+    let mut our_env = vec![
         env("CA_ADDRESS", istiod.clone()),
         env("XDS_ADDRESS", istiod),
+    ];
+    if install.global.log_as_json {
+        our_env.push(env("LOG_FORMAT", "json"));
+    }
+    if let Some(network) = &install.global.network {
+        our_env.push(env("NETWORK", network.clone()));
+    }
+    our_env.extend([
         env("RUST_LOG", rust_log(install)),
+        // A panic's backtrace in the log, as Istio's chart asks.
+        env("RUST_BACKTRACE", "1"),
         env("ISTIO_META_CLUSTER_ID", install.global.cluster_id.clone()),
         // Pods are captured from inside their own network namespace (the CNI agent hands them
         // over), not by node-wide redirection.
@@ -107,11 +118,46 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         field_env("NODE_NAME", "spec.nodeName"),
         field_env("INSTANCE_IP", "status.podIP"),
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        env("ISTIO_META_ENABLE_HBONE", "true"),
-        // Worker threads from the CPU limit, else from the request.
-        resource_env("ZTUNNEL_CPU_LIMIT", "limits.cpu"),
-        resource_env("ZTUNNEL_RESOURCE_CPU_REQUEST", "requests.cpu"),
-    ];
+    ]);
+    // The mesh's proxy metadata, as for every proxy (Istio's chart passes
+    // meshConfig.defaultConfig.proxyMetadata the same way, in key order); ztunnel always speaks
+    // HBONE.
+    let metadata = install
+        .mesh
+        .config
+        .get("defaultConfig")
+        .and_then(|c| c.get("proxyMetadata"))
+        .and_then(serde_json::Value::as_object);
+    let mut metadata: BTreeMap<String, String> = metadata
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            (k.clone(), v)
+        })
+        .collect();
+    metadata
+        .entry("ISTIO_META_ENABLE_HBONE".into())
+        .or_insert_with(|| "true".into());
+    our_env.extend(metadata.into_iter().map(|(k, v)| env(&k, v)));
+    // Worker threads from the CPU limit, else from the request; the resource variables only
+    // where the pod has that resource (as Istio's chart writes them).
+    our_env.push(resource_env_unit("ZTUNNEL_CPU_LIMIT", "limits.cpu"));
+    let resources = &install.ztunnel.resources;
+    let has =
+        |list: &Option<BTreeMap<String, _>>| list.as_ref().is_some_and(|l| l.contains_key("cpu"));
+    if has(&resources.limits) {
+        our_env.push(resource_env_unit(
+            "ZTUNNEL_RESOURCE_CPU_LIMIT",
+            "limits.cpu",
+        ));
+    }
+    if has(&resources.requests) {
+        our_env.push(resource_env_unit(
+            "ZTUNNEL_RESOURCE_CPU_REQUEST",
+            "requests.cpu",
+        ));
+    }
     let container = Container {
         name: "istio-proxy".into(),
         image: Some(install.image("ztunnel")),

@@ -1,8 +1,8 @@
-//! Values files of Istio's Helm charts (`base`, `istiod`, `gateway`, `cni`), read as the
+//! Values files of Istio's Helm charts (`base`, `istiod`, `gateway`, `cni`, `ztunnel`), read as the
 //! IstioOperator that installs the same thing, so one converter carries both.
 //!
 //! A Helm-installed mesh is several releases: every values file given together makes one
-//! MeshInstall (istiod's, the gateways', the CNI agent's). The chart a file belongs to is told by
+//! MeshInstall (istiod's, the gateways', the CNI agent's, ztunnel's). The chart a file belongs to is told by
 //! its keys, or named with `--chart` when a file could belong to several.
 
 use anyhow::{Result, bail};
@@ -15,6 +15,7 @@ pub enum Chart {
     Istiod,
     Gateway,
     Cni,
+    Ztunnel,
 }
 
 impl Chart {
@@ -37,6 +38,16 @@ impl Chart {
                 ]),
             ),
             (Chart::Cni, has(&["cni"])),
+            (
+                Chart::Ztunnel,
+                has(&[
+                    "caAddress",
+                    "xdsAddress",
+                    "peerCaCrl",
+                    "resourceName",
+                    "logLevel",
+                ]),
+            ),
             (Chart::Base, has(&["base", "defaultRevision"])),
             (
                 Chart::Gateway,
@@ -56,7 +67,7 @@ impl Chart {
         match found.as_slice() {
             [one] => Ok(*one),
             [] => bail!(
-                "cannot tell which of Istio's charts (base, istiod, gateway, cni) these values are for; name it with --chart"
+                "cannot tell which of Istio's charts (base, istiod, gateway, cni, ztunnel) these values are for; name it with --chart"
             ),
             many => bail!(
                 "these values have keys of several of Istio's charts ({many:?}); name the chart with --chart"
@@ -126,6 +137,34 @@ pub fn to_operator_spec(chart: Chart, mut values: Value) -> Value {
             super::take(&mut values, "cni.enabled");
             set(&mut spec, "components.cni", cni);
             spec["values"] = values;
+        }
+        Chart::Ztunnel => {
+            // The chart's values are ztunnel's own, at the top level.
+            let mut z = json!({ "enabled": true });
+            for key in [
+                "resources",
+                "tolerations",
+                "nodeSelector",
+                "affinity",
+                "podAnnotations",
+                "priorityClassName",
+                "imagePullPolicy",
+            ] {
+                carry(&mut values, key, &mut z, &format!("k8s.{key}"));
+            }
+            carry(&mut values, "hub", &mut z, "hub");
+            carry(&mut values, "tag", &mut z, "tag");
+            if let Some(env) = super::take(&mut values, "env") {
+                set(&mut z, "k8s.env", super::env_list(&env));
+            }
+            carry(&mut values, "revision", &mut spec, "revision");
+            carry(&mut values, "istioNamespace", &mut spec, "namespace");
+            // `profile: ambient` is what every chart of an ambient install is given.
+            carry(&mut values, "profile", &mut spec, "values.profile");
+            set(&mut spec, "components.ztunnel", z);
+            if values.as_object().is_some_and(|m| !m.is_empty()) {
+                set(&mut spec, "values.ztunnel", values);
+            }
         }
         Chart::Gateway => {
             let mut g = json!({ "enabled": true });
@@ -280,6 +319,22 @@ mod tests {
             spec["values"],
             json!({ "global": { "networkPolicy": { "enabled": true } } })
         );
+    }
+
+    #[test]
+    fn a_ztunnel_release_is_the_ztunnel_component() {
+        let values = json!({ "profile": "ambient", "resources": { "requests": { "cpu": "1" } },
+                             "env": { "A": "1" }, "logLevel": "debug", "hub": "h" });
+        assert_eq!(Chart::detect(&values).unwrap(), Chart::Ztunnel);
+        let spec = to_operator_spec(Chart::Ztunnel, values);
+        let z = &spec["components"]["ztunnel"];
+        assert_eq!(z["enabled"], true);
+        assert_eq!(z["k8s"]["resources"]["requests"]["cpu"], "1");
+        assert_eq!(z["k8s"]["env"], json!([{ "name": "A", "value": "1" }]));
+        assert_eq!(z["hub"], "h");
+        assert_eq!(spec["values"]["profile"], "ambient");
+        // What meshop has no setting for stays a chart value, listed as not carried.
+        assert_eq!(spec["values"]["ztunnel"], json!({ "logLevel": "debug" }));
     }
 
     #[test]
