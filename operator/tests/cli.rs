@@ -210,9 +210,21 @@ fn convert_prints_the_meshinstall_after_what_was_not_carried() {
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok && value["meshInstall"]["spec"]["profile"] == "minimal");
     assert_eq!(value["notCarried"], serde_json::json!([]));
-    // Ambient is refused, naming why; so is anything not an IstioOperator.
-    let (ok, _, err) = meshop(&["convert", "-f", "operator/tests/convert/ambient.yaml"]);
-    assert!(!ok && err.contains("ambient mode (ztunnel)"), "{err}");
+    // Ambient is carried: profile, ztunnel and the CNI agent's ambient mode; the agent's own
+    // namespace is not (meshop runs it in the control plane's). Anything not an IstioOperator
+    // is refused.
+    let (ok, out, err) = meshop(&["convert", "-f", "operator/tests/convert/ambient.yaml"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("# Not carried (1 setting(s)):\n#   spec.components.cni.namespace"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  profile: ambient\n")
+            && out.contains("      ambient:\n        enabled: true\n")
+            && out.contains("    ztunnel:\n      enabled: true\n"),
+        "{out}"
+    );
     let (ok, _, err) = meshop(&["convert", "-f", "docs/examples/production.yaml"]);
     assert!(!ok && err.contains("not an IstioOperator"), "{err}");
 }

@@ -114,6 +114,14 @@ pub const KINDS: &[IstioKind] = &[
         &[],
         &["v1alpha1"],
     ),
+    // New in Istio 1.31.
+    k(
+        "extensions.istio.io",
+        "TrafficExtension",
+        "trafficextensions",
+        &[],
+        &["v1alpha1"],
+    ),
 ];
 
 fn open_object(description: &str) -> JSONSchemaProps {
