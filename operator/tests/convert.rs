@@ -136,14 +136,22 @@ fn ha_settings_and_every_gateway_carry() {
 }
 
 #[test]
-fn ambient_is_refused_until_meshop_installs_it() {
+fn an_ambient_install_converts_to_an_ambient_meshinstall_that_resolves() {
     let path = format!("{}/tests/convert/ambient.yaml", env!("CARGO_MANIFEST_DIR"));
     let doc = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let err = convert(&doc, None).unwrap_err().to_string();
-    assert!(
-        err.contains("ambient mode (ztunnel)") && err.contains("sidecar mesh"),
-        "{err}"
-    );
+    let c = convert(&doc, None).unwrap();
+    assert_eq!(c.mesh_install.spec.profile, Profile::Ambient);
+    let install = meshop::effective::Installation::resolve(
+        meshop::effective::Owner {
+            name: "ambient".into(),
+            uid: None,
+        },
+        &c.mesh_install.spec,
+    )
+    .unwrap();
+    assert!(install.ambient.enabled && install.ztunnel.enabled && install.istiod.enabled);
+    let paths: Vec<&str> = c.not_carried.iter().map(|n| n.path.as_str()).collect();
+    assert_eq!(paths, vec!["spec.components.cni.namespace"]);
 }
 
 #[test]
