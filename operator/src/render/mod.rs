@@ -13,6 +13,7 @@ mod istiod;
 mod mesh;
 mod overlays;
 mod validation;
+mod waypoint;
 mod webhook;
 mod workload;
 mod ztunnel;
