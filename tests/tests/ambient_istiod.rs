@@ -117,7 +117,10 @@ async fn istiod_deploys_a_waypoint_on_the_ambient_profile() {
             refusals(&istiod.log()).join("\n")
         ),
     };
-    eprintln!("istiod on profile ambient: ready in {:.1}s", took.as_secs_f64());
+    eprintln!(
+        "istiod on profile ambient: ready in {:.1}s",
+        took.as_secs_f64()
+    );
 
     // Its class controller creates the classes it serves in meshop's Gateway API CRDs.
     let classes = gateway_api(&client, "GatewayClass", None);
@@ -160,12 +163,17 @@ async fn istiod_deploys_a_waypoint_on_the_ambient_profile() {
         .get("waypoint")
         .await
         .unwrap();
-    let owned_by_gateway = |refs: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
-        refs.iter().flatten().any(|r| {
-            r.kind == "Gateway" && r.name == "waypoint" && Some(&r.uid) == gateway.metadata.uid.as_ref()
-        })
-    };
-    let by_istiod = |managers: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>>| {
+    let owned_by_gateway =
+        |refs: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+            refs.iter().flatten().any(|r| {
+                r.kind == "Gateway"
+                    && r.name == "waypoint"
+                    && Some(&r.uid) == gateway.metadata.uid.as_ref()
+            })
+        };
+    let by_istiod = |managers: &Option<
+        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>,
+    >| {
         managers
             .iter()
             .flatten()
@@ -180,7 +188,10 @@ async fn istiod_deploys_a_waypoint_on_the_ambient_profile() {
     let template = deployment.spec.as_ref().unwrap().template.clone();
     let labels = template.metadata.unwrap().labels.unwrap();
     assert_eq!(labels["gateway.networking.k8s.io/gateway-name"], "waypoint");
-    assert_eq!(labels["gateway.istio.io/managed"], "istio.io-mesh-controller");
+    assert_eq!(
+        labels["gateway.istio.io/managed"],
+        "istio.io-mesh-controller"
+    );
     assert_eq!(labels["istio.io/dataplane-mode"], "none");
     let pod = template.spec.unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("waypoint"));
@@ -214,7 +225,13 @@ async fn istiod_deploys_a_waypoint_on_the_ambient_profile() {
         .ports
         .unwrap()
         .into_iter()
-        .map(|p| (p.name.unwrap_or_default(), p.port, p.app_protocol.unwrap_or_default()))
+        .map(|p| {
+            (
+                p.name.unwrap_or_default(),
+                p.port,
+                p.app_protocol.unwrap_or_default(),
+            )
+        })
         .collect();
     assert!(
         ports.contains(&("mesh".into(), 15008, "hbone".into())),
@@ -288,7 +305,12 @@ async fn istiod_deploys_a_waypoint_on_the_ambient_profile() {
 
     let (ok, out) = istioctl(
         cp,
-        &["analyze", "--all-namespaces", "--failure-threshold", "Error"],
+        &[
+            "analyze",
+            "--all-namespaces",
+            "--failure-threshold",
+            "Error",
+        ],
     );
     eprintln!("istioctl analyze:\n{out}");
     assert!(

@@ -139,14 +139,15 @@ fn meshops_gateway_api_crds_match_the_upstream_bundles() {
         "a bundle meshop knows is not compared here"
     );
     for (minor, version) in minors {
-        let ours: BTreeMap<String, Shape> = rendered(&install(&format!(
-            "profile: ambient\nversion: '{minor}'"
-        )))
-        .iter()
-        .map(shape)
-        .collect();
-        let theirs: BTreeMap<String, Shape> =
-            upstream_crds(version).iter().map(|(_, c)| shape(c)).collect();
+        let ours: BTreeMap<String, Shape> =
+            rendered(&install(&format!("profile: ambient\nversion: '{minor}'")))
+                .iter()
+                .map(shape)
+                .collect();
+        let theirs: BTreeMap<String, Shape> = upstream_crds(version)
+            .iter()
+            .map(|(_, c)| shape(c))
+            .collect();
         assert_eq!(
             ours.keys().collect::<Vec<_>>(),
             theirs.keys().collect::<Vec<_>>(),
@@ -243,7 +244,11 @@ async fn meshop_creates_gateway_api_crds_only_where_absent_and_never_removes_the
     }
     // Deleting the last MeshInstall leaves them.
     delete_mesh(&client, "gwapi-new").await;
-    assert_eq!(in_cluster(&client).await, created, "after the last mesh went");
+    assert_eq!(
+        in_cluster(&client).await,
+        created,
+        "after the last mesh went"
+    );
 
     // meshop's own newer release stays when an Istio 1.30 mesh (Gateway API v1.5.1) comes: not
     // a field changes, and TCPRoute and UDPRoute, which v1.5.1 lacks, stay.
@@ -260,11 +265,15 @@ async fn meshop_creates_gateway_api_crds_only_where_absent_and_never_removes_the
     for name in created.keys() {
         crds.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    meshop_testenv::wait_until("Gateway API CRDs deleted", Duration::from_secs(60), || async {
-        let left = in_cluster(&client).await;
-        anyhow::ensure!(left.is_empty(), "left: {:?}", left.keys());
-        Ok(())
-    })
+    meshop_testenv::wait_until(
+        "Gateway API CRDs deleted",
+        Duration::from_secs(60),
+        || async {
+            let left = in_cluster(&client).await;
+            anyhow::ensure!(left.is_empty(), "left: {:?}", left.keys());
+            Ok(())
+        },
+    )
     .await;
     let mut applied = 0;
     for (path, _) in upstream_crds("v1.6.0") {
@@ -287,7 +296,11 @@ async fn meshop_creates_gateway_api_crds_only_where_absent_and_never_removes_the
     }
     let upstream = in_cluster(&client).await;
     assert_eq!(upstream.len(), 10, "{applied} files applied: {upstream:#?}");
-    assert!(upstream.values().all(|(_, managed_by, _)| managed_by.is_none()));
+    assert!(
+        upstream
+            .values()
+            .all(|(_, managed_by, _)| managed_by.is_none())
+    );
     mesh(&client, "gwapi-user", "1.31").await;
     assert_eq!(
         in_cluster(&client).await,

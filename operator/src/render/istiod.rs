@@ -255,8 +255,6 @@ fn ambient_rules() -> Vec<PolicyRule> {
     ]
 }
 
-
-
 /// istiod's ports: (name, service port, container port).
 pub const PORTS: &[(&str, i32, i32)] = &[
     ("grpc-xds", 15010, 15010),

@@ -43,7 +43,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, PodSpec, Probe, ResourceRequirements,
+    Container, ContainerPort, HTTPGetAction, LocalObjectReference, PodSpec, Probe,
+    ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -205,7 +206,8 @@ pub fn template(install: &Installation) -> String {
     });
     let mut service_metadata = metadata(&mut a, ".DeploymentName");
     // Traffic to a waypoint stays in its zone where it can.
-    service_metadata["annotations"] = json!({ "networking.istio.io/traffic-distribution": "PreferClose" });
+    service_metadata["annotations"] =
+        json!({ "networking.istio.io/traffic-distribution": "PreferClose" });
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -289,6 +291,7 @@ fn pod(install: &Installation, a: &mut Actions) -> Value {
     let container = Container {
         name: istio_proxy::CONTAINER.into(),
         image: Some(istio_proxy::image(&install.hub, &install.version)),
+        image_pull_policy: install.global.image_pull_policy.clone(),
         args: Some(args),
         ports: Some(vec![
             ContainerPort {
@@ -334,6 +337,15 @@ fn pod(install: &Installation, a: &mut Actions) -> Value {
         containers: vec![container],
         volumes: Some(istio_proxy::sidecar_volumes()),
         termination_grace_period_seconds: Some(30),
+        // The mesh's pull policy and secrets (`global.imagePullPolicy`, `imagePullSecrets`).
+        image_pull_secrets: (!install.global.image_pull_secrets.is_empty()).then(|| {
+            install
+                .global
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect()
+        }),
         ..Default::default()
     };
     let mut spec = serde_json::to_value(spec).unwrap_or_default();
@@ -349,7 +361,10 @@ fn substitute_strings(v: &mut Value, a: &mut Actions) {
     const FIELDS: &[(&str, &str)] = &[
         ("@@deployment-name@@", ".DeploymentName"),
         ("@@namespace@@", ".Namespace"),
-        ("@@service-cluster@@", "(print .ServiceAccount \".$(POD_NAMESPACE)\")"),
+        (
+            "@@service-cluster@@",
+            "(print .ServiceAccount \".$(POD_NAMESPACE)\")",
+        ),
         ("@@proxy-config@@", "(protoToJSON .ProxyConfig)"),
     ];
     match v {
@@ -384,5 +399,115 @@ fn substitute_strings(v: &mut Value, a: &mut Actions) {
         Value::Array(items) => items.iter_mut().for_each(|i| substitute_strings(i, a)),
         Value::Object(map) => map.values_mut().for_each(|i| substitute_strings(i, a)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MeshInstallSpec;
+    use crate::effective::Owner;
+
+    fn install(yaml: &str) -> Installation {
+        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
+        Installation::resolve(
+            Owner {
+                name: "m".into(),
+                uid: None,
+            },
+            &spec,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_ambient_installs_get_the_injector_config_map_named_by_revision() {
+        assert!(render(&install("profile: demo")).is_empty());
+        let ambient = render(&install("profile: ambient"));
+        assert_eq!(ambient.len(), 1);
+        assert_eq!(ambient[0].name(), "istio-sidecar-injector");
+        let canary = render(&install("profile: ambient\nrevision: canary"));
+        assert_eq!(canary[0].name(), "istio-sidecar-injector-canary");
+        let data = &canary[0].object.data["data"];
+        let config: serde_json::Value =
+            serde_yaml::from_str(data["config"].as_str().unwrap()).unwrap();
+        assert_eq!(config["policy"], "disabled");
+        assert!(config["templates"][TEMPLATE].is_string());
+        let values: serde_json::Value =
+            serde_json::from_str(data["values"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            values["sidecarInjectorWebhook"]["enableNamespacesByDefault"],
+            false
+        );
+        assert_eq!(values["global"]["proxy"]["image"], "proxyv2");
+    }
+
+    /// The template's three documents, with every action replaced by a value of the right kind,
+    /// as istiod would fill them in.
+    fn filled(template: &str) -> Vec<Value> {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find("}}").unwrap() + start + 2;
+            let action = &rest[start..end];
+            if action.contains("toJsonMap") {
+                out.push_str(r#"{"l": "v"}"#);
+            } else if action.contains("$ps := list") {
+                // The ports loop spans several actions, up to `toJson $ps`.
+                let close = rest[start..].find("toJson $ps }}").unwrap() + start + 13;
+                out.push_str(r#"[{"name": "mesh", "port": 15008}]"#);
+                rest = &rest[close..];
+                continue;
+            } else if action.contains("\"{{\"") {
+                out.push_str("{{");
+            } else {
+                out.push_str(r#""x""#);
+            }
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out.split("\n---\n")
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+            .collect()
+    }
+
+    #[test]
+    fn the_template_renders_a_service_account_deployment_and_service_and_nothing_of_meshops() {
+        let docs = filled(&template(&install("profile: ambient")));
+        let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert_eq!(kinds, ["ServiceAccount", "Deployment", "Service"]);
+        for d in &docs {
+            // Objects of the user's Gateway, not meshop's: no label meshop prunes by.
+            assert_eq!(d["metadata"]["labels"], json!({ "l": "v" }), "{d:#}");
+            assert_eq!(d["metadata"]["ownerReferences"][0]["kind"], "Gateway");
+        }
+        let pod = &docs[1]["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let proxy = &pod["containers"][0];
+        assert_eq!(proxy["args"][0], "proxy");
+        assert_eq!(proxy["args"][1], "waypoint");
+        assert_eq!(proxy["image"], "docker.io/istio/proxyv2:1.31.1");
+        assert_eq!(proxy["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(docs[2]["spec"]["ports"][0]["port"], 15008);
+    }
+
+    #[test]
+    fn meshops_own_values_cannot_open_an_action() {
+        let t = template(&install(
+            "profile: ambient\nglobal: { clusterName: 'a{{.Evil}}' }",
+        ));
+        assert!(!t.contains("{{.Evil}}"), "{t}");
+        assert!(t.contains(r#"a{{"{{"}}.Evil}}"#), "{t}");
+    }
+
+    #[test]
+    fn strings_with_istiods_values_are_built_in_the_template() {
+        let t = template(&install("profile: ambient"));
+        assert!(t.contains(
+            r#"{{ toJson (print "kubernetes://apis/apps/v1/namespaces/" .Namespace "/deployments/" .DeploymentName) }}"#
+        ), "{t}");
+        assert!(t.contains(r#"{{ toJson (protoToJSON .ProxyConfig) }}"#));
+        assert!(!t.contains("@@"), "a placeholder is left: {t}");
     }
 }
