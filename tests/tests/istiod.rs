@@ -455,10 +455,10 @@ const GATEWAY_API: &[&str] = &[
     "gateways",
     "grpcroutes",
     "httproutes",
+    "listenersets",
     "referencegrants",
     "tcproutes",
     "tlsroutes",
-    "udproutes",
 ];
 const GATEWAY_API_STATUS: &[&str] = &[
     "backendtlspolicies/status",
@@ -466,9 +466,9 @@ const GATEWAY_API_STATUS: &[&str] = &[
     "gateways/status",
     "grpcroutes/status",
     "httproutes/status",
+    "listenersets/status",
     "tcproutes/status",
     "tlsroutes/status",
-    "udproutes/status",
 ];
 
 /// istiod's ServiceAccount, as the API server's audit log tells: no request refused but for

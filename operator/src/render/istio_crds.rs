@@ -230,6 +230,8 @@ pub const GATEWAY_API_RESOURCES: &[&str] = &[
     "udproutes",
     "referencegrants",
     "backendtlspolicies",
+    // Standard since Gateway API v1.5; istiod informs on it once its CRD is there.
+    "listenersets",
 ];
 
 /// RBAC rules over every Istio kind, one rule per API group, naming each resource (optionally a

@@ -73,6 +73,8 @@ pub fn render(install: &Installation) -> Vec<Rendered> {
         C,
         &common::service(install, C, &name, Some("ClusterIP"), &selector, PORTS),
     ));
+    // Ambient mode: the template istiod deploys waypoints from.
+    out.extend(super::waypoint::render(install));
     let workload = workload(install, &name, selector);
     out.extend(workload.deployment());
     out.extend(workload.network_policy());
@@ -96,8 +98,7 @@ fn named_rule(group: &str, resource: &str, verbs: &[&str], name: &str) -> Policy
 /// the real istiod as this ServiceAccount and reads the API server's audit log.
 fn cluster_rules(install: &Installation) -> Vec<PolicyRule> {
     // Mesh configuration. Istio writes the status of its own kinds only for its analysis
-    // (PILOT_ENABLE_ANALYSIS, off), in ambient mode (which meshop does not install) and for the
-    // two below. A user who turns either on through istiod's env needs to grant the rest.
+    // (PILOT_ENABLE_ANALYSIS, off), in ambient mode ([`ambient_rules`]) and for the two below. A user who turns either on through istiod's env needs to grant the rest.
     let mut rules = istio_rules(READ, None);
     rules.extend([
         // WorkloadEntry auto-registration of VMs (WorkloadGroup): entries created, updated and
@@ -172,19 +173,86 @@ fn cluster_rules(install: &Installation) -> Vec<PolicyRule> {
         ),
         // Kubernetes Gateway API support, and the status of what it programs (written by its
         // status leader with an update; ReferenceGrants have no status).
-        gateway_api_rule(READ, None),
+        PolicyRule {
+            resources: Some(istiod_gateway_api().map(String::from).collect()),
+            ..gateway_api_rule(READ, None)
+        },
         PolicyRule {
             resources: Some(
-                GATEWAY_API_RESOURCES
-                    .iter()
-                    .filter(|r| **r != "referencegrants")
+                istiod_gateway_api()
+                    .filter(|r| *r != "referencegrants")
                     .map(|r| format!("{r}/status"))
                     .collect(),
             ),
             ..gateway_api_rule(&["update"], None)
         },
     ]);
+    if install.ambient.enabled {
+        rules.extend(ambient_rules());
+    }
     rules
+}
+
+/// The Gateway API kinds istiod informs on: all of meshop's list but UDPRoute, which istiod
+/// implements no controller for (it never lists it, tests/tests/ambient_istiod.rs).
+fn istiod_gateway_api() -> impl Iterator<Item = &'static str> {
+    GATEWAY_API_RESOURCES
+        .iter()
+        .copied()
+        .filter(|r| *r != "udproutes")
+}
+
+/// What istiod needs beyond sidecar mode when it runs ambient mode (`PILOT_ENABLE_AMBIENT` and its
+/// Gateway API deployment controller): deploying waypoints, creating its GatewayClasses and
+/// writing ambient status. Istio grants full CRUD on Deployments, Services, ServiceAccounts, HPAs
+/// and PDBs (ClusterRole `istiod-gateway-controller-<ns>`); istiod's code only server-side
+/// applies (`patch`, and `create` where the apply creates) and informs (`list`, `watch`), and meshop's waypoint template renders no HPA
+/// or PDB (render/waypoint.rs). Held to what istiod uses by tests/tests/ambient_istiod.rs.
+fn ambient_rules() -> Vec<PolicyRule> {
+    vec![
+        // The deployment controller server-side applies each waypoint's Deployment and
+        // ServiceAccount (its Service is below), reading them from informers it waits to sync.
+        // An apply that creates its object is authorized as a `create` too. A waypoint's objects
+        // are owned by its Gateway: the garbage collector deletes them, not istiod.
+        policy_rule(
+            &["apps"],
+            &["deployments"],
+            &["list", "watch", "create", "patch"],
+        ),
+        policy_rule(
+            &[""],
+            &["serviceaccounts"],
+            &["list", "watch", "create", "patch"],
+        ),
+        // Services are read for discovery (above); the waypoint's own is applied.
+        policy_rule(&[""], &["services"], &["create", "patch"]),
+        // The controller informs on HPAs and PDBs (an overlay may add them) and its start waits
+        // for those informers; meshop's template renders neither, so it never writes them.
+        policy_rule(&["autoscaling"], &["horizontalpodautoscalers"], READ),
+        policy_rule(&["policy"], &["poddisruptionbudgets"], READ),
+        // Its class controller creates the GatewayClasses it serves (`istio`, `istio-waypoint`)
+        // where absent; it never updates or deletes them. `create` cannot be limited by name.
+        policy_rule(
+            &["gateway.networking.k8s.io"],
+            &["gatewayclasses"],
+            &["create"],
+        ),
+        // The deployment controller marks each Gateway it manages with its controller version,
+        // a server-side apply on the status subresource.
+        policy_rule(
+            &["gateway.networking.k8s.io"],
+            &["gateways/status"],
+            &["patch"],
+        ),
+        // Ambient status: which waypoint a Service is bound to, and whether ztunnel or a
+        // waypoint enforces an AuthorizationPolicy, server-side applied by its status leader.
+        policy_rule(&[""], &["services/status"], &["patch"]),
+        policy_rule(
+            &["security.istio.io"],
+            &["authorizationpolicies/status"],
+            &["patch"],
+        ),
+    ]
 }
 
 /// istiod's ports: (name, service port, container port).

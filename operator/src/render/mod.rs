@@ -13,6 +13,7 @@ mod istiod;
 mod mesh;
 mod overlays;
 mod validation;
+mod waypoint;
 mod webhook;
 mod workload;
 mod ztunnel;
@@ -31,7 +32,8 @@ pub use common::{
     cluster_meta, owner_reference,
 };
 pub use gateway_api_crds::{
-    BUNDLE_VERSION_ANNOTATION, GROUP as GATEWAY_API_GROUP, parse_bundle_version,
+    BUNDLE_VERSION_ANNOTATION, BUNDLES as GATEWAY_API_BUNDLES, GROUP as GATEWAY_API_GROUP,
+    parse_bundle_version,
 };
 pub use istio_crds::istio_crds;
 pub use overlays::OverlayError;
