@@ -407,7 +407,13 @@ fn every_container_is_hardened_with_requests_and_probes() {
                 // privileged.
                 let node_agent = match name.as_str() {
                     "istio-cni-node" => Some(
-                        &["NET_ADMIN", "NET_RAW", "SYS_PTRACE", "SYS_ADMIN", "DAC_OVERRIDE"][..],
+                        &[
+                            "NET_ADMIN",
+                            "NET_RAW",
+                            "SYS_PTRACE",
+                            "SYS_ADMIN",
+                            "DAC_OVERRIDE",
+                        ][..],
                     ),
                     "ztunnel" => Some(&["NET_ADMIN", "SYS_ADMIN", "NET_RAW"][..]),
                     _ => None,
