@@ -235,9 +235,12 @@ fn status_shows_the_data_plane_of_each_revision_mid_upgrade() {
     assert_eq!(
         view["namespaces"],
         json!([
-            { "name": APPS, "selects": "default", "revision": NEW },
-            { "name": LATE, "selects": TAG, "revision": NEW },
-            { "name": TAGGED, "selects": TAG, "revision": NEW },
+            { "name": APPS, "selects": "default", "revision": NEW,
+              "mode": "sidecar (2 of 2 pods with a sidecar)" },
+            { "name": LATE, "selects": TAG, "revision": NEW,
+              "mode": "sidecar (0 of 1 pods with a sidecar)" },
+            { "name": TAGGED, "selects": TAG, "revision": NEW,
+              "mode": "sidecar (2 of 2 pods with a sidecar)" },
         ]),
         "{view:#}"
     );
