@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod istio;
 pub mod judges;
 pub mod manifest_generate;
+pub mod netns;
 pub mod process;
 pub mod wait;
 
