@@ -133,6 +133,28 @@ impl NetNs {
             .with_context(|| format!("listening on {addr} in {}", self.name))
     }
 
+    /// Makes `target` (an address on the machine's loopback, such as the API server) reachable
+    /// inside this namespace at `127.0.0.1:<returned port>`: a listener made inside it, whose
+    /// connections a thread of the machine's namespace relays to `target`. How a process of the
+    /// node (the CNI agent) reaches the control plane without a link into the machine's
+    /// namespace. The relay lives as long as the namespace's listener (until it is deleted).
+    pub fn forward(&self, target: SocketAddr) -> Result<u16> {
+        let listener = self.listen("127.0.0.1:0".parse().expect("static address"))?;
+        let port = listener.local_addr()?.port();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { break };
+                std::thread::spawn(move || {
+                    let Ok(outbound) = TcpStream::connect(target) else {
+                        return;
+                    };
+                    relay(inbound, outbound);
+                });
+            }
+        });
+        Ok(port)
+    }
+
     /// A TCP connection made from inside this namespace.
     pub fn connect(&self, addr: SocketAddr) -> Result<TcpStream> {
         self.run(move || TcpStream::connect(addr))?
@@ -166,4 +188,19 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
     }
+}
+
+/// Copies bytes both ways until either side closes.
+fn relay(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let one = std::thread::spawn(move || copy_then_close(a, b2));
+    copy_then_close(b, a2);
+    let _ = one.join();
+}
+
+fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }

@@ -70,6 +70,26 @@ fn pods_in_test_namespaces_talk_and_leave_nothing_behind() {
         assert_eq!(&back, b"hello");
         let peer = echo.join().unwrap();
         assert_eq!(peer.ip().to_string(), "10.244.7.2", "pod A's own address");
+
+        // A service on the machine's loopback, reached from the node through the relay only.
+        let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = outside.local_addr().unwrap();
+        let served = std::thread::spawn(move || {
+            let (mut conn, _) = outside.accept().unwrap();
+            conn.write_all(b"from the machine").unwrap();
+        });
+        assert!(
+            node.connect(target).is_err(),
+            "the node's loopback is its own"
+        );
+        let port = node.forward(target).unwrap();
+        let mut through = node
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .unwrap();
+        let mut got = String::new();
+        through.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "from the machine");
+        served.join().unwrap();
     }
     let left = netns::list().unwrap();
     for name in &names {
