@@ -308,7 +308,7 @@ impl LocalIstiod {
 }
 
 /// A TokenRequest token for ServiceAccount `account` (`audiences` empty: the API server's own).
-async fn token(
+pub(crate) async fn token(
     accounts: &Api<ServiceAccount>,
     account: &str,
     audiences: &[String],
@@ -333,7 +333,7 @@ async fn token(
 }
 
 /// The API server's CA, as PEM, from the harness's admin kubeconfig.
-fn ca_pem(cp: &ControlPlane) -> Result<Vec<u8>> {
+pub(crate) fn ca_pem(cp: &ControlPlane) -> Result<Vec<u8>> {
     use base64::Engine as _;
     let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig)?;
     let data = kubeconfig
@@ -365,7 +365,7 @@ pub fn write_token_kubeconfig(
 }
 
 /// The container's environment as the kubelet would give it to this local process.
-fn resolve_env(
+pub(crate) fn resolve_env(
     vars: &[EnvVar],
     pod_name: &str,
     namespace: &str,

@@ -9,6 +9,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ambient;
 pub mod apps;
 pub mod audit;
 pub mod binaries;

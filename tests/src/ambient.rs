@@ -1,0 +1,293 @@
+//! Ambient mode's node, for real: ztunnel (built from ../shared/judges/ztunnel by
+//! tests/testenv/build-ztunnel.sh) run the way meshop's ztunnel DaemonSet declares it, in a
+//! network namespace of its own (the DaemonSet's pod is not on the host network), connected to a
+//! real istiod ([`crate::istio::LocalIstiod`]) on the machine's loopback through a relay
+//! ([`crate::netns::NetNs::forward`]).
+//!
+//! Everything comes from meshop's rendering (the DaemonSet's container: args, env, volumes)
+//! except what a process outside a cluster must be told differently, all in [`harness_env`]:
+//! where istiod is (a relayed loopback port instead of its Service's name, which is still the name
+//! ztunnel verifies), where its files are (a test directory instead of the pod's mounts), and the
+//! socket the CNI agent connects to.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+use crate::controlplane::ControlPlane;
+use crate::istio::{LocalIstiod, resolve_env};
+use crate::netns::NetNs;
+use crate::process::Process;
+
+/// The ztunnel binary, built (once per test process) when missing.
+pub fn ztunnel_binary() -> Result<PathBuf> {
+    static LOCATED: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    LOCATED
+        .get_or_init(|| {
+            crate::binaries::run_build_script("build-ztunnel.sh")
+                .map(|dir| dir.join("ztunnel"))
+                .map_err(|e| format!("ztunnel is missing and {e:#}: build it with `make ztunnel`"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A token of `account` for `audience`, bound to `pod` (as the kubelet's projected token is): what
+/// istiod's CA checks before it lets ztunnel ask for the identities of its node's pods.
+pub async fn pod_bound_token(
+    client: &Client,
+    namespace: &str,
+    account: &str,
+    audience: &str,
+    pod: &Pod,
+) -> Result<String> {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_string()]),
+            expiration_seconds: Some(3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        }),
+        ..Default::default()
+    };
+    let answer = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for {namespace}/{account} bound to a pod"))?;
+    answer
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest answered without a token")
+}
+
+/// A Pod object on `node` for a process the test runs itself (kwok runs nothing and gives it an
+/// address); waits for the address.
+pub async fn pod_on_node(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    account: &str,
+    node: &str,
+    labels: serde_json::Value,
+) -> Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "serviceAccountName": account,
+            "nodeName": node,
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10" }]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    crate::wait::poll_until(
+        &format!("pod {namespace}/{name} gets an IP"),
+        std::time::Duration::from_secs(60),
+        || async {
+            let pod = pods.get(name).await?;
+            match pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()) {
+                Some(_) => Ok(pod),
+                None => bail!("no podIP yet"),
+            }
+        },
+    )
+    .await
+}
+
+/// The one place the harness runs ztunnel differently from meshop's DaemonSet, each with why.
+fn harness_env(
+    rendered: &BTreeMap<String, String>,
+    root: &Path,
+    istiod_port: u16,
+    socket: &Path,
+) -> Result<BTreeMap<String, String>> {
+    // istiod's Service name, which ztunnel keeps verifying istiod's certificate against.
+    let address = rendered
+        .get("XDS_ADDRESS")
+        .context("the DaemonSet gives ztunnel no XDS_ADDRESS")?;
+    let host = address
+        .rsplit_once(':')
+        .map_or(address.as_str(), |(h, _)| h);
+    let certs = root.join("var/run/secrets/istio/root-cert.pem");
+    let token = root.join("var/run/secrets/tokens/istio-token");
+    Ok(BTreeMap::from([
+        // No cluster DNS here: istiod is reached through the relay on the pod's loopback.
+        (
+            "XDS_ADDRESS".into(),
+            format!("https://127.0.0.1:{istiod_port}"),
+        ),
+        (
+            "CA_ADDRESS".into(),
+            format!("https://127.0.0.1:{istiod_port}"),
+        ),
+        ("ALT_XDS_HOSTNAME".into(), host.to_string()),
+        ("ALT_CA_HOSTNAME".into(), host.to_string()),
+        // The pod's mounts live under the test's directory, not at their absolute paths.
+        ("XDS_ROOT_CA".into(), certs.display().to_string()),
+        ("CA_ROOT_CA".into(), certs.display().to_string()),
+        ("AUTH_TOKEN".into(), token.display().to_string()),
+        // The node's socket directory (hostPath /var/run/ztunnel) is the test's.
+        ("INPOD_UDS".into(), socket.display().to_string()),
+    ]))
+}
+
+/// ztunnel running as a local process in its own pod namespace. Killed on drop.
+pub struct LocalZtunnel {
+    pub process: Process,
+    pub pod: Pod,
+    pub netns: NetNs,
+    /// The socket the CNI node agent hands pods over on.
+    pub socket: PathBuf,
+    pub root: PathBuf,
+}
+
+impl LocalZtunnel {
+    /// Starts ztunnel as DaemonSet `ztunnel` in `namespace` declares it, as a pod on `node`.
+    pub async fn start(
+        cp: &ControlPlane,
+        client: &Client,
+        istiod: &LocalIstiod,
+        namespace: &str,
+        node: &NetNs,
+        node_name: &str,
+    ) -> Result<LocalZtunnel> {
+        let ds = Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .get("ztunnel")
+            .await
+            .context("get DaemonSet ztunnel")?;
+        let spec = ds
+            .spec
+            .and_then(|s| s.template.spec)
+            .context("DaemonSet ztunnel without a pod spec")?;
+        let container: Container = spec
+            .containers
+            .first()
+            .cloned()
+            .context("DaemonSet ztunnel without a container")?;
+        let account = spec
+            .service_account_name
+            .clone()
+            .context("ztunnel's pod names no ServiceAccount")?;
+        let pod = pod_on_node(
+            client,
+            namespace,
+            "ztunnel-local",
+            &account,
+            node_name,
+            // Not the DaemonSet's selector: its controller would adopt and delete a second pod.
+            serde_json::json!({ "app": "ztunnel-local" }),
+        )
+        .await?;
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .context("no pod IP")?;
+
+        let root = cp.dir.join("ztunnel-local");
+        let _ = std::fs::remove_dir_all(&root);
+        let secrets = root.join("var/run/secrets");
+        std::fs::create_dir_all(secrets.join("istio"))?;
+        std::fs::create_dir_all(secrets.join("tokens"))?;
+        std::fs::create_dir_all(root.join("tmp"))?;
+        let socket_dir = root.join("var/run/ztunnel");
+        std::fs::create_dir_all(&socket_dir)?;
+        // The DaemonSet's volumes: the pod-bound istio-ca token and the mesh's root certificate.
+        let token = pod_bound_token(client, namespace, &account, "istio-ca", &pod).await?;
+        std::fs::write(secrets.join("tokens/istio-token"), token)?;
+        let root_cert = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get("istio-ca-root-cert")
+            .await
+            .context("istiod has not published istio-ca-root-cert")?
+            .data
+            .and_then(|d| d.get("root-cert.pem").cloned())
+            .context("istio-ca-root-cert has no root-cert.pem")?;
+        std::fs::write(secrets.join("istio/root-cert.pem"), root_cert)?;
+
+        let netns = NetNs::create("ztunnel")?;
+        node.attach(&netns, "veth-zt", &format!("{pod_ip}/32"), "169.254.1.1")?;
+        let istiod_port = netns.forward(istiod.secure_grpc)?;
+
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let mut env: BTreeMap<String, String> = resolve_env(
+            container.env.as_deref().unwrap_or_default(),
+            &pod_name,
+            namespace,
+            &account,
+        )?
+        .into_iter()
+        .collect();
+        // The downward API's values for this pod (resolve_env knows the node, not the pod IP).
+        env.insert("INSTANCE_IP".into(), pod_ip.clone());
+        let socket = socket_dir.join("ztunnel.sock");
+        env.extend(harness_env(&env, &root, istiod_port, &socket)?);
+        let env: Vec<(String, OsString)> = env.into_iter().map(|(k, v)| (k, v.into())).collect();
+        let env_refs: Vec<(&str, &std::ffi::OsStr)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_os_str()))
+            .collect();
+
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".to_string(),
+            netns.name.clone(),
+            ztunnel_binary()?.display().to_string(),
+        ];
+        args.extend(container.args.clone().unwrap_or_default());
+        let process = Process::spawn_in(
+            "ztunnel",
+            Path::new("ip"),
+            &args,
+            &cp.dir.join("ztunnel-local.log"),
+            &env_refs,
+            Some(&root),
+        )?;
+        Ok(LocalZtunnel {
+            process,
+            pod,
+            netns,
+            socket,
+            root,
+        })
+    }
+
+    /// GET `path` on ztunnel's admin port (15000, on its pod's loopback): its config dump.
+    pub fn admin(&self, path: &str) -> Result<String> {
+        self.http(15000, path)
+    }
+
+    /// GET `path` on its stats port (15020): Prometheus metrics.
+    pub fn stats(&self, path: &str) -> Result<String> {
+        self.http(15020, path)
+    }
+
+    fn http(&self, port: u16, path: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut conn = self
+            .netns
+            .connect(format!("127.0.0.1:{port}").parse().expect("static address"))?;
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    }
+}
