@@ -291,3 +291,233 @@ impl LocalZtunnel {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 }
+
+/// The CNI node agent (`install-cni` from Istio's module) running as meshop's CNI DaemonSet
+/// declares it, as the node's agent: in the node's network namespace, with a mount namespace
+/// whose root is a test directory holding the DaemonSet's host paths, and a pid namespace of its
+/// own. The pid namespace is the one thing a kubelet would not give it: the agent finds "the
+/// host's" network namespace at `/host/proc/1/ns/net` (ALLOW_SWITCH_TO_HOST_NS), and on this
+/// machine pid 1's namespaces cannot be read, even by root; in its own pid namespace pid 1 is the
+/// agent itself, whose network namespace is the node's, which is what the path means on a node.
+/// Killed (with its namespaces) on drop.
+pub struct LocalNodeAgent {
+    pub process: Process,
+    pub pod: Pod,
+    /// The host paths, under the test's directory: `opt/cni/bin`, `etc/cni/net.d`,
+    /// `var/run/istio-cni` (the plugin's event socket).
+    pub host: PathBuf,
+}
+
+/// Where each of the DaemonSet's host paths (and the agent's own files) is mounted inside the
+/// agent's root, and the test directory standing for it.
+const NODE_AGENT_MOUNTS: &[(&str, &str)] = &[
+    ("host/opt/cni/bin", "opt/cni/bin"),
+    ("host/etc/cni/net.d", "etc/cni/net.d"),
+    ("var/run/istio-cni", "var/run/istio-cni"),
+    (
+        "var/run/secrets/kubernetes.io/serviceaccount",
+        "serviceaccount",
+    ),
+];
+
+impl LocalNodeAgent {
+    pub async fn start(
+        cp: &ControlPlane,
+        client: &Client,
+        namespace: &str,
+        node: &NetNs,
+        node_name: &str,
+        ztunnel: &LocalZtunnel,
+    ) -> Result<LocalNodeAgent> {
+        let binaries = crate::istio::IstioBinaries::locate()?;
+        let install_cni = binaries.dir.join("install-cni");
+        let plugin = binaries.dir.join("istio-cni");
+        for b in [&install_cni, &plugin] {
+            if !b.exists() {
+                bail!("{} is missing: run `make istio`", b.display());
+            }
+        }
+        let ds = Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .get(crate::ambient::CNI_DAEMONSET)
+            .await
+            .context("get the CNI DaemonSet")?;
+        let spec = ds
+            .spec
+            .and_then(|s| s.template.spec)
+            .context("CNI DaemonSet without a pod spec")?;
+        let container = spec
+            .containers
+            .first()
+            .cloned()
+            .context("CNI DaemonSet without a container")?;
+        let account = spec
+            .service_account_name
+            .clone()
+            .context("the CNI agent's pod names no ServiceAccount")?;
+        let config = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get("istio-cni-config")
+            .await
+            .context("get ConfigMap istio-cni-config")?
+            .data
+            .unwrap_or_default();
+        let pod = pod_on_node(
+            client,
+            namespace,
+            "istio-cni-local",
+            &account,
+            node_name,
+            serde_json::json!({ "app": "istio-cni-local" }),
+        )
+        .await?;
+
+        let dir = cp.dir.join("cni-node");
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        let host = dir.join("host");
+        for d in [
+            "usr",
+            "etc",
+            "dev",
+            "sys",
+            "proc",
+            "tmp",
+            "host/proc",
+            "host/var/run/netns",
+        ] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        for (inside, outside) in NODE_AGENT_MOUNTS {
+            std::fs::create_dir_all(root.join(inside))?;
+            std::fs::create_dir_all(host.join(outside))?;
+        }
+        std::fs::create_dir_all(root.join("var/run/ztunnel"))?;
+        for link in ["bin", "sbin", "lib", "lib64"] {
+            std::os::unix::fs::symlink(format!("usr/{link}"), root.join(link))?;
+        }
+        // The image's own copy of the plugin, which the agent installs into the node's CNI bin dir.
+        std::fs::create_dir_all(root.join("opt/cni/bin"))?;
+        std::fs::copy(&plugin, root.join("opt/cni/bin/istio-cni"))?;
+        std::fs::copy(&install_cni, root.join("install-cni"))?;
+        // The node's primary network: a conflist the agent chains the plugin into.
+        std::fs::write(
+            host.join("etc/cni/net.d/10-node.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"node","plugins":[{"type":"ptp"}]}"#,
+        )?;
+        // The ServiceAccount token the kubelet mounts, bound to the agent's pod.
+        let sa = host.join("serviceaccount");
+        let token = pod_bound_api_token(client, namespace, &account, &pod).await?;
+        std::fs::write(sa.join("token"), token)?;
+        std::fs::write(sa.join("ca.crt"), crate::istio::ca_pem(cp)?)?;
+        std::fs::write(sa.join("namespace"), namespace)?;
+
+        // The API server, reached from the node's namespace through a relay.
+        let server: std::net::SocketAddr = cp
+            .server
+            .trim_start_matches("https://")
+            .parse()
+            .context("the control plane's server is not an address")?;
+        let api_port = node.forward(server)?;
+
+        let mut script = String::from("set -e\nR=\"$1\"; shift\nmount --make-rprivate /\n");
+        for d in ["usr", "etc", "dev", "sys"] {
+            script.push_str(&format!("mount --rbind /{d} \"$R/{d}\"\n"));
+        }
+        // A proc of the agent's own pid namespace, at /proc and at /host/proc.
+        script.push_str("mount -t proc proc \"$R/proc\"\nmount -t proc proc \"$R/host/proc\"\n");
+        script.push_str(&format!(
+            "mount --bind {} \"$R/host/var/run/netns\"\n",
+            crate::netns::NETNS_DIR
+        ));
+        for (inside, outside) in NODE_AGENT_MOUNTS {
+            script.push_str(&format!(
+                "mount --bind {} \"$R/{inside}\"\n",
+                host.join(outside).display()
+            ));
+        }
+        script.push_str(&format!(
+            "mount --bind {} \"$R/var/run/ztunnel\"\n",
+            ztunnel.socket.parent().context("socket dir")?.display()
+        ));
+        script.push_str("exec chroot \"$R\" /usr/bin/env PATH=/usr/sbin:/usr/bin \"$@\"\n");
+        let script_path = dir.join("node.sh");
+        std::fs::write(&script_path, script)?;
+
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let mut env: BTreeMap<String, String> = config.into_iter().collect();
+        env.extend(resolve_env(
+            container.env.as_deref().unwrap_or_default(),
+            &pod_name,
+            namespace,
+            &account,
+        )?);
+        env.insert("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into());
+        env.insert("KUBERNETES_SERVICE_PORT".into(), api_port.to_string());
+        let env: Vec<(String, OsString)> = env.into_iter().map(|(k, v)| (k, v.into())).collect();
+        let env_refs: Vec<(&str, &std::ffi::OsStr)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_os_str()))
+            .collect();
+        let mut args: Vec<String> = [
+            "netns",
+            "exec",
+            &node.name,
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "bash",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(script_path.display().to_string());
+        args.push(root.display().to_string());
+        args.push("/install-cni".into());
+        args.extend(container.args.clone().unwrap_or_default());
+        let process = Process::spawn_in(
+            "install-cni",
+            Path::new("ip"),
+            &args,
+            &cp.dir.join("install-cni-local.log"),
+            &env_refs,
+            Some(&dir),
+        )?;
+        Ok(LocalNodeAgent { process, pod, host })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    }
+}
+
+/// The CNI agent's DaemonSet, as meshop names it.
+pub const CNI_DAEMONSET: &str = "istio-cni-node";
+
+/// A token for the API server's default audience, bound to `pod`.
+async fn pod_bound_api_token(
+    client: &Client,
+    namespace: &str,
+    account: &str,
+    pod: &Pod,
+) -> Result<String> {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(Vec::new()),
+            expiration_seconds: Some(3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest answered without a token")
+}

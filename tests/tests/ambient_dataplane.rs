@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::api::{Api, PostParams};
 use meshop::api::MeshInstall;
 use meshop::controller::status::KStatus;
-use meshop_testenv::ambient::LocalZtunnel;
+use meshop_testenv::ambient::{LocalNodeAgent, LocalZtunnel};
 use meshop_testenv::istio::{IstioBinaries, LocalIstiod};
 use meshop_testenv::netns::{self, NetNs};
 use serde_json::json;
@@ -72,7 +72,48 @@ async fn ztunnel_gets_its_workloads_from_istiod_on_meshops_ambient_install() {
     assert!(dump.contains("\"workloads\""), "{}", tail(&dump, 40));
     let log = ztunnel.log();
     assert!(log.contains("Stream established"), "{}", tail(&log, 40));
-    eprintln!("ztunnel log:\n{}", tail(&log, 30));
+
+    // The node's CNI agent, as meshop's CNI DaemonSet declares it: ready, the plugin installed
+    // into the node's CNI directory, and ztunnel connected to it.
+    let agent = LocalNodeAgent::start(cp, &client, ns, &node, "kwok-node-0", &ztunnel)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    meshop_testenv::wait_until(
+        "ztunnel connects to the CNI node agent",
+        Duration::from_secs(60),
+        || async {
+            if agent.log().contains("ztunnel connected")
+                || ztunnel
+                    .log()
+                    .contains("connected to the Istio CNI node agent")
+            {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "not yet; agent log tail:\n{}\nztunnel log tail:\n{}",
+                    tail(&agent.log(), 15),
+                    tail(&ztunnel.log(), 5)
+                )
+            }
+        },
+    )
+    .await;
+    let installed = agent.host.join("opt/cni/bin/istio-cni");
+    meshop_testenv::wait_until(
+        "the agent installs the CNI plugin on the node",
+        Duration::from_secs(60),
+        || async {
+            if installed.exists() {
+                Ok(())
+            } else {
+                anyhow::bail!("not yet; agent log tail:\n{}", tail(&agent.log(), 15))
+            }
+        },
+    )
+    .await;
+    eprintln!("agent log:\n{}", tail(&agent.log(), 30));
+    eprintln!("ztunnel log:\n{}", tail(&ztunnel.log(), 30));
+    drop(agent);
     let names = [node.name.clone(), ztunnel.netns.name.clone()];
     drop(ztunnel);
     drop(node);
