@@ -268,6 +268,14 @@ impl LocalZtunnel {
         self.http(15000, path)
     }
 
+    /// [`LocalZtunnel::admin`] without the HTTP response's head.
+    pub fn admin_body(&self, path: &str) -> Result<String> {
+        let response = self.admin(path)?;
+        Ok(response
+            .split_once("\r\n\r\n")
+            .map_or(response.clone(), |(_, body)| body.to_string()))
+    }
+
     /// GET `path` on its stats port (15020): Prometheus metrics.
     pub fn stats(&self, path: &str) -> Result<String> {
         self.http(15020, path)
@@ -306,6 +314,10 @@ pub struct LocalNodeAgent {
     /// The host paths, under the test's directory: `opt/cni/bin`, `etc/cni/net.d`,
     /// `var/run/istio-cni` (the plugin's event socket).
     pub host: PathBuf,
+    /// The node's view of the filesystem: the mount script and the root it builds.
+    script: PathBuf,
+    root: PathBuf,
+    node: String,
 }
 
 /// Where each of the DaemonSet's host paths (and the agent's own files) is mounted inside the
@@ -383,6 +395,7 @@ impl LocalNodeAgent {
             "tmp",
             "host/proc",
             "host/var/run/netns",
+            "var/run/netns",
         ] {
             std::fs::create_dir_all(root.join(d))?;
         }
@@ -418,16 +431,23 @@ impl LocalNodeAgent {
             .context("the control plane's server is not an address")?;
         let api_port = node.forward(server)?;
 
-        let mut script = String::from("set -e\nR=\"$1\"; shift\nmount --make-rprivate /\n");
+        // Slave, not private: mounts made here never reach the machine, and the pods' network
+        // namespaces the test mounts later under /var/run/netns still reach the node (the
+        // DaemonSet's HostToContainer propagation).
+        let mut script = String::from("set -e\nR=\"$1\"; shift\nmount --make-rslave /\n");
         for d in ["usr", "etc", "dev", "sys"] {
             script.push_str(&format!("mount --rbind /{d} \"$R/{d}\"\n"));
         }
         // A proc of the agent's own pid namespace, at /proc and at /host/proc.
         script.push_str("mount -t proc proc \"$R/proc\"\nmount -t proc proc \"$R/host/proc\"\n");
-        script.push_str(&format!(
-            "mount --bind {} \"$R/host/var/run/netns\"\n",
-            crate::netns::NETNS_DIR
-        ));
+        // Pods' network namespaces: at the node's path (the runtime's CNI_NETNS) and under /host
+        // (where the agent opens them).
+        for at in ["host/var/run/netns", "var/run/netns"] {
+            script.push_str(&format!(
+                "mount --rbind {} \"$R/{at}\"\n",
+                crate::netns::NETNS_DIR
+            ));
+        }
         for (inside, outside) in NODE_AGENT_MOUNTS {
             script.push_str(&format!(
                 "mount --bind {} \"$R/{inside}\"\n",
@@ -463,6 +483,8 @@ impl LocalNodeAgent {
             &node.name,
             "unshare",
             "--mount",
+            "--propagation",
+            "slave",
             "--pid",
             "--fork",
             "--kill-child",
@@ -483,7 +505,86 @@ impl LocalNodeAgent {
             &env_refs,
             Some(&dir),
         )?;
-        Ok(LocalNodeAgent { process, pod, host })
+        Ok(LocalNodeAgent {
+            process,
+            pod,
+            host,
+            script: script_path,
+            root,
+            node: node.name.clone(),
+        })
+    }
+
+    /// Calls the CNI plugin the agent installed, as the node's container runtime does when a pod
+    /// starts: `CNI_COMMAND=ADD` with the pod's network namespace, name and namespace, and the
+    /// plugin's entry of the node's conflist (as the agent wrote it) with the result of the
+    /// network plugin before it (the pod's address). Runs on the node, in the node's view of the
+    /// filesystem. Returns the plugin's output.
+    pub fn cni_add(&self, pod: &Pod, netns: &NetNs, ip: &str) -> Result<String> {
+        use std::io::Write;
+        let conflist: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            self.host.join("etc/cni/net.d/10-node.conflist"),
+        )?)?;
+        let plugin = conflist["plugins"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["type"] == "istio-cni"))
+            .cloned()
+            .context("the agent did not chain istio-cni into the node's conflist")?;
+        let mut config = plugin;
+        config["cniVersion"] = conflist["cniVersion"].clone();
+        config["name"] = conflist["name"].clone();
+        config["prevResult"] = serde_json::json!({
+            "cniVersion": conflist["cniVersion"],
+            "interfaces": [{ "name": "eth0", "sandbox": netns.path() }],
+            "ips": [{ "address": format!("{ip}/32"), "interface": 0 }],
+        });
+        let meta = &pod.metadata;
+        let uid = meta.uid.clone().unwrap_or_default();
+        let container_id = format!("mzt{}", uid.replace('-', ""));
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "slave",
+                "bash",
+            ])
+            .arg(&self.script)
+            .arg(&self.root)
+            .arg("/host/opt/cni/bin/istio-cni")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &container_id)
+            .env("CNI_NETNS", netns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/host/opt/cni/bin")
+            .env("CNI_ARGS", args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running the CNI plugin")?;
+        child
+            .stdin
+            .take()
+            .context("plugin stdin")?
+            .write_all(config.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "CNI ADD failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
     }
 
     pub fn log(&self) -> String {

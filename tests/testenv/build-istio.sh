@@ -40,6 +40,19 @@ if [[ -n "${MESHOP_ISTIO_BIN:-}" ]]; then
   exit 0
 fi
 
+# The CNI node agent (install-cni) programs pod and node network namespaces with iptables and
+# ipset: the ambient data-plane tests run it, inside namespaces they make. Debian packages.
+if ! command -v iptables-restore >/dev/null || ! command -v ipset >/dev/null; then
+  log "installing iptables and ipset (Debian) for the CNI node agent"
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get install -y iptables ipset >/dev/null 2>&1 \
+      || { apt-get update >/dev/null 2>&1 && apt-get install -y iptables ipset >/dev/null 2>&1; } \
+      || log "could not install iptables and ipset: apt-get install iptables ipset"
+  else
+    log "iptables and ipset are missing: apt-get install iptables ipset (as root)"
+  fi
+fi
+
 # Complete when every binary is there: a binary added to the list is built into an existing cache.
 complete=true
 for b in "${BINARIES[@]}"; do [[ -x "${OUT}/$b" ]] || complete=false; done

@@ -111,8 +111,124 @@ async fn ztunnel_gets_its_workloads_from_istiod_on_meshops_ambient_install() {
         },
     )
     .await;
-    eprintln!("agent log:\n{}", tail(&agent.log(), 30));
+
+    // Two workloads of an enrolled namespace, each with its own ServiceAccount: Pod objects on
+    // the node (kwok gives them their addresses) and network namespaces the test makes with
+    // those addresses; the real plugin is called for each as the runtime would.
+    let app = "amb-traffic";
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": app,
+                "labels": { "istio.io/dataplane-mode": "ambient" } } }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), app);
+    for sa in ["client", "server"] {
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({ "metadata": { "name": sa } })).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut workloads = Vec::new();
+    for (name, veth) in [("client", "veth-c"), ("server", "veth-s")] {
+        let pod = meshop_testenv::ambient::pod_on_node(
+            &client,
+            app,
+            name,
+            name,
+            "kwok-node-0",
+            json!({ "app": name }),
+        )
+        .await
+        .unwrap();
+        let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let ns = NetNs::create(name).unwrap();
+        node.attach(&ns, veth, &format!("{ip}/32"), "169.254.1.1")
+            .unwrap();
+        let out = agent
+            .cni_add(&pod, &ns, &ip)
+            .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", tail(&agent.log(), 30)));
+        eprintln!("CNI ADD {name} ({ip}): {}", out.trim());
+        workloads.push((pod, ns, ip));
+    }
+    let (server_ns, server_ip) = (&workloads[1].1, workloads[1].2.clone());
+    let (client_ns, _) = (&workloads[0].1, workloads[0].2.clone());
+
+    // istiod learns of each capture from the agent's annotation on the pod
+    // (ambient.istio.io/redirection) and tells ztunnel to speak HBONE to it.
+    meshop_testenv::wait_until(
+        "istiod marks both workloads HBONE in ztunnel's config",
+        Duration::from_secs(60),
+        || async {
+            let dump: serde_json::Value =
+                serde_json::from_str(&ztunnel.admin_body("/config_dump")?)?;
+            let hbone =
+                |name: &str| {
+                    dump["workloads"].as_array().into_iter().flatten().any(|w| {
+                        w["name"] == name && w["namespace"] == app && w["protocol"] == "HBONE"
+                    })
+                };
+            if hbone("client") && hbone("server") {
+                Ok(())
+            } else {
+                anyhow::bail!("not yet")
+            }
+        },
+    )
+    .await;
+
+    // A TCP echo server in the server pod, a client in the client pod.
+    let addr: std::net::SocketAddr = format!("{server_ip}:8080").parse().unwrap();
+    let listener = server_ns.listen(addr).unwrap();
+    let echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut buf = [0u8; 11];
+        conn.read_exact(&mut buf).unwrap();
+        conn.write_all(&buf).unwrap();
+        peer
+    });
+    {
+        use std::io::{Read, Write};
+        let mut conn = client_ns.connect(addr).unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\nztunnel log:\n{}\nagent log:\n{}",
+                tail(&ztunnel.log(), 30),
+                tail(&agent.log(), 30)
+            )
+        });
+        conn.write_all(b"hello mesh!").unwrap();
+        let mut back = [0u8; 11];
+        conn.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"hello mesh!");
+    }
+    let peer = echo.join().unwrap();
+    eprintln!("the server saw the connection from {peer}");
+    let metrics = ztunnel.stats("/metrics").unwrap();
+    let opened: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_connections_opened_total"))
+        .collect();
+    eprintln!("{}", opened.join("\n"));
     eprintln!("ztunnel log:\n{}", tail(&ztunnel.log(), 30));
+    assert!(
+        opened.iter().any(|l| l.contains(&format!(
+            "source_principal=\"spiffe://cluster.local/ns/{app}/sa/client\""
+        )) && l.contains(&format!(
+            "destination_principal=\"spiffe://cluster.local/ns/{app}/sa/server\""
+        ))),
+        "no connection with both principals in ztunnel's metrics:\n{}",
+        opened.join("\n")
+    );
+    drop(workloads);
     drop(agent);
     let names = [node.name.clone(), ztunnel.netns.name.clone()];
     drop(ztunnel);
