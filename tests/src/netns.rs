@@ -204,3 +204,119 @@ fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
     let _ = std::io::copy(&mut from, &mut to);
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
+
+/// Frames seen on one link of a namespace: each TCP segment's addresses, ports and payload.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload: Vec<u8>,
+}
+
+/// A packet capture on a link, as tcpdump would make one (an AF_PACKET socket bound to the
+/// link), in a namespace the test made. [`Capture::stop`] returns the IPv4 TCP segments seen.
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Segment>>,
+}
+
+impl NetNs {
+    /// Starts capturing every frame on `link` (a link of this namespace).
+    pub fn capture(&self, link: &str) -> Result<Capture> {
+        let link = std::ffi::CString::new(link)?;
+        let fd = self.run(move || -> Result<i32> {
+            // SAFETY: plain socket calls on a socket this function owns; the link index comes
+            // from the kernel.
+            unsafe {
+                let protocol = (libc::ETH_P_ALL as u16).to_be() as i32;
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol);
+                if fd < 0 {
+                    bail!("packet socket: {}", std::io::Error::last_os_error());
+                }
+                let index = libc::if_nametoindex(link.as_ptr());
+                if index == 0 {
+                    libc::close(fd);
+                    bail!("no link {link:?}");
+                }
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = protocol as u16;
+                addr.sll_ifindex = index as i32;
+                let rc = libc::bind(
+                    fd,
+                    &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if rc != 0 {
+                    libc::close(fd);
+                    bail!(
+                        "binding the packet socket: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                // Wake up every 100 ms to notice `stop`.
+                let timeout = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 100_000,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &timeout as *const libc::timeval as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+                Ok(fd)
+            }
+        })??;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut segments = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: reads into a buffer of the given length.
+                let n =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                if n > 0 {
+                    segments.extend(parse_frame(&buf[..n as usize]));
+                }
+            }
+            // SAFETY: the fd is this thread's alone.
+            unsafe { libc::close(fd) };
+            segments
+        });
+        Ok(Capture { stop, thread })
+    }
+}
+
+impl Capture {
+    pub fn stop(self) -> Vec<Segment> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// An Ethernet frame carrying IPv4 TCP, as a segment.
+fn parse_frame(frame: &[u8]) -> Option<Segment> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let header = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    if ip[9] != 6 || total < header + 20 {
+        return None;
+    }
+    let tcp = &ip[header..total];
+    let offset = usize::from(tcp[12] >> 4) * 4;
+    Some(Segment {
+        src: std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+        payload: tcp.get(offset..).unwrap_or_default().to_vec(),
+    })
+}

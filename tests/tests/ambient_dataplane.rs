@@ -185,6 +185,10 @@ async fn ztunnel_gets_its_workloads_from_istiod_on_meshops_ambient_install() {
     )
     .await;
 
+    // What crosses the wire between the two pods: a capture on the node's side of the server's
+    // link.
+    let capture = node.capture("veth-s").unwrap();
+
     // A TCP echo server in the server pod, a client in the client pod.
     let addr: std::net::SocketAddr = format!("{server_ip}:8080").parse().unwrap();
     let listener = server_ns.listen(addr).unwrap();
@@ -212,6 +216,44 @@ async fn ztunnel_gets_its_workloads_from_istiod_on_meshops_ambient_install() {
     }
     let peer = echo.join().unwrap();
     eprintln!("the server saw the connection from {peer}");
+    std::thread::sleep(Duration::from_millis(300));
+    let segments = capture.stop();
+    let with_data: Vec<_> = segments.iter().filter(|s| !s.payload.is_empty()).collect();
+    let to_hbone = with_data.iter().filter(|s| s.dst_port == 15008).count();
+    let from_hbone = with_data.iter().filter(|s| s.src_port == 15008).count();
+    let bytes: usize = with_data.iter().map(|s| s.payload.len()).sum();
+    let plaintext = with_data
+        .iter()
+        .any(|s| s.payload.windows(11).any(|w| w == b"hello mesh!"));
+    let other_ports: Vec<(u16, u16)> = with_data
+        .iter()
+        .filter(|s| s.dst_port != 15008 && s.src_port != 15008)
+        .map(|s| (s.src_port, s.dst_port))
+        .collect();
+    // The first bytes to 15008 are a TLS record: a handshake (0x16) of TLS 1.x (0x03).
+    let first = with_data
+        .iter()
+        .find(|s| s.dst_port == 15008)
+        .map(|s| s.payload[..3].to_vec());
+    eprintln!(
+        "capture on the server's link: {} segments, {} with data ({bytes} bytes): {to_hbone} to port 15008, {from_hbone} from it, others {other_ports:?}; first bytes to 15008 {first:02x?}; the payload in plaintext: {plaintext}",
+        segments.len(),
+        with_data.len()
+    );
+    assert!(
+        to_hbone > 0 && from_hbone > 0,
+        "no HBONE traffic on the wire"
+    );
+    assert!(
+        other_ports.is_empty(),
+        "data outside HBONE: {other_ports:?}"
+    );
+    assert_eq!(
+        first.as_deref().map(|b| (b[0], b[1])),
+        Some((0x16, 0x03)),
+        "not TLS"
+    );
+    assert!(!plaintext, "the payload crossed the wire in plaintext");
     let metrics = ztunnel.stats("/metrics").unwrap();
     let opened: Vec<&str> = metrics
         .lines()
