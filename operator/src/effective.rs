@@ -370,6 +370,20 @@ pub struct Service {
     pub ports: Vec<GatewayPort>,
 }
 
+/// An installation of MeshInstall `m` from a spec in YAML, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_install(yaml: &str) -> Installation {
+    let spec: MeshInstallSpec = serde_yaml::from_str(yaml).expect("a test spec parses");
+    Installation::resolve(
+        Owner {
+            name: "m".into(),
+            uid: None,
+        },
+        &spec,
+    )
+    .expect("a test spec resolves")
+}
+
 /// Resolved `components.cni.ambient`.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Ambient {

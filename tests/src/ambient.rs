@@ -40,18 +40,19 @@ pub fn ztunnel_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
-/// A token of `account` for `audience`, bound to `pod` (as the kubelet's projected token is): what
-/// istiod's CA checks before it lets ztunnel ask for the identities of its node's pods.
+/// A token of `account` for `audience` (the API server's own when None), bound to `pod` as the
+/// kubelet's tokens are: istiod's CA checks the binding before it lets ztunnel ask for the
+/// identities of its node's pods.
 pub async fn pod_bound_token(
     client: &Client,
     namespace: &str,
     account: &str,
-    audience: &str,
+    audience: Option<&str>,
     pod: &Pod,
 ) -> Result<String> {
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
-            audiences: Some(vec![audience.to_string()]),
+            audiences: Some(audience.map(str::to_string).into_iter().collect()),
             expiration_seconds: Some(3600),
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
@@ -205,7 +206,7 @@ impl LocalZtunnel {
         let socket_dir = root.join("var/run/ztunnel");
         std::fs::create_dir_all(&socket_dir)?;
         // The DaemonSet's volumes: the pod-bound istio-ca token and the mesh's root certificate.
-        let token = pod_bound_token(client, namespace, &account, "istio-ca", &pod).await?;
+        let token = pod_bound_token(client, namespace, &account, Some("istio-ca"), &pod).await?;
         std::fs::write(secrets.join("tokens/istio-token"), token)?;
         let root_cert = Api::<ConfigMap>::namespaced(client.clone(), namespace)
             .get("istio-ca-root-cert")
@@ -350,7 +351,7 @@ impl LocalNodeAgent {
             }
         }
         let ds = Api::<DaemonSet>::namespaced(client.clone(), namespace)
-            .get(crate::ambient::CNI_DAEMONSET)
+            .get(meshop::render::CNI_NAME)
             .await
             .context("get the CNI DaemonSet")?;
         let spec = ds
@@ -418,7 +419,8 @@ impl LocalNodeAgent {
         )?;
         // The ServiceAccount token the kubelet mounts, bound to the agent's pod.
         let sa = host.join("serviceaccount");
-        let token = pod_bound_api_token(client, namespace, &account, &pod).await?;
+        // No audience: the API server's own.
+        let token = pod_bound_token(client, namespace, &account, None, &pod).await?;
         std::fs::write(sa.join("token"), token)?;
         std::fs::write(sa.join("ca.crt"), crate::istio::ca_pem(cp)?)?;
         std::fs::write(sa.join("namespace"), namespace)?;
@@ -590,35 +592,4 @@ impl LocalNodeAgent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
-}
-
-/// The CNI agent's DaemonSet, as meshop names it.
-pub const CNI_DAEMONSET: &str = "istio-cni-node";
-
-/// A token for the API server's default audience, bound to `pod`.
-async fn pod_bound_api_token(
-    client: &Client,
-    namespace: &str,
-    account: &str,
-    pod: &Pod,
-) -> Result<String> {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(Vec::new()),
-            expiration_seconds: Some(3600),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        }),
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create_token_request(account, &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("TokenRequest answered without a token")
 }

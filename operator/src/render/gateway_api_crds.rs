@@ -251,20 +251,8 @@ pub fn parse_bundle_version(v: &str) -> Option<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::MeshInstallSpec;
-    use crate::effective::{Installation, Owner};
 
-    fn install(yaml: &str) -> Installation {
-        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
-        Installation::resolve(
-            Owner {
-                name: "m".into(),
-                uid: None,
-            },
-            &spec,
-        )
-        .unwrap()
-    }
+    use crate::effective::test_install as install;
 
     #[test]
     fn only_ambient_installs_get_them_from_their_minors_release() {

@@ -405,20 +405,8 @@ fn substitute_strings(v: &mut Value, a: &mut Actions) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::MeshInstallSpec;
-    use crate::effective::Owner;
 
-    fn install(yaml: &str) -> Installation {
-        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
-        Installation::resolve(
-            Owner {
-                name: "m".into(),
-                uid: None,
-            },
-            &spec,
-        )
-        .unwrap()
-    }
+    use crate::effective::test_install as install;
 
     #[test]
     fn only_ambient_installs_get_the_injector_config_map_named_by_revision() {

@@ -250,20 +250,8 @@ const GRACE_SECONDS: i64 = 30;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::MeshInstallSpec;
-    use crate::effective::Owner;
 
-    fn install(yaml: &str) -> Installation {
-        let spec: MeshInstallSpec = serde_yaml::from_str(yaml).unwrap();
-        Installation::resolve(
-            Owner {
-                name: "m".into(),
-                uid: None,
-            },
-            &spec,
-        )
-        .unwrap()
-    }
+    use crate::effective::test_install as install;
 
     #[test]
     fn rust_log_takes_the_default_scope() {
